@@ -1,0 +1,79 @@
+"""``dynod``: the daemon. Start, tell systemd READY, ping the watchdog, stop on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import sdnotify
+
+from dynod import __version__
+from dynod.api.server import start_api
+from dynod.errors import DynodError
+from dynod.settings import DEFAULT_CONFIG, load_settings
+
+log = logging.getLogger("dynod")
+
+
+def _watchdog_interval() -> float | None:
+    """Half of WATCHDOG_USEC, when systemd asked for pings (and they are for us)."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2_000_000
+
+
+def serve(config: Path) -> int:
+    settings = load_settings(config)
+    settings.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    settings.runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    notify = sdnotify.SystemdNotifier()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    api = start_api(settings.socket_path, settings.api_group)
+    log.info("dynod %s listening on %s", __version__, settings.socket_path)
+    # READY only now: the socket accepts calls, so `systemctl start` returning means usable.
+    notify.notify(f"READY=1\nSTATUS=listening on {settings.socket_path}")
+
+    interval = _watchdog_interval()
+    while not stop.wait(interval if interval is not None else 3600.0):
+        if interval is not None:
+            notify.notify("WATCHDOG=1")
+
+    notify.notify("STOPPING=1\nSTATUS=stopping")
+    api.stop(grace=5.0)
+    log.info("dynod stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dynod", description="the dynod daemon")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help=f"settings file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--version", action="version", version=f"dynod {__version__}")
+    args = parser.parse_args(argv)
+    # journald adds its own timestamps and priority; keep the line plain.
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return serve(args.config)
+    except DynodError as exc:
+        log.error("%s", exc.message)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

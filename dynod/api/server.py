@@ -1,0 +1,64 @@
+"""Build the gRPC server: every servicer, health, reflection, one error interceptor."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dynod.api import peer, system
+from dynod.api.errors import ErrorInterceptor
+
+# Each resource module exposes register(server) -> full service name.
+Registrar = Callable[[grpc.Server], str]
+REGISTRARS: list[Registrar] = [system.register]
+
+
+@dataclass
+class ApiServer:
+    grpc_server: grpc.Server
+    front: peer.FrontSocket
+    health: health.HealthServicer
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.front.close()
+        self.grpc_server.stop(grace).wait()
+
+
+def start_api(public_socket: Path, group: str, max_workers: int = 32) -> ApiServer:
+    """Listen on ``public_socket`` (0660 root:group) and return once it accepts calls."""
+    private_dir = public_socket.parent / "private"
+    private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(private_dir, 0o700)
+    backend = private_dir / "grpc.sock"
+    with contextlib.suppress(FileNotFoundError):
+        backend.unlink()
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="api"),
+        interceptors=[ErrorInterceptor()],
+    )
+    names = [register(server) for register in REGISTRARS]
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in [*names, ""]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    server.add_insecure_port(f"unix:{backend}")
+    server.start()
+    os.chmod(backend, 0o600)
+    front = peer.FrontSocket(public_socket, backend, group)
+    front.serve_forever()
+    return ApiServer(grpc_server=server, front=front, health=health_servicer)

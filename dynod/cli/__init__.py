@@ -1,0 +1,1 @@
+"""dynoctl: a gRPC client of dynod and nothing else."""

@@ -1,0 +1,56 @@
+"""``dynoctl``: Heroku's CLI habits over dynod's gRPC API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import grpc
+
+from dynod import __version__
+from dynod.cli import client
+from dynod.cli.client import CliError
+from dynod.v1 import system_pb2, system_pb2_grpc
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def cmd_version(_args: argparse.Namespace) -> int:
+    print(f"dynoctl {__version__}")
+    try:
+        stub = system_pb2_grpc.SystemStub(client.channel())
+        reply = stub.Version(system_pb2.VersionRequest(client_version=__version__), timeout=10)
+    except CliError as exc:
+        raise CliError(f"daemon: unreachable: {exc}") from exc
+    except grpc.RpcError as exc:
+        raise CliError(f"daemon: unreachable: {client.explain(exc)}") from exc
+    print(f"dynod {reply.version} (API {reply.api_version}, systemd {reply.systemd_version}, "
+          f"cgroup {reply.cgroup_layout})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynoctl", description="drive dynod")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    version = sub.add_parser("version", help="client and daemon versions")
+    version.set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except CliError as exc:
+        print(f" !    {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The few settings of /etc/dynod/dynod.toml, with the embedded defaults.
+
+Every key is optional; a missing file means all defaults. An unknown key or a value of
+the wrong type is an error naming the key and the file, raised at start so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from dynod.errors import InvalidArgument
+
+DEFAULT_CONFIG = Path("/etc/dynod/dynod.toml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Daemon settings. Paths are absolute."""
+
+    state_dir: Path = Path("/var/lib/dynod")
+    runtime_dir: Path = Path("/run/dynod")
+    # Routing domain: apps answer on <app>.<domain>. localhost-style names resolve to
+    # the machine itself without DNS (RFC 6761), so the default works out of the box.
+    domain: str = "dynod.localhost"
+    # Address pool for dyno network namespaces.
+    address_pool: str = "10.213.0.0/16"
+    # Group whose members may call the API (besides root).
+    api_group: str = "dynod"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / "dynod.sock"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+
+_PATH_KEYS = {"state_dir", "runtime_dir"}
+
+
+def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
+    """Read ``path`` (missing file -> defaults).
+
+    Raises InvalidArgument for unparsable TOML, unknown keys or wrongly typed values.
+    """
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return Settings()
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{path}: not valid TOML ({exc}); fix the file") from exc
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, object] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise InvalidArgument(
+                f"{path}: unknown setting {key!r}; known settings: {', '.join(sorted(known))}"
+            )
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{path}: setting {key!r} must be a string")
+        values[key] = Path(value) if key in _PATH_KEYS else value
+    return Settings(**values)  # type: ignore[arg-type]
