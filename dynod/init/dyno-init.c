@@ -1,0 +1,237 @@
+/*
+ * dyno-init: the PID 1 of a dyno. Small, static, never a resident interpreter
+ * (measured: ~0.2 MiB per dyno, against ~5 MiB for a Python shim).
+ *
+ *   dyno-init [--no-pidns] -- COMMAND [ARG...]
+ *
+ * Default (systemd < 257, no PrivatePIDs=): the unit's main process
+ *   outer: PR_SET_CHILD_SUBREAPER, unshare(CLONE_NEWPID|CLONE_NEWNS), fork, drop
+ *          every capability, forward signals to the inner init, exit with its status.
+ *   inner: PID 1 of the new PID namespace: PR_SET_PDEATHSIG(SIGKILL), / rprivate,
+ *          a fresh /proc (hidepid=invisible) that shows only the dyno's processes,
+ *          drop every capability, fork+exec COMMAND, reap every child, forward
+ *          signals, exit with COMMAND's status (128+N when killed by signal N).
+ * The unit grants CAP_SYS_ADMIN as an ambient capability for unshare and mount only;
+ * the command runs as a non-root user with no capabilities (exec of a non-root,
+ * non-setuid binary with an empty ambient set keeps none).
+ *
+ * --no-pidns (systemd >= 257, PrivatePIDs=yes made us PID 1 already): only reap
+ * and forward; no capability is needed.
+ *
+ * Forwarding: TERM, INT, HUP, QUIT, USR1 and USR2. When dyno-init is PID 1 of the
+ * namespace, TERM/INT/HUP/QUIT go to every process of the dyno (Heroku: "This signal
+ * sends to all processes in the dyno", dyno-shutdown-behavior); USR1/USR2 go to the
+ * command only. Exit status 143 after SIGTERM is what systemd's
+ * SuccessExitStatus=143 and Heroku's "Process exited with status 143" expect.
+ *
+ * Exit status 127: COMMAND not found/executable; 125: dyno-init itself failed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/capability.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define EXIT_INIT_FAILED 125
+#define EXIT_NOT_FOUND 127
+
+static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+#define NFORWARDED (sizeof(forwarded) / sizeof(forwarded[0]))
+
+static void die(const char *what)
+{
+	fprintf(stderr, "dyno-init: %s: %s\n", what, strerror(errno));
+	_exit(EXIT_INIT_FAILED);
+}
+
+static void noop(int sig) { (void)sig; }
+
+/* Block the forwarded signals and SIGCHLD; they are taken with sigwaitinfo().
+ * A no-op handler too: a PID namespace's init drops default-disposition signals
+ * sent from inside its namespace, and blocked+handled is never dropped. */
+static void take_signals(sigset_t *set)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = noop;
+	sigemptyset(set);
+	sigaddset(set, SIGCHLD);
+	for (size_t i = 0; i < NFORWARDED; i++) {
+		sigaddset(set, forwarded[i]);
+		if (sigaction(forwarded[i], &sa, NULL) < 0)
+			die("sigaction");
+	}
+	if (sigaction(SIGCHLD, &sa, NULL) < 0)
+		die("sigaction");
+	if (sigprocmask(SIG_BLOCK, set, NULL) < 0)
+		die("sigprocmask");
+}
+
+/* The child gets default dispositions and an empty mask before exec. */
+static void restore_signals(void)
+{
+	sigset_t none;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = SIG_DFL;
+	for (size_t i = 0; i < NFORWARDED; i++)
+		sigaction(forwarded[i], &sa, NULL);
+	sigaction(SIGCHLD, &sa, NULL);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static void drop_capabilities(void)
+{
+	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+	struct __user_cap_data_struct data[2];
+	memset(data, 0, sizeof(data));
+	/* EINVAL: kernel without ambient capabilities; nothing to clear then. */
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+		die("PR_CAP_AMBIENT_CLEAR_ALL");
+	if (syscall(SYS_capset, &hdr, data) < 0)
+		die("capset");
+}
+
+static int status_code(int status)
+{
+	if (WIFEXITED(status))
+		return WEXITSTATUS(status);
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return EXIT_INIT_FAILED;
+}
+
+static int all_processes_signal(int sig)
+{
+	return sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGQUIT;
+}
+
+/* Wait for `child`, reaping every other child on the way (we are a subreaper or a
+ * PID 1), forwarding signals. Returns the exit code derived from child's status. */
+static int supervise(pid_t child, const sigset_t *set, int whole_namespace)
+{
+	for (;;) {
+		siginfo_t info;
+		int sig = sigwaitinfo(set, &info);
+		if (sig < 0) {
+			if (errno == EINTR)
+				continue;
+			die("sigwaitinfo");
+		}
+		if (sig != SIGCHLD) {
+			if (whole_namespace && all_processes_signal(sig))
+				kill(-1, sig); /* every process of the namespace but us */
+			else
+				kill(child, sig);
+			continue;
+		}
+		for (;;) {
+			int status;
+			pid_t pid = waitpid(-1, &status, WNOHANG);
+			if (pid < 0 && errno == EINTR)
+				continue;
+			if (pid <= 0)
+				break;
+			if (pid == child)
+				return status_code(status);
+		}
+	}
+}
+
+static pid_t spawn(char **argv)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		restore_signals();
+		execvp(argv[0], argv);
+		fprintf(stderr, "dyno-init: %s: %s\n", argv[0], strerror(errno));
+		_exit(errno == ENOENT || errno == EACCES ? EXIT_NOT_FOUND : EXIT_INIT_FAILED);
+	}
+	return pid;
+}
+
+static void fresh_proc(void)
+{
+	const unsigned long flags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	/* hidepid=invisible needs Linux 5.8; hidepid=2 is the older spelling. */
+	if (mount("proc", "/proc", "proc", flags, "hidepid=invisible") == 0)
+		return;
+	if (mount("proc", "/proc", "proc", flags, "hidepid=2") == 0)
+		return;
+	die("mount /proc");
+}
+
+static int run_pidns(char **argv)
+{
+	sigset_t set;
+	take_signals(&set);
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+		die("PR_SET_CHILD_SUBREAPER");
+	if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0)
+		die("unshare(CLONE_NEWPID|CLONE_NEWNS)");
+	pid_t outer = getpid();
+	pid_t inner = fork();
+	if (inner < 0)
+		die("fork");
+	if (inner > 0) {
+		drop_capabilities();
+		return supervise(inner, &set, 0);
+	}
+	/* PID 1 of the dyno. If the outer process is gone already, so is the dyno. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+		die("PR_SET_PDEATHSIG");
+	if (getppid() != outer && getppid() != 0)
+		_exit(EXIT_INIT_FAILED);
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		die("make / rprivate");
+	fresh_proc();
+	drop_capabilities();
+	pid_t app = spawn(argv);
+	return supervise(app, &set, 1);
+}
+
+static int run_plain(char **argv)
+{
+	sigset_t set;
+	take_signals(&set);
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+		die("PR_SET_CHILD_SUBREAPER");
+	drop_capabilities();
+	pid_t app = spawn(argv);
+	return supervise(app, &set, getpid() == 1);
+}
+
+static void usage(void)
+{
+	fputs("usage: dyno-init [--no-pidns] -- COMMAND [ARG...]\n", stderr);
+	exit(EXIT_INIT_FAILED);
+}
+
+int main(int argc, char **argv)
+{
+	int pidns = 1;
+	int i = 1;
+	for (; i < argc; i++) {
+		if (strcmp(argv[i], "--no-pidns") == 0)
+			pidns = 0;
+		else if (strcmp(argv[i], "--") == 0) {
+			i++;
+			break;
+		} else
+			usage();
+	}
+	if (i >= argc)
+		usage();
+	return pidns ? run_pidns(argv + i) : run_plain(argv + i);
+}
