@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 
 class CommandFailed(Exception):
@@ -20,7 +22,7 @@ class CommandFailed(Exception):
 def output(
     argv: Sequence[str],
     *,
-    input: str | None = None,  # noqa: A002 - mirrors subprocess
+    input: str | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
 ) -> str:
@@ -40,3 +42,50 @@ def output(
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr)
     return proc.stdout
+
+
+def stream(
+    argv: Sequence[str],
+    on_line: Callable[[str], None],
+    *,
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Run argv with stdin closed, stdout and stderr merged and passed line by line
+    (without the newline) to ``on_line`` as they come; return the exit status.
+
+    Raises CommandFailed if argv cannot be started or runs past ``timeout`` seconds (then
+    it is killed). A non-zero exit is returned, not raised: callers such as buildpack
+    detection treat it as an answer.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+    except OSError as exc:
+        raise CommandFailed(argv, None, str(exc)) from exc
+    timer = None
+    if deadline is not None:
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), proc.kill)
+        timer.start()
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            on_line(raw.decode("utf-8", "replace").rstrip("\n"))
+        status = proc.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if deadline is not None and time.monotonic() >= deadline and status < 0:
+        raise CommandFailed(argv, None, f"killed after {timeout:.0f} s")
+    return status

@@ -1,0 +1,268 @@
+"""Stacks: the Debian root filesystems that builds and dynos run on.
+
+A stack is made once with debootstrap from Debian's archive into a temporary directory
+beside its final place, then renamed to ``<state_dir>/stacks/<name>``, so a half-built
+stack is never seen. A marker file in the root records the definition it was built
+from; a stack whose marker does not match its definition (the package list changed) is
+rebuilt. Built stacks can be kept in a cache directory keyed by the definition's hash,
+so the test suite (and a reinstall) does not debootstrap every time.
+
+Heroku's equivalent is ``heroku-24`` (an Ubuntu image with the common libraries);
+here the default is ``debian-13`` (trixie: Python 3.13, Node.js 20).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dynod import run
+from dynod.errors import FailedPrecondition, NotFound, Unavailable
+
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+MARKER = "etc/dynod-stack.json"
+CACHE_ENV = "DYNOD_STACK_CACHE"
+DEFAULT_CACHE = Path("/var/cache/dynod/stacks")
+# debootstrap of trixie with the packages below: a few minutes on a slow mirror.
+DEBOOTSTRAP_TIMEOUT = 30 * 60.0
+
+# What builds and dynos expect to find: language runtimes for the built-in buildpacks,
+# git and curl for buildpacks that fetch, and the compilers and headers that common
+# Python and Node packages with C extensions need (psycopg, cffi, bcrypt, sqlite3).
+COMMON_PACKAGES: tuple[str, ...] = (
+    "ca-certificates",
+    "curl",
+    "git",
+    "procps",
+    "tzdata",
+    "python3",
+    "python3-venv",
+    "python3-dev",
+    "nodejs",
+    "npm",
+    "gcc",
+    "g++",
+    "make",
+    "libc6-dev",
+    "pkg-config",
+    "libffi-dev",
+    "libssl-dev",
+    "libpq-dev",
+    "libsqlite3-dev",
+    "zlib1g-dev",
+)
+
+
+@dataclass(frozen=True)
+class StackDefinition:
+    """How to make one stack. Changing any field changes ``cache_key`` (a rebuild)."""
+
+    name: str
+    suite: str
+    packages: tuple[str, ...] = COMMON_PACKAGES
+    mirror: str = DEBIAN_MIRROR
+    variant: str = "minbase"
+    components: tuple[str, ...] = ("main",)
+    arch: str = "amd64"
+
+
+STACKS: Mapping[str, StackDefinition] = {
+    "debian-13": StackDefinition(name="debian-13", suite="trixie"),
+    "debian-12": StackDefinition(name="debian-12", suite="bookworm"),
+}
+DEFAULT_STACK = "debian-13"
+
+
+def get_stack(name: str) -> StackDefinition:
+    """The definition of stack ``name``. Raises NotFound naming the known stacks."""
+    try:
+        return STACKS[name]
+    except KeyError:
+        known = ", ".join(sorted(STACKS))
+        raise NotFound(f'stack "{name}" does not exist; available stacks: {known}') from None
+
+
+def cache_key(defn: StackDefinition) -> str:
+    """A short stable hash of everything that decides the stack's content."""
+    canonical = json.dumps(asdict(defn), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def debootstrap_argv(defn: StackDefinition, target: Path) -> list[str]:
+    """The debootstrap command that makes ``defn`` in ``target``."""
+    return [
+        "debootstrap",
+        f"--variant={defn.variant}",
+        f"--arch={defn.arch}",
+        f"--components={','.join(defn.components)}",
+        f"--include={','.join(defn.packages)}",
+        "--keyring=/usr/share/keyrings/debian-archive-keyring.gpg",
+        defn.suite,
+        str(target),
+        defn.mirror,
+    ]
+
+
+def stacks_dir(state_dir: Path) -> Path:
+    return state_dir / "stacks"
+
+
+def stack_root(state_dir: Path, name: str) -> Path:
+    """Where stack ``name`` lives once built (it may not be built yet)."""
+    return stacks_dir(state_dir) / name
+
+
+def stack_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The cache of built stacks: ``$DYNOD_STACK_CACHE`` or /var/cache/dynod/stacks."""
+    value = (os.environ if env is None else env).get(CACHE_ENV, "")
+    return Path(value) if value else DEFAULT_CACHE
+
+
+def cache_entry(cache: Path, defn: StackDefinition) -> Path:
+    return cache / f"{defn.name}-{cache_key(defn)}"
+
+
+def marker_content(defn: StackDefinition, built_at: float) -> str:
+    """The marker file's JSON: the definition, its key and when it was built."""
+    doc = {"key": cache_key(defn), "built_at": round(built_at), **asdict(defn)}
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def read_marker(root: Path) -> dict[str, object] | None:
+    """The marker of the stack at ``root``, or None if there is none or it is unreadable."""
+    try:
+        doc = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def is_current(root: Path, defn: StackDefinition) -> bool:
+    """True if ``root`` holds a complete stack built from exactly ``defn``."""
+    marker = read_marker(root)
+    return marker is not None and marker.get("key") == cache_key(defn)
+
+
+def python_version(root: Path) -> str | None:
+    """The stack's python3 as ``X.Y`` (from the /usr/bin/python3 link), or None."""
+    for candidate in (root / "usr/bin/python3", root / "bin/python3"):
+        try:
+            name = candidate.readlink().name
+        except OSError:
+            continue
+        if name.startswith("python3."):
+            return name.removeprefix("python")
+    return None
+
+
+Runner = Callable[[Sequence[str], Callable[[str], None]], int]
+
+
+def _default_runner(argv: Sequence[str], on_line: Callable[[str], None]) -> int:
+    return run.stream(argv, on_line, timeout=DEBOOTSTRAP_TIMEOUT)
+
+
+def _copy_tree(src: Path, dst: Path, runner: Runner, on_line: Callable[[str], None]) -> None:
+    # cp -a keeps owners, modes, device nodes and hard links, which shutil does not.
+    status = runner(["cp", "-a", "--reflink=auto", f"{src}/.", str(dst)], on_line)
+    if status != 0:
+        raise Unavailable(f"could not copy stack {src} to {dst} (cp exit {status})")
+
+
+def _prune(root: Path) -> None:
+    """Drop what a stack does not need at run time: downloaded .debs and apt lists."""
+    for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        directory = root / sub
+        if not directory.is_dir():
+            continue
+        for entry in directory.iterdir():
+            if entry.is_file() and entry.name != "lock":
+                entry.unlink()
+
+
+def build_stack(
+    defn: StackDefinition,
+    state_dir: Path,
+    *,
+    cache: Path | None = None,
+    on_line: Callable[[str], None] = lambda _line: None,
+    runner: Runner = _default_runner,
+) -> Path:
+    """Make stack ``defn`` under ``state_dir`` unless it is current; return its root.
+
+    With ``cache``, a cached copy with the same key is used instead of debootstrap, and
+    a freshly made stack is copied into the cache. Raises Unavailable if debootstrap
+    fails (the archive cannot be reached, a package does not exist) and leaves nothing
+    behind but the previous stack, if any.
+    """
+    final = stack_root(state_dir, defn.name)
+    if is_current(final, defn):
+        return final
+    stacks_dir(state_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{defn.name}.tmp-", dir=stacks_dir(state_dir)))
+    try:
+        tmp.chmod(0o755)
+        entry = None if cache is None else cache_entry(cache, defn)
+        if entry is not None and is_current(entry, defn):
+            on_line(f"-----> Using cached stack {entry}")
+            _copy_tree(entry, tmp, runner, on_line)
+        else:
+            on_line(f"-----> Building stack {defn.name} ({defn.suite}) with debootstrap")
+            status = runner(debootstrap_argv(defn, tmp), on_line)
+            if status != 0:
+                raise Unavailable(
+                    f'stack "{defn.name}": debootstrap {defn.suite} from {defn.mirror} '
+                    f"failed (exit {status}); see its output above"
+                )
+            _prune(tmp)
+            (tmp / MARKER).write_text(marker_content(defn, time.time()))
+            if entry is not None:
+                _store_in_cache(tmp, entry, runner, on_line)
+        _replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _store_in_cache(
+    root: Path, entry: Path, runner: Runner, on_line: Callable[[str], None]
+) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=entry.parent))
+    try:
+        _copy_tree(root, staging, runner, on_line)
+        _replace(staging, entry)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace(new: Path, final: Path) -> None:
+    """Rename ``new`` to ``final``; an existing ``final`` is moved aside, then removed."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        new.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(final)
+
+
+def require_stack(state_dir: Path, name: str) -> Path:
+    """The root of built stack ``name``. Raises NotFound for an unknown stack and
+    FailedPrecondition if it is not built (yet) or is out of date."""
+    defn = get_stack(name)
+    root = stack_root(state_dir, name)
+    if not is_current(root, defn):
+        raise FailedPrecondition(
+            f'stack "{name}" is not built; build it with `dynoctl stacks:build {name}`'
+        )
+    return root

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from dynod import stacks
+from dynod.errors import FailedPrecondition, NotFound, Unavailable
+
+
+def test_known_stacks_and_default() -> None:
+    assert stacks.DEFAULT_STACK == "debian-13"
+    assert stacks.get_stack("debian-13").suite == "trixie"
+    assert stacks.get_stack("debian-12").suite == "bookworm"
+    with pytest.raises(NotFound, match="available stacks: debian-12, debian-13"):
+        stacks.get_stack("heroku-24")
+
+
+def test_debootstrap_argv() -> None:
+    defn = stacks.get_stack("debian-13")
+    argv = stacks.debootstrap_argv(defn, Path("/x/tmp"))
+    assert argv[0] == "debootstrap"
+    assert "--variant=minbase" in argv
+    include = next(a for a in argv if a.startswith("--include="))
+    for pkg in ("python3", "python3-venv", "nodejs", "npm", "git", "curl", "ca-certificates"):
+        assert pkg in include.removeprefix("--include=").split(",")
+    assert argv[-3:] == ["trixie", "/x/tmp", "http://deb.debian.org/debian"]
+
+
+def test_cache_key_is_stable_and_follows_the_definition() -> None:
+    a = stacks.get_stack("debian-13")
+    assert stacks.cache_key(a) == stacks.cache_key(dataclasses.replace(a))
+    assert len(stacks.cache_key(a)) == 16
+    more = dataclasses.replace(a, packages=(*a.packages, "imagemagick"))
+    assert stacks.cache_key(more) != stacks.cache_key(a)
+    assert stacks.cache_key(stacks.get_stack("debian-12")) != stacks.cache_key(a)
+
+
+def test_cache_dir_from_env() -> None:
+    assert stacks.stack_cache_dir({}) == Path("/var/cache/dynod/stacks")
+    assert stacks.stack_cache_dir({"DYNOD_STACK_CACHE": "/c"}) == Path("/c")
+
+
+def test_python_version_from_link(tmp_path: Path) -> None:
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/python3").symlink_to("python3.13")
+    assert stacks.python_version(tmp_path) == "3.13"
+    assert stacks.python_version(tmp_path / "nothing") is None
+
+
+class FakeDebootstrap:
+    """Stands in for debootstrap and cp: records argv, makes a tiny root."""
+
+    def __init__(self, status: int = 0) -> None:
+        self.calls: list[list[str]] = []
+        self.status = status
+
+    def __call__(self, argv: Sequence[str], on_line: Callable[[str], None]) -> int:
+        self.calls.append(list(argv))
+        if argv[0] == "debootstrap":
+            target = Path(argv[-2])
+            (target / "etc").mkdir(parents=True)
+            (target / "usr/bin").mkdir(parents=True)
+            (target / "var/cache/apt/archives").mkdir(parents=True)
+            (target / "var/cache/apt/archives/x.deb").write_text("deb")
+            on_line("I: Base system installed successfully.")
+            return self.status
+        if argv[0] == "cp":
+            src, dst = Path(argv[-2].removesuffix("/.")), Path(argv[-1])
+            shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+            return 0
+        raise AssertionError(argv)
+
+
+def test_build_then_current_then_cached(tmp_path: Path) -> None:
+    defn = stacks.get_stack("debian-13")
+    cache = tmp_path / "cache"
+    fake = FakeDebootstrap()
+    lines: list[str] = []
+    root = stacks.build_stack(
+        defn, tmp_path / "state", cache=cache, runner=fake, on_line=lines.append
+    )
+    assert root == tmp_path / "state/stacks/debian-13"
+    marker = json.loads((root / stacks.MARKER).read_text())
+    assert marker["key"] == stacks.cache_key(defn)
+    assert marker["packages"] == list(defn.packages)
+    assert not (root / "var/cache/apt/archives/x.deb").exists()
+    assert stacks.is_current(stacks.cache_entry(cache, defn), defn)
+    assert [c[0] for c in fake.calls] == ["debootstrap", "cp"]
+    # no leftovers beside the stack
+    assert sorted(p.name for p in (tmp_path / "state/stacks").iterdir()) == ["debian-13"]
+
+    # current: nothing runs
+    stacks.build_stack(defn, tmp_path / "state", cache=cache, runner=fake)
+    assert len(fake.calls) == 2
+
+    # another state dir: copied from the cache, no debootstrap
+    other = stacks.build_stack(defn, tmp_path / "other", cache=cache, runner=fake)
+    assert [c[0] for c in fake.calls] == ["debootstrap", "cp", "cp"]
+    assert stacks.is_current(other, defn)
+    assert stacks.require_stack(tmp_path / "other", "debian-13") == other
+
+
+def test_failed_debootstrap_leaves_nothing(tmp_path: Path) -> None:
+    defn = stacks.get_stack("debian-12")
+    with pytest.raises(Unavailable, match="debootstrap bookworm"):
+        stacks.build_stack(defn, tmp_path, runner=FakeDebootstrap(status=1))
+    assert list((tmp_path / "stacks").iterdir()) == []
+    with pytest.raises(FailedPrecondition, match="stacks:build debian-12"):
+        stacks.require_stack(tmp_path, "debian-12")
