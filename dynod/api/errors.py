@@ -27,7 +27,7 @@ CODES: dict[type[errors.DynodError], grpc.StatusCode] = {
 def code_for(exc: errors.DynodError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in CODES:
-            return CODES[cls]  # type: ignore[index]
+            return CODES[cls]
     return grpc.StatusCode.INTERNAL
 
 
@@ -53,15 +53,16 @@ def _wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..
     return stream if streaming_response else unary
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(grpc.ServerInterceptor):
     """Turns DynodError into its status code; anything else is INTERNAL and logged."""
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+    ) -> Any:
+        # grpc's handlers are namedtuples at run time; the stubs do not say so.
+        handler: Any = continuation(handler_call_details)
         if handler is None:
             return None
         if handler.unary_unary:

@@ -122,7 +122,7 @@ class FrontSocket:
             public.unlink()
         self._listener.bind(str(public))
         os.chown(public, 0, self.api_gid if self.api_gid is not None else 0)
-        os.chmod(public, 0o660)
+        public.chmod(0o660)
         self._listener.listen(128)
         self._closed = threading.Event()
 

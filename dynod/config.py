@@ -1,0 +1,96 @@
+"""Config vars: every change is a new release holding the full snapshot.
+
+Heroku (config-vars article): keys are letters, digits and underscores, not starting
+with a digit; all keys and values of an app together may not exceed 64 KB. Setting or
+unsetting makes a release described ``Set FOO, BAR config vars`` / ``Remove FOO config
+vars``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from dynod import releases
+from dynod.errors import InvalidArgument, ResourceExhausted
+from dynod.releases import Release
+
+if TYPE_CHECKING:
+    from dynod.state import Store
+
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Set by dynod in every dyno; an app-provided value would be silently overridden.
+RESERVED_KEYS = frozenset({"PORT", "DYNO"})
+RESERVED_PREFIX = "DYNOD_"
+MAX_BYTES = 64 * 1024
+
+
+def validate_key(key: str) -> None:
+    """Raises InvalidArgument for a malformed or platform-reserved key."""
+    if not KEY_RE.match(key):
+        raise InvalidArgument(
+            f"config key {key!r} is invalid: use letters, digits and underscores, "
+            "not starting with a digit"
+        )
+    if key in RESERVED_KEYS or key.startswith(RESERVED_PREFIX):
+        raise InvalidArgument(
+            f"config key {key!r} is reserved: dynod sets PORT, DYNO and DYNOD_* itself; "
+            "choose another name"
+        )
+
+
+def size_of(config: Mapping[str, str]) -> int:
+    """Bytes counted against the 64 KB limit: every key and value, UTF-8 encoded."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in config.items())
+
+
+def get_config(store: Store, app: str) -> Release:
+    """The current release, whose ``config`` is the app's config. Raises NotFound."""
+    with store.read() as tx:
+        return releases.current(tx, app)
+
+
+def set_config(store: Store, app: str, changes: Mapping[str, str], user: str) -> Release:
+    """Set ``changes`` on top of the current config; returns the new release.
+
+    Raises InvalidArgument (no keys, bad or reserved key, NUL in a value), NotFound,
+    ResourceExhausted (over 64 KB).
+    """
+    if not changes:
+        raise InvalidArgument("no config vars given; use KEY=value")
+    for key, value in changes.items():
+        validate_key(key)
+        if "\0" in value:
+            raise InvalidArgument(f"config var {key}: a value cannot contain a NUL byte")
+    with store.write() as tx:
+        latest = releases.current(tx, app)
+        config = {**latest.config, **changes}
+        size = size_of(config)
+        if size > MAX_BYTES:
+            raise ResourceExhausted(
+                f'app "{app}": config vars would take {size} bytes, over the limit of '
+                f"{MAX_BYTES} (64 KB) per app; unset some, or keep large values elsewhere"
+            )
+        return releases.append_release(
+            tx, app, description=f"Set {', '.join(sorted(changes))} config vars",
+            user=user, slug_id=latest.slug_id, config=config)
+
+
+def unset_config(store: Store, app: str, keys: Iterable[str], user: str) -> Release:
+    """Remove ``keys`` (absent ones are ignored); returns the new release.
+
+    Raises InvalidArgument (no keys, malformed key), NotFound.
+    """
+    wanted = sorted(set(keys))
+    if not wanted:
+        raise InvalidArgument("no config keys given; name the keys to unset")
+    for key in wanted:
+        if not KEY_RE.match(key):
+            validate_key(key)
+    with store.write() as tx:
+        latest = releases.current(tx, app)
+        config = {k: v for k, v in latest.config.items() if k not in wanted}
+        return releases.append_release(
+            tx, app, description=f"Remove {', '.join(wanted)} config vars",
+            user=user, slug_id=latest.slug_id, config=config)

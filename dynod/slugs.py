@@ -1,0 +1,209 @@
+"""Slugs: a tar.gz of ``./app`` with its process types, stored once by checksum.
+
+Heroku's Platform API flow: create a slug (process types, checksum), upload the
+tarball, create a release from the slug. The tarball lives at
+``<state_dir>/slugs/<sha256>.tgz``, written under a temporary name, verified, then
+renamed, so a file with the final name is always complete and correct. Unpacking it
+belongs to builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from dynod import apps
+from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+
+if TYPE_CHECKING:
+    from dynod.state import Store, Tx
+
+# Heroku: a compressed slug may be at most 500 MB (slug-compiler article).
+MAX_SLUG_BYTES = 500 * 1024 * 1024
+# Heroku's classic Procfile: ^([A-Za-z0-9_-]+):\s*(.+)$ (buildpacks-procfile SPEC.md).
+PROCESS_TYPE_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+CHECKSUM_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class Slug:
+    """A slug of ``app``. ``checksum`` is ``sha256:<hex>``; ``uploaded`` once its
+    tarball is stored and verified."""
+
+    id: str
+    app: str
+    checksum: str
+    size: int
+    created_at: datetime
+    process_types: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    commit: str = ""
+    uploaded: bool = False
+
+    @property
+    def sha256(self) -> str:
+        return self.checksum.removeprefix("sha256:")
+
+
+def path_of(slugs_dir: Path, checksum: str) -> Path:
+    return slugs_dir / f"{checksum.removeprefix('sha256:')}.tgz"
+
+
+def parse_checksum(text: str) -> str:
+    """``sha256:<hex>`` (Heroku writes ``SHA256:``), lower-cased. Raises InvalidArgument."""
+    checksum = text.strip().lower()
+    if not CHECKSUM_RE.match(checksum):
+        raise InvalidArgument(
+            f"slug checksum {text!r} is invalid; give sha256:<64 hex digits> of the tar.gz"
+        )
+    return checksum
+
+
+def validate_process_types(process_types: Mapping[str, str]) -> None:
+    for name, command in process_types.items():
+        if not PROCESS_TYPE_RE.match(name):
+            raise InvalidArgument(
+                f"process type {name!r} is invalid: use letters, digits, '_' and '-'"
+            )
+        if not command.strip() or "\0" in command:
+            raise InvalidArgument(f"process type {name!r}: give it a command")
+
+
+def require(tx: Tx, app: str, slug_id: str) -> Slug:
+    apps.require(tx, app)
+    slug = tx.slug(app, slug_id)
+    if slug is None:
+        raise NotFound(f'app "{app}" has no slug {slug_id!r}; create one first')
+    return slug
+
+
+def create_slug(
+    store: Store,
+    app: str,
+    *,
+    checksum: str,
+    size: int,
+    process_types: Mapping[str, str],
+    commit: str = "",
+) -> Slug:
+    """Record a slug whose tarball will be uploaded next.
+
+    Raises InvalidArgument (checksum, size, process types), ResourceExhausted (over
+    500 MB), NotFound (app).
+    """
+    checksum = parse_checksum(checksum)
+    if size <= 0:
+        raise InvalidArgument(f"slug size {size} is invalid; give the tarball's size in bytes")
+    if size > MAX_SLUG_BYTES:
+        raise ResourceExhausted(
+            f"slug of {size} bytes is over the limit of {MAX_SLUG_BYTES} (500 MB); "
+            "make it smaller (.slugignore, fewer dependencies)"
+        )
+    validate_process_types(process_types)
+    if len(commit) > 64:
+        raise InvalidArgument("commit is too long; give a git commit id")
+    with store.write() as tx:
+        apps.require(tx, app)
+        slug = Slug(id=str(uuid.uuid4()), app=app, checksum=checksum, size=size,
+                    created_at=datetime.now(UTC),
+                    process_types=MappingProxyType(dict(process_types)), commit=commit)
+        tx.put_slug(slug)
+        return slug
+
+
+def get_slug(store: Store, app: str, slug_id: str) -> Slug:
+    """Raises NotFound."""
+    with store.read() as tx:
+        return require(tx, app, slug_id)
+
+
+def upload_slug(
+    store: Store, slugs_dir: Path, app: str, slug_id: str, chunks: Iterable[bytes]
+) -> Slug:
+    """Store the tarball of a created slug, verifying its size, gzip header and checksum.
+
+    Raises NotFound, FailedPrecondition (already uploaded), InvalidArgument (not what
+    was declared).
+    """
+    with store.read() as tx:
+        slug = require(tx, app, slug_id)
+    if slug.uploaded:
+        raise FailedPrecondition(
+            f"slug {slug_id} is already uploaded; create a release from it"
+        )
+    write_blob(slugs_dir, chunks, slug.checksum, slug.size)
+    with store.write() as tx:
+        slug = require(tx, app, slug_id)
+        uploaded = Slug(**{**slug.__dict__, "uploaded": True})
+        tx.put_slug(uploaded)
+        return uploaded
+
+
+def write_blob(slugs_dir: Path, chunks: Iterable[bytes], checksum: str, size: int) -> Path:
+    """Write ``chunks`` to ``path_of(slugs_dir, checksum)`` if they match; return it.
+
+    The same content uploaded twice is stored once (the rename replaces identical bytes).
+    """
+    slugs_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    final = path_of(slugs_dir, checksum)
+    digest = hashlib.sha256()
+    received = 0
+    head = b""
+    fd, tmp_name = tempfile.mkstemp(dir=slugs_dir, prefix=".upload-", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                received += len(chunk)
+                if received > size:
+                    raise InvalidArgument(
+                        f"slug tarball is larger than the declared {size} bytes; "
+                        "create the slug with its real size"
+                    )
+                if len(head) < 2:
+                    head += chunk[: 2 - len(head)]
+                digest.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        if received != size:
+            raise InvalidArgument(
+                f"slug tarball has {received} bytes, not the declared {size}; "
+                "the upload was cut short, retry it"
+            )
+        if head != GZIP_MAGIC:
+            raise InvalidArgument("slug tarball is not gzip-compressed; give a .tar.gz of ./app")
+        actual = "sha256:" + digest.hexdigest()
+        if actual != checksum:
+            raise InvalidArgument(
+                f"slug tarball's checksum is {actual}, not the declared {checksum}; "
+                "the file changed or was corrupted, create the slug again"
+            )
+        tmp.chmod(0o644)
+        tmp.replace(final)
+        dir_fd = os.open(slugs_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return final
+
+
+def remove_blobs(slugs_dir: Path, checksums: Iterable[str]) -> None:
+    """Delete tarballs that no slug refers to any more (after destroying an app)."""
+    for checksum in checksums:
+        with contextlib.suppress(FileNotFoundError):
+            path_of(slugs_dir, checksum).unlink()
