@@ -1,0 +1,358 @@
+"""Dyno networking: the ``dynod0`` bridge, per-dyno network namespaces, NAT and isolation.
+
+The only module that imports pyroute2. Plans are pure (``plan_bridge``,
+``allocate_address``, ``plan_dyno_network``, ``render_nftables``,
+``dyno_resolv_conf``); ``ensure_bridge``, ``create_dyno_network`` and the ``remove_*``
+functions act, and every removal is idempotent.
+
+Shape of the network::
+
+    host: dynod0 (bridge, the pool's first address, e.g. 10.213.0.1/16)
+      |-- dv0ad50002 (veth, isolated port) -- netns dynod-shop-web.1: eth0 10.213.0.2/16
+      `-- dv0ad50003 (veth, isolated port) -- netns dynod-blog-web.1: eth0 10.213.0.3/16
+
+* Isolation between dynos is at layer 2: every dyno's bridge port is ``isolated``, so
+  isolated ports reach only the bridge itself (the host, where the router runs), never
+  each other. No dyno of any app reaches another dyno, the way Heroku's common runtime
+  dynos do not.
+* The host: nftables table ``ip dynod`` drops everything a dyno sends to the host itself
+  except replies on connections the host opened (the router to a dyno), and everything
+  forwarded towards the bridge except replies. Egress to the world is masqueraded. The
+  cloud metadata range 169.254.0.0/16 is dropped.
+* Host veth names encode the dyno's address (``dv`` + 8 hex digits), so the set of used
+  addresses is read back from the bridge's ports after a restart of dynod.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from pyroute2 import IPRoute, NetlinkError, netns
+
+from dynod import run
+from dynod.errors import InvalidArgument, ResourceExhausted, Unavailable
+
+BRIDGE = "dynod0"
+NETNS_PREFIX = "dynod-"
+NETNS_DIR = Path("/run/netns")
+VETH_PREFIX = "dv"
+NFT_TABLE = "dynod"  # family ip; everything dynod adds to nftables lives in this table
+# Link-local, where clouds serve instance metadata and credentials.
+METADATA = IPv4Network("169.254.0.0/16")
+IFNAMSIZ = 15
+
+
+@dataclass(frozen=True)
+class BridgePlan:
+    pool: IPv4Network
+    bridge: str = BRIDGE
+
+    @property
+    def gateway(self) -> IPv4Address:
+        """The bridge's own address: the pool's first host address."""
+        return self.pool.network_address + 1
+
+
+@dataclass(frozen=True)
+class DynoNetwork:
+    """One dyno's network namespace and its veth pair."""
+
+    dyno: str
+    address: IPv4Address
+    gateway: IPv4Address
+    prefixlen: int
+    bridge: str = BRIDGE
+
+    @property
+    def netns(self) -> str:
+        return NETNS_PREFIX + self.dyno
+
+    @property
+    def netns_path(self) -> Path:
+        return NETNS_DIR / self.netns
+
+    @property
+    def host_veth(self) -> str:
+        return veth_name(self.address)
+
+
+def plan_bridge(pool: str) -> BridgePlan:
+    """Parse the configured pool. Raises InvalidArgument for a bad or too small CIDR."""
+    try:
+        net = IPv4Network(pool, strict=True)
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"address pool {pool!r}: {exc}; use an IPv4 CIDR such as 10.213.0.0/16"
+        ) from exc
+    if net.prefixlen > 29:
+        raise InvalidArgument(f"address pool {pool!r} is too small; use /29 or larger")
+    return BridgePlan(pool=net)
+
+
+def veth_name(address: IPv4Address) -> str:
+    return f"{VETH_PREFIX}{int(address):08x}"
+
+
+def address_of_veth(name: str) -> IPv4Address | None:
+    """The dyno address a host veth name encodes, or None for another interface."""
+    digits = name.removeprefix(VETH_PREFIX)
+    if digits == name or len(digits) != 8:
+        return None
+    try:
+        return IPv4Address(int(digits, 16))
+    except ValueError:
+        return None
+
+
+def allocate_address(plan: BridgePlan, used: Iterable[IPv4Address]) -> IPv4Address:
+    """The lowest free host address of the pool (never the bridge's own).
+
+    Raises ResourceExhausted when every address is taken.
+    """
+    taken = set(used) | {plan.gateway}
+    for host in plan.pool.hosts():
+        if host not in taken:
+            return host
+    raise ResourceExhausted(
+        f"address pool {plan.pool} is full ({plan.pool.num_addresses - 3} dynos); "
+        "configure a larger address_pool"
+    )
+
+
+def plan_dyno_network(plan: BridgePlan, dyno: str, address: IPv4Address) -> DynoNetwork:
+    """Raises InvalidArgument for an address outside the pool or a bad dyno key."""
+    if address not in plan.pool or address in {
+        plan.gateway,
+        plan.pool.network_address,
+        plan.pool.broadcast_address,
+    }:
+        raise InvalidArgument(f"dyno {dyno}: address {address} is not a host of {plan.pool}")
+    if not dyno or "/" in dyno or "\0" in dyno or dyno in {".", ".."}:
+        raise InvalidArgument(f"dyno key {dyno!r} must be a plain file name")
+    return DynoNetwork(
+        dyno=dyno,
+        address=address,
+        gateway=plan.gateway,
+        prefixlen=plan.pool.prefixlen,
+        bridge=plan.bridge,
+    )
+
+
+def ip_allow_list(net: DynoNetwork, pool: IPv4Network) -> list[IPv4Network]:
+    """What the dyno's cgroup may exchange packets with (``IPAddressAllow=``, with
+    ``IPAddressDeny=any``): loopback, itself, the bridge (the router's connections),
+    and the whole IPv4 Internet except the pool (other dynos) and link-local.
+    Defence in depth for the nftables rules and the isolated bridge ports."""
+    outside: list[IPv4Network] = [IPv4Network("0.0.0.0/0")]
+    for hole in (pool, METADATA):
+        nxt: list[IPv4Network] = []
+        for net_ in outside:
+            if hole.subnet_of(net_):
+                nxt.extend(net_.address_exclude(hole))
+            elif not net_.subnet_of(hole):
+                nxt.append(net_)
+        outside = nxt
+    own = [
+        IPv4Network("127.0.0.0/8"),
+        IPv4Network(f"{net.address}/32"),
+        IPv4Network(f"{net.gateway}/32"),
+    ]
+    return own + sorted(outside)
+
+
+def render_nftables(plan: BridgePlan) -> str:
+    """The whole ``ip dynod`` table, replaced atomically by ``nft -f``.
+
+    The leading ``table``/``delete table`` pair makes the script idempotent: it
+    creates the table if missing, then replaces it in one transaction.
+    """
+    br = plan.bridge
+    return f"""table ip {NFT_TABLE}
+delete table ip {NFT_TABLE}
+table ip {NFT_TABLE} {{
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr {plan.pool} oifname != "{br}" masquerade
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy accept;
+\t\toifname "{br}" ct state established,related accept
+\t\toifname "{br}" drop
+\t\tiifname "{br}" ip daddr {METADATA} drop
+\t\tiifname "{br}" ip daddr {plan.pool} drop
+\t}}
+\tchain input {{
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname "{br}" ct state established,related accept
+\t\tiifname "{br}" drop
+\t}}
+}}
+"""
+
+
+def dyno_resolv_conf(candidates: Iterable[str]) -> str:
+    """resolv.conf for dynos from the host's files, in order of preference.
+
+    A dyno cannot reach the host's loopback (its own netns), so loopback stubs
+    (127.0.0.53 of systemd-resolved) are skipped; the first candidate with a
+    non-loopback nameserver wins (pass /etc/resolv.conf, then
+    /run/systemd/resolve/resolv.conf). No usable server gives a file with no
+    nameserver: lookups fail fast instead of hanging.
+    """
+    for text in candidates:
+        servers = []
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == "nameserver":
+                try:
+                    addr = ipaddress.ip_address(fields[1].split("%")[0])
+                except ValueError:
+                    continue
+                if not addr.is_loopback and addr.version == 4:
+                    servers.append(str(addr))
+        if servers:
+            body = "".join(f"nameserver {s}\n" for s in servers[:3])
+            return "# dynod: the host's upstream resolvers\n" + body
+    return "# dynod: the host has no resolver a dyno can reach\n"
+
+
+# --- acting -----------------------------------------------------------------------
+
+
+def _index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
+    """Create (or repair) the bridge, forwarding, the nftables table and the dynos'
+    resolv.conf. Idempotent. Returns the resolv.conf path to bind into dynos.
+
+    Raises Unavailable when the kernel or nft refuses.
+    """
+    try:
+        with IPRoute() as ipr:
+            idx = _index(ipr, plan.bridge)
+            if idx is None:
+                ipr.link("add", ifname=plan.bridge, kind="bridge")
+                idx = _index(ipr, plan.bridge)
+            assert idx is not None
+            have = {(a.get("address"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
+            if (str(plan.gateway), plan.pool.prefixlen) not in have:
+                ipr.addr("add", index=idx, address=str(plan.gateway), prefixlen=plan.pool.prefixlen)
+            ipr.link("set", index=idx, state="up")
+    except NetlinkError as exc:
+        raise Unavailable(f"bridge {plan.bridge}: {exc}") from exc
+    # NAT for egress needs forwarding (this network namespace only).
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    if forward.read_text().strip() != "1":
+        forward.write_text("1\n")
+    try:
+        run.output(["nft", "-f", "-"], input=render_nftables(plan))
+    except run.CommandFailed as exc:
+        raise Unavailable(f"nftables table ip {NFT_TABLE}: {exc}") from exc
+    resolv = runtime_dir / "resolv.conf"
+    texts = []
+    for candidate in (Path("/etc/resolv.conf"), Path("/run/systemd/resolve/resolv.conf")):
+        try:
+            texts.append(candidate.read_text())
+        except OSError:
+            continue
+    runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = resolv.with_suffix(".tmp")
+    tmp.write_text(dyno_resolv_conf(texts))
+    tmp.chmod(0o644)
+    tmp.replace(resolv)
+    return resolv
+
+
+def remove_bridge(plan: BridgePlan) -> None:
+    """Delete the nftables table and the bridge. Idempotent."""
+    try:
+        run.output(["nft", "-f", "-"], input=f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
+    except run.CommandFailed as exc:
+        raise Unavailable(f"nftables table ip {NFT_TABLE}: {exc}") from exc
+    with IPRoute() as ipr:
+        idx = _index(ipr, plan.bridge)
+        if idx is not None:
+            ipr.link("del", index=idx)
+
+
+def used_addresses(bridge: str = BRIDGE) -> set[IPv4Address]:
+    """Addresses of dynos whose host veth exists (read back from interface names)."""
+    with IPRoute() as ipr:
+        names = [link.get("ifname") for link in ipr.get_links()]
+    return {a for a in (address_of_veth(str(n)) for n in names if n) if a is not None}
+
+
+def list_dyno_netns() -> list[str]:
+    """Dyno keys that have a ``dynod-*`` network namespace (for reconcile)."""
+    try:
+        names = [p.name for p in NETNS_DIR.iterdir()]
+    except FileNotFoundError:
+        return []
+    return sorted(n.removeprefix(NETNS_PREFIX) for n in names if n.startswith(NETNS_PREFIX))
+
+
+def create_dyno_network(net: DynoNetwork) -> None:
+    """Create the netns, the veth pair (host end on the bridge, isolated; ``eth0``
+    inside), lo up, the address and a default route via the bridge.
+
+    The bridge must exist (``ensure_bridge``). On failure everything made so far is
+    removed and Unavailable is raised; an existing netns of that name is an error
+    (AlreadyExists would hide a leak: reconcile removes stale ones first).
+    """
+    if len(net.host_veth) > IFNAMSIZ:
+        raise InvalidArgument(f"interface name {net.host_veth} is too long")
+    if net.netns_path.exists():
+        raise Unavailable(f"dyno {net.dyno}: network namespace {net.netns} exists; remove it")
+    try:
+        netns.create(net.netns)
+        with IPRoute() as ipr:
+            bridge = _index(ipr, net.bridge)
+            if bridge is None:
+                raise Unavailable(f"bridge {net.bridge} is missing; ensure_bridge first")
+            ipr.link(
+                "add",
+                ifname=net.host_veth,
+                kind="veth",
+                peer={"ifname": "eth0", "net_ns_fd": net.netns},
+            )
+            host = _index(ipr, net.host_veth)
+            assert host is not None
+            ipr.link("set", index=host, master=bridge)
+            ipr.brport("set", index=host, isolated=1)
+            ipr.link("set", index=host, state="up")
+        with IPRoute(netns=net.netns) as inner:
+            lo = _index(inner, "lo")
+            eth0 = _index(inner, "eth0")
+            assert lo is not None and eth0 is not None
+            inner.link("set", index=lo, state="up")
+            inner.addr("add", index=eth0, address=str(net.address), prefixlen=net.prefixlen)
+            inner.link("set", index=eth0, state="up")
+            inner.route("add", dst="0.0.0.0/0", gateway=str(net.gateway))
+    except (NetlinkError, OSError) as exc:
+        remove_dyno_network(net)
+        raise Unavailable(f"dyno {net.dyno}: network: {exc}") from exc
+    except Unavailable:
+        remove_dyno_network(net)
+        raise
+
+
+def remove_dyno_network(net: DynoNetwork) -> None:
+    """Remove the netns (the kernel then frees eth0 and its host peer) and the host
+    veth if it is still there. Idempotent."""
+    if net.netns_path.exists():
+        netns.remove(net.netns)
+    with IPRoute() as ipr:
+        idx = _index(ipr, net.host_veth)
+        if idx is not None:
+            try:
+                ipr.link("del", index=idx)
+            except NetlinkError as exc:
+                if exc.code != 19:  # ENODEV: the kernel freed it meanwhile
+                    raise

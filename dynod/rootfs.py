@@ -1,0 +1,231 @@
+"""A dyno's root filesystem: an overlay of [slug tree, stack] with a throw-away upper layer.
+
+The plan is pure data (``plan_rootfs``); ``apply_rootfs`` and ``remove_rootfs`` are the
+only functions that touch the machine. Layout under the runtime directory::
+
+    <runtime_dir>/dynos/<dyno>/upper   per-dyno writes (the ephemeral filesystem)
+    <runtime_dir>/dynos/<dyno>/work    overlayfs work directory (same filesystem as upper)
+    <runtime_dir>/dynos/<dyno>/root    the merged tree, the unit's RootDirectory=
+
+The slug tree is the unpacked slug as stored once per slug: its top-level entry is
+``app/`` (the Heroku slug layout, a tar of ``./app``), so as the upper lower layer it
+appears at ``/app`` over the stack. Starting a dyno never copies the slug.
+
+Files that the dyno needs from the host (dyno-init, resolv.conf, ...) are ``Bind``
+entries: systemd bind-mounts them in the unit's own mount namespace
+(``BindReadOnlyPaths=``), so they leave nothing on the host to clean up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from dynod.errors import InvalidArgument, Unavailable
+
+# mount(2) flags, <sys/mount.h>
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MNT_DETACH = 0x2
+
+# Characters overlayfs's option parser treats specially in a lowerdir list.
+_OVERLAY_SPECIAL = frozenset(":,\\\n")
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path bind-mounted into the dyno by systemd (never by dynod)."""
+
+    source: Path  # absolute host path
+    target: PurePosixPath  # absolute path inside the dyno's root
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class RootfsPlan:
+    """Everything needed to mount and later remove one dyno's root filesystem."""
+
+    dyno: str  # the dyno's key, also its directory name, e.g. "shop-web.1"
+    dyno_dir: Path
+    lower: tuple[Path, ...]  # top first: (slug tree, stack)
+    binds: tuple[Bind, ...]
+
+    @property
+    def root(self) -> Path:
+        return self.dyno_dir / "root"
+
+    @property
+    def upper(self) -> Path:
+        return self.dyno_dir / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.dyno_dir / "work"
+
+    @property
+    def overlay_options(self) -> str:
+        lower = ":".join(str(p) for p in self.lower)
+        return f"lowerdir={lower},upperdir={self.upper},workdir={self.work}"
+
+
+def dynos_dir(runtime_dir: Path) -> Path:
+    return runtime_dir / "dynos"
+
+
+def _check_path(what: str, path: Path) -> None:
+    if not path.is_absolute():
+        raise InvalidArgument(f"{what} {str(path)!r} must be an absolute path")
+    if _OVERLAY_SPECIAL & set(str(path)):
+        raise InvalidArgument(
+            f"{what} {str(path)!r} contains one of ':', ',', '\\' or a newline, which "
+            "overlayfs cannot take; move it to a plain path"
+        )
+
+
+def plan_rootfs(
+    runtime_dir: Path,
+    dyno: str,
+    slug_tree: Path,
+    stack: Path,
+    binds: tuple[Bind, ...] = (),
+) -> RootfsPlan:
+    """The overlay plan for ``dyno``: lower = [slug_tree, stack], upper under runtime_dir.
+
+    Raises InvalidArgument for a dyno key that is not a plain file name, relative
+    paths, paths overlayfs cannot parse, or a bind target that is not absolute.
+    """
+    if not dyno or dyno in {".", ".."} or "/" in dyno or "\0" in dyno:
+        raise InvalidArgument(f"dyno key {dyno!r} must be a plain file name")
+    _check_path("runtime directory", runtime_dir)
+    _check_path("slug tree", slug_tree)
+    _check_path("stack", stack)
+    for bind in binds:
+        if not bind.source.is_absolute() or not bind.target.is_absolute():
+            raise InvalidArgument(
+                f"bind {bind.source} -> {bind.target}: both paths must be absolute"
+            )
+    return RootfsPlan(
+        dyno=dyno,
+        dyno_dir=dynos_dir(runtime_dir) / dyno,
+        lower=(slug_tree, stack),
+        binds=binds,
+    )
+
+
+def unescape_mountinfo(field: str) -> str:
+    """Undo the kernel's octal escaping of space, tab, newline and backslash."""
+    out: list[str] = []
+    i = 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_points(mountinfo: str) -> list[str]:
+    """Mount points listed in a /proc/<pid>/mountinfo text, in order (field 5)."""
+    points = []
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 4:
+            points.append(unescape_mountinfo(fields[4]))
+    return points
+
+
+def _own_mount_points() -> list[str]:
+    return mount_points(Path("/proc/self/mountinfo").read_text())
+
+
+def is_mounted(path: Path) -> bool:
+    return str(path) in _own_mount_points()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def _mount(source: str, target: Path, fstype: str, flags: int, data: str) -> None:
+    if _libc.mount(source.encode(), os.fsencode(target), fstype.encode(), flags, data.encode()):
+        err = ctypes.get_errno()
+        raise Unavailable(f"mount {fstype} on {target}: {os.strerror(err)} ({data})")
+
+
+def _umount_detach(target: Path) -> None:
+    if _libc.umount2(os.fsencode(target), MNT_DETACH):
+        err = ctypes.get_errno()
+        if err not in {errno.EINVAL, errno.ENOENT}:  # not mounted / gone: already done
+            raise Unavailable(f"umount {target}: {os.strerror(err)}")
+
+
+def _ensure_bind_target(root: Path, bind: Bind) -> None:
+    """Create a missing bind target in the merged tree (it lands in the upper layer)."""
+    target = root / bind.target.relative_to("/")
+    if target.exists() or target.is_symlink():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if bind.source.is_dir():
+        target.mkdir()
+    else:
+        target.touch()
+
+
+def apply_rootfs(plan: RootfsPlan) -> None:
+    """Make the dyno directory and mount the overlay at ``plan.root``.
+
+    Idempotent: an already mounted root is left as it is. Raises InvalidArgument when
+    a lower layer is missing and Unavailable when the kernel refuses the mount (e.g.
+    the upper directory is on overlayfs itself: keep the runtime dir off overlayfs).
+    """
+    for lower in plan.lower:
+        if not lower.is_dir():
+            raise InvalidArgument(f"dyno {plan.dyno}: layer {lower} is not a directory")
+    if is_mounted(plan.root):
+        return
+    plan.dyno_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    plan.dyno_dir.mkdir(mode=0o700, exist_ok=True)
+    for d in (plan.upper, plan.work, plan.root):
+        d.mkdir(mode=0o755, exist_ok=True)
+    _mount("overlay", plan.root, "overlay", MS_NOSUID | MS_NODEV, plan.overlay_options)
+    try:
+        for bind in plan.binds:
+            _ensure_bind_target(plan.root, bind)
+    except OSError as exc:
+        remove_rootfs(plan)
+        raise Unavailable(f"dyno {plan.dyno}: preparing bind targets: {exc}") from exc
+
+
+def remove_rootfs(plan: RootfsPlan) -> None:
+    """Unmount (MNT_DETACH) and delete the dyno directory, upper layer included.
+
+    Idempotent. Raises Unavailable if the root is still mounted afterwards, and then
+    deletes nothing (never recurse into a mounted tree).
+    """
+    if is_mounted(plan.root):
+        _umount_detach(plan.root)
+        if is_mounted(plan.root):
+            raise Unavailable(f"dyno {plan.dyno}: {plan.root} is still mounted; retry")
+    if plan.dyno_dir.exists():
+        shutil.rmtree(plan.dyno_dir)
+
+
+def list_dyno_dirs(runtime_dir: Path) -> list[str]:
+    """Dyno keys that have a directory under the runtime dir (for reconcile)."""
+    try:
+        return sorted(p.name for p in dynos_dir(runtime_dir).iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []
