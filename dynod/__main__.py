@@ -14,9 +14,11 @@ from types import FrameType
 import sdnotify
 
 from dynod import __version__
+from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
 from dynod.errors import DynodError
 from dynod.settings import DEFAULT_CONFIG, load_settings
+from dynod.state import SqliteStore
 
 log = logging.getLogger("dynod")
 
@@ -44,7 +46,9 @@ def serve(config: Path) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    api = start_api(settings.socket_path, settings.api_group)
+    store = SqliteStore.open(settings.db_path)
+    log.info("state %s, schema version %d", settings.db_path, store.schema_version)
+    api = start_api(settings.socket_path, settings.api_group, Daemon(store, settings))
     log.info("dynod %s listening on %s", __version__, settings.socket_path)
     # READY only now: the socket accepts calls, so `systemctl start` returning means usable.
     notify.notify(f"READY=1\nSTATUS=listening on {settings.socket_path}")
@@ -56,6 +60,7 @@ def serve(config: Path) -> int:
 
     notify.notify("STOPPING=1\nSTATUS=stopping")
     api.stop(grace=5.0)
+    store.close()
     log.info("dynod stopped")
     return 0
 

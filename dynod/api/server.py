@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -13,12 +12,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dynod.api import peer, system
+from dynod.api import apps, config, formation, peer, releases, slugs, system
+from dynod.api.daemon import Daemon
 from dynod.api.errors import ErrorInterceptor
 
-# Each resource module exposes register(server) -> full service name.
-Registrar = Callable[[grpc.Server], str]
-REGISTRARS: list[Registrar] = [system.register]
+# Each resource module exposes register(server, daemon) -> full service name.
+Registrar = Callable[[grpc.Server, Daemon], str]
+REGISTRARS: list[Registrar] = [
+    system.register, apps.register, config.register, releases.register, formation.register,
+    slugs.register,
+]
 
 
 @dataclass
@@ -33,20 +36,15 @@ class ApiServer:
         self.grpc_server.stop(grace).wait()
 
 
-def start_api(public_socket: Path, group: str, max_workers: int = 32) -> ApiServer:
-    """Listen on ``public_socket`` (0660 root:group) and return once it accepts calls."""
-    private_dir = public_socket.parent / "private"
-    private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(private_dir, 0o700)
-    backend = private_dir / "grpc.sock"
-    with contextlib.suppress(FileNotFoundError):
-        backend.unlink()
-
+def make_server(
+    daemon: Daemon, max_workers: int = 32
+) -> tuple[grpc.Server, health.HealthServicer]:
+    """Every servicer, health and reflection on a server with no port yet."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="api"),
         interceptors=[ErrorInterceptor()],
     )
-    names = [register(server) for register in REGISTRARS]
+    names = [register(server, daemon) for register in REGISTRARS]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in [*names, ""]:
@@ -56,9 +54,23 @@ def start_api(public_socket: Path, group: str, max_workers: int = 32) -> ApiServ
          reflection.SERVICE_NAME],
         server,
     )
+    return server, health_servicer
+
+
+def start_api(
+    public_socket: Path, group: str, daemon: Daemon, max_workers: int = 32
+) -> ApiServer:
+    """Listen on ``public_socket`` (0660 root:group) and return once it accepts calls."""
+    private_dir = public_socket.parent / "private"
+    private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir.chmod(0o700)
+    backend = private_dir / "grpc.sock"
+    with contextlib.suppress(FileNotFoundError):
+        backend.unlink()
+    server, health_servicer = make_server(daemon, max_workers)
     server.add_insecure_port(f"unix:{backend}")
     server.start()
-    os.chmod(backend, 0o600)
+    backend.chmod(0o600)
     front = peer.FrontSocket(public_socket, backend, group)
     front.serve_forever()
     return ApiServer(grpc_server=server, front=front, health=health_servicer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from dynod import __version__, hostinfo
+from dynod.api.daemon import Daemon
 from dynod.v1 import system_pb2, system_pb2_grpc
 
 
@@ -24,6 +25,6 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
         )
 
 
-def register(server: grpc.Server) -> str:
+def register(server: grpc.Server, daemon: Daemon) -> str:
     system_pb2_grpc.add_SystemServicer_to_server(SystemServicer(), server)
     return str(system_pb2.DESCRIPTOR.services_by_name["System"].full_name)

@@ -1,0 +1,56 @@
+"""The Apps service."""
+
+from __future__ import annotations
+
+import grpc
+
+from dynod import apps, formation, releases, slugs
+from dynod.api.daemon import Daemon, timestamp
+from dynod.api.peer import caller_of
+from dynod.v1 import apps_pb2, apps_pb2_grpc
+
+
+def app_to_proto(daemon: Daemon, app: apps.App) -> apps_pb2.App:
+    current = releases.get_release(daemon.store, app.name)
+    return apps_pb2.App(name=app.name, owner=app.owner, created_at=timestamp(app.created_at),
+                        current_release=current.version, web_url=daemon.web_url(app.name))
+
+
+class AppsServicer(apps_pb2_grpc.AppsServicer):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def Create(
+        self, request: apps_pb2.CreateAppRequest, context: grpc.ServicerContext
+    ) -> apps_pb2.CreateAppResponse:
+        user = caller_of(context).name
+        app = apps.create_app(self.daemon.store, request.name or None, user)
+        return apps_pb2.CreateAppResponse(app=app_to_proto(self.daemon, app))
+
+    def Get(
+        self, request: apps_pb2.GetAppRequest, context: grpc.ServicerContext
+    ) -> apps_pb2.GetAppResponse:
+        caller_of(context)
+        app = apps.get_app(self.daemon.store, request.name)
+        dynos = {p.type: p.quantity for p in formation.get_formation(self.daemon.store, app.name)}
+        return apps_pb2.GetAppResponse(app=app_to_proto(self.daemon, app), dynos=dynos)
+
+    def List(
+        self, request: apps_pb2.ListAppsRequest, context: grpc.ServicerContext
+    ) -> apps_pb2.ListAppsResponse:
+        caller_of(context)
+        return apps_pb2.ListAppsResponse(
+            apps=[app_to_proto(self.daemon, a) for a in apps.list_apps(self.daemon.store)])
+
+    def Delete(
+        self, request: apps_pb2.DeleteAppRequest, context: grpc.ServicerContext
+    ) -> apps_pb2.DeleteAppResponse:
+        caller_of(context)
+        unused = apps.delete_app(self.daemon.store, request.name)
+        slugs.remove_blobs(self.daemon.slugs_dir, unused)
+        return apps_pb2.DeleteAppResponse()
+
+
+def register(server: grpc.Server, daemon: Daemon) -> str:
+    apps_pb2_grpc.add_AppsServicer_to_server(AppsServicer(daemon), server)
+    return str(apps_pb2.DESCRIPTOR.services_by_name["Apps"].full_name)
