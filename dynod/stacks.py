@@ -96,17 +96,32 @@ def cache_key(defn: StackDefinition) -> str:
 
 
 def debootstrap_argv(defn: StackDefinition, target: Path) -> list[str]:
-    """The debootstrap command that makes ``defn`` in ``target``."""
+    """The debootstrap command that makes the base system of ``defn`` in ``target``.
+
+    Only the base goes through debootstrap: its own dependency handling configures an
+    ``--include`` list as large as ours in the wrong order (npm's postinst fails), so the
+    packages are installed afterwards by apt inside the new root (``install_argvs``).
+    """
     return [
         "debootstrap",
         f"--variant={defn.variant}",
         f"--arch={defn.arch}",
         f"--components={','.join(defn.components)}",
-        f"--include={','.join(defn.packages)}",
+        "--include=ca-certificates",
         "--keyring=/usr/share/keyrings/debian-archive-keyring.gpg",
         defn.suite,
         str(target),
         defn.mirror,
+    ]
+
+
+def install_argvs(defn: StackDefinition, target: Path) -> list[list[str]]:
+    """The commands, run after debootstrap, that install ``defn.packages`` with apt."""
+    apt = ["chroot", str(target), "env", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8"]
+    return [
+        [*apt, "apt-get", "update", "-q"],
+        [*apt, "apt-get", "install", "-q", "-y", "--no-install-recommends", *defn.packages],
+        [*apt, "apt-get", "clean"],
     ]
 
 
@@ -217,10 +232,19 @@ def build_stack(
             on_line(f"-----> Building stack {defn.name} ({defn.suite}) with debootstrap")
             status = runner(debootstrap_argv(defn, tmp), on_line)
             if status != 0:
+                _show_log_tail(tmp / "debootstrap/debootstrap.log", on_line)
                 raise Unavailable(
                     f'stack "{defn.name}": debootstrap {defn.suite} from {defn.mirror} '
                     f"failed (exit {status}); see its output above"
                 )
+            on_line(f"-----> Installing {len(defn.packages)} packages with apt")
+            for argv in install_argvs(defn, tmp):
+                status = runner(argv, on_line)
+                if status != 0:
+                    raise Unavailable(
+                        f'stack "{defn.name}": `{" ".join(argv[4:7])}` failed (exit {status}); '
+                        "see its output above"
+                    )
             _prune(tmp)
             (tmp / MARKER).write_text(marker_content(defn, time.time()))
             if entry is not None:
@@ -230,6 +254,16 @@ def build_stack(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _show_log_tail(log: Path, on_line: Callable[[str], None], lines: int = 40) -> None:
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return
+    on_line(f" !     Last lines of {log.name}:")
+    for line in tail:
+        on_line(f"       {line}")
 
 
 def _store_in_cache(

@@ -25,10 +25,14 @@ def test_debootstrap_argv() -> None:
     argv = stacks.debootstrap_argv(defn, Path("/x/tmp"))
     assert argv[0] == "debootstrap"
     assert "--variant=minbase" in argv
-    include = next(a for a in argv if a.startswith("--include="))
-    for pkg in ("python3", "python3-venv", "nodejs", "npm", "git", "curl", "ca-certificates"):
-        assert pkg in include.removeprefix("--include=").split(",")
     assert argv[-3:] == ["trixie", "/x/tmp", "http://deb.debian.org/debian"]
+    update, install, clean = stacks.install_argvs(defn, Path("/x/tmp"))
+    assert update[:2] == ["chroot", "/x/tmp"]
+    assert update[-3:] == ["apt-get", "update", "-q"]
+    assert "--no-install-recommends" in install
+    for pkg in ("python3", "python3-venv", "nodejs", "npm", "git", "curl", "ca-certificates"):
+        assert pkg in install
+    assert clean[-2:] == ["apt-get", "clean"]
 
 
 def test_cache_key_is_stable_and_follows_the_definition() -> None:
@@ -68,7 +72,11 @@ class FakeDebootstrap:
             (target / "var/cache/apt/archives").mkdir(parents=True)
             (target / "var/cache/apt/archives/x.deb").write_text("deb")
             on_line("I: Base system installed successfully.")
+            (target / "debootstrap").mkdir()
+            (target / "debootstrap/debootstrap.log").write_text("dpkg: error processing npm\n")
             return self.status
+        if argv[0] == "chroot":
+            return 0
         if argv[0] == "cp":
             src, dst = Path(argv[-2].removesuffix("/.")), Path(argv[-1])
             shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
@@ -90,25 +98,28 @@ def test_build_then_current_then_cached(tmp_path: Path) -> None:
     assert marker["packages"] == list(defn.packages)
     assert not (root / "var/cache/apt/archives/x.deb").exists()
     assert stacks.is_current(stacks.cache_entry(cache, defn), defn)
-    assert [c[0] for c in fake.calls] == ["debootstrap", "cp"]
+    assert [c[0] for c in fake.calls] == ["debootstrap", "chroot", "chroot", "chroot", "cp"]
     # no leftovers beside the stack
     assert sorted(p.name for p in (tmp_path / "state/stacks").iterdir()) == ["debian-13"]
 
     # current: nothing runs
     stacks.build_stack(defn, tmp_path / "state", cache=cache, runner=fake)
-    assert len(fake.calls) == 2
+    assert len(fake.calls) == 5
 
     # another state dir: copied from the cache, no debootstrap
     other = stacks.build_stack(defn, tmp_path / "other", cache=cache, runner=fake)
-    assert [c[0] for c in fake.calls] == ["debootstrap", "cp", "cp"]
+    assert [c[0] for c in fake.calls][-2:] == ["cp", "cp"]
+    assert len(fake.calls) == 6
     assert stacks.is_current(other, defn)
     assert stacks.require_stack(tmp_path / "other", "debian-13") == other
 
 
 def test_failed_debootstrap_leaves_nothing(tmp_path: Path) -> None:
     defn = stacks.get_stack("debian-12")
+    lines: list[str] = []
     with pytest.raises(Unavailable, match="debootstrap bookworm"):
-        stacks.build_stack(defn, tmp_path, runner=FakeDebootstrap(status=1))
+        stacks.build_stack(defn, tmp_path, runner=FakeDebootstrap(status=1), on_line=lines.append)
+    assert "       dpkg: error processing npm" in lines
     assert list((tmp_path / "stacks").iterdir()) == []
     with pytest.raises(FailedPrecondition, match="stacks:build debian-12"):
         stacks.require_stack(tmp_path, "debian-12")
