@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
+from dynod import run
+
 DEFAULT_SOCKET = Path(os.environ.get("DYNOD_SOCKET", "/run/dynod/dynod.sock"))
+
+T = TypeVar("T")
 
 
 class CliError(Exception):
-    """Printed as ` !    <message>` on stderr; dynoctl exits 1."""
+    """Printed as ` !    <message>` on stderr (each line); dynoctl exits 1."""
 
 
-def channel(socket_path: Path = DEFAULT_SOCKET) -> grpc.Channel:
+def channel(socket_path: Path | None = None) -> grpc.Channel:
+    socket_path = socket_path or Path(os.environ.get("DYNOD_SOCKET", str(DEFAULT_SOCKET)))
     if not socket_path.exists():
         raise CliError(
             f"dynod is not running: {socket_path} does not exist; "
@@ -36,3 +45,37 @@ def explain(exc: grpc.RpcError) -> CliError:
             f"dynod is not answering on {DEFAULT_SOCKET}; check `systemctl status dynod`"
         )
     return CliError(str(exc.details()))
+
+
+def call(fn: Callable[..., T], request: object, timeout: float = 30.0) -> T:
+    """Call one RPC; a failure becomes the CliError to print."""
+    try:
+        return fn(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        raise explain(exc) from exc
+
+
+def app_from_remote(remote: str, cwd: Path | None = None) -> str | None:
+    """The app a git remote points at: the last path part of its URL, without ``.git``
+    (``dynod@host:shop.git``, ``ssh://dynod@host/shop``, ``/var/lib/dynod/repos/shop.git``).
+    None outside a git checkout or without that remote."""
+    try:
+        url = run.output(["git", "-C", str(cwd or Path.cwd()), "config", "--get",
+                          f"remote.{remote}.url"], timeout=10).strip()
+    except run.CommandFailed:
+        return None
+    name = re.split(r"[/:]", url.rstrip("/"))[-1].removesuffix(".git")
+    return name or None
+
+
+def app_of(args: argparse.Namespace) -> str:
+    """``-a/--app``, else the app of the git remote (``-r``, default ``dynod``)."""
+    if args.app:
+        return str(args.app)
+    app = app_from_remote(args.remote)
+    if app is None:
+        raise CliError(
+            "no app specified; use -a APP, or run this in a git checkout that has a "
+            f"remote named {args.remote}"
+        )
+    return app

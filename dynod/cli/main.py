@@ -9,7 +9,7 @@ from collections.abc import Callable
 import grpc
 
 from dynod import __version__
-from dynod.cli import client
+from dynod.cli import apps, client, config, ps, releases, slugs
 from dynod.cli.client import CliError
 from dynod.v1 import system_pb2, system_pb2_grpc
 
@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     version = sub.add_parser("version", help="client and daemon versions")
     version.set_defaults(func=cmd_version)
+    # Options every app command takes (heroku/cli: -a/--app, -r/--remote, --json).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-a", "--app", help="the app (default: from the git remote)")
+    common.add_argument("-r", "--remote", default="dynod",
+                        help="git remote to take the app from (default dynod)")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    for noun in (apps, config, releases, ps, slugs):
+        noun.register(sub, common)
     return parser
 
 
@@ -46,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except CliError as exc:
-        print(f" !    {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:
+            print(f" !    {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
