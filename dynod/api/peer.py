@@ -134,6 +134,9 @@ class FrontSocket:
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
+        # A socket file left behind would tell clients "running" when it is not.
+        with contextlib.suppress(FileNotFoundError):
+            self.public.unlink()
 
     def _accept_loop(self) -> None:
         while not self._closed.is_set():

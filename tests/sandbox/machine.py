@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -142,8 +143,8 @@ def host_hierarchies() -> list[Hierarchy]:
     """The host's cgroup hierarchies, from /proc/self/mountinfo and /proc/self/cgroup."""
     own: dict[str, str] = {}
     for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _num, ctrls, path = line.split(":", 2)
-        own[ctrls] = path
+        _num, names, path = line.split(":", 2)
+        own[names] = path
     found: list[Hierarchy] = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         pre, post = line.split(" - ", 1)
@@ -157,11 +158,11 @@ def host_hierarchies() -> list[Hierarchy]:
             ctrls = [o for o in opts if o not in ("xattr", "clone_children", "noprefix")
                      and not o.startswith("release_agent")]
             key = ",".join(ctrls)
-            path = own.get(key)
-            if path is None:
+            own_path = own.get(key)
+            if own_path is None:
                 continue
             fresh = "none," + key if key.startswith("name=") else key
-            found.append(Hierarchy(mountpoint, fstype, fresh, mountpoint.name, path))
+            found.append(Hierarchy(mountpoint, fstype, fresh, mountpoint.name, own_path))
     if not found:
         raise SandboxError("no cgroup hierarchy is mounted under /sys/fs/cgroup")
     return found
@@ -391,8 +392,6 @@ def teardown_egress(rec: Record) -> None:
 
 
 def _split_rule(rule: str) -> list[str]:
-    import shlex
-
     return shlex.split(rule)
 
 
@@ -472,21 +471,17 @@ class Machine:
             }),
         ]
         argv = [
+            # The trampoline joins the payload cgroups (before unshare --cgroup makes them
+            # the namespace root) and dies with the runner, even on kill -9.
+            sys.executable, "-I", str(Path(__file__).resolve()), "--enter", self.name,
             "setpriv", "--bounding-set", ",".join(f"-{c}" for c in DROPPED_CAPS),
             "unshare", "--pid", "--mount", "--uts", "--ipc", "--cgroup", "--net", "--fork",
             "--kill-child=SIGKILL", "--propagation", "private", *stage2,
         ]
-        name = self.name
         console = (self.state / "console.log").open("ab")
-
-        def preexec() -> None:
-            # Dies with the runner, even on kill -9; unshare --kill-child takes the rest.
-            _prctl_pdeathsig()
-            attach(os.getpid(), name, "payload")  # before unshare --cgroup: the ns root
-
         self._proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=console, stderr=console,
-            start_new_session=True, preexec_fn=preexec, close_fds=True,
+            start_new_session=True, close_fds=True,
         )
         console.close()
         self.record.unshare_pid = self._proc.pid
@@ -498,8 +493,8 @@ class Machine:
                 self.systemd_pid = kids[0]
                 break
             if self._proc.poll() is not None:
-                raise SandboxError(f"machine {self.name} died at once; see {self.state}/console.log:\n"
-                                   + self.console_tail())
+                raise SandboxError(f"machine {self.name} died at once; "
+                                   f"{self.state}/console.log says:\n{self.console_tail()}")
             time.sleep(0.002)
         else:
             raise SandboxError(f"machine {self.name}: no init process after 10 s")
@@ -567,7 +562,7 @@ class Machine:
         return ["nsenter", "-t", str(self.systemd_pid), "-a", "-r", "-w"]
 
     def exec(self, argv: Sequence[str], *, check: bool = True, timeout: float = 120,
-             input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+             input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run argv in the machine's namespaces directly (not as a unit, not accounted)."""
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
@@ -597,7 +592,7 @@ class Machine:
 
     def run(self, argv: Sequence[str], *, check: bool = False, timeout: float = 600,
             properties: Sequence[str] = (), env: dict[str, str] | None = None,
-            input: str | None = None, cwd: str | None = None,  # noqa: A002
+            input: str | None = None, cwd: str | None = None,
             ) -> subprocess.CompletedProcess[str]:
         """Run argv in the machine as a transient unit (accounted and limited like real
         work), with its output captured and its exit status returned."""
@@ -726,7 +721,7 @@ def _mknod(root: Path, name: str, major: int, minor: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mknod(path, 0o666 | 0o020000, os.makedev(major, minor))
-    os.chmod(path, 0o666)
+    path.chmod(0o666)  # device nodes everyone may use, as on any host
 
 
 def _symlink(target: str, link: Path) -> None:
@@ -767,7 +762,7 @@ def stage2(spec: dict[str, object]) -> None:
     name = str(spec["name"])
     state = Path(str(spec["state"]))
     project = Path(str(spec["project"]))
-    binds = [tuple(b) for b in spec["binds"]]  # type: ignore[attr-defined]
+    binds: list[tuple[str, str]] = [(str(b[0]), str(b[1])) for b in spec["binds"]]  # type: ignore[attr-defined]
     root = state / "merged"
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
     _mount("overlay", root, "overlay", 0,
@@ -811,10 +806,10 @@ def stage2(spec: dict[str, object]) -> None:
     _mount("tmpfs", dev / "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     (dev / "console").touch()
     _bind("/dev/null", dev / "console")
-    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("core", "/proc/kcore")):
-        _symlink(target, dev / link)
+    for link, dest in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                       ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                       ("core", "/proc/kcore")):
+        _symlink(dest, dev / link)
 
     _mount("tmpfs", root / "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
     _mount("tmpfs", root / "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
@@ -859,15 +854,9 @@ def stage2(spec: dict[str, object]) -> None:
     libc.umount2(b".", 2)  # MNT_DETACH the old root stacked under the new one
     os.chdir("/")
     env = {"container": "other", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"}
-    os.execve("/lib/systemd/systemd", ["/lib/systemd/systemd", "--system"], env)
+    os.execve("/lib/systemd/systemd", ["/lib/systemd/systemd", "--system"], env)  # noqa: S606
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--stage2":
-    try:
-        stage2(json.loads(sys.argv[2]))
-    except OSError as exc:
-        print(f"sandbox stage2: {exc}", file=sys.stderr)
-        sys.exit(errno.EIO)
 
 
 def all_residue() -> list[str]:
@@ -890,3 +879,24 @@ def all_residue() -> list[str]:
     if RECORDS.is_dir():
         left += [f"record {p}" for p in RECORDS.glob("*.json")]
     return left
+
+
+def enter(name: str, argv: list[str]) -> None:
+    """Trampoline run by the runner's child: die with the runner, join the payload
+    cgroups, exec ``argv`` (setpriv ... unshare ...)."""
+    _prctl_pdeathsig()
+    if os.getppid() == 1:  # the runner is gone already
+        sys.exit(1)
+    attach(os.getpid(), name, "payload")
+    os.execvp(argv[0], argv)  # noqa: S606
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--stage2":
+        try:
+            stage2(json.loads(sys.argv[2]))
+        except OSError as exc:
+            print(f"sandbox stage2: {exc}", file=sys.stderr)
+            sys.exit(errno.EIO)
+    elif len(sys.argv) > 3 and sys.argv[1] == "--enter":
+        enter(sys.argv[2], sys.argv[3:])
