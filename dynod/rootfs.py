@@ -45,6 +45,20 @@ class Bind:
     read_only: bool = True
 
 
+# Where the host's dyno-init and resolv.conf appear inside every dyno.
+INIT_PATH = PurePosixPath("/dyno-init")
+RESOLV_CONF_PATH = PurePosixPath("/etc/resolv.conf")
+
+
+def dyno_binds(init_binary: Path, resolv_conf: Path | None) -> tuple[Bind, ...]:
+    """The host files every dyno gets, read-only: dyno-init and the resolv.conf that
+    ``netns.ensure_bridge`` wrote."""
+    binds = [Bind(init_binary, INIT_PATH)]
+    if resolv_conf is not None:
+        binds.append(Bind(resolv_conf, RESOLV_CONF_PATH))
+    return tuple(binds)
+
+
 @dataclass(frozen=True)
 class RootfsPlan:
     """Everything needed to mount and later remove one dyno's root filesystem."""

@@ -89,15 +89,18 @@ static void restore_signals(void)
 	sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-static void drop_capabilities(void)
+/* strict: a failure is fatal. Without the PID namespace there is nothing to drop
+ * (the unit's bounding set is empty) and the seccomp filter may refuse capset. */
+static void drop_capabilities(int strict)
 {
 	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
 	struct __user_cap_data_struct data[2];
 	memset(data, 0, sizeof(data));
 	/* EINVAL: kernel without ambient capabilities; nothing to clear then. */
-	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL &&
+	    strict)
 		die("PR_CAP_AMBIENT_CLEAR_ALL");
-	if (syscall(SYS_capset, &hdr, data) < 0)
+	if (syscall(SYS_capset, &hdr, data) < 0 && strict)
 		die("capset");
 }
 
@@ -185,7 +188,7 @@ static int run_pidns(char **argv)
 	if (inner < 0)
 		die("fork");
 	if (inner > 0) {
-		drop_capabilities();
+		drop_capabilities(1);
 		return supervise(inner, &set, 0);
 	}
 	/* PID 1 of the dyno. If the outer process is gone already, so is the dyno. */
@@ -196,7 +199,7 @@ static int run_pidns(char **argv)
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		die("make / rprivate");
 	fresh_proc();
-	drop_capabilities();
+	drop_capabilities(1);
 	pid_t app = spawn(argv);
 	return supervise(app, &set, 1);
 }
@@ -207,7 +210,7 @@ static int run_plain(char **argv)
 	take_signals(&set);
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
 		die("PR_SET_CHILD_SUBREAPER");
-	drop_capabilities();
+	drop_capabilities(0);
 	pid_t app = spawn(argv);
 	return supervise(app, &set, getpid() == 1);
 }

@@ -1,0 +1,506 @@
+"""Dynos as transient systemd units: a ``DynoSpec`` in, unit properties out.
+
+The only module that imports pystemd. Names and properties are computed by pure
+functions (``unit_name``, ``slice_name``, ``unit_properties`` ...); ``start_dyno``,
+``stop_dyno`` and ``list_dynos`` talk to systemd over D-Bus with
+``StartTransientUnit`` (never unit files plus daemon-reload).
+
+A dyno unit is ``dynod-<app>-<type>.<n>.service`` in ``dynod-<app>.slice`` (a child of
+``dynod.slice`` by systemd's dash rule), app and type escaped the way ``systemd-escape``
+does, so an app called ``my-shop`` cannot land in the slice of an app called ``my``.
+Dynos are not children of ``dynod.service``: restarting dynod restarts no dyno.
+
+Process model. systemd >= 257 has ``PrivatePIDs=``: the unit gets its own PID
+namespace and dyno-init only reaps and forwards (``--no-pidns``); that allows the
+tightest sandbox (no capability at all, ``PrivateUsers=``). On older systemd (Debian
+12 has 252) dyno-init makes the PID namespace itself, which costs an ambient
+CAP_SYS_ADMIN (dropped before the command runs), ``@mount`` and
+``RestrictNamespaces=pid mnt``: ``systemd-analyze security`` exposure 1.5 against 0.5.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+from dynod.errors import InvalidArgument, NotFound, Unavailable
+from dynod.rootfs import INIT_PATH, Bind
+from dynod.sizes import Size
+
+ROOT_SLICE = "dynod.slice"
+UNIT_PREFIX = "dynod-"
+APP_DIR = "/app"
+# Heroku (hsup, `heroku run env`): PATH before buildpack .profile.d additions.
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Heroku: SIGTERM, then SIGKILL after 30 s (dyno-shutdown-behavior).
+STOP_TIMEOUT_USEC = 30_000_000
+# The first systemd with PrivatePIDs=.
+PRIVATE_PIDS_SINCE = 257
+
+# <linux/capability.h>, <sched.h>, <sys/socket.h>, <errno.h>
+CAP_SYS_ADMIN = 21
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+AF_INET = 2
+EPERM = 1
+
+# Heroku: config vars, then .profile.d/*.sh, then .profile, then `bash -c COMMAND`
+# (dyno-startup-behavior). $1 is the command; the second bash execs a simple one.
+LAUNCHER = (
+    'for f in /app/.profile.d/*.sh; do if [ -r "$f" ]; then . "$f"; fi; done; unset f; '
+    'if [ -r /app/.profile ]; then . /app/.profile; fi; exec bash -c "$1"'
+)
+
+
+class PidMode(StrEnum):
+    """How a dyno gets its own PID namespace."""
+
+    WRAPPER = "wrapper"  # dyno-init unshares it (systemd < 257)
+    PRIVATE_PIDS = "private-pids"  # systemd's PrivatePIDs= (systemd >= 257)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """cgroup limits of one dyno. Bytes for memory; None leaves systemd's default."""
+
+    memory_high: int | None = None  # quota: throttled and reclaimed above (R14)
+    memory_max: int | None = None  # killed above (R15)
+    cpu_weight: int | None = None
+    tasks_max: int | None = None
+
+
+def limits_for_size(size: Size) -> Limits:
+    """Heroku's memory model: the size's RAM is the quota (R14, ``MemoryHigh=``), the
+    kill limit is twice that (R15, ``MemoryMax=``; dyno-memory-behavior: 2x for Eco to
+    Performance-L). On cgroup v1 only ``MemoryMax=`` has an effect."""
+    quota = size.memory_mb * 1024 * 1024
+    return Limits(
+        memory_high=quota,
+        memory_max=2 * quota,
+        cpu_weight=size.cpu_weight,
+        tasks_max=size.tasks_max,
+    )
+
+
+@dataclass(frozen=True)
+class DynoSpec:
+    """Everything systemd needs to run one dyno. Paths are host paths.
+
+    ``env`` holds the release's config vars; the platform adds ``PORT`` (when set),
+    ``DYNO``, ``HOME`` and ``PATH`` (a config var ``PATH`` wins over the default).
+    ``root`` is the mounted overlay (``RootfsPlan.root``), ``binds`` its ``Bind``
+    entries (dyno-init among them). ``user`` None means ``DynamicUser=yes``.
+    """
+
+    app: str
+    process_type: str
+    number: int
+    release: int
+    command: str
+    root: Path
+    env: tuple[tuple[str, str], ...] = ()
+    binds: tuple[Bind, ...] = ()
+    netns_path: Path | None = None
+    ip_allow: tuple[IPv4Network, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    user: str | None = None
+    port: int | None = None
+
+    @property
+    def dyno(self) -> str:
+        """Heroku's dyno name, ``web.1``."""
+        return f"{self.process_type}.{self.number}"
+
+
+def make_env(config: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Config vars as DynoSpec.env, sorted so equal configs give equal specs."""
+    return tuple(sorted(config.items()))
+
+
+# --- names ------------------------------------------------------------------------
+
+_VALID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
+
+
+def escape(text: str) -> str:
+    """systemd's string escaping (``systemd-escape TEXT``, not ``--path``): ``/``
+    becomes ``-``, a leading ``.`` and every byte outside ``[A-Za-z0-9:_.]`` becomes
+    ``\\xNN``."""
+    out: list[str] = []
+    for i, ch in enumerate(text):
+        if ch == "/":
+            out.append("-")
+        elif ch in _VALID and not (i == 0 and ch == "."):
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return "".join(out)
+
+
+_ESCAPED = re.compile(rb"\\x([0-9a-fA-F]{2})")
+
+
+def unescape(text: str) -> str:
+    """The inverse of ``escape`` (``systemd-escape --unescape``)."""
+    raw = text.replace("-", "/").encode()
+    return _ESCAPED.sub(lambda m: bytes([int(m.group(1), 16)]), raw).decode()
+
+
+def _check_name(what: str, value: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{what} must not be empty")
+
+
+def slice_name(app: str) -> str:
+    _check_name("app name", app)
+    return f"{UNIT_PREFIX}{escape(app)}.slice"
+
+
+def unit_name(app: str, process_type: str, number: int) -> str:
+    """``dynod-<app>-<type>.<n>.service``, app and type escaped."""
+    _check_name("app name", app)
+    _check_name("process type", process_type)
+    if number < 1:
+        raise InvalidArgument(f"dyno number {number} must be 1 or more")
+    return f"{UNIT_PREFIX}{escape(app)}-{escape(process_type)}.{number}.service"
+
+
+@dataclass(frozen=True)
+class DynoName:
+    app: str
+    process_type: str
+    number: int
+
+
+_UNIT = re.compile(r"^dynod-([^-]+)-([^-]+)\.([1-9][0-9]*)\.service$")
+
+
+def parse_unit_name(name: str) -> DynoName | None:
+    """App, type and number of a dyno unit; None for any other unit."""
+    m = _UNIT.match(name)
+    if m is None:
+        return None
+    return DynoName(unescape(m.group(1)), unescape(m.group(2)), int(m.group(3)))
+
+
+# --- properties -------------------------------------------------------------------
+
+Property = tuple[str, Any]
+
+
+def pid_mode_for(systemd_version: int) -> PidMode:
+    return PidMode.PRIVATE_PIDS if systemd_version >= PRIVATE_PIDS_SINCE else PidMode.WRAPPER
+
+
+def literal(arg: str) -> str:
+    """systemd expands ``$VAR`` in ExecStart= arguments at exec time; ``$$`` is a
+    literal ``$``. Commands are expanded by bash in the dyno, never by systemd."""
+    return arg.replace("$", "$$")
+
+
+def exec_argv(spec: DynoSpec, mode: PidMode) -> list[str]:
+    """dyno-init, then bash running the launcher with the command as ``$1``."""
+    init = [str(INIT_PATH)] + (["--no-pidns"] if mode is PidMode.PRIVATE_PIDS else [])
+    return [*init, "--", "/bin/bash", "-c", LAUNCHER, "dyno", spec.command]
+
+
+def environment(spec: DynoSpec) -> list[str]:
+    """``KEY=value`` strings: config vars, then the platform's (which win)."""
+    env: dict[str, str] = {"PATH": DEFAULT_PATH}
+    env.update(spec.env)
+    env.update({"DYNO": spec.dyno, "HOME": APP_DIR})
+    if spec.port is not None:
+        env["PORT"] = str(spec.port)
+    for key in env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise InvalidArgument(
+                f"app {spec.app!r}: config var name {key!r} is not a valid environment "
+                "variable name; rename it"
+            )
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def _mask(bits: Iterable[int]) -> int:
+    mask = 0
+    for bit in bits:
+        mask |= bit
+    return mask
+
+
+def unit_properties(spec: DynoSpec, mode: PidMode) -> list[Property]:
+    """The transient unit's properties, in order; a name may repeat (SystemCallFilter
+    allow-list then deny-list), which is why this is a list and not a dict.
+
+    Values are the Python shapes of the D-Bus signatures pystemd sends.
+    Raises InvalidArgument for a bad config var name.
+    """
+    pidns = mode is PidMode.WRAPPER
+    props: list[Property] = [
+        ("Description", f"dynod {spec.app} {spec.dyno} (v{spec.release})"),
+        ("Slice", slice_name(spec.app)),
+        # Type=exec: active once the command is exec'd; "up" is judged by dynod.
+        ("Type", "exec"),
+        ("ExecStart", [(str(INIT_PATH), [literal(a) for a in exec_argv(spec, mode)], False)]),
+        ("Environment", environment(spec)),
+        (
+            "LogExtraFields",
+            [
+                f"DYNOD_APP={spec.app}",
+                f"DYNOD_DYNO={spec.dyno}",
+                f"DYNOD_RELEASE={spec.release}",
+            ],
+        ),
+        ("SyslogIdentifier", spec.dyno),
+        ("RootDirectory", str(spec.root)),
+        ("MountAPIVFS", True),
+        (
+            "BindReadOnlyPaths",
+            [(str(b.source), str(b.target), False, 0) for b in spec.binds if b.read_only],
+        ),
+        (
+            "BindPaths",
+            [(str(b.source), str(b.target), False, 0) for b in spec.binds if not b.read_only],
+        ),
+        ("WorkingDirectory", APP_DIR),
+    ]
+    if spec.netns_path is not None:
+        # The path wins over PrivateNetwork=; PrivateNetwork= alone would mean "no
+        # network", so a missing path can never leave the dyno on the host's network.
+        props += [("NetworkNamespacePath", str(spec.netns_path)), ("PrivateNetwork", True)]
+    else:
+        props.append(("PrivateNetwork", True))
+    props.append(("User", spec.user) if spec.user else ("DynamicUser", True))
+    lim = spec.limits
+    props += [("MemoryAccounting", True), ("TasksAccounting", True), ("CPUAccounting", True)]
+    if lim.memory_high is not None:
+        props.append(("MemoryHigh", lim.memory_high))
+    if lim.memory_max is not None:
+        props.append(("MemoryMax", lim.memory_max))
+    if lim.cpu_weight is not None:
+        props.append(("CPUWeight", lim.cpu_weight))
+    if lim.tasks_max is not None:
+        props.append(("TasksMax", lim.tasks_max))
+    props += [
+        # Lifecycle: dynod restarts crashed dynos itself (Heroku's back-off); the unit
+        # is garbage-collected once it stops, failed or not.
+        ("Restart", "no"),
+        ("CollectMode", "inactive-or-failed"),
+        ("KillMode", "control-group"),
+        ("TimeoutStopUSec", STOP_TIMEOUT_USEC),
+        ("SendSIGKILL", True),
+        # Heroku: "Process exited with status 143" after SIGTERM is a clean stop.
+        ("SuccessExitStatus", ([143], [15])),
+        # Sandboxing (harness.md 2.3). No MemoryDenyWriteExecute=: it breaks every JIT
+        # (V8, the JVM, PyPy, YJIT), i.e. most Heroku apps.
+        ("NoNewPrivileges", True),
+        ("PrivateTmp", True),
+        ("ProtectSystem", "strict"),
+        ("ReadWritePaths", [f"-{APP_DIR}"]),
+        ("ProtectHome", "yes"),
+        ("PrivateDevices", True),
+        ("DevicePolicy", "closed"),
+        ("PrivateIPC", True),
+        ("ProtectKernelTunables", True),
+        ("ProtectKernelModules", True),
+        ("ProtectKernelLogs", True),
+        ("ProtectControlGroups", True),
+        ("ProtectClock", True),
+        ("ProtectHostname", True),
+        ("ProtectProc", "invisible"),
+        ("ProcSubset", "pid"),
+        ("RestrictAddressFamilies", (True, ["AF_INET", "AF_INET6", "AF_UNIX"])),
+        ("LockPersonality", True),
+        ("RestrictRealtime", True),
+        ("RestrictSUIDSGID", True),
+        ("RemoveIPC", True),
+        ("SystemCallArchitectures", ["native"]),
+        ("UMask", 0o077),
+        ("KeyringMode", "private"),
+        ("SystemCallErrorNumber", EPERM),
+        ("SystemCallFilter", (True, ["@system-service", *(["@mount"] if pidns else [])])),
+        ("SystemCallFilter", (False, ["@resources", *([] if pidns else ["@privileged"])])),
+    ]
+    if spec.ip_allow:
+        props += [
+            ("IPAddressDeny", [(AF_INET, bytes(4), 0)]),  # any
+            (
+                "IPAddressAllow",
+                [(AF_INET, n.network_address.packed, n.prefixlen) for n in spec.ip_allow],
+            ),
+        ]
+    if pidns:
+        cap = 1 << CAP_SYS_ADMIN
+        props += [
+            ("CapabilityBoundingSet", cap),
+            ("AmbientCapabilities", cap),
+            ("RestrictNamespaces", _mask((CLONE_NEWPID, CLONE_NEWNS))),
+        ]
+    else:
+        props += [
+            ("PrivatePIDs", True),
+            ("CapabilityBoundingSet", 0),
+            ("AmbientCapabilities", 0),
+            ("RestrictNamespaces", 0),
+            ("PrivateUsers", True),
+        ]
+    return props
+
+
+# --- acting -----------------------------------------------------------------------
+
+# D-Bus signatures pystemd 0.15 lacks for properties systemd 252 accepts.
+_SIGNATURES: dict[bytes, bytes] = {
+    b"NetworkNamespacePath": b"s",
+    b"LogExtraFields": b"aay",
+    b"RestrictAddressFamilies": b"(bas)",
+    b"CapabilityBoundingSet": b"t",
+    b"RestrictNamespaces": b"t",
+    b"ProtectHostname": b"b",
+    b"ProtectClock": b"b",
+    b"ProtectKernelLogs": b"b",
+    b"RestrictSUIDSGID": b"b",
+    b"PrivateIPC": b"b",
+    b"PrivatePIDs": b"b",
+    b"ProtectProc": b"s",
+    b"ProcSubset": b"s",
+    b"UMask": b"u",
+    b"SystemCallErrorNumber": b"i",
+    b"CPUWeight": b"t",
+    b"OOMPolicy": b"s",
+}
+
+
+class _Props:
+    """pystemd iterates ``.items()``: a list lets a property repeat."""
+
+    def __init__(self, items: Sequence[tuple[bytes, Any]]) -> None:
+        self._items = items
+
+    def items(self) -> Sequence[tuple[bytes, Any]]:
+        return self._items
+
+
+def _dbus_value(value: Any) -> Any:
+    """str -> bytes, recursively (pystemd wants bytes for s and ay)."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, list):
+        return [_dbus_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_dbus_value(v) for v in value)
+    return value
+
+
+def _pystemd() -> Any:
+    try:
+        import pystemd.systemd1  # noqa: PLC0415 - imported late: the unit tier has no D-Bus
+        from pystemd.systemd1 import unit_signatures  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise Unavailable(f"pystemd is not installed: {exc}") from exc
+    for name, sig in _SIGNATURES.items():
+        unit_signatures.KNOWN_UNIT_SIGNATURES.setdefault(name, sig)
+    return pystemd.systemd1
+
+
+def _dbus_error(what: str, exc: Exception) -> Exception:
+    text = str(exc)
+    if "NoSuchUnit" in text or "not loaded" in text:
+        return NotFound(f"{what}: no such unit")
+    return Unavailable(f"{what}: systemd said: {text}")
+
+
+def systemd_version() -> int:
+    """The running systemd's major version (Manager.Version over D-Bus)."""
+    sd = _pystemd()
+    try:
+        with sd.Manager() as manager:
+            version = manager.Manager.Version
+    except Exception as exc:
+        raise _dbus_error("systemd version", exc) from exc
+    raw = version.decode() if isinstance(version, bytes) else str(version)
+    m = re.match(r"v?(\d+)", raw)
+    if m is None:
+        raise Unavailable(f"systemd reports an unparsable version {raw!r}")
+    return int(m.group(1))
+
+
+def start_dyno(spec: DynoSpec, mode: PidMode | None = None) -> str:
+    """StartTransientUnit for the spec; returns the unit name. ``mode`` None detects
+    it from systemd's version. Raises InvalidArgument for a bad spec and Unavailable
+    when systemd refuses (a unit of that name is loaded already, a bad property).
+    Does not wait for the command: Type=exec means started once exec'd."""
+    name = unit_name(spec.app, spec.process_type, spec.number)
+    if mode is None:
+        mode = pid_mode_for(systemd_version())
+    props = [(k.encode(), _dbus_value(v)) for k, v in unit_properties(spec, mode)]
+    sd = _pystemd()
+    try:
+        with sd.Manager() as manager:
+            manager.Manager.StartTransientUnit(name.encode(), b"fail", _Props(props))
+    except Exception as exc:
+        raise _dbus_error(f"dyno {spec.app} {spec.dyno} ({name})", exc) from exc
+    return name
+
+
+def stop_dyno(name: str) -> None:
+    """StopUnit (SIGTERM to every process, SIGKILL after 30 s). Returns at once; use
+    ``wait_gone``. A unit that is not loaded is not an error (idempotent)."""
+    sd = _pystemd()
+    try:
+        with sd.Manager() as manager:
+            manager.Manager.StopUnit(name.encode(), b"replace")
+    except Exception as exc:
+        err = _dbus_error(name, exc)
+        if not isinstance(err, NotFound):
+            raise err from exc
+
+
+@dataclass(frozen=True)
+class DynoUnit:
+    name: str
+    dyno: DynoName
+    active_state: str  # active, activating, deactivating, inactive, failed
+    sub_state: str  # running, exited, dead, ...
+
+
+def list_dynos() -> list[DynoUnit]:
+    """Every loaded ``dynod-*`` dyno service, sorted by name."""
+    sd = _pystemd()
+    try:
+        with sd.Manager() as manager:
+            rows = manager.Manager.ListUnitsByPatterns([], [b"dynod-*.service"])
+    except Exception as exc:
+        raise _dbus_error("listing dyno units", exc) from exc
+    units = []
+    for row in rows:
+        name = row[0].decode() if isinstance(row[0], bytes) else str(row[0])
+        dyno = parse_unit_name(name)
+        if dyno is None:
+            continue
+        active, sub = (x.decode() if isinstance(x, bytes) else str(x) for x in row[3:5])
+        units.append(DynoUnit(name, dyno, active, sub))
+    return sorted(units, key=lambda u: u.name)
+
+
+def unit_state(name: str) -> str | None:
+    """ActiveState of a loaded unit, None when it is not loaded (gone)."""
+    for unit in list_dynos():
+        if unit.name == name:
+            return unit.active_state
+    return None
+
+
+def wait_gone(name: str, timeout: float = 40.0) -> bool:
+    """Poll until the unit is unloaded; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if unit_state(name) is None:
+            return True
+        time.sleep(0.05)
+    return False

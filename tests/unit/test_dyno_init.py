@@ -1,0 +1,110 @@
+"""dyno-init, built and run for real: as a plain reaper, and with its PID namespace
+inside an unprivileged user namespace (no root, no systemd)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dynod import run
+
+PROJECT = Path(__file__).resolve().parents[2]
+BUILD = PROJECT / "dynod/init/build.sh"
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+
+@pytest.fixture(scope="module")
+def init(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("init") / "dyno-init"
+    run.output([str(BUILD), str(out)], timeout=120)
+    return out
+
+
+def _userns_works() -> bool:
+    try:
+        run.output(["unshare", "--user", "--map-root-user", "true"])
+    except run.CommandFailed:
+        return False
+    return True
+
+
+def _in_pidns(init: Path, *cmd: str) -> list[str]:
+    """dyno-init with its own PID namespace, in a user namespace of ours (which gives
+    it CAP_SYS_ADMIN there, as the unit's ambient capability does in a dyno)."""
+    if not _userns_works():
+        pytest.skip("unprivileged user namespaces are disabled")
+    return ["unshare", "--user", "--map-root-user", str(init), "--", *cmd]
+
+
+def _rc(argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_static_and_small(init: Path) -> None:
+    assert init.stat().st_size < 1 << 20
+    # A static binary has no PT_INTERP: it runs in any stack without a loader.
+    assert b"/lib64/ld-linux" not in init.read_bytes()
+
+
+@pytest.mark.parametrize("mode", [["--no-pidns"], []])
+def test_exit_status_is_the_commands(init: Path, mode: list[str]) -> None:
+    def argv(*cmd: str) -> list[str]:
+        return [str(init), *mode, "--", *cmd] if mode else _in_pidns(init, *cmd)
+
+    assert _rc(argv("sh", "-c", "exit 7")).returncode == 7
+    assert _rc(argv("true")).returncode == 0
+    # Killed by a signal: 128 + N, like a shell and like Heroku's "status 143".
+    assert _rc(argv("sh", "-c", "kill -TERM $$")).returncode == 143
+    assert _rc(argv("sh", "-c", "kill -KILL $$")).returncode == 137
+    missing = _rc(argv("/nonexistent/command"))
+    assert missing.returncode == 127
+    assert "/nonexistent/command" in missing.stderr
+
+
+def test_usage_errors(init: Path) -> None:
+    assert _rc([str(init)]).returncode == 125
+    assert _rc([str(init), "--bogus", "--", "true"]).returncode == 125
+    assert _rc([str(init), "--"]).returncode == 125
+
+
+def test_pidns_command_sees_only_the_dyno(init: Path) -> None:
+    script = 'echo "$$"; for p in /proc/[0-9]*; do echo "${p#/proc/}"; done'
+    proc = _rc(_in_pidns(init, "sh", "-c", script))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split()
+    assert lines[0] == "2"  # the command is PID 2; dyno-init is PID 1
+    assert set(lines[1:]) <= {"1", "2"}
+
+
+def test_pidns_orphans_are_reaped(init: Path) -> None:
+    # Double-forked children become PID 1's; none may stay a zombie.
+    script = (
+        "(sleep 0.1 &); (sleep 0.1 &); sleep 0.6; "
+        'for s in /proc/[0-9]*/stat; do read -r _ _ st _ < "$s"; echo "$st"; done'
+    )
+    proc = _rc(_in_pidns(init, "sh", "-c", script))
+    assert proc.returncode == 0, proc.stderr
+    assert "Z" not in proc.stdout.split()
+
+
+@pytest.mark.parametrize("mode", [["--no-pidns"], []])
+def test_sigterm_is_forwarded(init: Path, mode: list[str], tmp_path: Path) -> None:
+    marker = tmp_path / "got-term"
+    script = f'trap "echo term > {marker}; exit 0" TERM; while :; do sleep 0.05; done'
+    argv = (
+        [str(init), *mode, "--", "sh", "-c", script]
+        if mode
+        else _in_pidns(init, "sh", "-c", script)
+    )
+    # unshare without --fork execs dyno-init: the pid is dyno-init's outer process.
+    proc = subprocess.Popen(argv)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
+    assert marker.read_text() == "term\n"

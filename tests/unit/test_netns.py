@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from dynod import netns
+from dynod.errors import InvalidArgument, ResourceExhausted
+
+
+def test_plan_bridge() -> None:
+    plan = netns.plan_bridge("10.213.0.0/16")
+    assert plan.gateway == IPv4Address("10.213.0.1")
+    assert plan.bridge == "dynod0"
+    for bad in ("10.213.0.1/16", "nonsense", "10.0.0.0/30", "fd00::/64"):
+        with pytest.raises(InvalidArgument):
+            netns.plan_bridge(bad)
+
+
+def test_allocate_lowest_free_never_gateway() -> None:
+    plan = netns.plan_bridge("10.213.0.0/16")
+    assert netns.allocate_address(plan, set()) == IPv4Address("10.213.0.2")
+    used = {IPv4Address("10.213.0.2"), IPv4Address("10.213.0.4")}
+    assert netns.allocate_address(plan, used) == IPv4Address("10.213.0.3")
+    # Addresses outside the pool (a stale veth) do not matter.
+    assert netns.allocate_address(plan, {IPv4Address("192.168.0.2")}) == IPv4Address("10.213.0.2")
+
+
+def test_allocate_exhaustion_names_the_setting() -> None:
+    plan = netns.plan_bridge("10.9.0.0/29")  # hosts .1-.6, .1 is the bridge
+    used: set[IPv4Address] = set()
+    for _ in range(5):
+        used.add(netns.allocate_address(plan, used))
+    assert used == {IPv4Address(f"10.9.0.{i}") for i in range(2, 7)}
+    with pytest.raises(ResourceExhausted, match="address_pool"):
+        netns.allocate_address(plan, used)
+
+
+def test_veth_names_encode_the_address() -> None:
+    for addr in ("10.213.0.2", "255.255.255.254", "0.0.0.1"):
+        name = netns.veth_name(IPv4Address(addr))
+        assert len(name) <= netns.IFNAMSIZ
+        assert netns.address_of_veth(name) == IPv4Address(addr)
+    assert netns.veth_name(IPv4Address("10.213.0.3")) == "dv0ad50003"
+    for other in ("eth0", "dynod0", "dv", "dvzzzzzzzz", "dv0ad5000"):
+        assert netns.address_of_veth(other) is None
+
+
+def test_plan_dyno_network() -> None:
+    plan = netns.plan_bridge("10.213.0.0/16")
+    net = netns.plan_dyno_network(plan, "shop-web.1", IPv4Address("10.213.0.9"))
+    assert net.netns == "dynod-shop-web.1"
+    assert str(net.netns_path) == "/run/netns/dynod-shop-web.1"
+    assert (net.gateway, net.prefixlen, net.host_veth) == (
+        IPv4Address("10.213.0.1"),
+        16,
+        "dv0ad50009",
+    )
+    for addr in ("10.213.0.1", "10.213.0.0", "10.213.255.255", "10.214.0.2"):
+        with pytest.raises(InvalidArgument):
+            netns.plan_dyno_network(plan, "x", IPv4Address(addr))
+    with pytest.raises(InvalidArgument):
+        netns.plan_dyno_network(plan, "a/b", IPv4Address("10.213.0.2"))
+
+
+def test_ip_allow_list_excludes_other_dynos_and_metadata() -> None:
+    plan = netns.plan_bridge("10.213.0.0/16")
+    net = netns.plan_dyno_network(plan, "x", IPv4Address("10.213.0.5"))
+    allow = netns.ip_allow_list(net, plan.pool)
+    own, world = allow[:3], allow[3:]
+    assert own == [
+        IPv4Network("127.0.0.0/8"),
+        IPv4Network("10.213.0.5/32"),
+        IPv4Network("10.213.0.1/32"),
+    ]
+    for n in world:
+        assert not n.overlaps(plan.pool)
+        assert not n.overlaps(netns.METADATA)
+    covered = sum(n.num_addresses for n in world)
+    assert covered == 2**32 - plan.pool.num_addresses - netns.METADATA.num_addresses
+    assert any(IPv4Address("1.1.1.1") in n for n in world)
+
+
+def test_render_nftables() -> None:
+    text = netns.render_nftables(netns.plan_bridge("10.213.0.0/16"))
+    lines = [line.strip() for line in text.splitlines()]
+    # Idempotent atomic replace of our own table only.
+    assert lines[:3] == ["table ip dynod", "delete table ip dynod", "table ip dynod {"]
+    assert 'ip saddr 10.213.0.0/16 oifname != "dynod0" masquerade' in lines
+    assert 'iifname "dynod0" ct state established,related accept' in lines
+    assert lines.index('iifname "dynod0" ct state established,related accept') < lines.index(
+        'iifname "dynod0" drop'
+    )
+    assert 'iifname "dynod0" ip daddr 169.254.0.0/16 drop' in lines
+    assert 'oifname "dynod0" drop' in lines
+    assert text.count("{") == text.count("}")
+
+
+def test_resolv_conf_skips_loopback_stubs() -> None:
+    stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n"
+    upstream = "# resolved\nnameserver 192.168.1.1\nnameserver fe80::1%eth0\nnameserver 9.9.9.9\n"
+    out = netns.dyno_resolv_conf([stub, upstream])
+    assert "nameserver 192.168.1.1\nnameserver 9.9.9.9\n" in out
+    assert "127.0.0.53" not in out and "fe80" not in out
+    assert netns.dyno_resolv_conf(["nameserver 10.0.0.1\n", upstream]).endswith(
+        "nameserver 10.0.0.1\n"
+    )
+    assert "nameserver" not in netns.dyno_resolv_conf([stub]).replace("# dynod", "")
+    assert "nameserver" not in netns.dyno_resolv_conf([])

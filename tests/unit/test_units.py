@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import shutil
+from ipaddress import IPv4Network
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from dynod import run, units
+from dynod.errors import InvalidArgument
+from dynod.rootfs import Bind
+from dynod.sizes import parse_size
+from dynod.units import DynoName, DynoSpec, Limits, PidMode
+
+ESCAPE_CASES = [
+    "shop",
+    "my-shop",
+    "web",
+    "web_2",
+    "a.b",
+    ".hidden",
+    "with space",
+    "slash/inside",
+    "ünïcode",
+    "x:y",
+    "back\\slash",
+    "$dollar",
+]
+
+
+@pytest.mark.skipif(shutil.which("systemd-escape") is None, reason="needs systemd-escape")
+@pytest.mark.parametrize("text", ESCAPE_CASES)
+def test_escape_matches_systemd_escape(text: str) -> None:
+    expected = run.output(["systemd-escape", "--", text]).rstrip("\n")
+    assert units.escape(text) == expected
+    assert units.unescape(expected) == text
+
+
+def test_escape_without_systemd() -> None:
+    assert units.escape("my-shop") == "my\\x2dshop"
+    assert units.escape(".a.b") == "\\x2ea.b"
+    assert units.escape("a/b") == "a-b"
+    assert units.unescape("my\\x2dshop") == "my-shop"
+
+
+def test_names_follow_the_design() -> None:
+    assert units.unit_name("shop", "web", 1) == "dynod-shop-web.1.service"
+    assert units.slice_name("shop") == "dynod-shop.slice"
+    # A dash in the app name must not move the dyno into another app's slice.
+    assert units.slice_name("my-shop") == "dynod-my\\x2dshop.slice"
+    assert units.unit_name("my-shop", "long-worker", 12) == (
+        "dynod-my\\x2dshop-long\\x2dworker.12.service"
+    )
+    with pytest.raises(InvalidArgument):
+        units.unit_name("shop", "web", 0)
+    with pytest.raises(InvalidArgument):
+        units.unit_name("", "web", 1)
+
+
+@pytest.mark.parametrize(
+    ("app", "ptype", "n"), [("shop", "web", 1), ("my-shop", "long-worker", 12), ("a", "run", 4520)]
+)
+def test_parse_unit_name_round_trips(app: str, ptype: str, n: int) -> None:
+    assert units.parse_unit_name(units.unit_name(app, ptype, n)) == DynoName(app, ptype, n)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dynod.service",
+        "dynod-shop.slice",
+        "dynod-shop-web.service",
+        "dynod-shop-web.0.service",
+        "dynod-a-b-c.1.service",
+        "other-shop-web.1.service",
+    ],
+)
+def test_parse_unit_name_ignores_other_units(name: str) -> None:
+    assert units.parse_unit_name(name) is None
+
+
+def test_pid_mode_by_systemd_version() -> None:
+    assert units.pid_mode_for(252) is PidMode.WRAPPER
+    assert units.pid_mode_for(256) is PidMode.WRAPPER
+    assert units.pid_mode_for(257) is PidMode.PRIVATE_PIDS
+
+
+def _spec(**kw: Any) -> DynoSpec:
+    base: dict[str, Any] = {
+        "app": "shop",
+        "process_type": "web",
+        "number": 2,
+        "release": 7,
+        "command": "python3 -m http.server $PORT",
+        "root": Path("/run/dynod/dynos/shop-web.2/root"),
+        "env": units.make_env({"DATABASE_URL": "postgres://x", "PORT": "1"}),
+        "binds": (Bind(Path("/usr/lib/dynod/dyno-init"), PurePosixPath("/dyno-init")),),
+        "netns_path": Path("/run/netns/dynod-shop-web.2"),
+        "ip_allow": (IPv4Network("127.0.0.0/8"), IPv4Network("10.213.0.2/32")),
+        "limits": Limits(memory_high=512 << 20, memory_max=1 << 30, cpu_weight=100, tasks_max=256),
+        "port": 5000,
+    }
+    base.update(kw)
+    return DynoSpec(**base)
+
+
+def _props(spec: DynoSpec, mode: PidMode) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for name, value in units.unit_properties(spec, mode):
+        out.setdefault(name, []).append(value)
+    return out
+
+
+def test_environment_platform_wins_and_path_default() -> None:
+    env = units.environment(_spec())
+    assert "PORT=5000" in env and "PORT=1" not in env
+    assert "DYNO=web.2" in env and "HOME=/app" in env
+    assert "PATH=/usr/local/bin:/usr/bin:/bin" in env
+    assert "DATABASE_URL=postgres://x" in env
+    custom = units.environment(_spec(env=(("PATH", "/app/bin:/usr/bin"),), port=None))
+    assert "PATH=/app/bin:/usr/bin" in custom
+    assert not any(e.startswith("PORT=") for e in custom)
+    with pytest.raises(InvalidArgument, match="not a valid environment variable name"):
+        units.environment(_spec(env=(("BAD-NAME", "x"),)))
+
+
+def test_properties_wrapper_mode() -> None:
+    spec = _spec()
+    props = _props(spec, PidMode.WRAPPER)
+    assert props["Slice"] == ["dynod-shop.slice"]
+    assert props["Type"] == ["exec"]
+    [[(path, argv, ignore)]] = props["ExecStart"]
+    assert (path, ignore) == ("/dyno-init", False)
+    assert argv[:4] == ["/dyno-init", "--", "/bin/bash", "-c"]
+    # systemd must not expand the command's variables: bash in the dyno does.
+    assert argv[-1] == "python3 -m http.server $$PORT"
+    assert '"$$f"' in argv[4]
+    assert props["LogExtraFields"] == [["DYNOD_APP=shop", "DYNOD_DYNO=web.2", "DYNOD_RELEASE=7"]]
+    assert props["RootDirectory"] == [str(spec.root)]
+    assert props["BindReadOnlyPaths"] == [[("/usr/lib/dynod/dyno-init", "/dyno-init", False, 0)]]
+    assert props["NetworkNamespacePath"] == ["/run/netns/dynod-shop-web.2"]
+    assert props["PrivateNetwork"] == [True]
+    assert props["DynamicUser"] == [True]
+    assert props["MemoryHigh"] == [512 << 20] and props["MemoryMax"] == [1 << 30]
+    assert props["CPUWeight"] == [100] and props["TasksMax"] == [256]
+    assert props["SuccessExitStatus"] == [([143], [15])]
+    assert props["TimeoutStopUSec"] == [30_000_000]
+    # Allow-list, then deny-list: the order matters and both must be there.
+    assert props["SystemCallFilter"] == [
+        (True, ["@system-service", "@mount"]),
+        (False, ["@resources"]),
+    ]
+    assert props["CapabilityBoundingSet"] == [1 << 21]
+    assert props["AmbientCapabilities"] == [1 << 21]
+    assert props["RestrictNamespaces"] == [0x20000000 | 0x00020000]
+    assert "PrivatePIDs" not in props and "PrivateUsers" not in props
+    assert props["IPAddressDeny"] == [[(2, b"\0\0\0\0", 0)]]
+    assert props["IPAddressAllow"] == [[(2, b"\x7f\0\0\0", 8), (2, b"\x0a\xd5\0\x02", 32)]]
+    assert "MemoryDenyWriteExecute" not in props  # JITs need it off
+
+
+def test_properties_private_pids_mode() -> None:
+    props = _props(_spec(user="shop"), PidMode.PRIVATE_PIDS)
+    [[(_, argv, _)]] = props["ExecStart"]
+    assert argv[:3] == ["/dyno-init", "--no-pidns", "--"]
+    assert props["PrivatePIDs"] == [True] and props["PrivateUsers"] == [True]
+    assert props["CapabilityBoundingSet"] == [0] and props["AmbientCapabilities"] == [0]
+    assert props["RestrictNamespaces"] == [0]
+    assert props["SystemCallFilter"] == [
+        (True, ["@system-service"]),
+        (False, ["@resources", "@privileged"]),
+    ]
+    assert props["User"] == ["shop"] and "DynamicUser" not in props
+
+
+def test_no_netns_means_no_network_at_all() -> None:
+    props = _props(_spec(netns_path=None, ip_allow=()), PidMode.WRAPPER)
+    assert "NetworkNamespacePath" not in props
+    assert props["PrivateNetwork"] == [True]
+    assert "IPAddressAllow" not in props
+
+
+def test_limits_for_size_heroku_memory_model() -> None:
+    lim = units.limits_for_size(parse_size("standard-2x"))
+    assert lim.memory_high == 1024 << 20
+    assert lim.memory_max == 2048 << 20
+    assert (lim.cpu_weight, lim.tasks_max) == (200, 512)
+
+
+@pytest.mark.parametrize("mode", list(PidMode))
+def test_every_property_encodes_with_pystemd(mode: PidMode) -> None:
+    """Every property has a D-Bus signature pystemd knows (an unknown one is a KeyError
+    only at start time otherwise), and pystemd can encode the values, without a bus."""
+    sd = units._pystemd()
+    from pystemd.systemd1.unit_signatures import signature_array  # noqa: PLC0415
+
+    props = [(k.encode(), units._dbus_value(v)) for k, v in units.unit_properties(_spec(), mode)]
+    args = signature_array(units._Props(props))
+    assert sd is not None
+    names = [a[1] for a in args if a[0] == ord("s")]
+    assert names.count(b"SystemCallFilter") == 2
