@@ -420,6 +420,7 @@ class Machine:
     state_dir: Path | None = None
     binds: list[tuple[str, str]] = field(default_factory=list)
     egress: bool = True
+    mask: tuple[str, ...] = ()  # extra units to mask (benchmarks: a machine without dynod)
     record: Record | None = None
     systemd_pid: int = 0
     _proc: subprocess.Popen[bytes] | None = None
@@ -467,7 +468,7 @@ class Machine:
             sys.executable, str(Path(__file__).resolve()), "--stage2",
             json.dumps({
                 "name": self.name, "state": str(self.state), "project": str(PROJECT),
-                "binds": self.binds,
+                "binds": self.binds, "mask": list(self.mask),
             }),
         ]
         argv = [
@@ -819,7 +820,7 @@ def stage2(spec: dict[str, object]) -> None:
     _bind(boot_id, root / "proc/sys/kernel/random/boot_id", readonly=True)
     # Never let tmpfiles "D /tmp" anything (Debian's tmp.conf); /tmp is our tmpfs anyway.
     _symlink("/dev/null", root / "run/tmpfiles.d/tmp.conf")
-    for unit in MASKED_UNITS:
+    for unit in (*MASKED_UNITS, *(str(u) for u in spec.get("mask", []))):  # type: ignore[attr-defined]
         _symlink("/dev/null", root / "run/systemd/system" / unit)
 
     # The project at its own path (tests write into it), dynod's state on a real file

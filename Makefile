@@ -1,0 +1,31 @@
+# dynod: the README's two commands are `make up` and `make test`.
+SHELL := /bin/bash
+PYTEST_WORKERS ?= 4
+
+.PHONY: up test prereqs unit integration lint down clean
+
+prereqs:
+	@.ci/prereqs
+
+# Bring dynod up with its embedded defaults and show it answering. With systemd as PID 1,
+# dynod is installed on this host; otherwise it runs in a sandbox machine whose state
+# persists in .state/machine (so `make up` again is a reboot of the same machine).
+up: prereqs
+	@.ci/up
+
+# The whole suite: linters, unit tests, and integration tests in sandbox machines.
+test: prereqs
+	@.venv/bin/python -m pytest -n $(PYTEST_WORKERS) -rfE tests
+
+unit: prereqs
+	@.venv/bin/python -m pytest -q tests/unit
+
+integration: prereqs
+	@.venv/bin/python -m pytest -n $(PYTEST_WORKERS) -m integration tests
+
+lint: prereqs
+	@.venv/bin/python -m pytest -q tests/unit/test_lint.py
+
+clean:
+	tests/sandbox/run --purge
+	rm -rf .state build dist *.egg-info
