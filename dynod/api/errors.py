@@ -1,4 +1,5 @@
-"""The one place where domain errors become gRPC status codes."""
+"""The one place where domain errors become gRPC status codes, and where every call's
+caller is checked (root or the API group)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import grpc
 
 from dynod import errors
+from dynod.api.peer import caller_of
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ def code_for(exc: errors.DynodError) -> grpc.StatusCode:
 def _wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            caller_of(context)  # refuses callers outside root and the API group
             return behavior(request, context)
         except errors.DynodError as exc:
             context.abort(code_for(exc), exc.message)
@@ -43,6 +46,7 @@ def _wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..
 
     def stream(request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            caller_of(context)  # refuses callers outside root and the API group
             yield from behavior(request, context)
         except errors.DynodError as exc:
             context.abort(code_for(exc), exc.message)

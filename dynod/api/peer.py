@@ -71,21 +71,32 @@ class PeerRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_name: dict[str, Caller] = {}
+        self._refused: set[str] = set()
 
-    def add(self, name: str, caller: Caller) -> None:
+    def add(self, name: str, caller: Caller, *, refused: bool = False) -> None:
         with self._lock:
             self._by_name[name] = caller
+            if refused:
+                self._refused.add(name)
 
     def remove(self, name: str) -> None:
         with self._lock:
             self._by_name.pop(name, None)
+            self._refused.discard(name)
+
+    def _key(self, peer: str) -> str | None:
+        prefix = "unix-abstract:"
+        return peer[len(prefix):] if peer.startswith(prefix) else None
 
     def lookup(self, peer: str) -> Caller | None:
-        prefix = "unix-abstract:"
-        if not peer.startswith(prefix):
-            return None
+        key = self._key(peer)
         with self._lock:
-            return self._by_name.get(peer[len(prefix) :])
+            return None if key is None else self._by_name.get(key)
+
+    def is_refused(self, peer: str) -> bool:
+        key = self._key(peer)
+        with self._lock:
+            return key in self._refused
 
 
 REGISTRY = PeerRegistry()
@@ -95,11 +106,18 @@ def caller_of(context: grpc.ServicerContext) -> Caller:
     """The caller of the current RPC.
 
     A call that reached gRPC's private socket directly came from root (the socket is
-    mode 0600 in a root-only directory). Raises PermissionDenied for an unknown peer.
+    mode 0600 in a root-only directory). Raises PermissionDenied for an unknown peer
+    and for a caller who is neither root nor in the API group.
     """
     peer = context.peer()
     caller = REGISTRY.lookup(peer)
     if caller is not None:
+        if REGISTRY.is_refused(peer):
+            raise PermissionDenied(
+                f"user {caller.name} (uid {caller.uid}) may not use dynod: only root and "
+                "members of the API group may; ask an administrator to add you to it "
+                "(`adduser USER dynod`)"
+            )
         return caller
     if peer.startswith("unix:"):
         return ROOT
@@ -154,16 +172,19 @@ class FrontSocket:
 
     def _start_splice(self, conn: socket.socket) -> None:
         caller = peer_credentials(conn)
-        if not may_call(caller, self.api_gid):
-            log.info("refused API caller uid=%d pid=%d: not root nor in the API group",
+        # A refused caller still reaches gRPC, so it gets PERMISSION_DENIED with a message
+        # (every call is checked by caller_of in the interceptor) instead of a dropped
+        # connection that reads as "dynod is down". The socket's 0660 mode stops most
+        # such callers earlier; this is the check that does not depend on file modes.
+        refused = not may_call(caller, self.api_gid)
+        if refused:
+            log.info("refusing API caller uid=%d pid=%d: not root nor in the API group",
                      caller.uid, caller.pid)
-            conn.close()
-            return
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         upstream.bind("")  # autobind: the kernel picks a unique abstract name
         name = upstream.getsockname()
         key = name[1:].decode() if isinstance(name, bytes) else name.lstrip("\0")
-        REGISTRY.add(key, caller)
+        REGISTRY.add(key, caller, refused=refused)
         upstream.connect(str(self.backend))
         done = threading.Barrier(2, action=lambda: self._finish(key, conn, upstream))
         for src, dst in ((conn, upstream), (upstream, conn)):

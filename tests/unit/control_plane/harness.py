@@ -1,0 +1,87 @@
+"""An in-process dynod API on a temporary Unix socket, and helpers to drive it."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import sqlite3
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from dynod.api.daemon import Daemon
+from dynod.api.server import make_server
+from dynod.settings import Settings
+from dynod.state import SqliteStore
+from dynod.v1 import (
+    apps_pb2,
+    apps_pb2_grpc,
+    config_pb2_grpc,
+    formation_pb2_grpc,
+    releases_pb2,
+    releases_pb2_grpc,
+    slugs_pb2,
+    slugs_pb2_grpc,
+)
+
+
+def make_slug(files: dict[str, bytes] | None = None) -> bytes:
+    """A small tar.gz of ./app."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in (files or {"app/Procfile": b"web: true\n"}).items():
+            info = tarfile.TarInfo(f"./{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+@dataclass
+class Api:
+    """Stubs on one channel to an in-process server, and the store behind it."""
+
+    channel: grpc.Channel
+    socket: Path
+    store: SqliteStore
+    daemon: Daemon
+
+    def __post_init__(self) -> None:
+        self.apps = apps_pb2_grpc.AppsStub(self.channel)
+        self.config = config_pb2_grpc.ConfigStub(self.channel)
+        self.releases = releases_pb2_grpc.ReleasesStub(self.channel)
+        self.formation = formation_pb2_grpc.FormationStub(self.channel)
+        self.slugs = slugs_pb2_grpc.SlugsStub(self.channel)
+
+    def create_app(self, name: str) -> None:
+        self.apps.Create(apps_pb2.CreateAppRequest(name=name))
+
+    def deploy(self, app: str, process_types: dict[str, str], tgz: bytes | None = None) -> int:
+        """Create, upload and release a slug; return the release's version."""
+        tgz = tgz if tgz is not None else make_slug({"app/x": app.encode()})
+        slug = self.slugs.Create(slugs_pb2.CreateSlugRequest(
+            app=app, checksum="sha256:" + hashlib.sha256(tgz).hexdigest(), size=len(tgz),
+            process_types=process_types)).slug
+        self.slugs.Upload(iter([slugs_pb2.UploadSlugRequest(app=app, id=slug.id, data=tgz)]))
+        release = self.releases.Create(releases_pb2.CreateReleaseRequest(app=app, slug_id=slug.id))
+        return release.release.version
+
+    def dump(self) -> str:
+        """Every row of the state database, for "state unchanged" checks."""
+        db = sqlite3.connect(self.store.path)
+        try:
+            return "\n".join(db.iterdump())
+        finally:
+            db.close()
+
+
+def start(tmp_path: Path) -> tuple[Api, grpc.Server]:
+    store = SqliteStore.open(tmp_path / "state" / "state.db")
+    daemon = Daemon(store, Settings(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"))
+    server, _ = make_server(daemon, max_workers=32)
+    sock = tmp_path / "api.sock"
+    server.add_insecure_port(f"unix:{sock}")
+    server.start()
+    return Api(grpc.insecure_channel(f"unix:{sock}"), sock, store, daemon), server
