@@ -59,8 +59,8 @@ def test_rollback_copies_config_and_slug(api: Api) -> None:
     back = api.releases.Rollback(releases_pb2.RollbackReleaseRequest(app="shop")).release
     assert (back.version, back.description) == (5, "Rollback to v3")
     assert (back.slug_id, dict(back.config)) == (v3.slug_id, {"A": "1"})
-    back = api.releases.Rollback(releases_pb2.RollbackReleaseRequest(app="shop", version=1))
-    assert (back.release.slug_id, dict(back.release.config)) == ("", {})
+    first = api.releases.Rollback(releases_pb2.RollbackReleaseRequest(app="shop", version=1))
+    assert (first.release.slug_id, dict(first.release.config)) == ("", {})
     assert api.formation.Get(formation_pb2.GetFormationRequest(app="shop")).processes == []
 
 
