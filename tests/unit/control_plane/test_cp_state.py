@@ -1,0 +1,129 @@
+"""The store: migrations, durability, atomicity; and the pure domain rules."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dynod import apps, config, formation, releases, sizes, slugs, state
+from dynod.errors import FailedPrecondition, InvalidArgument
+from dynod.state import SqliteStore
+
+
+def test_fresh_database_is_migrated_with_wal_and_foreign_keys(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "a" / "state.db")
+    assert store.schema_version == len(state.MIGRATIONS)
+    with store.read() as tx:
+        db = tx.db  # type: ignore[attr-defined]
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    store.close()
+    again = SqliteStore.open(tmp_path / "a" / "state.db")  # idempotent
+    assert again.schema_version == len(state.MIGRATIONS)
+    again.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SqliteStore.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE schema_version SET version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(FailedPrecondition, match="schema version 99, newer than this dynod"):
+        SqliteStore.open(path)
+
+
+def test_failed_migration_leaves_previous_version(tmp_path: Path) -> None:
+    def broken(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE half (x)")
+        raise RuntimeError("boom")
+
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    with pytest.raises(RuntimeError):
+        state.migrate(db, [*state.MIGRATIONS, broken])
+    assert db.execute("SELECT version FROM schema_version").fetchone()[0] == 1
+    assert db.execute("SELECT name FROM sqlite_master WHERE name='half'").fetchone() is None
+
+
+def test_state_survives_reopen(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "state.db")
+    apps.create_app(store, "shop", "alice")
+    config.set_config(store, "shop", {"A": "1"}, "bob")
+    store.close()
+    store = SqliteStore.open(tmp_path / "state.db")
+    got = releases.list_releases(store, "shop")
+    assert [(r.version, r.description, r.user, dict(r.config)) for r in got] == [
+        (2, "Set A config vars", "bob", {"A": "1"}), (1, "Initial release", "alice", {})]
+    store.close()
+
+
+def test_a_failing_change_writes_nothing(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "state.db")
+    apps.create_app(store, "shop", "alice")
+    with pytest.raises(RuntimeError), store.write() as tx:
+        releases.append_release(tx, "shop", description="x", user="u", slug_id=None, config={})
+        raise RuntimeError("crash in the middle")
+    assert [r.version for r in releases.list_releases(store, "shop")] == [1]
+    store.close()
+
+
+@pytest.mark.parametrize("name", ["abc", "my-app-2", "a" * 30, "a1b"])
+def test_valid_names(name: str) -> None:
+    apps.validate_name(name)
+
+
+@pytest.mark.parametrize("name", ["ab", "a" * 31, "1abc", "abc-", "Abc", "a_bc", "a.bc", ""])
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(InvalidArgument):
+        apps.validate_name(name)
+
+
+def test_random_names_are_valid() -> None:
+    rng = random.Random(7)  # noqa: S311 - reproducible names, not secrets
+    for _ in range(500):
+        apps.validate_name(apps.random_name(rng))
+
+
+def test_config_size_counts_utf8_bytes() -> None:
+    assert config.size_of({"A": "é"}) == 3
+
+
+@pytest.mark.parametrize("key", ["FOO", "_x", "a1", "DYNOD", "PORTS", "dyno"])
+def test_config_keys_allowed(key: str) -> None:
+    config.validate_key(key)
+
+
+def test_sizes_table() -> None:
+    assert list(sizes.SIZES) == ["eco", "basic", "standard-1x", "standard-2x",
+                                 "performance-m", "performance-l"]
+    assert sizes.parse_size("Standard-2X").memory_mb == 1024
+    assert sizes.parse_size("2x").name == "standard-2x"
+    assert sizes.parse_size("performance-l").tasks_max == 32768
+    assert all(1 <= s.cpu_weight <= 10000 for s in sizes.SIZES.values())
+
+
+def test_declare_starts_web_at_one(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "state.db")
+    apps.create_app(store, "shop", "alice")
+    with store.write() as tx:
+        formation.declare(tx, "shop", {"web": "a", "worker": "b"})
+        assert [(p.type, p.quantity) for p in tx.processes("shop")] == [("web", 1),
+                                                                        ("worker", 0)]
+    store.close()
+
+
+def test_blob_write_is_verified_and_atomic(tmp_path: Path) -> None:
+    data = b"\x1f\x8b" + b"rest"
+    checksum = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = slugs.write_blob(tmp_path, iter([data[:3], data[3:]]), checksum, len(data))
+    assert path.read_bytes() == data
+    with pytest.raises(InvalidArgument, match="larger than the declared"):
+        slugs.write_blob(tmp_path, iter([data, b"x"]), checksum, len(data))
+    with pytest.raises(InvalidArgument, match="has 3 bytes, not the declared"):
+        slugs.write_blob(tmp_path, iter([data[:3]]), checksum, len(data))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
