@@ -6,6 +6,7 @@ PYTEST_WORKERS ?= 4
 
 prereqs:
 	@.ci/prereqs
+	@mkdir -p .state
 
 # Bring dynod up with its embedded defaults and show it answering. With systemd as PID 1,
 # dynod is installed on this host; otherwise it runs in a sandbox machine whose state
@@ -13,9 +14,14 @@ prereqs:
 up: prereqs
 	@.ci/up
 
-# The whole suite: linters, unit tests, and integration tests in sandbox machines.
+# The whole suite: linters, unit tests, and integration tests in sandbox machines; then
+# a check that the host's netns, overlay mounts, cgroups, processes, links and iptables
+# rules are as they were before it.
 test: prereqs
-	@.venv/bin/python -m pytest -n $(PYTEST_WORKERS) -rfE tests
+	@tests/sandbox/run --purge >/dev/null
+	@tests/sandbox/hostcheck save .state/hostcheck.json
+	@rc=0; .venv/bin/python -m pytest -n $(PYTEST_WORKERS) -rfE tests || rc=$$?; \
+	  tests/sandbox/hostcheck compare .state/hostcheck.json || rc=$${rc/#0/1}; exit $$rc
 
 unit: prereqs
 	@.venv/bin/python -m pytest -q tests/unit
