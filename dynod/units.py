@@ -48,7 +48,10 @@ CAP_SYS_ADMIN = 21
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 AF_INET = 2
+AF_INET6 = 10
 EPERM = 1
+# Binds are recursive, as BindPaths= in a unit file is by default (rbind).
+MS_REC = 16384
 
 # Heroku: config vars, then .profile.d/*.sh, then .profile, then `bash -c COMMAND`
 # (dyno-startup-behavior). $1 is the command; the second bash execs a simple one.
@@ -259,16 +262,18 @@ def unit_properties(spec: DynoSpec, mode: PidMode) -> list[Property]:
         ("SyslogIdentifier", spec.dyno),
         ("RootDirectory", str(spec.root)),
         ("MountAPIVFS", True),
-        (
-            "BindReadOnlyPaths",
-            [(str(b.source), str(b.target), False, 0) for b in spec.binds if b.read_only],
-        ),
-        (
-            "BindPaths",
-            [(str(b.source), str(b.target), False, 0) for b in spec.binds if not b.read_only],
-        ),
         ("WorkingDirectory", APP_DIR),
     ]
+    # Both go to one list in systemd, and an empty array *resets* that list: send
+    # only non-empty ones, or an empty BindPaths= drops the read-only binds.
+    for prop, read_only in (("BindReadOnlyPaths", True), ("BindPaths", False)):
+        binds = [
+            (str(b.source), str(b.target), False, MS_REC)
+            for b in spec.binds
+            if b.read_only is read_only
+        ]
+        if binds:
+            props.append((prop, binds))
     if spec.netns_path is not None:
         # The path wins over PrivateNetwork=; PrivateNetwork= alone would mean "no
         # network", so a missing path can never leave the dyno on the host's network.
@@ -301,7 +306,8 @@ def unit_properties(spec: DynoSpec, mode: PidMode) -> list[Property]:
         ("NoNewPrivileges", True),
         ("PrivateTmp", True),
         ("ProtectSystem", "strict"),
-        ("ReadWritePaths", [f"-{APP_DIR}"]),
+        # Relative to the host's root, not RootDirectory= (systemd 252, verified).
+        ("ReadWritePaths", [f"-{spec.root}{APP_DIR}"]),
         ("ProtectHome", "yes"),
         ("PrivateDevices", True),
         ("DevicePolicy", "closed"),
@@ -328,7 +334,8 @@ def unit_properties(spec: DynoSpec, mode: PidMode) -> list[Property]:
     ]
     if spec.ip_allow:
         props += [
-            ("IPAddressDeny", [(AF_INET, bytes(4), 0)]),  # any
+            # "any" is both families; dynos have no IPv6 address, so v6 stays denied.
+            ("IPAddressDeny", [(AF_INET, bytes(4), 0), (AF_INET6, bytes(16), 0)]),
             (
                 "IPAddressAllow",
                 [(AF_INET, n.network_address.packed, n.prefixlen) for n in spec.ip_allow],

@@ -138,7 +138,10 @@ def test_properties_wrapper_mode() -> None:
     assert '"$$f"' in argv[4]
     assert props["LogExtraFields"] == [["DYNOD_APP=shop", "DYNOD_DYNO=web.2", "DYNOD_RELEASE=7"]]
     assert props["RootDirectory"] == [str(spec.root)]
-    assert props["BindReadOnlyPaths"] == [[("/usr/lib/dynod/dyno-init", "/dyno-init", False, 0)]]
+    assert props["ReadWritePaths"] == [[f"-{spec.root}/app"]]
+    assert props["BindReadOnlyPaths"] == [
+        [("/usr/lib/dynod/dyno-init", "/dyno-init", False, 16384)]
+    ]
     assert props["NetworkNamespacePath"] == ["/run/netns/dynod-shop-web.2"]
     assert props["PrivateNetwork"] == [True]
     assert props["DynamicUser"] == [True]
@@ -155,9 +158,20 @@ def test_properties_wrapper_mode() -> None:
     assert props["AmbientCapabilities"] == [1 << 21]
     assert props["RestrictNamespaces"] == [0x20000000 | 0x00020000]
     assert "PrivatePIDs" not in props and "PrivateUsers" not in props
-    assert props["IPAddressDeny"] == [[(2, b"\0\0\0\0", 0)]]
+    assert props["IPAddressDeny"] == [[(2, bytes(4), 0), (10, bytes(16), 0)]]
     assert props["IPAddressAllow"] == [[(2, b"\x7f\0\0\0", 8), (2, b"\x0a\xd5\0\x02", 32)]]
     assert "MemoryDenyWriteExecute" not in props  # JITs need it off
+
+
+@pytest.mark.parametrize("mode", list(PidMode))
+def test_no_empty_list_property(mode: PidMode) -> None:
+    """systemd treats an empty array as "reset the setting": an empty BindPaths= once
+    dropped dyno-init's BindReadOnlyPaths= and the unit failed with 203/EXEC."""
+    for name, value in units.unit_properties(_spec(), mode):
+        assert value != [], name
+    props = _props(_spec(binds=(Bind(Path("/a"), PurePosixPath("/b"), read_only=False),)), mode)
+    assert "BindReadOnlyPaths" not in props
+    assert props["BindPaths"] == [[("/a", "/b", False, 16384)]]
 
 
 def test_properties_private_pids_mode() -> None:
