@@ -211,6 +211,30 @@ def attach(pid: int, name: str, child: str) -> None:
         (h.path(name, child) / "cgroup.procs").write_text(str(pid))
 
 
+def systemd_delegates() -> bool:
+    """On a unified (v2) host run by systemd, cgroups come from a delegated scope.
+
+    There a cgroup holding processes (our own: a session scope) cannot hand controllers
+    to children, and systemd owns the tree; so, like systemd-nspawn, the machine runs in
+    a transient scope with Delegate=yes and builds payload/supervisor inside it.
+    """
+    if not Path("/run/systemd/system").is_dir():
+        return False
+    return any(h.fstype == "cgroup2" and h.subdir == "" for h in host_hierarchies())
+
+
+def make_delegated_cgroups() -> Path:
+    """Inside a delegated scope: payload + supervisor, ourselves into payload."""
+    h = next(h for h in host_hierarchies() if h.fstype == "cgroup2")
+    scope = h.path()
+    for child in ("payload", "supervisor"):
+        (scope / child).mkdir(exist_ok=True)
+    (scope / "payload" / "cgroup.procs").write_text(str(os.getpid()))
+    _enable_v2_controllers(scope)
+    _enable_v2_controllers(scope / "payload")
+    return scope
+
+
 def cgroup_pids(paths: Sequence[str]) -> set[int]:
     pids: set[int] = set()
     for top in paths:
@@ -281,7 +305,9 @@ def _free_link_index() -> int:
         with contextlib.suppress(OSError, ValueError, TypeError):
             used.add(Record.load(path).link_index)
     for index in range(16384):
-        if index not in used:
+        # A link of a machine that just died may outlive its record for a moment: the
+        # kernel tears a network namespace down asynchronously.
+        if index not in used and not Path(f"/sys/class/net/dsb{index}").exists():
             return index
     raise SandboxError("no free link address; purge old machines (tests/sandbox/run --purge)")
 
@@ -388,6 +414,12 @@ def teardown_egress(rec: Record) -> None:
         _iptables(table, "-X", chain, check=False)
     if rec.veth:
         _run(["ip", "link", "del", rec.veth], check=False)
+        # The namespace (and the veth with it) is destroyed asynchronously by the kernel;
+        # wait, so the name is free again when the record goes.
+        deadline = time.monotonic() + 30
+        while Path(f"/sys/class/net/{rec.veth}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+            _run(["ip", "link", "del", rec.veth], check=False)
     _restore_forwarding(rec)
 
 
@@ -423,6 +455,7 @@ class Machine:
     mask: tuple[str, ...] = ()  # extra units to mask (benchmarks: a machine without dynod)
     record: Record | None = None
     systemd_pid: int = 0
+    delegated: bool = False
     _proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -450,8 +483,10 @@ class Machine:
             rec.save()
             self.record = rec
         try:
-            rec.cgroups = make_cgroups(self.name)
-            rec.save()
+            self.delegated = systemd_delegates()
+            if not self.delegated:
+                rec.cgroups = make_cgroups(self.name)
+                rec.save()
             self._spawn()
             if self.egress:
                 with host_lock():
@@ -474,7 +509,10 @@ class Machine:
         argv = [
             # The trampoline joins the payload cgroups (before unshare --cgroup makes them
             # the namespace root) and dies with the runner, even on kill -9.
-            sys.executable, "-I", str(Path(__file__).resolve()), "--enter", self.name,
+            *(["systemd-run", "--scope", "--quiet", "--collect", "--property=Delegate=yes",
+               f"--unit=dynod-sandbox-{self.name}"] if self.delegated else []),
+            sys.executable, "-I", str(Path(__file__).resolve()),
+            "--enter-delegated" if self.delegated else "--enter", self.name,
             "setpriv", "--bounding-set", ",".join(f"-{c}" for c in DROPPED_CAPS),
             "unshare", "--pid", "--mount", "--uts", "--ipc", "--cgroup", "--net", "--fork",
             "--kill-child=SIGKILL", "--propagation", "private", *stage2,
@@ -500,8 +538,17 @@ class Machine:
         else:
             raise SandboxError(f"machine {self.name}: no init process after 10 s")
         # The unshare parent leaves the namespace root (see make_cgroups).
-        with contextlib.suppress(OSError):
-            attach(self._proc.pid, self.name, "supervisor")
+        if self.delegated:
+            own = Path(f"/proc/{self.systemd_pid}/cgroup").read_text().split("::", 1)[1]
+            scope = Path("/sys/fs/cgroup") / own.strip().lstrip("/")
+            scope = scope.parent if scope.name == "payload" else scope
+            self.record.cgroups = [str(scope)]
+            self.record.save()
+            with contextlib.suppress(OSError):
+                (scope / "supervisor" / "cgroup.procs").write_text(str(self._proc.pid))
+        else:
+            with contextlib.suppress(OSError):
+                attach(self._proc.pid, self.name, "supervisor")
 
     def console_tail(self, lines: int = 30) -> str:
         try:
@@ -777,6 +824,8 @@ def stage2(spec: dict[str, object]) -> None:
             _bind(p, p, readonly=True)
     # Network sysctls belong to the machine's own network namespace: writable.
     _bind(root / "proc/sys/net", root / "proc/sys/net")
+    # A bind inherits the read-only flag of the /proc/sys mount it came from.
+    _mount("none", root / "proc/sys/net", None, MS_BIND | MS_REMOUNT)
     _mount("sysfs", root / "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     cg = root / "sys/fs/cgroup"
     hierarchies = host_hierarchies()
@@ -901,3 +950,7 @@ if __name__ == "__main__":
             sys.exit(errno.EIO)
     elif len(sys.argv) > 3 and sys.argv[1] == "--enter":
         enter(sys.argv[2], sys.argv[3:])
+    elif len(sys.argv) > 3 and sys.argv[1] == "--enter-delegated":
+        _prctl_pdeathsig()
+        make_delegated_cgroups()
+        os.execvp(sys.argv[3], sys.argv[3:])  # noqa: S606
