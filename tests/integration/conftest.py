@@ -8,11 +8,14 @@ only look. ``persistent_machine``: a machine with a state directory, so
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dynod import stacks
 from tests.sandbox.machine import Machine
 
 
@@ -45,6 +48,42 @@ def shared_machine() -> Iterator[Machine]:
 @pytest.fixture
 def persistent_machine(tmp_path: Path) -> Iterator[Machine]:
     m = Machine(state_dir=tmp_path / "state")
+    m.boot()
+    try:
+        yield m
+    finally:
+        _teardown(m)
+
+
+# ---- a built stack, shared read-only by every machine of the run
+
+TEST_STATE = Path(os.environ.get("DYNOD_TEST_STACKS", "/var/cache/dynod/test-state"))
+
+
+def built_stack(name: str = stacks.DEFAULT_STACK) -> Path:
+    """Build stack ``name`` once per machine (cached across runs), under a file lock so
+    parallel test workers wait for one build instead of starting their own."""
+    TEST_STATE.mkdir(parents=True, exist_ok=True)
+    with (TEST_STATE / f".{name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return stacks.build_stack(stacks.get_stack(name), TEST_STATE)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Path:
+    """The default stack's root on the host (built with debootstrap on first use)."""
+    return built_stack()
+
+
+def stack_bind(root: Path) -> tuple[str, str]:
+    """The bind that puts a stack built on the host into a machine, read-only."""
+    return (str(root), f"/var/lib/dynod/stacks/{root.name}:ro")
+
+
+@pytest.fixture
+def stack_machine(stack: Path) -> Iterator[Machine]:
+    """A fresh machine whose dynod has the default stack built."""
+    m = Machine(binds=[stack_bind(stack)])
     m.boot()
     try:
         yield m

@@ -450,6 +450,8 @@ class Machine:
 
     name: str = ""
     state_dir: Path | None = None
+    # (host path, path inside[:ro]); binds under /var/lib/dynod land in the machine's
+    # own data directory, e.g. a prebuilt stack at /var/lib/dynod/stacks/NAME:ro.
     binds: list[tuple[str, str]] = field(default_factory=list)
     egress: bool = True
     mask: tuple[str, ...] = ()  # extra units to mask (benchmarks: a machine without dynod)
@@ -879,13 +881,14 @@ def stage2(spec: dict[str, object]) -> None:
     data.mkdir(parents=True, exist_ok=True)
     _bind(state / "data", data)
     for src, dst in binds:
-        target = root / str(dst).lstrip("/")
+        readonly = dst.endswith(":ro")
+        target = root / dst.removesuffix(":ro").lstrip("/")
         if Path(src).is_dir():
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch(exist_ok=True)
-        _bind(src, target)
+        _bind(src, target, readonly=readonly)
 
     # First boot of this state: a machine-id and a persistent journal of its own.
     marker = state / "upper/etc/.dynod-sandbox"
