@@ -1,0 +1,47 @@
+"""The seam between reconcile and the HTTP router.
+
+Reconcile owns which web dynos are *up*; the router only routes. Whenever the set of up
+web dynos of an app changes, reconcile calls ``set_backends(app, backends)`` with the
+whole set (not a delta), so a router can be restarted or swapped and catch up on the
+next call. ``remove_app(app)`` follows an app's deletion. Calls come from one thread
+(the reconciler's) and must not block for long; errors are logged by the caller and the
+call is repeated on the next change or periodic pass.
+
+``dynod/router.py`` (HAProxy) implements this protocol; ``NullRouter`` is the default
+until it is swapped in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    """One up web dyno: its user-facing name (``web.1``), its netns address and $PORT."""
+
+    dyno: str
+    ip: str
+    port: int
+
+
+class Router(Protocol):
+    def set_backends(self, app: str, backends: list[Backend]) -> None:
+        """Route ``app`` to exactly these backends (sorted by dyno name; may be empty)."""
+
+    def remove_app(self, app: str) -> None:
+        """Forget ``app`` entirely (it was deleted)."""
+
+
+class NullRouter:
+    """Routes nothing; remembers the last backends per app (tests and the default)."""
+
+    def __init__(self) -> None:
+        self.backends: dict[str, list[Backend]] = {}
+
+    def set_backends(self, app: str, backends: list[Backend]) -> None:
+        self.backends[app] = list(backends)
+
+    def remove_app(self, app: str) -> None:
+        self.backends.pop(app, None)
