@@ -13,13 +13,14 @@ until it is swapped in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, order=True)
-class Backend:
-    """One up web dyno: its user-facing name (``web.1``), its netns address and $PORT."""
+class Backend(NamedTuple):
+    """One up web dyno: its user-facing name (``web.1``), its netns address and $PORT.
+
+    A tuple, so ``(dyno, ip, port)`` unpacks and compares as one.
+    """
 
     dyno: str
     ip: str
