@@ -18,7 +18,7 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff() -> None:
-    proc = _run([str(VENV_BIN / "ruff"), "check", "dynod", "tests"])
+    proc = _run([str(VENV_BIN / "ruff"), "check", "dynod", "tests", "benchmarks"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
