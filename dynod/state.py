@@ -55,6 +55,10 @@ class Tx(Protocol):
 
     def slug(self, app: str, slug_id: str) -> Slug | None: ...
     def put_slug(self, slug: Slug) -> None: ...
+    # dynos: the app's own uid/gid and its rollout generation
+    def app_uid(self, name: str) -> int | None: ...
+    def generation(self, name: str) -> int | None: ...
+    def set_generation(self, name: str, generation: int) -> None: ...
 
 
 class Store(Protocol):
@@ -114,8 +118,24 @@ def _v1(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+# Apps get their own unprivileged uid (= gid), never reused after a delete, so a new app
+# can never own an old app's files; and a rollout generation (unit names carry it, so
+# old and new dynos of one app can run side by side during a rollout).
+FIRST_APP_UID = 70000
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE apps ADD COLUMN uid INTEGER")
+    db.execute("ALTER TABLE apps ADD COLUMN generation INTEGER NOT NULL DEFAULT 1")
+    db.execute("UPDATE apps SET uid = ? + id - 1", (FIRST_APP_UID,))
+    db.execute("CREATE UNIQUE INDEX apps_uid ON apps(uid)")
+    db.execute("CREATE TABLE app_uids (next INTEGER NOT NULL)")
+    db.execute("INSERT INTO app_uids (next) SELECT COALESCE(MAX(uid) + 1, ?) FROM apps",
+               (FIRST_APP_UID,))
+
+
 # Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1]
+MIGRATIONS: list[Migration] = [_v1, _v2]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:
@@ -173,9 +193,11 @@ class SqliteTx:
         return [App(r[0], r[1], _time(r[2])) for r in rows]
 
     def add_app(self, app: App) -> None:
+        uid = int(self.db.execute("SELECT next FROM app_uids").fetchone()[0])
+        self.db.execute("UPDATE app_uids SET next = next + 1")
         self.db.execute(
-            "INSERT INTO apps (name, owner, created_at) VALUES (?, ?, ?)",
-            (app.name, app.owner, app.created_at.isoformat()),
+            "INSERT INTO apps (name, owner, created_at, uid) VALUES (?, ?, ?, ?)",
+            (app.name, app.owner, app.created_at.isoformat(), uid),
         )
 
     def remove_app(self, name: str) -> list[str]:
@@ -263,6 +285,19 @@ class SqliteTx:
             (slug.id, slug.checksum, slug.size, json.dumps(dict(slug.process_types)),
              slug.commit, slug.created_at.isoformat(), int(slug.uploaded), slug.app),
         )
+
+
+    # dynos
+    def app_uid(self, name: str) -> int | None:
+        row = self.db.execute("SELECT uid FROM apps WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def generation(self, name: str) -> int | None:
+        row = self.db.execute("SELECT generation FROM apps WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_generation(self, name: str, generation: int) -> None:
+        self.db.execute("UPDATE apps SET generation = ? WHERE name = ?", (generation, name))
 
 
 class SqliteStore:
