@@ -53,32 +53,38 @@ def inner(releases: int, n: int) -> dict[str, list[float]]:
     }
 
 
+def collect(scale: float = 1.0, releases: int | None = None,
+            n: int | None = None) -> list[Figure]:
+    """scale 1 = the full run, 0.1 = --quick, 0.01 = the suite's smoke test."""
+    releases = releases or max(5, round(1000 * scale))
+    n = n or max(3, round(200 * scale))
+    with Machine(egress=False) as m:
+        proc = m.run([str(PROJECT / ".venv/bin/python"), "-m", "benchmarks.api", "--inner",
+                      "--releases", str(releases), "-n", str(n)], check=True, timeout=1800)
+    samples = json.loads(proc.stdout)
+    base = Summary.of(samples["version"], "ms")
+    return [
+        Figure(f"API config:set, app with {releases}+ releases",
+               Summary.of(samples["config_set"], "ms"), "System.Version RPC", base),
+        Figure(f"API releases, 15 newest of {releases}+",
+               Summary.of(samples["releases_15"], "ms"), "System.Version RPC", base),
+        Figure(f"API releases, all {releases}+",
+               Summary.of(samples["releases_all"], "ms"), "System.Version RPC", base),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--releases", type=int, default=1000)
-    parser.add_argument("-n", type=int, default=200)
+    parser.add_argument("--releases", type=int)
+    parser.add_argument("-n", type=int)
+    parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         print(json.dumps(inner(args.releases, args.n)))
         return 0
-
-    with Machine(egress=False) as m:
-        proc = m.run([str(PROJECT / ".venv/bin/python"), "-m", "benchmarks.api", "--inner",
-                      "--releases", str(args.releases), "-n", str(args.n)], check=True,
-                     timeout=1800)
-    samples = json.loads(proc.stdout)
-    base = Summary.of(samples["version"], "ms")
-    figures = [
-        Figure(f"config:set (app with {args.releases}+ releases)",
-               Summary.of(samples["config_set"], "ms"), "System.Version RPC", base),
-        Figure(f"releases, 15 newest of {args.releases}+",
-               Summary.of(samples["releases_15"], "ms"), "System.Version RPC", base),
-        Figure(f"releases, all {args.releases}+",
-               Summary.of(samples["releases_all"], "ms"), "System.Version RPC", base),
-    ]
-    write(figures, args.json)
+    write(collect(args.scale, args.releases, args.n), args.json)
     return 0
 
 
