@@ -5,9 +5,11 @@ functions (``unit_name``, ``slice_name``, ``unit_properties`` ...); ``start_dyno
 ``stop_dyno`` and ``list_dynos`` talk to systemd over D-Bus with
 ``StartTransientUnit`` (never unit files plus daemon-reload).
 
-A dyno unit is ``dynod-<app>-<type>.<n>.service`` in ``dynod-<app>.slice`` (a child of
+A dyno unit is ``dynod-<app>-<type>.<n>-<gen>.service`` in ``dynod-<app>.slice`` (a child of
 ``dynod.slice`` by systemd's dash rule), app and type escaped the way ``systemd-escape``
 does, so an app called ``my-shop`` cannot land in the slice of an app called ``my``.
+``gen`` is the app's rollout generation: old and new dynos of a rollout run side by side
+under distinct names, while the user-facing dyno name stays ``web.1`` (``DYNOD_DYNO``).
 Dynos are not children of ``dynod.service``: restarting dynod restarts no dyno.
 
 Process model. systemd >= 257 has ``PrivatePIDs=``: the unit gets its own PID
@@ -113,7 +115,9 @@ class DynoSpec:
     ip_allow: tuple[IPv4Network, ...] = ()
     limits: Limits = field(default_factory=Limits)
     user: str | None = None
+    group: str | None = None
     port: int | None = None
+    generation: int = 1
 
     @property
     def dyno(self) -> str:
@@ -165,13 +169,15 @@ def slice_name(app: str) -> str:
     return f"{UNIT_PREFIX}{escape(app)}.slice"
 
 
-def unit_name(app: str, process_type: str, number: int) -> str:
-    """``dynod-<app>-<type>.<n>.service``, app and type escaped."""
+def unit_name(app: str, process_type: str, number: int, generation: int = 1) -> str:
+    """``dynod-<app>-<type>.<n>-<gen>.service``, app and type escaped."""
     _check_name("app name", app)
     _check_name("process type", process_type)
     if number < 1:
         raise InvalidArgument(f"dyno number {number} must be 1 or more")
-    return f"{UNIT_PREFIX}{escape(app)}-{escape(process_type)}.{number}.service"
+    if generation < 1:
+        raise InvalidArgument(f"generation {generation} must be 1 or more")
+    return f"{UNIT_PREFIX}{escape(app)}-{escape(process_type)}.{number}-{generation}.service"
 
 
 @dataclass(frozen=True)
@@ -179,17 +185,23 @@ class DynoName:
     app: str
     process_type: str
     number: int
+    generation: int = 1
+
+    @property
+    def dyno(self) -> str:
+        return f"{self.process_type}.{self.number}"
 
 
-_UNIT = re.compile(r"^dynod-([^-]+)-([^-]+)\.([1-9][0-9]*)\.service$")
+_UNIT = re.compile(r"^dynod-([^-]+)-([^-]+)\.([1-9][0-9]*)-([1-9][0-9]*)\.service$")
 
 
 def parse_unit_name(name: str) -> DynoName | None:
-    """App, type and number of a dyno unit; None for any other unit."""
+    """App, type, number and generation of a dyno unit; None for any other unit."""
     m = _UNIT.match(name)
     if m is None:
         return None
-    return DynoName(unescape(m.group(1)), unescape(m.group(2)), int(m.group(3)))
+    return DynoName(unescape(m.group(1)), unescape(m.group(2)), int(m.group(3)),
+                    int(m.group(4)))
 
 
 # --- properties -------------------------------------------------------------------
@@ -257,6 +269,7 @@ def unit_properties(spec: DynoSpec, mode: PidMode) -> list[Property]:
                 f"DYNOD_APP={spec.app}",
                 f"DYNOD_DYNO={spec.dyno}",
                 f"DYNOD_RELEASE={spec.release}",
+                "DYNOD_SOURCE=app",
             ],
         ),
         ("SyslogIdentifier", spec.dyno),
@@ -281,6 +294,8 @@ def unit_properties(spec: DynoSpec, mode: PidMode) -> list[Property]:
     else:
         props.append(("PrivateNetwork", True))
     props.append(("User", spec.user) if spec.user else ("DynamicUser", True))
+    if spec.group:
+        props.append(("Group", spec.group))
     lim = spec.limits
     props += [("MemoryAccounting", True), ("TasksAccounting", True), ("CPUAccounting", True)]
     if lim.memory_high is not None:
@@ -292,10 +307,11 @@ def unit_properties(spec: DynoSpec, mode: PidMode) -> list[Property]:
     if lim.tasks_max is not None:
         props.append(("TasksMax", lim.tasks_max))
     props += [
-        # Lifecycle: dynod restarts crashed dynos itself (Heroku's back-off); the unit
-        # is garbage-collected once it stops, failed or not.
+        # Lifecycle: dynod restarts crashed dynos itself (Heroku's back-off). The unit
+        # stays loaded after its command exits (active/exited, or failed), so dynod can
+        # read the exit status and log it; dynod then stops it (and resets it).
         ("Restart", "no"),
-        ("CollectMode", "inactive-or-failed"),
+        ("RemainAfterExit", True),
         ("KillMode", "control-group"),
         ("TimeoutStopUSec", STOP_TIMEOUT_USEC),
         ("SendSIGKILL", True),
@@ -442,7 +458,7 @@ def start_dyno(spec: DynoSpec, mode: PidMode | None = None) -> str:
     it from systemd's version. Raises InvalidArgument for a bad spec and Unavailable
     when systemd refuses (a unit of that name is loaded already, a bad property).
     Does not wait for the command: Type=exec means started once exec'd."""
-    name = unit_name(spec.app, spec.process_type, spec.number)
+    name = unit_name(spec.app, spec.process_type, spec.number, spec.generation)
     if mode is None:
         mode = pid_mode_for(systemd_version())
     props = [(k.encode(), _dbus_value(v)) for k, v in unit_properties(spec, mode)]
@@ -495,6 +511,83 @@ def list_dynos() -> list[DynoUnit]:
     return sorted(units, key=lambda u: u.name)
 
 
+def kill_dyno(name: str, signal: int) -> None:
+    """KillUnit: ``signal`` to every process of the unit. Not loaded: no error."""
+    sd = _pystemd()
+    try:
+        with sd.Manager() as manager:
+            manager.Manager.KillUnit(name.encode(), b"all", signal)
+    except Exception as exc:
+        err = _dbus_error(name, exc)
+        if not isinstance(err, NotFound):
+            raise err from exc
+
+
+def reset_dyno(name: str) -> None:
+    """ResetFailedUnit, so a failed unit is unloaded. Not loaded or not failed: no error."""
+    sd = _pystemd()
+    try:
+        with sd.Manager() as manager:
+            manager.Manager.ResetFailedUnit(name.encode())
+    except Exception as exc:
+        err = _dbus_error(name, exc)
+        if not isinstance(err, NotFound):
+            raise err from exc
+
+
+@dataclass(frozen=True)
+class DynoStatus:
+    """What systemd knows of one loaded dyno unit."""
+
+    active_state: str
+    sub_state: str
+    result: str  # success, exit-code, signal, oom-kill, timeout, ...
+    exit_status: int | None  # Heroku's "status": the code, or 128+N for signal N
+    control_group: str
+    memory_bytes: int | None
+    cpu_nsec: int | None
+    main_started_usec: int  # CLOCK_REALTIME, µs
+
+
+_NO_VALUE = 2**64 - 1  # systemd's "not set" for uint64 counters
+_CLD_EXITED, _CLD_KILLED, _CLD_DUMPED = 1, 2, 3
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def dyno_status(name: str) -> DynoStatus | None:
+    """The unit's state, exit status and cgroup counters; None when it is not loaded."""
+    sd = _pystemd()
+    try:
+        unit = sd.Unit(name.encode())
+        unit.load()
+        load_state = _text(unit.Unit.LoadState)
+        if load_state != "loaded":
+            return None
+        svc = unit.Service
+        code, status = int(svc.ExecMainCode), int(svc.ExecMainStatus)
+        memory, cpu = int(svc.MemoryCurrent), int(svc.CPUUsageNSec)
+        out = DynoStatus(
+            active_state=_text(unit.Unit.ActiveState),
+            sub_state=_text(unit.Unit.SubState),
+            result=_text(svc.Result),
+            exit_status=(status if code == _CLD_EXITED
+                         else 128 + status if code in (_CLD_KILLED, _CLD_DUMPED) else None),
+            control_group=_text(svc.ControlGroup),
+            memory_bytes=None if memory == _NO_VALUE else memory,
+            cpu_nsec=None if cpu == _NO_VALUE else cpu,
+            main_started_usec=int(svc.ExecMainStartTimestamp),
+        )
+    except Exception as exc:
+        err = _dbus_error(name, exc)
+        if isinstance(err, NotFound):
+            return None
+        raise err from exc
+    return out
+
+
 def unit_state(name: str) -> str | None:
     """ActiveState of a loaded unit, None when it is not loaded (gone)."""
     for unit in list_dynos():
@@ -504,10 +597,13 @@ def unit_state(name: str) -> str | None:
 
 
 def wait_gone(name: str, timeout: float = 40.0) -> bool:
-    """Poll until the unit is unloaded; False on timeout."""
+    """Poll until the unit is unloaded (resetting it once it failed); False on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if unit_state(name) is None:
+        state = unit_state(name)
+        if state is None:
             return True
+        if state == "failed":
+            reset_dyno(name)
         time.sleep(0.05)
     return False

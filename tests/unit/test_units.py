@@ -45,12 +45,13 @@ def test_escape_without_systemd() -> None:
 
 
 def test_names_follow_the_design() -> None:
-    assert units.unit_name("shop", "web", 1) == "dynod-shop-web.1.service"
+    assert units.unit_name("shop", "web", 1) == "dynod-shop-web.1-1.service"
+    assert units.unit_name("shop", "web", 1, 7) == "dynod-shop-web.1-7.service"
     assert units.slice_name("shop") == "dynod-shop.slice"
     # A dash in the app name must not move the dyno into another app's slice.
     assert units.slice_name("my-shop") == "dynod-my\\x2dshop.slice"
     assert units.unit_name("my-shop", "long-worker", 12) == (
-        "dynod-my\\x2dshop-long\\x2dworker.12.service"
+        "dynod-my\\x2dshop-long\\x2dworker.12-1.service"
     )
     with pytest.raises(InvalidArgument):
         units.unit_name("shop", "web", 0)
@@ -62,7 +63,7 @@ def test_names_follow_the_design() -> None:
     ("app", "ptype", "n"), [("shop", "web", 1), ("my-shop", "long-worker", 12), ("a", "run", 4520)]
 )
 def test_parse_unit_name_round_trips(app: str, ptype: str, n: int) -> None:
-    assert units.parse_unit_name(units.unit_name(app, ptype, n)) == DynoName(app, ptype, n)
+    assert units.parse_unit_name(units.unit_name(app, ptype, n, 3)) == DynoName(app, ptype, n, 3)
 
 
 @pytest.mark.parametrize(
@@ -72,7 +73,8 @@ def test_parse_unit_name_round_trips(app: str, ptype: str, n: int) -> None:
         "dynod-shop.slice",
         "dynod-shop-web.service",
         "dynod-shop-web.0.service",
-        "dynod-a-b-c.1.service",
+        "dynod-a-b-c.1-1.service",
+        "dynod-shop-web.1.service",
         "other-shop-web.1.service",
     ],
 )
@@ -136,7 +138,8 @@ def test_properties_wrapper_mode() -> None:
     # systemd must not expand the command's variables: bash in the dyno does.
     assert argv[-1] == "python3 -m http.server $$PORT"
     assert '"$$f"' in argv[4]
-    assert props["LogExtraFields"] == [["DYNOD_APP=shop", "DYNOD_DYNO=web.2", "DYNOD_RELEASE=7"]]
+    assert props["LogExtraFields"] == [["DYNOD_APP=shop", "DYNOD_DYNO=web.2", "DYNOD_RELEASE=7",
+                                        "DYNOD_SOURCE=app"]]
     assert props["RootDirectory"] == [str(spec.root)]
     assert props["ReadWritePaths"] == [[f"-{spec.root}/app"]]
     assert props["BindReadOnlyPaths"] == [
