@@ -29,6 +29,9 @@ class Settings:
     address_pool: str = "10.213.0.0/16"
     # Group whose members may call the API (besides root).
     api_group: str = "dynod"
+    # dyno-init, the static PID 1 of every dyno (built by dynod/init/build.sh). When it
+    # is missing, dynod uses build/dyno-init of its own source tree (development).
+    dyno_init: Path = Path("/usr/lib/dynod/dyno-init")
 
     @property
     def socket_path(self) -> Path:
@@ -39,7 +42,7 @@ class Settings:
         return self.state_dir / "state.db"
 
 
-_PATH_KEYS = {"state_dir", "runtime_dir"}
+_PATH_KEYS = {"state_dir", "runtime_dir", "dyno_init"}
 
 
 def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
