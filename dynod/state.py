@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from dynod.apps import App
+from dynod.domains import Domain
 from dynod.errors import FailedPrecondition, Unavailable
 from dynod.formation import Process
 from dynod.releases import Release, ReleaseStatus
@@ -59,6 +60,16 @@ class Tx(Protocol):
     def app_uid(self, name: str) -> int | None: ...
     def generation(self, name: str) -> int | None: ...
     def set_generation(self, name: str, generation: int) -> None: ...
+    # router: custom domains and maintenance mode
+    def domain(self, hostname: str) -> Domain | None: ...
+    def domains(self, app: str | None) -> list[Domain]:
+        """By host name; every app's if ``app`` is None."""
+        ...
+
+    def add_domain(self, domain: Domain) -> None: ...
+    def remove_domain(self, hostname: str) -> None: ...
+    def maintenance(self, name: str) -> bool | None: ...
+    def set_maintenance(self, name: str, on: bool) -> None: ...
 
 
 class Store(Protocol):
@@ -134,8 +145,28 @@ def _v2(db: sqlite3.Connection) -> None:
                (FIRST_APP_UID,))
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    # Builds (issue 4): an app's stack and buildpack list, its builds, and the ssh keys
+    # that may push (git user dynod).
+    db.execute("ALTER TABLE apps ADD COLUMN stack TEXT NOT NULL DEFAULT 'debian-13'")
+    db.execute("ALTER TABLE apps ADD COLUMN buildpacks TEXT NOT NULL DEFAULT '[]'")
+    db.execute("""CREATE TABLE builds (
+        id         TEXT PRIMARY KEY,
+        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        doc        TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""")
+    db.execute("CREATE INDEX builds_app ON builds(app_id, created_at)")
+    db.execute("""CREATE TABLE ssh_keys (
+        id          TEXT PRIMARY KEY,
+        owner       TEXT NOT NULL,
+        fingerprint TEXT NOT NULL UNIQUE,
+        doc         TEXT NOT NULL
+    )""")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1, _v2]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:
@@ -206,7 +237,7 @@ class SqliteTx:
             return []
         checksums = [r[0] for r in self.db.execute(
             "SELECT DISTINCT checksum FROM slugs WHERE app_id = ? AND uploaded", (app_id,))]
-        for table in ("releases", "formation", "slugs"):
+        for table in ("releases", "formation", "slugs", "builds"):
             self.db.execute(f"DELETE FROM {table} WHERE app_id = ?", (app_id,))  # noqa: S608
         self.db.execute("DELETE FROM apps WHERE id = ?", (app_id,))
         return [c for c in checksums if self.db.execute(
@@ -298,6 +329,80 @@ class SqliteTx:
 
     def set_generation(self, name: str, generation: int) -> None:
         self.db.execute("UPDATE apps SET generation = ? WHERE name = ?", (generation, name))
+
+    # router
+    _DOMAIN = ("SELECT d.hostname, a.name, d.created_at FROM domains d "
+               "JOIN apps a ON a.id = d.app_id")
+
+    def domain(self, hostname: str) -> Domain | None:
+        row = self.db.execute(self._DOMAIN + " WHERE d.hostname = ?", (hostname,)).fetchone()
+        return None if row is None else Domain(row[0], row[1], _time(row[2]))
+
+    def domains(self, app: str | None) -> list[Domain]:
+        if app is None:
+            rows = self.db.execute(self._DOMAIN + " ORDER BY d.hostname")
+        else:
+            rows = self.db.execute(self._DOMAIN + " WHERE a.name = ? ORDER BY d.hostname",
+                                   (app,))
+        return [Domain(r[0], r[1], _time(r[2])) for r in rows]
+
+    def add_domain(self, domain: Domain) -> None:
+        self.db.execute(
+            "INSERT INTO domains (hostname, app_id, created_at) VALUES (?, ?, ?)",
+            (domain.hostname, self._app_id(domain.app), domain.created_at.isoformat()),
+        )
+
+    def remove_domain(self, hostname: str) -> None:
+        self.db.execute("DELETE FROM domains WHERE hostname = ?", (hostname,))
+
+    def maintenance(self, name: str) -> bool | None:
+        row = self.db.execute("SELECT maintenance FROM apps WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bool(row[0])
+
+    def set_maintenance(self, name: str, on: bool) -> None:
+        self.db.execute("UPDATE apps SET maintenance = ? WHERE name = ?", (int(on), name))
+
+
+    # builds (issue 4): records are JSON documents the builds and keys modules own.
+    def app_build_settings(self, name: str) -> tuple[str, list[str]] | None:
+        """The app's (stack, buildpack list)."""
+        row = self.db.execute("SELECT stack, buildpacks FROM apps WHERE name = ?",
+                              (name,)).fetchone()
+        return None if row is None else (str(row[0]), list(json.loads(row[1])))
+
+    def set_app_build_settings(self, name: str, stack: str, buildpacks: list[str]) -> None:
+        self.db.execute("UPDATE apps SET stack = ?, buildpacks = ? WHERE name = ?",
+                        (stack, json.dumps(buildpacks), name))
+
+    def build_doc(self, app: str, build_id: str) -> str | None:
+        row = self.db.execute(
+            "SELECT b.doc FROM builds b JOIN apps a ON a.id = b.app_id"
+            " WHERE a.name = ? AND b.id = ?", (app, build_id)).fetchone()
+        return None if row is None else str(row[0])
+
+    def build_docs(self, app: str, limit: int | None) -> list[str]:
+        """Newest first."""
+        rows = self.db.execute(
+            "SELECT b.doc FROM builds b JOIN apps a ON a.id = b.app_id WHERE a.name = ?"
+            " ORDER BY b.created_at DESC, b.rowid DESC LIMIT ?",
+            (app, -1 if limit is None else limit))
+        return [str(r[0]) for r in rows]
+
+    def put_build_doc(self, app: str, build_id: str, created_at: str, doc: str) -> None:
+        self.db.execute(
+            "INSERT INTO builds (id, app_id, doc, created_at) SELECT ?, id, ?, ? FROM apps"
+            " WHERE name = ? ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+            (build_id, doc, created_at, app))
+
+    def key_docs(self) -> list[str]:
+        return [str(r[0]) for r in self.db.execute("SELECT doc FROM ssh_keys ORDER BY id")]
+
+    def put_key_doc(self, key_id: str, owner: str, fingerprint: str, doc: str) -> None:
+        self.db.execute("INSERT INTO ssh_keys (id, owner, fingerprint, doc) VALUES (?, ?, ?, ?)",
+                        (key_id, owner, fingerprint, doc))
+
+    def remove_key_doc(self, key_id: str) -> bool:
+        return self.db.execute("DELETE FROM ssh_keys WHERE id = ?", (key_id,)).rowcount > 0
 
 
 class SqliteStore:
