@@ -343,6 +343,12 @@ def create_dyno_network(net: DynoNetwork) -> None:
         raise
 
 
+def remove_netns(name: str) -> None:
+    """Remove the ``dynod-*`` network namespace ``name`` if it exists. Idempotent."""
+    if name.startswith(NETNS_PREFIX) and (NETNS_DIR / name).exists():
+        netns.remove(name)
+
+
 def remove_dyno_network(net: DynoNetwork) -> None:
     """Remove the netns (the kernel then frees eth0 and its host peer) and the host
     veth if it is still there. Idempotent."""

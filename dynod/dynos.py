@@ -1,0 +1,209 @@
+"""Dynos: starting and tearing down one dyno of an app's formation.
+
+A dyno is (app, release, process type, number, generation). Starting one:
+
+1. the release's slug tree, unpacked once per (slug sha256, app uid) from the stored
+   tarball and owned by the app's uid (``slug_tree``);
+2. its root filesystem (``rootfs``: overlay of [slug tree, stack], a throw-away upper);
+3. its network namespace (``netns``: an address from the pool, a veth on dynod0);
+4. its transient unit (``units.start_dyno``) running as the app's uid.
+
+What reconcile needs to adopt a running dyno after dynod restarts (its address, port,
+release, command) is written next to its root as ``dyno.json`` in the runtime
+directory: it is derived, volatile state, gone with the dyno (and with a reboot).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from dynod import netns, rootfs, slugs, stacks, units, unpack
+from dynod.errors import InvalidArgument, NotFound
+from dynod.settings import Settings
+from dynod.sizes import parse_size
+from dynod.units import DynoSpec, PidMode
+
+# Heroku assigns a random port; each dyno has its own netns, so one fixed port is enough.
+PORT = 5000
+META = "dyno.json"
+PROJECT_INIT = Path(__file__).resolve().parents[1] / "build" / "dyno-init"
+
+
+@dataclass(frozen=True)
+class DynoRef:
+    """Which dyno: the unit name is derived from it."""
+
+    app: str
+    process_type: str
+    number: int
+    generation: int
+
+    @property
+    def dyno(self) -> str:
+        return f"{self.process_type}.{self.number}"
+
+    @property
+    def unit(self) -> str:
+        return units.unit_name(self.app, self.process_type, self.number, self.generation)
+
+    @property
+    def key(self) -> str:
+        """Directory and netns name. Apps are [a-z0-9-], types [A-Za-z0-9_-]: '.' is free."""
+        return f"{self.app}.{self.process_type}.{self.number}.{self.generation}"
+
+
+def parse_key(key: str) -> DynoRef | None:
+    parts = key.split(".")
+    if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+        return None
+    return DynoRef(parts[0], parts[1], int(parts[2]), int(parts[3]))
+
+
+def ref_of(name: units.DynoName) -> DynoRef:
+    return DynoRef(name.app, name.process_type, name.number, name.generation)
+
+
+@dataclass(frozen=True)
+class DynoMeta:
+    """A started dyno, as written to its ``dyno.json``."""
+
+    app: str
+    process_type: str
+    number: int
+    generation: int
+    release: int
+    command: str
+    size: str
+    address: str
+    port: int
+
+    @property
+    def ref(self) -> DynoRef:
+        return DynoRef(self.app, self.process_type, self.number, self.generation)
+
+
+def read_meta(settings: Settings, ref: DynoRef) -> DynoMeta | None:
+    path = rootfs.dynos_dir(settings.runtime_dir) / ref.key / META
+    try:
+        return DynoMeta(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def find_init(settings: Settings) -> Path:
+    """dyno-init: the configured path, else build/dyno-init of this source tree."""
+    for path in (settings.dyno_init, PROJECT_INIT):
+        if os.access(path, os.X_OK):
+            return path
+    raise NotFound(
+        f"dyno-init is missing at {settings.dyno_init}; build it with "
+        f"dynod/init/build.sh {settings.dyno_init} (or set dyno_init in dynod.toml)"
+    )
+
+
+def slug_tree(settings: Settings, checksum: str, uid: int) -> Path:
+    """The slug's tree for ``uid`` (holding ``app/``), unpacked and chowned once.
+
+    Owner-writable so the dyno's uid may write /app (writes land in its upper layer;
+    the tree itself is only ever a lower layer). Raises NotFound for a missing tarball,
+    InvalidArgument for a bad one.
+    """
+    sha = checksum.removeprefix("sha256:")
+    trees = settings.state_dir / "slugs" / "trees"
+    final = trees / f"{sha}-{uid}"
+    if final.is_dir():
+        return final
+    tarball = slugs.path_of(settings.state_dir / "slugs", checksum)
+    if not tarball.is_file():
+        raise NotFound(f"slug {checksum} is not stored; deploy it again")
+    staging = trees / f".{sha}-{uid}.tmp-{os.getpid()}-{threading.get_ident()}"
+    unpack.remove_tree(staging)
+    staging.mkdir(mode=0o755, parents=True)
+    try:
+        unpack.unpack_slug(tarball, staging / "app")
+        app = staging / "app"
+        for path in [app, *app.rglob("*")]:
+            os.lchown(path, uid, uid)
+            if not path.is_symlink():
+                path.chmod(path.lstat().st_mode | 0o200)
+        staging.rename(final)
+    except OSError:
+        unpack.remove_tree(staging)
+        if not final.is_dir():
+            raise
+    except BaseException:
+        unpack.remove_tree(staging)
+        raise
+    return final
+
+
+class Host:
+    """The machine-wide parts every dyno shares: the bridge, dyno-init, the PID mode.
+    ``start`` and ``teardown`` are safe to call from several threads."""
+
+    def __init__(self, settings: Settings, mode: PidMode | None = None) -> None:
+        self.settings = settings
+        self.bridge = netns.plan_bridge(settings.address_pool)
+        self.resolv = netns.ensure_bridge(self.bridge, settings.runtime_dir)
+        self.init = find_init(settings)
+        self.mode = mode or units.pid_mode_for(units.systemd_version())
+        self._addresses = threading.Lock()
+
+    def rootfs_plan(self, ref: DynoRef, tree: Path, stack: Path) -> rootfs.RootfsPlan:
+        return rootfs.plan_rootfs(self.settings.runtime_dir, ref.key, tree, stack,
+                                  rootfs.dyno_binds(self.init, self.resolv))
+
+    def start(self, ref: DynoRef, *, release: int, command: str, size: str,
+              checksum: str, uid: int, config: dict[str, str]) -> DynoMeta:
+        """Unpack (once), mount, wire and start the dyno. On failure nothing is left.
+        Raises NotFound, InvalidArgument or Unavailable."""
+        if not command:
+            raise InvalidArgument(f"app {ref.app}: process type {ref.process_type} has no command")
+        tree = slug_tree(self.settings, checksum, uid)
+        stack = stacks.require_stack(self.settings.state_dir, stacks.DEFAULT_STACK)
+        plan = self.rootfs_plan(ref, tree, stack)
+        with self._addresses:
+            address = netns.allocate_address(self.bridge, netns.used_addresses())
+            net = netns.plan_dyno_network(self.bridge, ref.key, address)
+            # Leftovers of an earlier run of the same dyno go first.
+            self.teardown(ref)
+            netns.create_dyno_network(net)
+        meta = DynoMeta(ref.app, ref.process_type, ref.number, ref.generation, release,
+                        command, size, str(address), PORT)
+        try:
+            rootfs.apply_rootfs(plan)
+            (plan.dyno_dir / META).write_text(json.dumps(asdict(meta)))
+            spec = DynoSpec(
+                app=ref.app, process_type=ref.process_type, number=ref.number,
+                release=release, command=command, root=plan.root,
+                env=units.make_env(config), binds=plan.binds, netns_path=net.netns_path,
+                ip_allow=tuple(netns.ip_allow_list(net, self.bridge.pool)),
+                limits=units.limits_for_size(parse_size(size)),
+                user=str(uid), group=str(uid), port=PORT, generation=ref.generation,
+            )
+            units.start_dyno(spec, self.mode)
+        except BaseException:
+            self.teardown(ref)
+            raise
+        return meta
+
+    def teardown(self, ref: DynoRef) -> None:
+        """Unload the unit (it must have stopped), unmount, remove the netns. Idempotent."""
+        units.reset_dyno(ref.unit)
+        meta = read_meta(self.settings, ref)
+        plan = rootfs.RootfsPlan(ref.key, rootfs.dynos_dir(self.settings.runtime_dir) / ref.key,
+                                 (), ())
+        rootfs.remove_rootfs(plan)
+        address = IPv4Address(meta.address) if meta else self.bridge.gateway + 1
+        net = netns.DynoNetwork(ref.key, address, self.bridge.gateway,
+                                self.bridge.pool.prefixlen, self.bridge.bridge)
+        if meta is not None:
+            netns.remove_dyno_network(net)
+        else:
+            # Without the dyno's address, removing the netns frees its veth pair.
+            netns.remove_netns(net.netns)
