@@ -1,0 +1,572 @@
+"""Reconcile: the formation in the database becomes running dynos, and stays that way.
+
+One thread owns the dynos. Each pass compares the desired dynos (every app's current
+release x its formation, at the app's rollout generation) with the tracked and loaded
+``dynod-*`` units, then starts, supervises and stops exactly what differs. A pass runs
+at start (after adopting the dynos already running: a dynod restart restarts no dyno),
+after every API write (``Daemon.changed(app)``), and every ``POLL`` seconds (systemd's
+unit states are polled; one ListUnitsByPatterns call per pass).
+
+Heroku's lifecycle (heroku.md §5, §12), in its words, to the app's log stream:
+starting -> up (a web dyno once it listens on $PORT, seen from the host; R10 after
+60 s) -> crashed (restarted at once the first time, then with a growing back-off,
+reset by a new release or a manual restart) or down (stopped: SIGTERM to every
+process, 30 s, then SIGKILL with R12). Over its memory quota a dyno gets R14; killed
+by the kernel at twice the quota, R15.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from dynod import apps, journal, netns, rootfs, units
+from dynod.dynos import DynoMeta, DynoRef, Host, parse_key, read_meta, ref_of
+from dynod.errors import DynodError, InvalidArgument, NotFound
+from dynod.formation import Process
+from dynod.routing import Backend, Router
+from dynod.settings import Settings
+from dynod.sizes import SIZES
+from dynod.state import Store
+
+log = logging.getLogger(__name__)
+
+POLL = 0.5
+# Heroku: a web dyno must bind $PORT within 60 s of launch (R10).
+BOOT_TIMEOUT = 60.0
+# Heroku: SIGTERM, then SIGKILL after 30 s (R12).
+STOP_TIMEOUT = 30.0
+# Heroku: the first crash restarts at once, later ones after a cool-off of up to 20 min.
+BACKOFF_FIRST = 2.0
+BACKOFF_MAX = 20 * 60.0
+# How often an R14 is logged while a dyno stays over its quota.
+R14_EVERY = 20.0
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    UP = "up"
+    CRASHED = "crashed"
+    DOWN = "down"
+
+
+def backoff(crashes: int) -> float:
+    """Seconds before restarting a dyno that crashed ``crashes`` times in a row."""
+    if crashes <= 1:
+        return 0.0
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (crashes - 2))
+
+
+@dataclass
+class Dyno:
+    """A dyno dynod knows of. ``meta`` None: crashed and torn down, waiting to restart."""
+
+    ref: DynoRef
+    meta: DynoMeta | None
+    state: State
+    since: float  # wall clock, of the last state change
+    launched: float = 0.0  # monotonic, of the last start (R10)
+    stopping: bool = False
+    restart: bool = False  # stopping for a restart: reset the back-off
+    crashes: int = 0
+    restart_at: float = 0.0  # monotonic
+    r14_at: float = 0.0
+
+    @property
+    def web(self) -> bool:
+        return self.ref.process_type == "web"
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One app's desired dynos at its current release."""
+
+    app: str
+    release: int
+    generation: int
+    checksum: str
+    uid: int
+    config: dict[str, str]
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def wants(self, ref: DynoRef) -> bool:
+        p = self.processes.get(ref.process_type)
+        return ref.generation == self.generation and p is not None and ref.number <= p.quantity
+
+
+@dataclass(frozen=True)
+class DynoInfo:
+    """What ``dynoctl ps`` shows of one dyno."""
+
+    app: str
+    name: str  # web.1
+    process_type: str
+    state: State
+    since: float
+    command: str
+    size: str
+    release: int
+    unit: str
+    memory_bytes: int | None = None
+    memory_quota: int = 0
+    cpu_nsec: int | None = None
+
+
+def listening(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def cgroup_path(ref: DynoRef) -> Path:
+    return (CGROUP_ROOT / units.ROOT_SLICE / units.slice_name(ref.app) / ref.unit)
+
+
+def memory_current(ref: DynoRef) -> int | None:
+    for name in ("memory.current", "memory.usage_in_bytes"):
+        try:
+            return int((cgroup_path(ref) / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def cpu_usage(ref: DynoRef) -> int | None:
+    try:
+        for line in (cgroup_path(ref) / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) * 1000
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):.0f}M"
+
+
+class Reconciler:
+    """Owns every dyno. ``changed``, ``dynos``, ``restart`` are safe from any thread."""
+
+    def __init__(self, store: Store, settings: Settings, router: Router,
+                 host_factory: Callable[[Settings], Host] = Host) -> None:
+        self.store = store
+        self.settings = settings
+        self.router = router
+        self._host_factory = host_factory
+        self._host: Host | None = None
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._dynos: dict[DynoRef, Dyno] = {}
+        self._backends: dict[str, list[Backend]] = {}
+
+    # --- the thread ---------------------------------------------------------------
+
+    @property
+    def host(self) -> Host:
+        if self._host is None:
+            self._host = self._host_factory(self.settings)
+        return self._host
+
+    def start(self) -> None:
+        """Adopt running dynos, clean up what nobody owns, run a first pass, then keep
+        reconciling in a thread. Returns after the first pass."""
+        self.adopt()
+        self.reconcile_once()
+        self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop reconciling; the dynos keep running (they are not dynod's children)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def changed(self, app: str | None = None) -> None:
+        """An API write changed ``app``'s desired state: reconcile soon."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(POLL)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.reconcile_once()
+            except Exception:
+                log.exception("reconcile pass failed; retrying")
+                time.sleep(1.0)
+
+    # --- desired state ------------------------------------------------------------
+
+    def desired(self) -> dict[str, Desired]:
+        from dynod import releases  # noqa: PLC0415 - releases imports state
+
+        out: dict[str, Desired] = {}
+        with self.store.read() as tx:
+            for app in tx.apps():
+                release = releases.current(tx, app.name)
+                uid, gen = tx.app_uid(app.name), tx.generation(app.name)
+                if release.slug_id is None or uid is None or gen is None:
+                    out[app.name] = Desired(app.name, release.version, gen or 1, "", 0, {})
+                    continue
+                slug = tx.slug(app.name, release.slug_id)
+                if slug is None or not slug.uploaded:
+                    continue
+                rows = {p.type: p for p in tx.processes(app.name)}
+                procs = {name: Process(name, rows[name].quantity, rows[name].size, command)
+                         for name, command in slug.process_types.items() if name in rows}
+                out[app.name] = Desired(app.name, release.version, gen, slug.checksum, uid,
+                                        dict(release.config), procs)
+        return out
+
+    def bump_generation(self, app: str) -> int:
+        """A rollout: every dyno of ``app`` is replaced (new release, restart)."""
+        with self.store.write() as tx:
+            apps.require(tx, app)
+            gen = (tx.generation(app) or 1) + 1
+            tx.set_generation(app, gen)
+        return gen
+
+    # --- adopt and clean up -------------------------------------------------------
+
+    def adopt(self) -> None:
+        """Track the dyno units already running (never restarting them); stop units
+        without a dyno.json; remove dyno directories and netns no unit owns."""
+        loaded = units.list_dynos()
+        owned: set[str] = set()
+        now = time.time()
+        for unit in loaded:
+            ref = ref_of(unit.dyno)
+            owned.add(ref.key)
+            meta = read_meta(self.settings, ref)
+            if meta is None:
+                log.warning("unit %s has no dyno.json; stopping it", unit.name)
+                units.stop_dyno(unit.name)
+                units.wait_gone(unit.name, timeout=STOP_TIMEOUT + 5)
+                self.host.teardown(ref)
+                continue
+            status = units.dyno_status(unit.name)
+            since = status.main_started_usec / 1e6 if status and status.main_started_usec else now
+            up = listening(meta.address, meta.port) if ref.process_type == "web" else True
+            with self._lock:
+                self._dynos[ref] = Dyno(ref, meta, State.UP if up else State.STARTING, since,
+                                        launched=time.monotonic())
+            log.info("adopted %s (%s)", unit.name, "up" if up else "starting")
+        orphans = set(rootfs.list_dyno_dirs(self.settings.runtime_dir))
+        orphans |= set(netns.list_dyno_netns())
+        for key in sorted(orphans - owned):
+            orphan = parse_key(key)
+            if orphan is None:
+                netns.remove_netns(netns.NETNS_PREFIX + key)
+                continue
+            log.info("removing leftovers of %s", key)
+            self.host.teardown(orphan)
+
+    # --- one pass -----------------------------------------------------------------
+
+    def reconcile_once(self) -> None:
+        desired = self.desired()
+        loaded = {u.name: u for u in units.list_dynos()}
+        self._observe(loaded)
+        for want in desired.values():
+            self._reconcile_app(want)
+        with self._lock:
+            gone_apps = {d.ref.app for d in self._dynos.values()} - set(desired)
+        for app in gone_apps:
+            self._stop_many([d for d in self._app_dynos(app) if not d.stopping], "app deleted")
+            with self._lock:
+                for ref in [r for r, d in self._dynos.items() if r.app == app and d.meta is None]:
+                    del self._dynos[ref]
+        self._route(set(desired))
+
+    def _app_dynos(self, app: str) -> list[Dyno]:
+        with self._lock:
+            return [d for d in self._dynos.values() if d.ref.app == app]
+
+    def _observe(self, loaded: dict[str, units.DynoUnit]) -> None:
+        """Notice exits (crashes), boot timeouts, ups and memory over quota."""
+        now = time.monotonic()
+        with self._lock:
+            tracked = [d for d in self._dynos.values() if d.meta is not None and not d.stopping]
+        for d in tracked:
+            assert d.meta is not None
+            unit = loaded.get(d.ref.unit)
+            exited = unit is None or unit.active_state in ("failed", "inactive") or (
+                unit.sub_state == "exited")
+            if exited:
+                self._crashed(d)
+                continue
+            if d.state is State.STARTING:
+                if not d.web or listening(d.meta.address, d.meta.port):
+                    self._set_state(d, State.UP)
+                elif now - d.launched > BOOT_TIMEOUT:
+                    self._event(d, "Error R10 (Boot timeout) -> Web process failed to bind to "
+                                   "$PORT within 60 seconds of launch")
+                    self._event(d, "Stopping process with SIGKILL")
+                    units.kill_dyno(d.ref.unit, signal.SIGKILL)
+            if d.state is State.UP and now - d.r14_at > R14_EVERY:
+                self._check_memory(d, now)
+
+    def _check_memory(self, d: Dyno, now: float) -> None:
+        assert d.meta is not None
+        used = memory_current(d.ref)
+        quota = SIZES[d.meta.size].memory_mb * 1024 * 1024 if d.meta.size in SIZES else 0
+        if used is None or not quota or used <= quota:
+            return
+        d.r14_at = now
+        self._event(d, f"Process running mem={_mb(used)}({100 * used / quota:.1f}%)")
+        self._event(d, "Error R14 (Memory quota exceeded)")
+
+    def _crashed(self, d: Dyno) -> None:
+        assert d.meta is not None
+        status = units.dyno_status(d.ref.unit)
+        if status is not None and status.result == "oom-kill":
+            quota = SIZES[d.meta.size].memory_mb * 1024 * 1024
+            self._event(d, f"Process running mem={_mb(2 * quota)}(200.0%)")
+            self._event(d, "Error R15 (Memory quota vastly exceeded)")
+            self._event(d, "Stopping process with SIGKILL")
+        code = status.exit_status if status is not None else None
+        self._event(d, f"Process exited with status {code if code is not None else 'unknown'}")
+        units.stop_dyno(d.ref.unit)
+        units.wait_gone(d.ref.unit, timeout=5)
+        self.host.teardown(d.ref)
+        with self._lock:
+            d.meta = None
+            d.crashes += 1
+            d.restart_at = time.monotonic() + backoff(d.crashes)
+        self._set_state(d, State.CRASHED)
+
+    def _reconcile_app(self, want: Desired) -> None:
+        current = self._app_dynos(want.app)
+        # A new release replaces every dyno: the rollout bumps the generation.
+        live = [d for d in current if d.meta is not None and d.ref.generation == want.generation]
+        if any(d.meta is not None and d.meta.release != want.release for d in live):
+            gen = self.bump_generation(want.app)
+            want = Desired(want.app, want.release, gen, want.checksum, want.uid, want.config,
+                           want.processes)
+        # Forget crashed records that are no longer wanted.
+        with self._lock:
+            for d in current:
+                if d.meta is None and not want.wants(d.ref):
+                    self._dynos.pop(d.ref, None)
+        # Start what is missing (lowest numbers first), respecting crash back-off.
+        now = time.monotonic()
+        for ptype, proc in sorted(want.processes.items()):
+            for n in range(1, proc.quantity + 1):
+                ref = DynoRef(want.app, ptype, n, want.generation)
+                with self._lock:
+                    have = self._dynos.get(ref)
+                if have is not None and (have.meta is not None or have.restart_at > now):
+                    continue
+                self._start(want, proc, ref, have)
+        # Stop what is not wanted: the highest numbers first; old generations by rollout.
+        old = [d for d in current if d.meta is not None and not d.stopping
+               and d.ref.generation != want.generation]
+        extra = [d for d in current if d.meta is not None and not d.stopping
+                 and d.ref.generation == want.generation and not want.wants(d.ref)]
+        extra.sort(key=lambda d: (d.ref.process_type, -d.ref.number))
+        self._stop_many(extra, "scaled down")
+        new = [d for d in self._app_dynos(want.app) if d.ref.generation == want.generation]
+        self._stop_many(self.rollout(want.app, old, new), "rollout")
+
+    def rollout(self, app: str, old: list[Dyno], new: list[Dyno]) -> list[Dyno]:
+        """Which old-generation dynos to stop now. Start-new-then-stop-old: an old dyno
+        goes once its replacement (same type and number) is no longer starting, or when
+        it has none. Issue 7 makes web rollouts zero-downtime through the router here."""
+        settled = {(d.ref.process_type, d.ref.number) for d in new
+                   if d.state is not State.STARTING}
+        wanted = {(d.ref.process_type, d.ref.number) for d in new}
+        return [d for d in old if (d.ref.process_type, d.ref.number) in settled
+                or (d.ref.process_type, d.ref.number) not in wanted]
+
+    def _start(self, want: Desired, proc: Process, ref: DynoRef, prev: Dyno | None) -> None:
+        command = proc.command
+        d = prev or Dyno(ref, None, State.STARTING, time.time())
+        with self._lock:
+            self._dynos[ref] = d
+        if prev is not None:
+            self._set_state(d, State.STARTING)
+        self._event(d, f"Starting process with command `{command}`")
+        try:
+            meta = self.host.start(ref, release=want.release, command=command, size=proc.size,
+                                   checksum=want.checksum, uid=want.uid, config=want.config)
+        except DynodError as exc:
+            log.error("starting %s of %s: %s", ref.dyno, ref.app, exc.message)
+            self._event(d, f"Error starting process: {exc.message}")
+            with self._lock:
+                d.crashes += 1
+                d.restart_at = time.monotonic() + max(backoff(d.crashes), 1.0)
+            self._set_state(d, State.CRASHED)
+            return
+        with self._lock:
+            d.meta = meta
+            d.launched = time.monotonic()
+            if d.state is not State.STARTING:
+                d.state, d.since = State.STARTING, time.time()
+
+    # --- stopping -----------------------------------------------------------------
+
+    def _stop_many(self, dynos: list[Dyno], why: str) -> None:
+        for d in dynos:
+            with self._lock:
+                if d.stopping or d.meta is None:
+                    continue
+                d.stopping = True
+            log.info("stopping %s of %s (%s)", d.ref.unit, d.ref.app, why)
+            threading.Thread(target=self._stop_one, args=(d,), daemon=True,
+                             name=f"stop {d.ref.unit}").start()
+
+    def _stop_one(self, d: Dyno) -> None:
+        """Heroku's stop: SIGTERM to every process, 30 s, SIGKILL (R12)."""
+        try:
+            self._event(d, "Stopping all processes with SIGTERM")
+            units.kill_dyno(d.ref.unit, signal.SIGTERM)
+            if not self._wait_exit(d.ref.unit, STOP_TIMEOUT):
+                self._event(d, "Error R12 (Exit timeout) -> At least one process failed to "
+                               "exit within 30 seconds of SIGTERM")
+                self._event(d, "Stopping remaining processes with SIGKILL")
+                units.kill_dyno(d.ref.unit, signal.SIGKILL)
+                self._wait_exit(d.ref.unit, 10.0)
+            status = units.dyno_status(d.ref.unit)
+            code = status.exit_status if status is not None else None
+            self._event(d, f"Process exited with status {code if code is not None else 'unknown'}")
+            units.stop_dyno(d.ref.unit)
+            units.wait_gone(d.ref.unit, timeout=10)
+            self.host.teardown(d.ref)
+        except DynodError as exc:
+            log.error("stopping %s: %s", d.ref.unit, exc.message)
+        with self._lock:
+            restart = d.restart
+            if self._dynos.get(d.ref) is d:
+                del self._dynos[d.ref]
+        self._set_state(d, State.DOWN)
+        if restart:
+            self._wake.set()
+
+    @staticmethod
+    def _wait_exit(unit: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [u for u in units.list_dynos() if u.name == unit]
+            if not found or found[0].active_state in ("failed", "inactive") or (
+                    found[0].sub_state == "exited"):
+                return True
+            time.sleep(0.1)
+        return False
+
+    # --- the API ------------------------------------------------------------------
+
+    def dynos(self, app: str) -> list[DynoInfo]:
+        """The app's dynos for ``ps``, sorted by type and number. Raises NotFound."""
+        with self.store.read() as tx:
+            apps.require(tx, app)
+        with self._lock:
+            found = [d for d in self._dynos.values() if d.ref.app == app]
+        out = []
+        for d in sorted(found, key=lambda d: (d.ref.process_type, d.ref.number,
+                                              d.ref.generation)):
+            meta = d.meta
+            size = meta.size if meta else ""
+            out.append(DynoInfo(
+                app=app, name=d.ref.dyno, process_type=d.ref.process_type,
+                state=State.DOWN if d.stopping else d.state, since=d.since,
+                command=meta.command if meta else "", size=size,
+                release=meta.release if meta else 0, unit=d.ref.unit,
+                memory_bytes=memory_current(d.ref) if meta else None,
+                memory_quota=SIZES[size].memory_mb * 1024 * 1024 if size in SIZES else 0,
+                cpu_nsec=cpu_usage(d.ref) if meta else None,
+            ))
+        return out
+
+    def restart(self, app: str, target: str = "") -> list[str]:
+        """Heroku's ps:restart: every dyno (``""``), a type (``web``) or one dyno
+        (``web.1``); the crash back-off is reset. Returns the dyno names restarted.
+        Raises NotFound for an unknown app or a target with no dyno."""
+        with self.store.read() as tx:
+            apps.require(tx, app)
+        if not target:
+            self.bump_generation(app)
+            with self._lock:
+                names = sorted({d.ref.dyno for d in self._dynos.values() if d.ref.app == app})
+                for ref in [r for r, d in self._dynos.items() if r.app == app and d.meta is None]:
+                    del self._dynos[ref]
+            self._wake.set()
+            return names
+        chosen = self._select(app, target)
+        for d in chosen:
+            with self._lock:
+                d.restart = True
+                d.crashes = 0
+                d.restart_at = 0.0
+        self._stop_many([d for d in chosen if d.meta is not None], "restart")
+        self._wake.set()
+        return sorted(d.ref.dyno for d in chosen)
+
+    def stop_dyno(self, app: str, dyno: str) -> list[str]:
+        """Heroku's ps:stop: the dyno stops; as part of the formation it starts again."""
+        if "." not in dyno:
+            raise InvalidArgument(f'"{dyno}" is not a dyno name; use TYPE.N, e.g. web.1')
+        return self.restart(app, dyno)
+
+    def _select(self, app: str, target: str) -> list[Dyno]:
+        with self.store.read() as tx:
+            apps.require(tx, app)
+        with self._lock:
+            found = [d for d in self._dynos.values() if d.ref.app == app and not d.stopping
+                     and target in (d.ref.dyno, d.ref.process_type)]
+        if not found:
+            raise NotFound(f'app "{app}" has no dyno or process type "{target}"; '
+                           "list them with `dynoctl ps`")
+        return found
+
+    # --- events and routing -------------------------------------------------------
+
+    def _event(self, d: Dyno, message: str) -> None:
+        journal.app_event(d.ref.app, d.ref.dyno, message)
+
+    def _set_state(self, d: Dyno, state: State) -> None:
+        with self._lock:
+            old = d.state
+            if old is state:
+                return
+            d.state, d.since = state, time.time()
+        self._event(d, f"State changed from {old} to {state}")
+
+    def _route(self, apps_now: set[str]) -> None:
+        with self._lock:
+            up: dict[str, list[Backend]] = {}
+            for d in self._dynos.values():
+                if d.web and d.state is State.UP and not d.stopping and d.meta is not None:
+                    up.setdefault(d.ref.app, []).append(
+                        Backend(d.ref.dyno, d.meta.address, d.meta.port))
+        for app in sorted(apps_now):
+            backends = sorted(up.get(app, []))
+            if self._backends.get(app) != backends:
+                try:
+                    self.router.set_backends(app, backends)
+                    self._backends[app] = backends
+                except Exception:
+                    log.exception("router: set_backends(%s)", app)
+        for app in sorted(set(self._backends) - apps_now):
+            try:
+                self.router.remove_app(app)
+                del self._backends[app]
+            except Exception:
+                log.exception("router: remove_app(%s)", app)
+
