@@ -209,8 +209,10 @@ def build_stack(
     cache: Path | None = None,
     on_line: Callable[[str], None] = lambda _line: None,
     runner: Runner = _default_runner,
+    local_ca_dir: Path = Path("/usr/local/share/ca-certificates"),
 ) -> Path:
     """Make stack ``defn`` under ``state_dir`` unless it is current; return its root.
+    Either way the stack then trusts the CAs in ``local_ca_dir`` (``trust_local_cas``).
 
     With ``cache``, a cached copy with the same key is used instead of debootstrap, and
     a freshly made stack is copied into the cache. Raises Unavailable if debootstrap
@@ -219,6 +221,7 @@ def build_stack(
     """
     final = stack_root(state_dir, defn.name)
     if is_current(final, defn):
+        trust_local_cas(final, host_cas=local_ca_dir, runner=runner, on_line=on_line)
         return final
     stacks_dir(state_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{defn.name}.tmp-", dir=stacks_dir(state_dir)))
@@ -249,11 +252,52 @@ def build_stack(
             (tmp / MARKER).write_text(marker_content(defn, time.time()))
             if entry is not None:
                 _store_in_cache(tmp, entry, runner, on_line)
+        trust_local_cas(tmp, host_cas=local_ca_dir, runner=runner, on_line=on_line)
         _replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")
+
+
+def local_cas(directory: Path) -> dict[str, bytes]:
+    """The local CA certificates in ``directory`` (``*.crt``), by name."""
+    try:
+        return {p.name: p.read_bytes() for p in sorted(directory.glob("*.crt")) if p.is_file()}
+    except OSError:
+        return {}
+
+
+def trust_local_cas(
+    root: Path,
+    *,
+    host_cas: Path = LOCAL_CAS,
+    runner: Runner = _default_runner,
+    on_line: Callable[[str], None] = lambda _line: None,
+) -> bool:
+    """Make the stack at ``root`` trust the host's local CAs (an intercepting proxy's,
+    a company's): copy ``/usr/local/share/ca-certificates/*.crt`` in and run
+    update-ca-certificates there. A no-op when the stack already has exactly them (also
+    on a read-only stack). Returns whether the stack changed. Raises Unavailable."""
+    wanted = local_cas(host_cas)
+    target = root / "usr/local/share/ca-certificates"
+    if local_cas(target) == wanted:
+        return False
+    on_line(f"-----> Trusting {len(wanted)} local CA certificate(s) of this machine")
+    target.mkdir(parents=True, exist_ok=True)
+    for old in target.glob("*.crt"):
+        if old.name not in wanted:
+            old.unlink()
+    for name, data in wanted.items():
+        (target / name).write_bytes(data)
+        (target / name).chmod(0o644)
+    status = runner(["chroot", str(root), "update-ca-certificates", "--fresh"], on_line)
+    if status != 0:
+        raise Unavailable(f"stack {root.name}: update-ca-certificates failed (exit {status})")
+    return True
 
 
 def _show_log_tail(log: Path, on_line: Callable[[str], None], lines: int = 40) -> None:

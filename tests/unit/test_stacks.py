@@ -90,7 +90,8 @@ def test_build_then_current_then_cached(tmp_path: Path) -> None:
     fake = FakeDebootstrap()
     lines: list[str] = []
     root = stacks.build_stack(
-        defn, tmp_path / "state", cache=cache, runner=fake, on_line=lines.append
+        defn, tmp_path / "state", cache=cache, runner=fake, on_line=lines.append,
+        local_ca_dir=tmp_path / "no-cas",
     )
     assert root == tmp_path / "state/stacks/debian-13"
     marker = json.loads((root / stacks.MARKER).read_text())
@@ -103,11 +104,13 @@ def test_build_then_current_then_cached(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "state/stacks").iterdir()) == ["debian-13"]
 
     # current: nothing runs
-    stacks.build_stack(defn, tmp_path / "state", cache=cache, runner=fake)
+    stacks.build_stack(defn, tmp_path / "state", cache=cache, runner=fake,
+                       local_ca_dir=tmp_path / "no-cas")
     assert len(fake.calls) == 5
 
     # another state dir: copied from the cache, no debootstrap
-    other = stacks.build_stack(defn, tmp_path / "other", cache=cache, runner=fake)
+    other = stacks.build_stack(defn, tmp_path / "other", cache=cache, runner=fake,
+                               local_ca_dir=tmp_path / "no-cas")
     assert [c[0] for c in fake.calls][-2:] == ["cp", "cp"]
     assert len(fake.calls) == 6
     assert stacks.is_current(other, defn)
@@ -123,3 +126,29 @@ def test_failed_debootstrap_leaves_nothing(tmp_path: Path) -> None:
     assert list((tmp_path / "stacks").iterdir()) == []
     with pytest.raises(FailedPrecondition, match="stacks:build debian-12"):
         stacks.require_stack(tmp_path, "debian-12")
+
+
+def test_local_cas_are_trusted_once_and_follow_the_host(tmp_path: Path) -> None:
+    host = tmp_path / "host-cas"
+    host.mkdir()
+    (host / "proxy.crt").write_text("PROXY CA")
+    root = tmp_path / "stack"
+    root.mkdir()
+    calls: list[list[str]] = []
+
+    def runner(argv: Sequence[str], _on_line: Callable[[str], None]) -> int:
+        calls.append(list(argv))
+        return 0
+
+    assert stacks.trust_local_cas(root, host_cas=host, runner=runner)
+    inside = root / "usr/local/share/ca-certificates"
+    assert (inside / "proxy.crt").read_text() == "PROXY CA"
+    assert calls == [["chroot", str(root), "update-ca-certificates", "--fresh"]]
+    # unchanged: nothing runs (a read-only stack stays untouched)
+    assert not stacks.trust_local_cas(root, host_cas=host, runner=runner)
+    assert len(calls) == 1
+    # the host's set changed: a removed CA leaves the stack too
+    (host / "proxy.crt").unlink()
+    (host / "corp.crt").write_text("CORP CA")
+    assert stacks.trust_local_cas(root, host_cas=host, runner=runner)
+    assert sorted(p.name for p in inside.iterdir()) == ["corp.crt"]
