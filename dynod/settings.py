@@ -29,6 +29,8 @@ class Settings:
     address_pool: str = "10.213.0.0/16"
     # Group whose members may call the API (besides root).
     api_group: str = "dynod"
+    # A build's memory limit (MemoryMax= of each build step, systemd's syntax: 2G, 512M).
+    build_memory_max: str = "2G"
     # dyno-init, the static PID 1 of every dyno (built by dynod/init/build.sh). When it
     # is missing, dynod uses build/dyno-init of its own source tree (development).
     dyno_init: Path = Path("/usr/lib/dynod/dyno-init")
