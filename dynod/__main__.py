@@ -17,6 +17,8 @@ from dynod import __version__
 from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
 from dynod.errors import DynodError
+from dynod.reconcile import Reconciler
+from dynod.routing import NullRouter
 from dynod.settings import DEFAULT_CONFIG, load_settings
 from dynod.state import SqliteStore
 
@@ -48,7 +50,13 @@ def serve(config: Path) -> int:
 
     store = SqliteStore.open(settings.db_path)
     log.info("state %s, schema version %d", settings.db_path, store.schema_version)
-    api = start_api(settings.socket_path, settings.api_group, Daemon(store, settings))
+    router = NullRouter()
+    reconciler = Reconciler(store, settings, router)
+    daemon = Daemon(store, settings, router=router, reconciler=reconciler)
+    # Dynos before READY: running ones are adopted (never restarted), the formation is
+    # started; a dyno that fails to start is retried by the reconciler's own thread.
+    reconciler.start()
+    api = start_api(settings.socket_path, settings.api_group, daemon)
     log.info("dynod %s listening on %s", __version__, settings.socket_path)
     # READY only now: the socket accepts calls, so `systemctl start` returning means usable.
     notify.notify(f"READY=1\nSTATUS=listening on {settings.socket_path}")
@@ -60,6 +68,7 @@ def serve(config: Path) -> int:
 
     notify.notify("STOPPING=1\nSTATUS=stopping")
     api.stop(grace=5.0)
+    reconciler.stop()
     store.close()
     log.info("dynod stopped")
     return 0

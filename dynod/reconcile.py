@@ -184,8 +184,11 @@ class Reconciler:
     def start(self) -> None:
         """Adopt running dynos, clean up what nobody owns, run a first pass, then keep
         reconciling in a thread. Returns after the first pass."""
-        self.adopt()
-        self.reconcile_once()
+        try:
+            self.adopt()
+            self.reconcile_once()
+        except Exception:
+            log.exception("first reconcile pass failed; the reconciler retries")
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self._thread.start()
 

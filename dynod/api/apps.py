@@ -48,6 +48,7 @@ class AppsServicer(apps_pb2_grpc.AppsServicer):
         caller_of(context)
         unused = apps.delete_app(self.daemon.store, request.name)
         slugs.remove_blobs(self.daemon.slugs_dir, unused)
+        self.daemon.changed(request.name)
         return apps_pb2.DeleteAppResponse()
 
 

@@ -14,6 +14,7 @@ from dynod.v1 import config_pb2, config_pb2_grpc
 class ConfigServicer(config_pb2_grpc.ConfigServicer):
     def __init__(self, daemon: Daemon) -> None:
         self.store = daemon.store
+        self.daemon = daemon
 
     def Get(
         self, request: config_pb2.GetConfigRequest, context: grpc.ServicerContext
@@ -27,6 +28,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):
     ) -> config_pb2.SetConfigResponse:
         user = caller_of(context).name
         release = config.set_config(self.store, request.app, dict(request.vars), user)
+        self.daemon.changed(request.app)
         return config_pb2.SetConfigResponse(release=release_to_proto(release, current=True))
 
     def Unset(
@@ -34,6 +36,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):
     ) -> config_pb2.UnsetConfigResponse:
         user = caller_of(context).name
         release = config.unset_config(self.store, request.app, list(request.keys), user)
+        self.daemon.changed(request.app)
         return config_pb2.UnsetConfigResponse(release=release_to_proto(release, current=True))
 
 

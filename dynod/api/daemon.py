@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dynod.routing import NullRouter, Router
 from dynod.settings import Settings
 from dynod.state import Store
+
+if TYPE_CHECKING:
+    from dynod.reconcile import Reconciler
 
 
 @dataclass(frozen=True)
 class Daemon:
     store: Store
     settings: Settings
+    # The HTTP router reconcile tells about up web dynos (dynod/routing.py).
+    router: Router = field(default_factory=NullRouter)
+    # Owns the dynos; None in servicer tests that run no dynos.
+    reconciler: Reconciler | None = None
+
+    def changed(self, app: str) -> None:
+        """Servicers call this after a write that changes ``app``'s desired dynos
+        (scale, config, release, rollback, delete): reconcile runs soon."""
+        if self.reconciler is not None:
+            self.reconciler.changed(app)
 
     @property
     def slugs_dir(self) -> Path:

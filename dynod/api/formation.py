@@ -28,6 +28,7 @@ def change_of(update: formation_pb2.ScaleUpdate) -> formation.ScaleChange:
 class FormationServicer(formation_pb2_grpc.FormationServicer):
     def __init__(self, daemon: Daemon) -> None:
         self.store = daemon.store
+        self.daemon = daemon
 
     def Get(
         self, request: formation_pb2.GetFormationRequest, context: grpc.ServicerContext
@@ -41,6 +42,7 @@ class FormationServicer(formation_pb2_grpc.FormationServicer):
     ) -> formation_pb2.ScaleFormationResponse:
         caller_of(context)
         found = formation.scale(self.store, request.app, [change_of(u) for u in request.updates])
+        self.daemon.changed(request.app)
         return formation_pb2.ScaleFormationResponse(processes=[process_to_proto(p) for p in found])
 
     def Resize(
@@ -49,6 +51,7 @@ class FormationServicer(formation_pb2_grpc.FormationServicer):
         caller_of(context)
         found = formation.resize(self.store, request.app,
                                  {u.type: u.size for u in request.updates})
+        self.daemon.changed(request.app)
         return formation_pb2.ResizeFormationResponse(processes=[process_to_proto(p) for p in found])
 
 

@@ -24,6 +24,7 @@ def release_to_proto(
 class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
     def __init__(self, daemon: Daemon) -> None:
         self.store = daemon.store
+        self.daemon = daemon
 
     def List(
         self, request: releases_pb2.ListReleasesRequest, context: grpc.ServicerContext
@@ -49,6 +50,7 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
         user = caller_of(context).name
         release = releases.create_release(self.store, request.app, request.slug_id, user,
                                           request.description or None)
+        self.daemon.changed(request.app)
         return releases_pb2.CreateReleaseResponse(release=release_to_proto(release, current=True))
 
     def Rollback(
@@ -56,6 +58,7 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
     ) -> releases_pb2.RollbackReleaseResponse:
         user = caller_of(context).name
         release = releases.rollback(self.store, request.app, request.version or None, user)
+        self.daemon.changed(request.app)
         return releases_pb2.RollbackReleaseResponse(
             release=release_to_proto(release, current=True))
 
