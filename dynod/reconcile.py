@@ -115,6 +115,8 @@ class DynoInfo:
     size: str
     release: int
     unit: str
+    address: str = ""
+    port: int = 0
     memory_bytes: int | None = None
     memory_quota: int = 0
     cpu_nsec: int | None = None
@@ -491,6 +493,7 @@ class Reconciler:
                 state=State.DOWN if d.stopping else d.state, since=d.since,
                 command=meta.command if meta else "", size=size,
                 release=meta.release if meta else 0, unit=d.ref.unit,
+                address=meta.address if meta else "", port=meta.port if meta else 0,
                 memory_bytes=memory_current(d.ref) if meta else None,
                 memory_quota=SIZES[size].memory_mb * 1024 * 1024 if size in SIZES else 0,
                 cpu_nsec=cpu_usage(d.ref) if meta else None,

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dynod.api import apps, config, formation, peer, releases, slugs, system
+from dynod.api import apps, config, dynos, formation, peer, releases, slugs, system
 from dynod.api.daemon import Daemon
 from dynod.api.errors import ErrorInterceptor
 
@@ -20,7 +20,7 @@ from dynod.api.errors import ErrorInterceptor
 Registrar = Callable[[grpc.Server, Daemon], str]
 REGISTRARS: list[Registrar] = [
     system.register, apps.register, config.register, releases.register, formation.register,
-    slugs.register,
+    slugs.register, dynos.register,
 ]
 
 

@@ -1,0 +1,65 @@
+"""The Dynos service: ps, ps:restart, ps:stop over the reconciler."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+
+from dynod.api.daemon import Daemon, timestamp
+from dynod.api.peer import caller_of
+from dynod.errors import Unavailable
+from dynod.reconcile import DynoInfo, Reconciler
+from dynod.v1 import dynos_pb2, dynos_pb2_grpc
+
+
+def dyno_to_proto(d: DynoInfo) -> dynos_pb2.Dyno:
+    out = dynos_pb2.Dyno(
+        name=d.name, type=d.process_type, state=str(d.state),
+        since=timestamp(datetime.fromtimestamp(d.since, UTC)), command=d.command,
+        size=d.size, release=d.release, unit=d.unit, address=d.address, port=d.port,
+        memory_quota_bytes=d.memory_quota,
+    )
+    if d.memory_bytes is not None:
+        out.memory_bytes = d.memory_bytes
+    if d.cpu_nsec is not None:
+        out.cpu_nsec = d.cpu_nsec
+    return out
+
+
+class DynosServicer(dynos_pb2_grpc.DynosServicer):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def _reconciler(self) -> Reconciler:
+        if self.daemon.reconciler is None:
+            raise Unavailable("this dynod runs no dynos")
+        return self.daemon.reconciler
+
+    def List(
+        self, request: dynos_pb2.ListDynosRequest, context: grpc.ServicerContext
+    ) -> dynos_pb2.ListDynosResponse:
+        caller_of(context)
+        found = self._reconciler().dynos(request.app)
+        return dynos_pb2.ListDynosResponse(dynos=[
+            dyno_to_proto(d) for d in found if not request.type or d.process_type == request.type
+        ])
+
+    def Restart(
+        self, request: dynos_pb2.RestartDynosRequest, context: grpc.ServicerContext
+    ) -> dynos_pb2.RestartDynosResponse:
+        caller_of(context)
+        names = self._reconciler().restart(request.app, request.target)
+        return dynos_pb2.RestartDynosResponse(dynos=names)
+
+    def Stop(
+        self, request: dynos_pb2.StopDynoRequest, context: grpc.ServicerContext
+    ) -> dynos_pb2.StopDynoResponse:
+        caller_of(context)
+        names = self._reconciler().stop_dyno(request.app, request.dyno)
+        return dynos_pb2.StopDynoResponse(dynos=names)
+
+
+def register(server: grpc.Server, daemon: Daemon) -> str:
+    dynos_pb2_grpc.add_DynosServicer_to_server(DynosServicer(daemon), server)
+    return str(dynos_pb2.DESCRIPTOR.services_by_name["Dynos"].full_name)
