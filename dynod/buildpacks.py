@@ -276,6 +276,13 @@ def make_slug(build_dir: Path, dest: Path) -> tuple[int, str]:
     return dest.stat().st_size, digest.hexdigest()
 
 
+def _chown_tree(path: Path, owner: int) -> None:
+    os.chown(path, owner, owner, follow_symlinks=False)
+    for directory, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.chown(Path(directory) / name, owner, owner, follow_symlinks=False)
+
+
 def _detect(pack: Buildpack, build_dir: Path, env: Mapping[str, str], runner: Runner) -> str | None:
     out: list[str] = []
     status = runner([str(pack.path / "bin/detect"), str(build_dir)], env, build_dir, out.append)
@@ -297,6 +304,7 @@ def compile_app(
     buildpacks: Sequence[Buildpack] | None = None,
     base_env: Mapping[str, str] | None = None,
     limits: Limits | None = None,
+    owner: int | None = None,
 ) -> BuildResult:
     """Compile the app in ``build_dir`` into ``work_dir/slug.tgz``.
 
@@ -305,13 +313,16 @@ def compile_app(
     buildpack applies, a set buildpack does not detect the app, or a compile fails (its
     message is also the last output line), and ResourceExhausted for a slug over 500 MB.
     ``build_dir`` is changed in place; the buildpacks run from copies in ``work_dir``,
-    where they may write their ``export`` file.
+    where they may write their ``export`` file. ``owner`` (a uid = gid): the buildpacks
+    run as that user, so their copies and ``HOME`` are made its own.
     """
     limits = limits or Limits()
     work_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     home = work_dir / "home"
     home.mkdir(exist_ok=True)
+    if owner is not None:
+        os.chown(home, owner, owner)
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "LANG": "C.UTF-8",
@@ -331,6 +342,8 @@ def compile_app(
         target = copies / f"{index}-{pack.name}"
         shutil.copytree(pack.path, target, symlinks=True)
         (target / "export").unlink(missing_ok=True)
+        if owner is not None:
+            _chown_tree(target, owner)
         return Buildpack(pack.name, target)
 
     selected: list[tuple[Buildpack, str]] = []
