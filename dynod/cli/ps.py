@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from dynod.cli import client, output
 from dynod.cli.client import CliError, call
-from dynod.v1 import formation_pb2, formation_pb2_grpc
+from dynod.v1 import dynos_pb2, dynos_pb2_grpc, formation_pb2, formation_pb2_grpc
 
 # heroku/cli ps/scale.ts: ^([\w-]+)([=+-]\d+)(?::([\w-]+))?$ ; "=-1" is let through so
 # the daemon refuses a negative count with its own message.
@@ -114,8 +114,86 @@ def cmd_type(args: argparse.Namespace) -> int:
     return 0
 
 
+def dynos_stub() -> dynos_pb2_grpc.DynosStub:
+    return dynos_pb2_grpc.DynosStub(client.channel())
+
+
+def usage(d: dynos_pb2.Dyno) -> str:
+    """dynod's addition to Heroku's line: memory (and % of quota) and CPU time."""
+    parts = []
+    if d.HasField("memory_bytes"):
+        mem = f"mem={d.memory_bytes / (1024 * 1024):.1f}M"
+        if d.memory_quota_bytes:
+            mem += f"({100 * d.memory_bytes / d.memory_quota_bytes:.1f}%)"
+        parts.append(mem)
+    if d.HasField("cpu_nsec"):
+        parts.append(f"cpu={d.cpu_nsec / 1e9:.2f}s")
+    return ("  " + " ".join(parts)) if parts else ""
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    """Heroku's `ps` (heroku/cli ps/index.ts): one group per type, sorted by name."""
+    app = client.app_of(args)
+    reply = call(dynos_stub().List, dynos_pb2.ListDynosRequest(app=app))
+    dynos = [d for d in reply.dynos if not args.types or d.type in args.types]
+    if args.json:
+        output.print_json(dynos)
+        return 0
+    if not dynos:
+        if args.types:
+            raise CliError(f"No {' '.join(args.types)} dynos on {output.app_label(app)}")
+        raise CliError(f"No dynos on {output.app_label(app)}")
+    groups: dict[str, list[dynos_pb2.Dyno]] = {}
+    for d in dynos:
+        groups.setdefault(d.type, []).append(d)
+    first = True
+    for ptype in sorted(groups, key=lambda t: (t != "run", t)):
+        members = groups[ptype]
+        if not first:
+            print()
+        first = False
+        command = next((d.command for d in members if d.command), "")
+        size = next((label(d.size) for d in members if d.size), "")
+        print(f"=== {ptype} ({size}): {command} ({len(members)})")
+        for d in members:
+            print(f"{d.name}: {d.state} {output.ago(output.when(d.since))}{usage(d)}")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    app = client.app_of(args)
+    target = args.target or ""
+    if not target:
+        what = "all dynos"
+    elif "." in target:
+        what = f"dyno {target}"
+    else:
+        what = f"all {target} dynos"
+    call(dynos_stub().Restart, dynos_pb2.RestartDynosRequest(app=app, target=target))
+    output.action(f"Restarting {what} on {output.app_label(app)}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    app = client.app_of(args)
+    call(dynos_stub().Stop, dynos_pb2.StopDynoRequest(app=app, dyno=args.dyno))
+    output.action(f"Stopping {args.dyno} dyno on {output.app_label(app)}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("ps", parents=[common], help="list the app's dynos")
+    p.add_argument("types", nargs="*", metavar="TYPE")
+    p.set_defaults(func=cmd_ps)
+    p = sub.add_parser("ps:restart", aliases=["restart"], parents=[common],
+                       help="restart every dyno, a process type (web) or one dyno (web.1)")
+    p.add_argument("target", nargs="?", metavar="DYNO|TYPE")
+    p.set_defaults(func=cmd_restart)
+    p = sub.add_parser("ps:stop", aliases=["ps:kill"], parents=[common],
+                       help="stop one dyno (it starts again as part of the formation)")
+    p.add_argument("dyno", metavar="DYNO")
+    p.set_defaults(func=cmd_stop)
     p = sub.add_parser("ps:scale", aliases=["scale"], parents=[common],
                        help="scale process types: web=3 worker+1 web-1 web=2:standard-2x")
     p.add_argument("changes", nargs="*", metavar="TYPE=N")
