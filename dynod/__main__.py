@@ -18,7 +18,7 @@ from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
 from dynod.errors import DynodError
 from dynod.reconcile import Reconciler
-from dynod.routing import NullRouter
+from dynod.router import HaproxyRouter
 from dynod.settings import DEFAULT_CONFIG, load_settings
 from dynod.state import SqliteStore
 
@@ -50,7 +50,10 @@ def serve(config: Path) -> int:
 
     store = SqliteStore.open(settings.db_path)
     log.info("state %s, schema version %d", settings.db_path, store.schema_version)
-    router = NullRouter()
+    # The router before the dynos: reconcile tells it about up web dynos from the start.
+    router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
+                           state_dir=settings.state_dir)
+    router.start()
     reconciler = Reconciler(store, settings, router)
     daemon = Daemon(store, settings, router=router, reconciler=reconciler)
     # Dynos before READY: running ones are adopted (never restarted), the formation is
@@ -69,6 +72,7 @@ def serve(config: Path) -> int:
     notify.notify("STOPPING=1\nSTATUS=stopping")
     api.stop(grace=5.0)
     reconciler.stop()
+    router.stop()
     store.close()
     log.info("dynod stopped")
     return 0

@@ -174,8 +174,18 @@ def _v3(db: sqlite3.Connection) -> None:
     )""")
 
 
+def _v4(db: sqlite3.Connection) -> None:
+    # Router (issue 6): maintenance mode and custom domains.
+    db.execute("ALTER TABLE apps ADD COLUMN maintenance INTEGER NOT NULL DEFAULT 0")
+    db.execute("""CREATE TABLE domains (
+        hostname   TEXT PRIMARY KEY,
+        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL
+    )""")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:
@@ -246,7 +256,7 @@ class SqliteTx:
             return []
         checksums = [r[0] for r in self.db.execute(
             "SELECT DISTINCT checksum FROM slugs WHERE app_id = ? AND uploaded", (app_id,))]
-        for table in ("releases", "formation", "slugs", "builds"):
+        for table in ("releases", "formation", "slugs", "builds", "domains"):
             self.db.execute(f"DELETE FROM {table} WHERE app_id = ?", (app_id,))  # noqa: S608
         self.db.execute("DELETE FROM apps WHERE id = ?", (app_id,))
         return [c for c in checksums if self.db.execute(
@@ -370,7 +380,6 @@ class SqliteTx:
 
     def set_maintenance(self, name: str, on: bool) -> None:
         self.db.execute("UPDATE apps SET maintenance = ? WHERE name = ?", (int(on), name))
-
 
     # builds (issue 4): records are JSON documents the builds and keys modules own.
     def app_build_settings(self, name: str) -> tuple[str, list[str]] | None:

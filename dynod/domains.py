@@ -1,0 +1,110 @@
+"""Domains: the host names an app answers on, besides ``<app>.<domain>``, and its
+maintenance mode (both read by the router).
+
+Heroku: ``domains:add www.example.com``; a host name belongs to at most one app; the
+default ``<app>.herokuapp.com`` cannot be removed. ``maintenance:on`` serves H80 (503).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from dynod.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from dynod.state import Store
+
+# RFC 1123 labels; a leading "*." wildcard is not supported (yet).
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A custom host name routed to ``app``."""
+
+    hostname: str
+    app: str
+    created_at: datetime
+
+
+def normalize_hostname(hostname: str) -> str:
+    """Lower-cased, without a trailing dot. Raises InvalidArgument for a bad name."""
+    name = hostname.strip().lower().rstrip(".")
+    if len(name) > 253 or not HOSTNAME_RE.match(name):
+        raise InvalidArgument(
+            f"domain {hostname!r} is not a valid host name; use letters, digits, dashes "
+            "and dots, e.g. www.example.com"
+        )
+    return name
+
+
+def default_hostname(app: str, domain: str) -> str:
+    return f"{app}.{domain}"
+
+
+def add_domain(store: Store, app: str, hostname: str, platform_domain: str) -> Domain:
+    """Route ``hostname`` to ``app``.
+
+    Raises InvalidArgument, NotFound (app), AlreadyExists (taken by this or another app),
+    FailedPrecondition (a name under the platform domain).
+    """
+    name = normalize_hostname(hostname)
+    if name == platform_domain or name.endswith("." + platform_domain):
+        raise FailedPrecondition(
+            f"domain {name!r} is under the platform domain {platform_domain!r}, whose names "
+            f"belong to apps (<app>.{platform_domain}); add a name of your own"
+        )
+    domain = Domain(name, app, datetime.now(UTC))
+    with store.write() as tx:
+        if tx.app(app) is None:
+            raise NotFound(f'app "{app}" not found; see `dynoctl apps`')
+        owner = tx.domain(name)
+        if owner is not None:
+            raise AlreadyExists(
+                f"domain {name!r} is already added to app \"{owner.app}\"; remove it there "
+                "first with `dynoctl domains:remove`"
+            )
+        tx.add_domain(domain)
+    return domain
+
+
+def remove_domain(store: Store, app: str, hostname: str) -> None:
+    """Raises InvalidArgument, NotFound (app, or the name is not one of its domains)."""
+    name = normalize_hostname(hostname)
+    with store.write() as tx:
+        if tx.app(app) is None:
+            raise NotFound(f'app "{app}" not found; see `dynoctl apps`')
+        owner = tx.domain(name)
+        if owner is None or owner.app != app:
+            raise NotFound(f'domain {name!r} is not a domain of app "{app}"; see '
+                           "`dynoctl domains`")
+        tx.remove_domain(name)
+
+
+def list_domains(store: Store, app: str | None = None) -> list[Domain]:
+    """``app``'s domains (all apps' if None), by host name. Raises NotFound."""
+    with store.read() as tx:
+        if app is not None and tx.app(app) is None:
+            raise NotFound(f'app "{app}" not found; see `dynoctl apps`')
+        return tx.domains(app)
+
+
+def set_maintenance(store: Store, app: str, on: bool) -> None:
+    """Raises NotFound."""
+    with store.write() as tx:
+        if tx.app(app) is None:
+            raise NotFound(f'app "{app}" not found; see `dynoctl apps`')
+        tx.set_maintenance(app, on)
+
+
+def maintenance(store: Store, app: str) -> bool:
+    """Raises NotFound."""
+    with store.read() as tx:
+        on = tx.maintenance(app)
+    if on is None:
+        raise NotFound(f'app "{app}" not found; see `dynoctl apps`')
+    return on

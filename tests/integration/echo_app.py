@@ -1,0 +1,49 @@
+"""A web process for router tests: ``echo_app.py PORT [NAME]``.
+
+``/`` answers JSON ``{"dyno": NAME, "headers": {...}, "path": ...}``; ``/slow?s=N`` waits
+N seconds first; every request is also printed (one line, to the dyno's log). Standard
+library only, HTTP/1.1 with keep-alive.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import sys
+import time
+import urllib.parse
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    name = os.environ.get("DYNO", "?")
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        if url.path == "/slow":
+            time.sleep(float(query.get("s", ["40"])[0]))
+        body = json.dumps({"dyno": self.name, "path": self.path,
+                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        print(f"{self.command} {self.path} from {self.client_address[0]}", flush=True)
+
+
+def main() -> None:
+    port = int(sys.argv[1])
+    if len(sys.argv) > 2:
+        Handler.name = sys.argv[2]
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
