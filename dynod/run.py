@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 
 class CommandFailed(Exception):
@@ -89,3 +89,35 @@ def stream(
     if deadline is not None and time.monotonic() >= deadline and status < 0:
         raise CommandFailed(argv, None, f"killed after {timeout:.0f} s")
     return status
+
+
+class Lines:
+    """The stdout of a long-running argv, line by line, until :meth:`close` (which may be
+    called from another thread, e.g. when a gRPC stream is cancelled) or its exit."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        try:
+            self._proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise CommandFailed(argv, None, str(exc)) from exc
+        self.argv = list(argv)
+
+    def __iter__(self) -> Iterator[str]:
+        assert self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            yield raw.decode("utf-8", "replace").rstrip("\n")
+
+    def close(self) -> int | None:
+        """Kill it if still running; its exit status (None if it was killed)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+            return None
+        return self._proc.returncode
+
+    def stderr(self) -> str:
+        assert self._proc.stderr is not None
+        return self._proc.stderr.read().decode("utf-8", "replace")
