@@ -121,3 +121,17 @@ class Lines:
     def stderr(self) -> str:
         assert self._proc.stderr is not None
         return self._proc.stderr.read().decode("utf-8", "replace")
+
+
+def replace_process(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    """Replace this process with argv (execvp): for the git user's forced command, which
+    hands its ssh channel to git-receive-pack. Returns only by raising CommandFailed."""
+    import os  # noqa: PLC0415 - only this exec path needs it
+
+    try:
+        if env is None:
+            os.execvp(argv[0], list(argv))  # noqa: S606 - argv, never a shell
+        else:
+            os.execvpe(argv[0], list(argv), dict(env))  # noqa: S606
+    except OSError as exc:
+        raise CommandFailed(argv, None, str(exc)) from exc
