@@ -6,6 +6,9 @@ package), are never committed, and carry mypy stubs so the servicers type-check.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -18,6 +21,15 @@ def generate_protos() -> None:
 
     import grpc_tools
 
+    # The mypy plugins come with mypy-protobuf, installed beside this interpreter (a
+    # venv's bin/ is not on PATH when pip runs us).
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    plugins = []
+    for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc"):
+        found = shutil.which(name, path=search)
+        if found is None:
+            raise SystemExit(f"{name} not found: install mypy-protobuf first")
+        plugins.append(f"--plugin={name}={found}")
     protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     out = ROOT
@@ -25,6 +37,7 @@ def generate_protos() -> None:
         "grpc_tools.protoc",
         f"-I{ROOT / 'proto'}",
         f"-I{include}",
+        *plugins,
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
