@@ -13,6 +13,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dynod.api import apps, config, dynos, formation, peer, releases, slugs, system
+from dynod.api import builds as builds_api
+from dynod.api import keys as keys_api
+from dynod.api import stacks as stacks_api
 from dynod.api.daemon import Daemon
 from dynod.api.errors import ErrorInterceptor
 
@@ -21,6 +24,7 @@ Registrar = Callable[[grpc.Server, Daemon], str]
 REGISTRARS: list[Registrar] = [
     system.register, apps.register, config.register, releases.register, formation.register,
     slugs.register, dynos.register,
+    builds_api.register, keys_api.register, stacks_api.register,
 ]
 
 

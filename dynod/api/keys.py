@@ -1,0 +1,65 @@
+"""The Keys service; every change rewrites the git user's authorized_keys."""
+
+from __future__ import annotations
+
+import grpc
+
+from dynod import gitpush, keys
+from dynod.api.daemon import Daemon, timestamp
+from dynod.api.peer import caller_of
+from dynod.v1 import keys_pb2, keys_pb2_grpc
+
+
+def key_to_proto(key: keys.Key) -> keys_pb2.Key:
+    return keys_pb2.Key(id=key.id, owner=key.owner, fingerprint=key.fingerprint,
+                        type=key.type, comment=key.comment,
+                        created_at=timestamp(key.created_at), public_key=key.public_key)
+
+
+def sync_authorized_keys(daemon: Daemon) -> None:
+    home = gitpush.git_user_home(daemon.settings.state_dir)
+    keys.write_authorized_keys(home, keys.render_authorized_keys(
+        keys.list_keys(daemon.store), gitpush.shell_command()))
+
+
+class KeysServicer(keys_pb2_grpc.KeysServicer):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def List(
+        self, request: keys_pb2.ListKeysRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.ListKeysResponse:
+        caller_of(context)
+        return keys_pb2.ListKeysResponse(
+            keys=[key_to_proto(k) for k in keys.list_keys(self.daemon.store)])
+
+    def Add(
+        self, request: keys_pb2.AddKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.AddKeyResponse:
+        owner = caller_of(context).name
+        key = keys.add_key(self.daemon.store, request.public_key, owner)
+        sync_authorized_keys(self.daemon)
+        return keys_pb2.AddKeyResponse(key=key_to_proto(key))
+
+    def Remove(
+        self, request: keys_pb2.RemoveKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.RemoveKeyResponse:
+        caller_of(context)
+        key = keys.remove_key(self.daemon.store, request.key)
+        sync_authorized_keys(self.daemon)
+        return keys_pb2.RemoveKeyResponse(key=key_to_proto(key))
+
+    def Get(
+        self, request: keys_pb2.GetKeyRequest, context: grpc.ServicerContext
+    ) -> keys_pb2.GetKeyResponse:
+        caller_of(context)
+        return keys_pb2.GetKeyResponse(key=key_to_proto(keys.get_key(self.daemon.store,
+                                                                      request.id)))
+
+
+def register(server: grpc.Server, daemon: Daemon) -> str:
+    keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(daemon), server)
+    # At start: the git user's files follow the state (a restore, a reinstall).
+    gitpush.ensure_layout(daemon.settings.state_dir)
+    sync_authorized_keys(daemon)
+    return str(keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name)

@@ -1,0 +1,185 @@
+"""git push: the git user's forced command and the repositories' pre-receive hook.
+
+``python -m dynod.gitpush shell KEY_ID`` is the forced command of every key in the git
+user's authorized_keys (``keys.render_authorized_keys``). It accepts only
+``git-receive-pack``/``git-upload-pack`` of ``<app>.git`` for an existing app, makes
+``<state_dir>/repos/<app>.git`` on first push, and hands the ssh channel to git.
+
+``python -m dynod.gitpush pre-receive`` is that repository's hook: for a push to
+``main`` or ``master`` it archives the pushed commit, streams it to the daemon's build
+API and the build output back (git shows it as ``remote:`` lines). A failed build
+exits non-zero, so git answers ``pre-receive hook declined`` and the branch is not
+moved: pushing the same commit again builds again, and a commit that built is
+"Everything up-to-date".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from dynod import run
+from dynod.apps import NAME_RE
+from dynod.keys import KEY_ID_RE
+from dynod.settings import DEFAULT_CONFIG, load_settings
+
+GIT_USER = "dynod"
+DEPLOY_REFS = ("refs/heads/main", "refs/heads/master")
+ZERO = "0" * 40
+SERVICES = ("git-receive-pack", "git-upload-pack")
+
+
+def shell_command() -> list[str]:
+    """The forced command (without the key id), this interpreter running this module."""
+    return [sys.executable, "-m", "dynod.gitpush", "shell"]
+
+
+def hook_script() -> str:
+    return ("#!/bin/sh\n# Written by dynod: builds pushes to main or master.\n"
+            f"exec {shlex.quote(sys.executable)} -m dynod.gitpush pre-receive\n")
+
+
+def repos_dir(state_dir: Path) -> Path:
+    return state_dir / "repos"
+
+
+def git_user_home(default: Path) -> Path:
+    try:
+        return Path(pwd.getpwnam(GIT_USER).pw_dir)
+    except KeyError:
+        return default
+
+
+def ensure_layout(state_dir: Path) -> None:
+    """The repositories' directory, owned by the git user (the daemon runs as root)."""
+    repos = repos_dir(state_dir)
+    repos.mkdir(mode=0o750, parents=True, exist_ok=True)
+    try:
+        user = pwd.getpwnam(GIT_USER)
+    except KeyError:
+        return
+    os.chown(repos, user.pw_uid, user.pw_gid)
+
+
+def parse_original_command(command: str) -> tuple[str, str]:
+    """(service, app) from ``SSH_ORIGINAL_COMMAND``, e.g. ``git-receive-pack 'shop.git'``.
+    Raises ValueError with the message to show."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = []
+    if len(words) == 3 and words[0] == "git" and f"git-{words[1]}" in SERVICES:
+        words = [f"git-{words[1]}", words[2]]
+    if len(words) != 2 or words[0] not in SERVICES:
+        raise ValueError("this account only takes git pushes: "
+                         "`git push dynod main` (interactive logins are not allowed)")
+    name = re.sub(r"\.git$", "", words[1].rstrip("/").rsplit("/", 1)[-1])
+    if not NAME_RE.match(name):
+        raise ValueError(f"{words[1]!r} is not an app's repository; use <app>.git")
+    return words[0], name
+
+
+def _fail(message: str) -> int:
+    print(f" !     {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def shell(key_id: str) -> int:
+    from dynod.cli import deploy  # noqa: PLC0415 - the API client, only for pushes
+    from dynod.cli.client import CliError  # noqa: PLC0415
+
+    if not KEY_ID_RE.match(key_id):
+        return _fail("this key's entry is broken; re-add it with `dynoctl keys:add`")
+    try:
+        service, app = parse_original_command(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        if not deploy.app_exists(app):
+            return _fail(f'No such app as {app}. Create it with `dynoctl apps:create {app}`.')
+    except CliError as exc:
+        return _fail(str(exc))
+    settings = load_settings(DEFAULT_CONFIG)
+    repo = repos_dir(settings.state_dir) / f"{app}.git"
+    if not (repo / "HEAD").is_file():
+        if service == "git-upload-pack":
+            return _fail(f"app {app} has no code yet; push to it first")
+        run.output(["git", "init", "--quiet", "--bare", str(repo)])
+        run.output(["git", "-C", str(repo), "symbolic-ref", "HEAD", "refs/heads/main"])
+    hook = repo / "hooks" / "pre-receive"
+    hook.parent.mkdir(exist_ok=True)
+    if not hook.is_file() or hook.read_text() != hook_script():
+        tmp = hook.with_suffix(".tmp")
+        tmp.write_text(hook_script())
+        tmp.chmod(0o755)
+        tmp.replace(hook)
+    env = {**os.environ, "DYNOD_KEY_ID": key_id, "DYNOD_APP": app}
+    run.replace_process([service, str(repo)], env)
+    return 1  # pragma: no cover - replace_process does not return
+
+
+def pre_receive(stdin_text: str) -> int:
+    from dynod.cli import deploy  # noqa: PLC0415
+    from dynod.cli.client import CliError  # noqa: PLC0415
+
+    app = os.environ.get("DYNOD_APP") or Path.cwd().name.removesuffix(".git")
+    key_id = os.environ.get("DYNOD_KEY_ID", "")
+    status = 0
+    for line in stdin_text.splitlines():
+        try:
+            _old, new, ref = line.split()
+        except ValueError:
+            continue
+        if ref not in DEPLOY_REFS:
+            print(f"Pushed to {ref.removeprefix('refs/heads/')}, which is not built; push to "
+                  "main or master to deploy.", flush=True)
+            continue
+        if new == ZERO:
+            print(f" !     Deleting {ref.removeprefix('refs/heads/')} is not allowed.",
+                  flush=True)
+            status = 1
+            continue
+        fd, name = tempfile.mkstemp(prefix="dynod-push-", suffix=".tar")
+        os.close(fd)
+        archive = Path(name)
+        try:
+            run.output(["git", "archive", "--format=tar", "-o", str(archive), new],
+                       timeout=600)
+            print("Compressing source files... done.", flush=True)
+            build = deploy.stream_build(app, deploy.file_chunks(archive), commit=new,
+                                        key_id=key_id,
+                                        out=lambda text: print(text, flush=True))
+        except (CliError, run.CommandFailed) as exc:
+            print(f" !     {exc}", flush=True)
+            print(" !     Push failed", flush=True)
+            build = None
+        finally:
+            with contextlib.suppress(OSError):
+                archive.unlink()
+        if build is not None and build.status == "succeeded":
+            print("Verifying deploy... done.", flush=True)
+        else:
+            print(f"!\tPush rejected to {app}.", flush=True)
+            print("", flush=True)
+            status = 1
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) == 2 and args[0] == "shell":
+        return shell(args[1])
+    if args == ["pre-receive"]:
+        return pre_receive(sys.stdin.read())
+    print("usage: python -m dynod.gitpush shell KEY_ID | pre-receive", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
