@@ -518,7 +518,8 @@ class HaproxyRouter:
         self._write(self.paths.maintenance_map, render_map(maint))
         self._write(self.paths.empty_map, render_map(empty))
         certs = self._certs()
-        self._write(self.paths.crt_list, "".join(f"{c}\n" for c in certs))
+        # HAProxy reads the crt-list at load only: a new or removed cert reloads.
+        certs_changed = self._write(self.paths.crt_list, "".join(f"{c}\n" for c in certs))
         config = render_config(self.paths, {a: self._backends.get(a, []) for a in apps},
                                http_port=self.http_port, https_port=self.https_port,
                                tls=bool(certs))
@@ -528,6 +529,7 @@ class HaproxyRouter:
             shape_changed = _shape(self.paths.config.read_text()) != _shape(config)
         except FileNotFoundError:
             shape_changed = True
+        shape_changed = shape_changed or certs_changed
         if shape_changed:
             self._write(self.paths.config, config)
         if not self._active():

@@ -14,7 +14,9 @@ from grpc_reflection.v1alpha import reflection
 
 from dynod.api import apps, config, dynos, formation, peer, releases, slugs, system
 from dynod.api import builds as builds_api
+from dynod.api import domains as domains_api
 from dynod.api import keys as keys_api
+from dynod.api import logs as logs_api
 from dynod.api import stacks as stacks_api
 from dynod.api.daemon import Daemon
 from dynod.api.errors import ErrorInterceptor
@@ -25,6 +27,7 @@ REGISTRARS: list[Registrar] = [
     system.register, apps.register, config.register, releases.register, formation.register,
     slugs.register, dynos.register,
     builds_api.register, keys_api.register, stacks_api.register,
+    logs_api.register, domains_api.register,
 ]
 
 

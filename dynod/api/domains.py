@@ -1,0 +1,110 @@
+"""The Domains service: custom domains, maintenance mode, certificates."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import grpc
+
+from dynod import apps, certs, domains
+from dynod.api.daemon import Daemon, timestamp
+from dynod.api.peer import caller_of
+from dynod.errors import Unavailable
+from dynod.v1 import domains_pb2, domains_pb2_grpc
+
+
+def cert_to_proto(cert: certs.Cert) -> domains_pb2.Cert:
+    return domains_pb2.Cert(name=cert.name, hostnames=list(cert.hostnames),
+                            expires_at=timestamp(cert.expires_at))
+
+
+class DomainsServicer(domains_pb2_grpc.DomainsServicer):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.daemon.settings.state_dir / "certs"
+
+    def _refresh(self) -> None:
+        """Tell the router now; it also catches up on its own within seconds, so the
+        change is kept (and reported done) even if the router is down."""
+        refresh = getattr(self.daemon.router, "refresh", None)
+        if refresh is not None:
+            with contextlib.suppress(Unavailable):
+                refresh()
+
+    def List(
+        self, request: domains_pb2.ListDomainsRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.ListDomainsResponse:
+        caller_of(context)
+        custom = domains.list_domains(self.daemon.store, request.app)
+        default = domains.default_hostname(request.app, self.daemon.settings.domain)
+        return domains_pb2.ListDomainsResponse(domains=[
+            domains_pb2.Domain(hostname=default, kind="default"),
+            *(domains_pb2.Domain(hostname=d.hostname, kind="custom",
+                                 created_at=timestamp(d.created_at)) for d in custom),
+        ])
+
+    def Add(
+        self, request: domains_pb2.AddDomainRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.AddDomainResponse:
+        caller_of(context)
+        d = domains.add_domain(self.daemon.store, request.app, request.hostname,
+                               self.daemon.settings.domain)
+        self._refresh()
+        return domains_pb2.AddDomainResponse(domain=domains_pb2.Domain(
+            hostname=d.hostname, kind="custom", created_at=timestamp(d.created_at)))
+
+    def Remove(
+        self, request: domains_pb2.RemoveDomainRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.RemoveDomainResponse:
+        caller_of(context)
+        domains.remove_domain(self.daemon.store, request.app, request.hostname)
+        self._refresh()
+        return domains_pb2.RemoveDomainResponse()
+
+    def SetMaintenance(
+        self, request: domains_pb2.SetMaintenanceRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.SetMaintenanceResponse:
+        caller_of(context)
+        domains.set_maintenance(self.daemon.store, request.app, request.on)
+        self._refresh()
+        return domains_pb2.SetMaintenanceResponse()
+
+    def GetMaintenance(
+        self, request: domains_pb2.GetMaintenanceRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.GetMaintenanceResponse:
+        caller_of(context)
+        apps.get_app(self.daemon.store, request.app)
+        return domains_pb2.GetMaintenanceResponse(
+            on=domains.maintenance(self.daemon.store, request.app))
+
+    def AddCert(
+        self, request: domains_pb2.AddCertRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.AddCertResponse:
+        caller_of(context)
+        cert = certs.add_cert(self.certs_dir, request.certificate_pem, request.key_pem)
+        self._refresh()
+        return domains_pb2.AddCertResponse(cert=cert_to_proto(cert))
+
+    def ListCerts(
+        self, request: domains_pb2.ListCertsRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.ListCertsResponse:
+        caller_of(context)
+        return domains_pb2.ListCertsResponse(
+            certs=[cert_to_proto(c) for c in certs.list_certs(self.certs_dir)])
+
+    def RemoveCert(
+        self, request: domains_pb2.RemoveCertRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.RemoveCertResponse:
+        caller_of(context)
+        certs.remove_cert(self.certs_dir, request.name)
+        self._refresh()
+        return domains_pb2.RemoveCertResponse()
+
+
+def register(server: grpc.Server, daemon: Daemon) -> str:
+    domains_pb2_grpc.add_DomainsServicer_to_server(DomainsServicer(daemon), server)
+    return str(domains_pb2.DESCRIPTOR.services_by_name["Domains"].full_name)

@@ -1,0 +1,48 @@
+"""The Logs service: journalctl behind a server stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from dynod import apps, logs, run
+from dynod.api.daemon import Daemon, timestamp
+from dynod.api.peer import caller_of
+from dynod.errors import Unavailable
+from dynod.v1 import logs_pb2, logs_pb2_grpc
+
+
+class LogsServicer(logs_pb2_grpc.LogsServicer):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def Tail(
+        self, request: logs_pb2.TailLogsRequest, context: grpc.ServicerContext
+    ) -> Iterator[logs_pb2.LogLine]:
+        caller_of(context)
+        apps.get_app(self.daemon.store, request.app)
+        query = logs.make_query(request.app, request.lines, request.follow, request.dyno,
+                                request.source)
+        try:
+            source = run.Lines(logs.journalctl_argv(query))
+        except run.CommandFailed as exc:
+            raise Unavailable(f"journal: {exc}") from exc
+        # A cancelled stream (Ctrl-C in dynoctl logs --tail) ends journalctl --follow.
+        def stop() -> None:
+            source.close()
+
+        context.add_callback(stop)
+        try:
+            for line in logs.select(query, source):
+                yield logs_pb2.LogLine(time=timestamp(line.time), source=line.source,
+                                       dyno=line.dyno, message=line.message)
+        finally:
+            status = source.close()
+        if status not in (None, 0):
+            raise Unavailable(f"journal: journalctl failed: {source.stderr().strip()}")
+
+
+def register(server: grpc.Server, daemon: Daemon) -> str:
+    logs_pb2_grpc.add_LogsServicer_to_server(LogsServicer(daemon), server)
+    return str(logs_pb2.DESCRIPTOR.services_by_name["Logs"].full_name)
