@@ -31,6 +31,9 @@ from dynod.units import DynoSpec, PidMode
 # Heroku assigns a random port; each dyno has its own netns, so one fixed port is enough.
 PORT = 5000
 META = "dyno.json"
+# nss-systemd reads JSON user records here (systemd >= 249): the app's uid resolves
+# without a passwd entry, which systemd 252 needs for User= (it fails with ESRCH).
+USERDB = Path("/run/userdb")
 PROJECT_INIT = Path(__file__).resolve().parents[1] / "build" / "dyno-init"
 
 
@@ -142,6 +145,33 @@ def slug_tree(settings: Settings, checksum: str, uid: int) -> Path:
     return final
 
 
+def user_name(uid: int) -> str:
+    return f"dynod-{uid}"
+
+
+def ensure_user(uid: int, userdb: Path = USERDB) -> None:
+    """Volatile user and group records for an app's uid (nss-systemd drop-ins)."""
+    name = user_name(uid)
+    records = {
+        f"{name}.user": {"userName": name, "uid": uid, "gid": uid, "homeDirectory": "/app",
+                         "shell": "/usr/sbin/nologin", "disposition": "regular",
+                         "locked": True},
+        f"{name}.group": {"groupName": name, "gid": uid, "disposition": "regular"},
+    }
+    if all((userdb / f).exists() for f in records):
+        return
+    userdb.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for filename, record in records.items():
+        tmp = userdb / f".{filename}.tmp"
+        tmp.write_text(json.dumps(record))
+        tmp.chmod(0o644)
+        tmp.replace(userdb / filename)
+    for number, kind in ((uid, "user"), (uid, "group")):
+        link = userdb / f"{number}.{kind}"
+        if not link.is_symlink():
+            link.symlink_to(f"{name}.{kind}")
+
+
 class Host:
     """The machine-wide parts every dyno shares: the bridge, dyno-init, the PID mode.
     ``start`` and ``teardown`` are safe to call from several threads."""
@@ -165,6 +195,7 @@ class Host:
         if not command:
             raise InvalidArgument(f"app {ref.app}: process type {ref.process_type} has no command")
         tree = slug_tree(self.settings, checksum, uid)
+        ensure_user(uid)
         stack = stacks.require_stack(self.settings.state_dir, stacks.DEFAULT_STACK)
         plan = self.rootfs_plan(ref, tree, stack)
         with self._addresses:
