@@ -45,6 +45,8 @@ class Tx(Protocol):
 
     def release(self, app: str, version: int) -> Release | None: ...
     def latest_release(self, app: str) -> Release | None: ...
+    def latest_succeeded_release(self, app: str) -> Release | None: ...
+    def set_release_status(self, app: str, version: int, status: ReleaseStatus) -> None: ...
     def releases(self, app: str, limit: int | None) -> list[Release]:
         """Newest first."""
         ...
@@ -283,6 +285,16 @@ class SqliteTx:
         row = self.db.execute(self._RELEASE + " ORDER BY r.version DESC LIMIT 1", (app,)
                               ).fetchone()
         return None if row is None else self._release(app, row)
+
+    def latest_succeeded_release(self, app: str) -> Release | None:
+        row = self.db.execute(self._RELEASE + " AND r.status = 'succeeded'"
+                              " ORDER BY r.version DESC LIMIT 1", (app,)).fetchone()
+        return None if row is None else self._release(app, row)
+
+    def set_release_status(self, app: str, version: int, status: ReleaseStatus) -> None:
+        self.db.execute(
+            "UPDATE releases SET status = ? WHERE version = ? AND app_id = "
+            "(SELECT id FROM apps WHERE name = ?)", (str(status), version, app))
 
     def releases(self, app: str, limit: int | None) -> list[Release]:
         rows = self.db.execute(self._RELEASE + " ORDER BY r.version DESC LIMIT ?",
