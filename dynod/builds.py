@@ -36,7 +36,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from dynod import apps, buildpacks, journal, netns, releases, rootfs, slugs, stacks, units
+from dynod import apps, buildpacks, dynos, journal, netns, releases, rootfs, slugs, stacks, units
 from dynod.errors import DynodError, FailedPrecondition, InvalidArgument, NotFound
 from dynod.unpack import format_size
 
@@ -290,6 +290,9 @@ class _Context:
                     f"({format_size(self.memory_max)}) and was killed.")
         elif result == "timeout":
             on_line(f"{buildpacks.ERROR}Build exceeded the 15 minute limit and was killed.")
+        elif status != 0 and result not in ("exit-code", "success"):
+            on_line(f"{buildpacks.ERROR}Build step {spec.unit} failed: {result} "
+                    f"(exit status {status})")
         return status
 
 
@@ -412,6 +415,8 @@ def _build(
         emit("")
         emit(f"{buildpacks.STEP}Building on the {bs.stack} stack")
 
+        # systemd 252 needs a user record for User= (the dynos' nss-systemd drop-ins).
+        dynos.ensure_user(uid)
         cache = cache_path(settings, app)
         cache.mkdir(parents=True, exist_ok=True)
         os.chown(cache, uid, uid)
