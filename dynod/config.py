@@ -48,7 +48,7 @@ def size_of(config: Mapping[str, str]) -> int:
 def get_config(store: Store, app: str) -> Release:
     """The current release, whose ``config`` is the app's config. Raises NotFound."""
     with store.read() as tx:
-        return releases.current(tx, app)
+        return releases.latest(tx, app)
 
 
 def set_config(store: Store, app: str, changes: Mapping[str, str], user: str) -> Release:
@@ -64,7 +64,7 @@ def set_config(store: Store, app: str, changes: Mapping[str, str], user: str) ->
         if "\0" in value:
             raise InvalidArgument(f"config var {key}: a value cannot contain a NUL byte")
     with store.write() as tx:
-        latest = releases.current(tx, app)
+        latest = releases.latest(tx, app)
         config = {**latest.config, **changes}
         size = size_of(config)
         if size > MAX_BYTES:
@@ -89,7 +89,7 @@ def unset_config(store: Store, app: str, keys: Iterable[str], user: str) -> Rele
         if not KEY_RE.match(key):
             validate_key(key)
     with store.write() as tx:
-        latest = releases.current(tx, app)
+        latest = releases.latest(tx, app)
         config = {k: v for k, v in latest.config.items() if k not in wanted}
         return releases.append_release(
             tx, app, description=f"Remove {', '.join(wanted)} config vars",

@@ -42,13 +42,44 @@ class Release:
     status: ReleaseStatus = ReleaseStatus.SUCCEEDED
 
 
+# Heroku: a slug declaring this process type runs it before its release goes live.
+RELEASE_TYPE = "release"
+
+
 def current(tx: Tx, app: str) -> Release:
-    """The app's current release (every app has v1). Raises NotFound for the app."""
+    """The app's current release: the latest that succeeded (a release waiting for its
+    release phase, or failed in it, never runs). Every app has v1. Raises NotFound."""
+    apps.require(tx, app)
+    release = tx.latest_succeeded_release(app)
+    if release is None:  # pragma: no cover - create_app always makes v1
+        raise NotFound(f'app "{app}" has no releases')
+    return release
+
+
+def latest(tx: Tx, app: str) -> Release:
+    """The app's newest release whatever its status: the base of the next one (its
+    config is the app's config, even while its release phase runs or after it failed).
+    Raises NotFound."""
     apps.require(tx, app)
     release = tx.latest_release(app)
     if release is None:  # pragma: no cover - create_app always makes v1
         raise NotFound(f'app "{app}" has no releases')
     return release
+
+
+def release_command(tx: Tx, release: Release) -> str | None:
+    """The slug's ``release:`` command, None when it declares none."""
+    if release.slug_id is None:
+        return None
+    slug = tx.slug(release.app, release.slug_id)
+    return None if slug is None else slug.process_types.get(RELEASE_TYPE)
+
+
+def set_status(store: Store, app: str, version: int, status: ReleaseStatus) -> None:
+    """The release phase's verdict on release ``version``."""
+    with store.write() as tx:
+        require(tx, app, version)
+        tx.set_release_status(app, version, status)
 
 
 def append_release(
@@ -62,22 +93,25 @@ def append_release(
 ) -> Release:
     """Add the next release of ``app`` inside ``tx`` and declare its process types in
     the formation. The version is the latest plus one, read in the same write
-    transaction, so two writers can never make the same version."""
-    latest = tx.latest_release(app)
+    transaction, so two writers can never make the same version. A slug with a
+    ``release:`` process type makes a pending release: the release phase
+    (``release_phase``) runs that command and marks it succeeded or failed."""
+    newest = tx.latest_release(app)
+    slug = tx.slug(app, slug_id) if slug_id is not None else None
+    pending = slug is not None and RELEASE_TYPE in slug.process_types
     release = Release(
         app=app,
-        version=1 if latest is None else latest.version + 1,
+        version=1 if newest is None else newest.version + 1,
         description=description,
         user=user,
         created_at=datetime.now(UTC),
         slug_id=slug_id,
         config=MappingProxyType(dict(config)),
+        status=ReleaseStatus.PENDING if pending else ReleaseStatus.SUCCEEDED,
     )
     tx.add_release(release)
-    if slug_id is not None:
-        slug = tx.slug(app, slug_id)
-        if slug is not None:
-            formation.declare(tx, app, slug.process_types)
+    if slug is not None:
+        formation.declare(tx, app, slug.process_types)
     return release
 
 
@@ -116,7 +150,7 @@ def create_release(
     Raises NotFound (app, slug), FailedPrecondition (slug not uploaded yet).
     """
     with store.write() as tx:
-        latest = current(tx, app)
+        base = latest(tx, app)
         slug = slugs.require(tx, app, slug_id)
         if not slug.uploaded:
             raise FailedPrecondition(
@@ -126,7 +160,7 @@ def create_release(
         # Heroku: "Deploy <8-hex commit>"; a slug without a commit gets its checksum's.
         ref = (slug.commit or slug.checksum.removeprefix("sha256:"))[:8]
         return append_release(tx, app, description=description or f"Deploy {ref}", user=user,
-                              slug_id=slug.id, config=latest.config)
+                              slug_id=slug.id, config=base.config)
 
 
 def rollback(store: Store, app: str, version: int | None, user: str) -> Release:
@@ -136,13 +170,13 @@ def rollback(store: Store, app: str, version: int | None, user: str) -> Release:
     Raises NotFound (app, version), FailedPrecondition (nothing before v1).
     """
     with store.write() as tx:
-        latest = current(tx, app)
+        running = current(tx, app)
         if version is None:
-            if latest.version <= 1:
+            if running.version <= 1:
                 raise FailedPrecondition(
                     f'app "{app}" has only release v1; there is nothing to roll back to'
                 )
-            version = latest.version - 1
+            version = running.version - 1
         target = require(tx, app, version)
         return append_release(tx, app, description=f"Rollback to v{target.version}",
                               user=user, slug_id=target.slug_id, config=target.config)

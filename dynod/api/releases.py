@@ -31,8 +31,9 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
     ) -> releases_pb2.ListReleasesResponse:
         caller_of(context)
         found = releases.list_releases(self.store, request.app, request.limit or None)
+        running = releases.get_release(self.store, request.app).version
         return releases_pb2.ListReleasesResponse(releases=[
-            release_to_proto(r, current=i == 0, with_config=False) for i, r in enumerate(found)
+            release_to_proto(r, current=r.version == running, with_config=False) for r in found
         ])
 
     def Get(
@@ -51,7 +52,8 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
         release = releases.create_release(self.store, request.app, request.slug_id, user,
                                           request.description or None)
         self.daemon.changed(request.app)
-        return releases_pb2.CreateReleaseResponse(release=release_to_proto(release, current=True))
+        return releases_pb2.CreateReleaseResponse(release=release_to_proto(
+            release, current=release.status is releases.ReleaseStatus.SUCCEEDED))
 
     def Rollback(
         self, request: releases_pb2.RollbackReleaseRequest, context: grpc.ServicerContext
@@ -59,8 +61,8 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
         user = caller_of(context).name
         release = releases.rollback(self.store, request.app, request.version or None, user)
         self.daemon.changed(request.app)
-        return releases_pb2.RollbackReleaseResponse(
-            release=release_to_proto(release, current=True))
+        return releases_pb2.RollbackReleaseResponse(release=release_to_proto(
+            release, current=release.status is releases.ReleaseStatus.SUCCEEDED))
 
 
 def register(server: grpc.Server, daemon: Daemon) -> str:
