@@ -189,9 +189,11 @@ class Host:
                                   rootfs.dyno_binds(self.init, self.resolv))
 
     def start(self, ref: DynoRef, *, release: int, command: str, size: str,
-              checksum: str, uid: int, config: dict[str, str]) -> DynoMeta:
+              checksum: str, uid: int, config: dict[str, str],
+              stdio: tuple[int, int, int] | None = None) -> DynoMeta:
         """Unpack (once), mount, wire and start the dyno. On failure nothing is left.
-        Raises NotFound, InvalidArgument or Unavailable."""
+        ``stdio``: the command's stdin, stdout, stderr (one-off dynos; systemd dups
+        them). Raises NotFound, InvalidArgument or Unavailable."""
         if not command:
             raise InvalidArgument(f"app {ref.app}: process type {ref.process_type} has no command")
         tree = slug_tree(self.settings, checksum, uid)
@@ -216,6 +218,7 @@ class Host:
                 ip_allow=tuple(netns.ip_allow_list(net, self.bridge.pool)),
                 limits=units.limits_for_size(parse_size(size)),
                 user=str(uid), group=str(uid), port=PORT, generation=ref.generation,
+                stdio=stdio,
             )
             units.start_dyno(spec, self.mode)
         except BaseException:

@@ -120,6 +120,9 @@ class DynoSpec:
     group: str | None = None
     port: int | None = None
     generation: int = 1
+    # One-off dynos: stdin, stdout, stderr of the command (a pty's slave, or pipes),
+    # passed to systemd as file descriptors; None leaves systemd's (journal).
+    stdio: tuple[int, int, int] | None = None
 
     @property
     def dyno(self) -> str:
@@ -279,6 +282,10 @@ def unit_properties(spec: DynoSpec, mode: PidMode) -> list[Property]:
         ("MountAPIVFS", True),
         ("WorkingDirectory", APP_DIR),
     ]
+    if spec.stdio is not None:
+        props += [("StandardInputFileDescriptor", spec.stdio[0]),
+                  ("StandardOutputFileDescriptor", spec.stdio[1]),
+                  ("StandardErrorFileDescriptor", spec.stdio[2])]
     # Both go to one list in systemd, and an empty array *resets* that list: send
     # only non-empty ones, or an empty BindPaths= drops the read-only binds.
     for prop, read_only in (("BindReadOnlyPaths", True), ("BindPaths", False)):
