@@ -131,26 +131,19 @@ def listening(address: str, port: int) -> bool:
 
 
 def cgroup_path(ref: DynoRef) -> Path:
-    return (CGROUP_ROOT / units.ROOT_SLICE / units.slice_name(ref.app) / ref.unit)
+    return Path(units.ROOT_SLICE) / units.slice_name(ref.app) / ref.unit
 
 
 def memory_current(ref: DynoRef) -> int | None:
-    for name in ("memory.current", "memory.usage_in_bytes"):
+    """The dyno's memory use from its cgroup: v2 memory.current, or v1's usage (the
+    hybrid hierarchy of Debian 12 hosts booted that way)."""
+    rel = cgroup_path(ref)
+    for path in (CGROUP_ROOT / rel / "memory.current",
+                 CGROUP_ROOT / "memory" / rel / "memory.usage_in_bytes"):
         try:
-            return int((cgroup_path(ref) / name).read_text())
+            return int(path.read_text())
         except (OSError, ValueError):
             continue
-    return None
-
-
-def cpu_usage(ref: DynoRef) -> int | None:
-    try:
-        for line in (cgroup_path(ref) / "cpu.stat").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "usage_usec":
-                return int(value) * 1000
-    except (OSError, ValueError):
-        pass
     return None
 
 
@@ -488,15 +481,17 @@ class Reconciler:
                                               d.ref.generation)):
             meta = d.meta
             size = meta.size if meta else ""
+            # systemd's accounting (MemoryCurrent, CPUUsageNSec) covers cgroup v1 and v2.
+            status = units.dyno_status(d.ref.unit) if meta else None
             out.append(DynoInfo(
                 app=app, name=d.ref.dyno, process_type=d.ref.process_type,
                 state=State.DOWN if d.stopping else d.state, since=d.since,
                 command=meta.command if meta else "", size=size,
                 release=meta.release if meta else 0, unit=d.ref.unit,
                 address=meta.address if meta else "", port=meta.port if meta else 0,
-                memory_bytes=memory_current(d.ref) if meta else None,
+                memory_bytes=status.memory_bytes if status else None,
                 memory_quota=SIZES[size].memory_mb * 1024 * 1024 if size in SIZES else 0,
-                cpu_nsec=cpu_usage(d.ref) if meta else None,
+                cpu_nsec=status.cpu_nsec if status else None,
             ))
         return out
 
