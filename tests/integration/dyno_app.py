@@ -48,6 +48,14 @@ def _try_mount() -> int:
     return ctypes.get_errno()
 
 
+def _try_load_module() -> int:
+    """finit_module(-1, "", 0): EPERM when module loading is denied, EBADF if allowed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(313, -1, b"", 0) == 0:  # x86_64 finit_module
+        return 0
+    return ctypes.get_errno()
+
+
 def probe(query: dict[str, list[str]]) -> dict[str, Any]:
     status = _status()
     result: dict[str, Any] = {
@@ -63,7 +71,10 @@ def probe(query: dict[str, list[str]]) -> dict[str, Any]:
         "app_marker": Path("/app/marker").exists(),
         "tmp_marker": Path("/tmp/marker").exists(),
         "mount_errno": _try_mount(),
+        "module_errno": _try_load_module(),
     }
+    for path in query.get("exists", []):
+        result.setdefault("exists", {})[path] = Path(path).exists()
     for target in query.get("connect", []):
         host, _, port = target.rpartition(":")
         result.setdefault("connect", {})[target] = _try_connect(host, int(port))

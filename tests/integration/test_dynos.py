@@ -119,3 +119,106 @@ def test_scale_web_to_three(stack_machine: Machine) -> None:
     assert "Process exited with status 143" in journal(
         m, "DYNOD_APP=shop", "DYNOD_DYNO=web.3", "DYNOD_SOURCE=dynod")
     _ = urllib.request  # the host cannot reach the machine's dynos; curl runs inside
+
+
+def probe(m: Machine, address: str, *query: str) -> dict[str, object]:
+    got = json.loads(http(m, address, "/probe?" + "&".join(query)))
+    assert isinstance(got, dict)
+    return got
+
+
+def test_isolation_and_security(stack_machine: Machine) -> None:
+    m = stack_machine
+    # A service on the machine itself (the dynos' host), on every address.
+    m.exec(["systemd-run", "--unit=hostsvc", "python3", "-m", "http.server", "8111"])
+    deploy(m, "shop", web="exec python3 -u server.py")
+    deploy(m, "blog", web="exec python3 -u server.py")
+    shop = all_up(m, "shop", 1)[0]
+    blog = all_up(m, "blog", 1)[0]
+    gateway = str(shop["address"]).rsplit(".", 1)[0] + ".1"
+    http(m, str(blog["address"]), "/write")
+    got = probe(m, str(shop["address"]), f"connect={blog['address']}:5000",
+                f"connect={gateway}:8111", "connect=127.0.0.1:8111",
+                "exists=/run/dynod/dynod.sock", "exists=/var/lib/dynod/state.db",
+                "exists=/app/marker", "exists=/app/server.py")
+    assert got["init"] == "/dyno-init"
+    pids = got["pids"]
+    assert isinstance(pids, list) and 1 in pids and len(pids) <= 4, pids
+    assert isinstance(got["connect"], dict)
+    assert set(got["connect"]) == {f"{blog['address']}:5000", f"{gateway}:8111",
+                                   "127.0.0.1:8111"}
+    assert all(v.startswith("blocked") for v in got["connect"].values()), got["connect"]
+    assert got["exists"] == {"/run/dynod/dynod.sock": False, "/var/lib/dynod/state.db": False,
+                             "/app/marker": False, "/app/server.py": True}
+    assert isinstance(got["caps"], dict)
+    assert set(got["caps"].values()) == {"0000000000000000"} or all(
+        got["caps"][k] == "0000000000000000" for k in ("CapPrm", "CapEff", "CapAmb")), got["caps"]
+    assert got["mount_errno"] != 0 and got["module_errno"] == 1  # EPERM
+    assert got["uid"] == 70000 and got["cwd"] == "/app"
+    assert got["env"] == {"PORT": "5000", "DYNO": "web.1", "HOME": "/app",
+                          "FROM_PROFILE_D": "yes"}
+    # Writes are gone after a restart.
+    http(m, str(shop["address"]), "/write")
+    assert probe(m, str(shop["address"]))["app_marker"] is True
+    dynoctl(m, "ps:restart", "-a", "shop", "web.1")
+    wait_for("web.1 restarted", lambda: journal(
+        m, "DYNOD_APP=shop", "DYNOD_DYNO=web.1", "DYNOD_SOURCE=dynod").count(
+        "State changed from starting to up") == 2)
+    shop = all_up(m, "shop", 1)[0]
+    after = probe(m, str(shop["address"]))
+    assert after["app_marker"] is False and after["tmp_marker"] is False
+    # systemd's own verdict on the unit's sandboxing.
+    out = m.exec(["systemd-analyze", "security", "--no-pager", str(shop["unit"])],
+                 check=False).stdout
+    level = float(out.strip().splitlines()[-1].split(":")[1].split()[0])
+    print(f"systemd-analyze security exposure: {level}")
+    assert level <= 1.5, out
+
+
+def test_stop_sigterm_and_r12(stack_machine: Machine) -> None:
+    m = stack_machine
+    deploy(m, "shop", web="exec python3 -u server.py",
+           stubborn="trap '' TERM; while true; do sleep 1; done")
+    all_up(m, "shop", 1)
+    dynoctl(m, "ps:scale", "-a", "shop", "stubborn=1")
+    all_up(m, "shop", 1, "stubborn")
+    dynoctl(m, "ps:scale", "-a", "shop", "web=0", "stubborn=0")
+    wait_for("web.1 gone", lambda: "Process exited with status 143" in journal(
+        m, "DYNOD_APP=shop", "DYNOD_DYNO=web.1", "DYNOD_SOURCE=dynod"), timeout=10)
+    start = time.monotonic()
+    wait_for("stubborn.1 killed", lambda: "Process exited with status 137" in journal(
+        m, "DYNOD_APP=shop", "DYNOD_DYNO=stubborn.1", "DYNOD_SOURCE=dynod"), timeout=45)
+    lines = journal(m, "DYNOD_APP=shop", "DYNOD_DYNO=stubborn.1", "DYNOD_SOURCE=dynod")
+    assert "Stopping all processes with SIGTERM" in lines
+    assert ("Error R12 (Exit timeout) -> At least one process failed to exit within 30 "
+            "seconds of SIGTERM") in lines
+    assert "Stopping remaining processes with SIGKILL" in lines
+    assert time.monotonic() - start > 20  # the 30 s grace (counted from the scale)
+    assert m.exec(["sh", "-c", "systemctl list-units --all --no-legend 'dynod-shop-*' | wc -l"]
+                  ).stdout.strip() == "0"
+
+
+def test_dynod_killed_dynos_keep_serving(stack_machine: Machine) -> None:
+    m = stack_machine
+    deploy(m, "shop", web="exec python3 -u server.py")
+    dynoctl(m, "ps:scale", "-a", "shop", "web=5")
+    before = all_up(m, "shop", 5)
+    started = {str(d["unit"]): m.exec(["systemctl", "show", "-p", "InvocationID", "--value",
+                                       str(d["unit"])]).stdout for d in before}
+    pid = m.exec(["systemctl", "show", "-p", "MainPID", "--value", "dynod.service"]).stdout.strip()
+    m.exec(["kill", "-9", pid])
+    for d in before:  # served while dynod is down
+        assert http(m, str(d["address"])) == "hello from dyno\n"
+    wait_for("dynod back", lambda: m.exec(
+        ["systemctl", "show", "-p", "MainPID", "--value", "dynod.service"]
+    ).stdout.strip() not in {"0", pid} and m.exec(
+        ["systemctl", "is-active", "dynod.service"], check=False).stdout.strip() == "active")
+    after = all_up(m, "shop", 5)
+    assert {str(d["unit"]) for d in after} == set(started)
+    for unit, invocation in started.items():
+        assert m.exec(["systemctl", "show", "-p", "InvocationID", "--value", unit]
+                      ).stdout == invocation
+    events = journal(m, "DYNOD_APP=shop", "DYNOD_SOURCE=dynod")
+    assert events.count("Starting process with command") == 5
+    assert "adopted" in m.exec(["journalctl", "--no-pager", "-o", "cat", "-u",
+                                "dynod.service"]).stdout
