@@ -24,6 +24,11 @@
  * command only. Exit status 143 after SIGTERM is what systemd's
  * SuccessExitStatus=143 and Heroku's "Process exited with status 143" expect.
  *
+ * A terminal on stdin (one-off dynos attached with a pty, `dynoctl run bash`): the
+ * command gets its own session with that terminal as controlling terminal (setsid +
+ * TIOCSCTTY), so job control, Ctrl-C (SIGINT to the foreground process group),
+ * SIGWINCH on a resize and SIGHUP when the terminal's master closes work as in ssh.
+ *
  * Exit status 127: COMMAND not found/executable; 125: dyno-init itself failed.
  */
 #define _GNU_SOURCE
@@ -34,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -157,6 +163,14 @@ static pid_t spawn(char **argv)
 		die("fork");
 	if (pid == 0) {
 		restore_signals();
+		/* The terminal is ours to take: not the controlling terminal of another
+		 * session (systemd does not make a passed descriptor one). */
+		if (isatty(STDIN_FILENO)) {
+			if (setsid() < 0)
+				die("setsid");
+			if (ioctl(STDIN_FILENO, TIOCSCTTY, 0) < 0)
+				die("TIOCSCTTY");
+		}
 		execvp(argv[0], argv);
 		fprintf(stderr, "dyno-init: %s: %s\n", argv[0], strerror(errno));
 		_exit(errno == ENOENT || errno == EACCES ? EXIT_NOT_FOUND : EXIT_INIT_FAILED);

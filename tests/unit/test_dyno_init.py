@@ -108,3 +108,42 @@ def test_sigterm_is_forwarded(init: Path, mode: list[str], tmp_path: Path) -> No
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0
     assert marker.read_text() == "term\n"
+
+
+_CTTY = ("import os, sys; "
+         "leader = os.getsid(0) == os.getpid(); "
+         "fg = os.tcgetpgrp(0) == os.getpgrp() if os.isatty(0) else False; "
+         "print(f'leader={leader} foreground={fg}'); sys.stdout.flush()")
+
+
+def test_a_terminal_becomes_the_commands_controlling_terminal(init: Path) -> None:
+    """stdin a pty (dynoctl run bash): the command leads its own session and is the
+    terminal's foreground process group, so Ctrl-C, SIGWINCH and SIGHUP reach it."""
+    import os  # noqa: PLC0415
+    import pty  # noqa: PLC0415
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([str(init), "--no-pidns", "--", "python3", "-c", _CTTY],
+                              stdin=slave, stdout=slave, stderr=slave, timeout=10,
+                              check=False, start_new_session=True)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, out
+    assert b"leader=True foreground=True" in out
+
+
+def test_without_a_terminal_no_new_session(init: Path) -> None:
+    got = _rc([str(init), "--no-pidns", "--", "python3", "-c", _CTTY])
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == "leader=False foreground=False"
