@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTEST_WORKERS ?= 4
 
-.PHONY: up test prereqs unit integration lint down clean
+.PHONY: up test prereqs unit integration lint down clean deb
 
 prereqs:
 	@.ci/prereqs
@@ -31,6 +31,12 @@ integration: prereqs
 
 lint: prereqs
 	@.venv/bin/python -m pytest -q tests/unit/test_lint.py
+
+# The Debian package for this host's release: dist/dynod_<version>_<arch>.deb (needs
+# debhelper, help2man and the build deps in packaging/debian/control; lintian if present).
+# DYNOD_DEB_VERSION=... overrides the version. Skipped when dist/ has it from this tree.
+deb:
+	@packaging/build-deb dist
 
 clean:
 	tests/sandbox/run --purge
