@@ -87,8 +87,8 @@ def test_scale_web_to_three(stack_machine: Machine) -> None:
     m = stack_machine
     deploy(m, "shop", web="exec python3 -u server.py")
     all_up(m, "shop", 1)
-    out = dynoctl(m, "ps:scale", "-a", "shop", "web=3")
-    assert "now running web at 3:Standard-1X" in out + dynoctl(m, "ps:scale", "-a", "shop")
+    dynoctl(m, "ps:scale", "-a", "shop", "web=3")
+    assert dynoctl(m, "ps:scale", "-a", "shop") == "web=3:Standard-1X\n"
     dynos = all_up(m, "shop", 3)
     assert sorted(str(d["name"]) for d in dynos) == ["web.1", "web.2", "web.3"]
     addresses = {str(d["address"]) for d in dynos}
