@@ -15,7 +15,8 @@ from tests.sandbox.machine import Machine
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-SSH = "ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+SSH = ("ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+       " -o BatchMode=yes")
 
 
 def sh(m: Machine, script: str, *, ok: bool = True) -> tuple[int, str]:
@@ -50,7 +51,8 @@ def commit(m: Machine, app: str, path: str, content: str) -> None:
 
 
 def current(m: Machine, app: str) -> dict[str, object]:
-    return json.loads(sh(m, f"dynoctl releases:info -a {app} --json")[1])
+    info: dict[str, object] = json.loads(sh(m, f"dynoctl releases:info -a {app} --json")[1])
+    return info
 
 
 def slug_names(m: Machine, app: str) -> str:
@@ -159,7 +161,7 @@ def test_failed_builds_leave_the_release(stack_machine: Machine, tmp_path: Path)
     sh(m, "ssh-keygen -q -t ed25519 -N '' -f /tmp/stranger")
     code, out = sh(m, f"cd /tmp/shop && GIT_SSH_COMMAND='{SSH} -i /tmp/stranger "
                       "-o IdentitiesOnly=yes' git push dynod main 2>&1", ok=False)
-    assert code != 0 and "Permission denied (publickey)" in out, out
+    assert code != 0 and "Permission denied (publickey" in out, out
     assert current(m, "shop")["version"] == 2
 
 
@@ -174,6 +176,7 @@ def test_memory_limit_and_slug_size(stack_machine: Machine) -> None:
           f"printf '#!/bin/sh\\npython3 -c \"b = bytearray(1 << 30); b[::4096] = b\\\\\"x\\\\\" * "
           f"(len(b) // 4096)\"\\n' > {bp}/bin/compile && chmod +x {bp}/bin/* && "
           f"dynoctl buildpacks:set -a big {bp}")
+    commit(m, "big", "x", "0")
     out = push(m, "big", ok=False)
     assert "remote:  !     Build exceeded its memory limit (256.0M) and was killed." in out or \
         "Build exceeded its memory limit" in out, out
