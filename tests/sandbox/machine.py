@@ -455,6 +455,10 @@ class Machine:
     binds: list[tuple[str, str]] = field(default_factory=list)
     egress: bool = True
     mask: tuple[str, ...] = ()  # extra units to mask (benchmarks: a machine without dynod)
+    # Another root file system (e.g. a debootstrapped Debian) as the overlay's lower layer
+    # instead of the host's /; dynod is then NOT installed from the working tree (the
+    # project is still bound at its path), so a test can install the package there.
+    lower: Path | None = None
     record: Record | None = None
     systemd_pid: int = 0
     delegated: bool = False
@@ -506,6 +510,7 @@ class Machine:
             json.dumps({
                 "name": self.name, "state": str(self.state), "project": str(PROJECT),
                 "binds": self.binds, "mask": list(self.mask),
+                "lower": str(self.lower) if self.lower is not None else "",
             }),
         ]
         argv = [
@@ -813,10 +818,11 @@ def stage2(spec: dict[str, object]) -> None:
     state = Path(str(spec["state"]))
     project = Path(str(spec["project"]))
     binds: list[tuple[str, str]] = [(str(b[0]), str(b[1])) for b in spec["binds"]]  # type: ignore[attr-defined]
+    lower = str(spec.get("lower") or "/")
     root = state / "merged"
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
     _mount("overlay", root, "overlay", 0,
-           f"lowerdir=/,upperdir={state}/upper,workdir={state}/work")
+           f"lowerdir={lower},upperdir={state}/upper,workdir={state}/work")
 
     (root / "proc").mkdir(exist_ok=True)
     _mount("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -876,6 +882,7 @@ def stage2(spec: dict[str, object]) -> None:
 
     # The project at its own path (tests write into it), dynod's state on a real file
     # system (overlay upper dirs of dynos cannot live on our overlay root).
+    (root / str(project).lstrip("/")).mkdir(parents=True, exist_ok=True)
     _bind(project, root / str(project).lstrip("/"))
     data = root / "var/lib/dynod"
     data.mkdir(parents=True, exist_ok=True)
@@ -898,7 +905,8 @@ def stage2(spec: dict[str, object]) -> None:
         marker.write_text(name + "\n")
     (root / "etc/hostname").write_text(name + "\n")
     _libc().sethostname(name.encode(), len(name))
-    _install_dynod(root, project)
+    if lower == "/":
+        _install_dynod(root, project)
 
     os.chdir(root)
     libc = _libc()
