@@ -34,6 +34,8 @@ class Settings:
     # dyno-init, the static PID 1 of every dyno (built by dynod/init/build.sh). When it
     # is missing, dynod uses build/dyno-init of its own source tree (development).
     dyno_init: Path = Path("/usr/lib/dynod/dyno-init")
+    # Concurrent one-off dynos (`dynoctl run`) per app; Heroku allows 5 to 50 by tier.
+    oneoff_limit: int = 5
 
     @property
     def socket_path(self) -> Path:
@@ -45,6 +47,7 @@ class Settings:
 
 
 _PATH_KEYS = {"state_dir", "runtime_dir", "dyno_init"}
+_INT_KEYS = {"oneoff_limit"}
 
 
 def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
@@ -65,6 +68,12 @@ def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
             raise InvalidArgument(
                 f"{path}: unknown setting {key!r}; known settings: {', '.join(sorted(known))}"
             )
+        if key in _INT_KEYS:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidArgument(f"{path}: setting {key!r} must be a whole number, 1 "
+                                      "or more (no quotes)")
+            values[key] = value
+            continue
         if not isinstance(value, str):
             raise InvalidArgument(f"{path}: setting {key!r} must be a string")
         values[key] = Path(value) if key in _PATH_KEYS else value
