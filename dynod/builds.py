@@ -285,7 +285,9 @@ class _Context:
         )
         self.steps += 1
         status, result = units.run_build_step(spec, on_line)
-        if result == "oom-kill":
+        # A child killed by the OOM killer shows as its parent exiting 137 (SIGKILL)
+        # before systemd can record oom-kill; nothing else SIGKILLs a build step.
+        if result == "oom-kill" or (status == 137 and result != "timeout"):
             on_line(f"{buildpacks.ERROR}Build exceeded its memory limit "
                     f"({format_size(self.memory_max)}) and was killed.")
         elif result == "timeout":
