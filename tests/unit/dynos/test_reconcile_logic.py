@@ -1,0 +1,64 @@
+"""Pure parts of dynos and reconcile: names, back-off, rollout choice, user records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dynod import dynos
+from dynod.dynos import DynoRef
+from dynod.formation import Process
+from dynod.reconcile import Desired, Dyno, Reconciler, State, backoff
+
+
+def test_dyno_key_round_trips_and_names_the_unit() -> None:
+    ref = DynoRef("my-shop", "long_worker", 12, 3)
+    assert ref.key == "my-shop.long_worker.12.3"
+    assert dynos.parse_key(ref.key) == ref
+    assert ref.unit == "dynod-my\\x2dshop-long_worker.12-3.service"
+    assert ref.dyno == "long_worker.12"
+    assert dynos.parse_key("shop-web.1") is None
+
+
+def test_backoff_first_restart_at_once_then_grows_to_twenty_minutes() -> None:
+    assert [backoff(n) for n in range(1, 6)] == [0.0, 2.0, 4.0, 8.0, 16.0]
+    assert backoff(40) == 20 * 60.0
+
+
+def test_desired_wants_current_generation_up_to_quantity() -> None:
+    want = Desired("shop", 5, 2, "sha256:x", 70000, {}, {"web": Process("web", 2, "basic")})
+    assert want.wants(DynoRef("shop", "web", 2, 2))
+    assert not want.wants(DynoRef("shop", "web", 3, 2))
+    assert not want.wants(DynoRef("shop", "web", 1, 1))
+    assert not want.wants(DynoRef("shop", "worker", 1, 2))
+
+
+def _dyno(n: int, gen: int, state: State) -> Dyno:
+    return Dyno(DynoRef("shop", "web", n, gen), None, state, 0.0)
+
+
+def test_rollout_stops_an_old_dyno_once_its_replacement_settled() -> None:
+    old = [_dyno(1, 1, State.UP), _dyno(2, 1, State.UP), _dyno(3, 1, State.UP)]
+    new = [_dyno(1, 2, State.UP), _dyno(2, 2, State.STARTING)]
+    chosen = Reconciler.rollout(None, "shop", old, new)  # type: ignore[arg-type]
+    # web.1 replaced and up; web.2 still starting; web.3 has no replacement (scaled down).
+    assert [d.ref.number for d in chosen] == [1, 3]
+
+
+def test_user_records_for_nss_systemd(tmp_path: Path) -> None:
+    dynos.ensure_user(70001, tmp_path)
+    user = json.loads((tmp_path / "dynod-70001.user").read_text())
+    assert (user["userName"], user["uid"], user["gid"]) == ("dynod-70001", 70001, 70001)
+    assert json.loads((tmp_path / "70001.group").read_text())["gid"] == 70001
+    dynos.ensure_user(70001, tmp_path)  # idempotent
+
+
+def test_missing_dyno_init_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynod.errors import NotFound  # noqa: PLC0415
+    from dynod.settings import Settings  # noqa: PLC0415
+
+    monkeypatch.setattr(dynos, "PROJECT_INIT", tmp_path / "none")
+    with pytest.raises(NotFound, match=r"build it with dynod/init/build\.sh"):
+        dynos.find_init(Settings(dyno_init=tmp_path / "dyno-init"))
