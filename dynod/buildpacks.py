@@ -25,16 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
-from dynod import run
+from dynod import paths, run
 from dynod.errors import FailedPrecondition, ResourceExhausted
 from dynod.procfile import MISCASED_WARNINGS, Procfile, load_procfile
 from dynod.unpack import Limits, check_slug_size, format_size
 
 # Where the built-in buildpacks are: beside the package in a checkout; the Debian
-# package installs them under /usr/share/dynod.
-BUILTIN_DIR = Path(
-    os.environ.get("DYNOD_BUILDPACKS_DIR", Path(__file__).resolve().parent.parent / "buildpacks")
-)
+# package installs them under /usr/share/dynod (paths.buildpacks_dir).
+BUILTIN_DIR = paths.buildpacks_dir()
 # Detection order when the app sets no buildpack: languages first, the Procfile-only
 # buildpack last, as it matches nearly everything.
 BUILTIN_ORDER = ("python", "nodejs", "procfile")
