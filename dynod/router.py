@@ -45,6 +45,8 @@ IDLE_TIMEOUT = "55s"
 # Heroku: a request line longer than 8 KB is refused (H25 here).
 MAX_REQUEST_LINE = 8192
 LOG_MARK = "dynod-router1"
+# Equal weights; large, so a later slow-start or drain can scale them.
+WEIGHT = 100
 
 # Heroku error codes the router reports (error-codes page); info-level ones are not
 # errors of the app.
@@ -225,15 +227,16 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
         lines += [
             "",
             f"backend {backend_name(app)}",
-            # Power of two random choices: random, but away from the busier dyno.
-            "    balance random(2)",
+            # Least busy (Heroku: random). Not random(): in HAProxy 2.6 servers added at
+            # run time to a random() backend got no traffic (2 of 10 took it all).
+            "    balance leastconn",
             # No up web dyno: H14 (web=0) or H10 (crashed), as the empty map says.
             f"    http-request set-var(txn.code) var(txn.app),map({p.empty_map},H10) "
             "if { nbsrv eq 0 }",
             "    http-request return status 503 content-type \"text/html; charset=utf-8\" "
             f"file {p.page('application-error')} if {{ nbsrv eq 0 }}",
         ]
-        lines += [f"    server {server_name(b)} {b.ip}:{b.port}"
+        lines += [f"    server {server_name(b)} {b.ip}:{b.port} weight {WEIGHT}"
                   for b in sorted(set(routes[app]))]
     return "\n".join(lines) + "\n"
 
@@ -578,7 +581,7 @@ class HaproxyRouter:
         for name, b in desired.items():
             s = live.get(name)
             if s is None:
-                out = self.admin(f"add server {be}/{name} {b.ip}:{b.port}")
+                out = self.admin(f"add server {be}/{name} {b.ip}:{b.port} weight {WEIGHT}")
                 if "New server registered" not in out:
                     raise Unavailable(f"router: add server {be}/{name}: {out.strip()}")
                 self.admin(f"enable server {be}/{name}")

@@ -1,0 +1,55 @@
+"""Runs inside a sandbox machine: HTTP clients against the router on 127.0.0.1:80.
+
+    router_client.py count HOST N        N requests (new connection each); JSON counts
+    router_client.py steady HOST STOPFILE  requests back to back until STOPFILE exists
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+
+def one(host: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Host": host})
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    dyno = json.loads(body)["dyno"] if resp.status == 200 else ""
+    return resp.status, dyno
+
+
+def main() -> None:
+    mode, host = sys.argv[1], sys.argv[2]
+    dynos: Counter[str] = Counter()
+    failures: list[str] = []
+    n = 0
+    if mode == "count":
+        todo = int(sys.argv[3])
+        stop = None
+    else:
+        todo = 10**9
+        stop = Path(sys.argv[3])
+    while n < todo and not (stop is not None and stop.exists()):
+        n += 1
+        try:
+            status, dyno = one(host)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            failures.append(f"{time.time():.3f} {exc!r}")
+            continue
+        if status != 200:
+            failures.append(f"{time.time():.3f} status {status}")
+        else:
+            dynos[dyno] += 1
+    print(json.dumps({"requests": n, "dynos": dynos, "failures": failures}))
+
+
+if __name__ == "__main__":
+    main()
