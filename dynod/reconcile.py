@@ -79,6 +79,8 @@ class Dyno:
     crashes: int = 0
     restart_at: float = 0.0  # monotonic
     r14_at: float = 0.0
+    peak_memory: int = 0  # the most seen since the last start (R15 on cgroup v1)
+    killed: bool = False  # dynod sent SIGKILL (R10), so a 137 is not an R15
 
     @property
     def web(self) -> bool:
@@ -318,14 +320,17 @@ class Reconciler:
                                    "$PORT within 60 seconds of launch")
                     self._event(d, "Stopping process with SIGKILL")
                     units.kill_dyno(d.ref.unit, signal.SIGKILL)
-            if d.state is State.UP and now - d.r14_at > R14_EVERY:
-                self._check_memory(d, now)
+                    d.killed = True
+            self._check_memory(d, now)
 
     def _check_memory(self, d: Dyno, now: float) -> None:
         assert d.meta is not None
         used = memory_current(d.ref)
         quota = SIZES[d.meta.size].memory_mb * 1024 * 1024 if d.meta.size in SIZES else 0
-        if used is None or not quota or used <= quota:
+        if used is None or not quota:
+            return
+        d.peak_memory = max(d.peak_memory, used)
+        if used <= quota or now - d.r14_at < R14_EVERY:
             return
         d.r14_at = now
         self._event(d, f"Process running mem={_mb(used)}({100 * used / quota:.1f}%)")
@@ -334,8 +339,12 @@ class Reconciler:
     def _crashed(self, d: Dyno) -> None:
         assert d.meta is not None
         status = units.dyno_status(d.ref.unit)
-        if status is not None and status.result == "oom-kill":
-            quota = SIZES[d.meta.size].memory_mb * 1024 * 1024
+        quota = SIZES[d.meta.size].memory_mb * 1024 * 1024 if d.meta.size in SIZES else 0
+        # cgroup v2 tells (Result=oom-kill); on v1 a SIGKILL nobody sent, after the dyno
+        # was seen over its quota, is the kernel's OOM killer at MemoryMax=.
+        oom = status is not None and (status.result == "oom-kill" or (
+            status.exit_status == 137 and not d.killed and d.peak_memory > quota))
+        if oom and quota:
             self._event(d, f"Process running mem={_mb(2 * quota)}(200.0%)")
             self._event(d, "Error R15 (Memory quota vastly exceeded)")
             self._event(d, "Stopping process with SIGKILL")
@@ -346,6 +355,7 @@ class Reconciler:
         self.host.teardown(d.ref)
         with self._lock:
             d.meta = None
+            d.peak_memory, d.killed, d.r14_at = 0, False, 0.0
             d.crashes += 1
             d.restart_at = time.monotonic() + backoff(d.crashes)
         self._set_state(d, State.CRASHED)
