@@ -13,11 +13,13 @@ from types import FrameType
 
 import sdnotify
 
-from dynod import __version__
+from dynod import __version__, release_phase
 from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
 from dynod.errors import DynodError
+from dynod.oneoff import OneOffs
 from dynod.reconcile import Reconciler
+from dynod.release_phase import ReleasePhase
 from dynod.router import HaproxyRouter
 from dynod.settings import DEFAULT_CONFIG, load_settings
 from dynod.state import SqliteStore
@@ -55,10 +57,15 @@ def serve(config: Path) -> int:
                            state_dir=settings.state_dir)
     router.start()
     reconciler = Reconciler(store, settings, router)
-    daemon = Daemon(store, settings, router=router, reconciler=reconciler)
+    oneoffs = OneOffs(store, settings, lambda: reconciler.host)
+    phase = ReleasePhase(store, settings, oneoffs, reconciler.changed)
+    release_phase.install(phase)
+    daemon = Daemon(store, settings, router=router, reconciler=reconciler, oneoffs=oneoffs,
+                    release_phase=phase)
     # Dynos before READY: running ones are adopted (never restarted), the formation is
     # started; a dyno that fails to start is retried by the reconciler's own thread.
     reconciler.start()
+    phase.kick_all()
     api = start_api(settings.socket_path, settings.api_group, daemon)
     log.info("dynod %s listening on %s", __version__, settings.socket_path)
     # READY only now: the socket accepts calls, so `systemctl start` returning means usable.

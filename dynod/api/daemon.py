@@ -14,7 +14,9 @@ from dynod.settings import Settings
 from dynod.state import Store
 
 if TYPE_CHECKING:
+    from dynod.oneoff import OneOffs
     from dynod.reconcile import Reconciler
+    from dynod.release_phase import ReleasePhase
 
 
 @dataclass(frozen=True)
@@ -25,12 +27,19 @@ class Daemon:
     router: Router = field(default_factory=NullRouter)
     # Owns the dynos; None in servicer tests that run no dynos.
     reconciler: Reconciler | None = None
+    # One-off dynos (run, run:detached, release.N); None where no dynos run.
+    oneoffs: OneOffs | None = None
+    # Runs a pending release's release command (dynod/release_phase.py).
+    release_phase: ReleasePhase | None = None
 
     def changed(self, app: str) -> None:
         """Servicers call this after a write that changes ``app``'s desired dynos
-        (scale, config, release, rollback, delete): reconcile runs soon."""
+        (scale, config, release, rollback, delete): reconcile runs soon, and a new
+        pending release gets its release phase."""
         if self.reconciler is not None:
             self.reconciler.changed(app)
+        if self.release_phase is not None:
+            self.release_phase.kick(app)
 
     @property
     def slugs_dir(self) -> Path:
