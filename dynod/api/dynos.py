@@ -41,6 +41,8 @@ class DynosServicer(dynos_pb2_grpc.DynosServicer):
     ) -> dynos_pb2.ListDynosResponse:
         caller_of(context)
         found = self._reconciler().dynos(request.app)
+        if self.daemon.oneoffs is not None:  # one-offs first, as Heroku's ps lists them
+            found = self.daemon.oneoffs.dynos(request.app) + found
         return dynos_pb2.ListDynosResponse(dynos=[
             dyno_to_proto(d) for d in found if not request.type or d.process_type == request.type
         ])
@@ -56,6 +58,9 @@ class DynosServicer(dynos_pb2_grpc.DynosServicer):
         self, request: dynos_pb2.StopDynoRequest, context: grpc.ServicerContext
     ) -> dynos_pb2.StopDynoResponse:
         caller_of(context)
+        if self.daemon.oneoffs is not None and self.daemon.oneoffs.stop(request.app,
+                                                                       request.dyno):
+            return dynos_pb2.StopDynoResponse(dynos=[request.dyno])
         names = self._reconciler().stop_dyno(request.app, request.dyno)
         return dynos_pb2.StopDynoResponse(dynos=names)
 

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dynod.api import apps, config, dynos, formation, peer, releases, slugs, system
+from dynod.api import apps, config, dynos, formation, oneoff, peer, releases, slugs, system
 from dynod.api import builds as builds_api
 from dynod.api import domains as domains_api
 from dynod.api import keys as keys_api
@@ -27,7 +27,7 @@ REGISTRARS: list[Registrar] = [
     system.register, apps.register, config.register, releases.register, formation.register,
     slugs.register, dynos.register,
     builds_api.register, keys_api.register, stacks_api.register,
-    logs_api.register, domains_api.register,
+    logs_api.register, domains_api.register, oneoff.register,
 ]
 
 
