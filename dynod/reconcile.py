@@ -18,6 +18,7 @@ by the kernel at twice the quota, R15.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -146,6 +147,27 @@ def memory_current(ref: DynoRef) -> int | None:
             return int(path.read_text())
         except (OSError, ValueError):
             continue
+    return None
+
+
+def cpu_from_procs(ref: DynoRef) -> int | None:
+    """CPU time of the dyno's processes (with their reaped children), in ns, from /proc:
+    for cgroup v1 hosts where cpuacct is not per unit (systemd says CPUUsageNSec unset)."""
+    rel = cgroup_path(ref)
+    for hierarchy in ("pids", "memory", "systemd", ""):
+        procs = CGROUP_ROOT / hierarchy / rel / "cgroup.procs"
+        try:
+            pids = procs.read_text().split()
+        except OSError:
+            continue
+        ticks = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
     return None
 
 
@@ -501,7 +523,8 @@ class Reconciler:
                 address=meta.address if meta else "", port=meta.port if meta else 0,
                 memory_bytes=status.memory_bytes if status else None,
                 memory_quota=SIZES[size].memory_mb * 1024 * 1024 if size in SIZES else 0,
-                cpu_nsec=status.cpu_nsec if status else None,
+                cpu_nsec=(status.cpu_nsec if status and status.cpu_nsec is not None
+                          else cpu_from_procs(d.ref) if meta else None),
             ))
         return out
 
