@@ -15,6 +15,7 @@ from dynod.cli import deploy as deploy_cli
 from dynod.cli import domains as domains_cli
 from dynod.cli import keys as keys_cli
 from dynod.cli import logs as logs_cli
+from dynod.cli import run as run_cli
 from dynod.cli import stacks as stacks_cli
 from dynod.cli.client import CliError
 from dynod.v1 import system_pb2, system_pb2_grpc
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="git remote to take the app from (default dynod)")
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     for noun in (apps, config, releases, ps, slugs, logs_cli, domains_cli,
-                 builds_cli, deploy_cli, keys_cli, stacks_cli):
+                 builds_cli, deploy_cli, keys_cli, stacks_cli, run_cli):
         noun.register(sub, common)
     return parser
 

@@ -19,6 +19,10 @@ _LABELS = {"eco": "Eco", "basic": "Basic", "standard-1x": "Standard-1X",
            "performance-l": "Performance-L"}
 
 
+# One-off dynos (dynoctl run, the release phase), listed first and each with its command.
+ONE_OFF_TYPES = ("run", "release")
+
+
 def label(size: str) -> str:
     return _LABELS.get(size, size)
 
@@ -147,11 +151,19 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for d in dynos:
         groups.setdefault(d.type, []).append(d)
     first = True
-    for ptype in sorted(groups, key=lambda t: (t != "run", t)):
+    for ptype in sorted(groups, key=lambda t: (t not in ONE_OFF_TYPES, t)):
         members = groups[ptype]
         if not first:
             print()
         first = False
+        if ptype in ONE_OFF_TYPES:
+            # heroku/cli ps/index.ts: "=== run: one-off processes (1)", then
+            # "run.4520 (Basic): up 2024/05/01 12:00:00 +0000 (~ 1m ago): bash".
+            print(f"=== {ptype}: one-off processes ({len(members)})")
+            for d in members:
+                print(f"{d.name} ({label(d.size)}): {d.state} "
+                      f"{output.ago(output.when(d.since))}: {d.command}{usage(d)}")
+            continue
         command = next((d.command for d in members if d.command), "")
         size = next((label(d.size) for d in members if d.size), "")
         print(f"=== {ptype} ({size}): {command} ({len(members)})")
