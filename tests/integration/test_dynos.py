@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -118,7 +118,6 @@ def test_scale_web_to_three(stack_machine: Machine) -> None:
     assert str(ps(m, "shop")[0]["unit"]) == units[0]
     assert "Process exited with status 143" in journal(
         m, "DYNOD_APP=shop", "DYNOD_DYNO=web.3", "DYNOD_SOURCE=dynod")
-    _ = urllib.request  # the host cannot reach the machine's dynos; curl runs inside
 
 
 def probe(m: Machine, address: str, *query: str) -> dict[str, object]:
@@ -222,3 +221,88 @@ def test_dynod_killed_dynos_keep_serving(stack_machine: Machine) -> None:
     assert events.count("Starting process with command") == 5
     assert "adopted" in m.exec(["journalctl", "--no-pager", "-o", "cat", "-u",
                                 "dynod.service"]).stdout
+
+
+def restarts(m: Machine, app: str, dyno: str) -> list[float]:
+    """Monotonic-free: the realtime (s) of each 'State changed from crashed to starting'."""
+    out = m.exec(["journalctl", "--no-pager", "-o", "json", f"DYNOD_APP={app}",
+                  f"DYNOD_DYNO={dyno}", "DYNOD_SOURCE=dynod"]).stdout
+    return [int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in map(json.loads, out.splitlines())
+            if e["MESSAGE"] == "State changed from crashed to starting"]
+
+
+def logged(m: Machine, message: str, times: int) -> bool:
+    return journal(m, "DYNOD_APP=shop", "DYNOD_DYNO=web.1").count(message) >= times
+
+
+def test_memory_hog_r14_r15_and_back_off(stack_machine: Machine) -> None:
+    m = stack_machine
+    deploy(m, "shop", web="exec python3 -u server.py")
+    for attempt in (1, 2, 3):
+        web = all_up(m, "shop", 1)[0]
+        address = str(web["address"])
+        assert http(m, address, "/hog?mb=600", timeout=60) == "holding 600 MiB\n"
+        wait_for("R14", partial(logged, m, "Error R14 (Memory quota exceeded)", attempt),
+                 timeout=10)
+        m.exec(["curl", "-sS", "--max-time", "60", f"http://{address}:5000/hog?mb=600"],
+               check=False)  # killed at 2x the quota: no answer
+        wait_for("R15", partial(logged, m, "Error R15 (Memory quota vastly exceeded)", attempt),
+                 timeout=30)
+    lines = journal(m, "DYNOD_APP=shop", "DYNOD_DYNO=web.1", "DYNOD_SOURCE=dynod")
+    assert "Process exited with status 137" in lines
+    assert "State changed from up to crashed" in lines
+    wait_for("third restart", lambda: len(restarts(m, "shop", "web.1")) >= 3, timeout=30)
+    crashed = [int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in map(json.loads, m.exec(
+        ["journalctl", "--no-pager", "-o", "json", "DYNOD_APP=shop", "DYNOD_DYNO=web.1",
+         "MESSAGE=State changed from up to crashed"]).stdout.splitlines())]
+    waits = [r - c for c, r in zip(crashed, restarts(m, "shop", "web.1"), strict=False)]
+    # Heroku: the first restart at once, then a growing cool-off.
+    assert waits[0] < 1.5 and waits[1] > 1.5 and waits[2] > waits[1] + 1, waits
+
+
+def test_fork_bomb_stopped_by_tasks_max(stack_machine: Machine) -> None:
+    m = stack_machine
+    deploy(m, "shop", web="exec python3 -u server.py", bomb="b() { b | b & }; b; sleep 20")
+    dynoctl(m, "ps:scale", "-a", "shop", "bomb=1")
+    unit = str(wait_for("bomb running", lambda: next(
+        (d["unit"] for d in ps(m, "shop") if d["type"] == "bomb"), None)))
+    peak = 0
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        tasks = m.exec(["systemctl", "show", "-p", "TasksCurrent", "--value", unit],
+                       check=False).stdout.strip()
+        assert time.monotonic() - start < 2.0, "the machine stopped answering"
+        if tasks.isdigit():
+            peak = max(peak, int(tasks))
+        time.sleep(0.3)
+    assert 100 < peak <= 256, peak  # standard-1x: TasksMax=256
+    assert m.exec(["systemctl", "show", "-p", "TasksMax", "--value", unit]).stdout.strip() == "256"
+    start = time.monotonic()
+    dynoctl(m, "ps", "-a", "shop")
+    assert time.monotonic() - start < 5
+    dynoctl(m, "ps:scale", "-a", "shop", "bomb=0")
+    wait_for("bomb gone", lambda: not any(d["type"] == "bomb" for d in ps(m, "shop")),
+             timeout=45)
+
+
+def test_cpu_shared_by_weight(stack_machine: Machine) -> None:
+    m = stack_machine
+    busy = "for i in 1 2 3 4; do (while :; do :; done) & done; wait"
+    deploy(m, "shop", web="exec python3 -u server.py", small=busy, big=busy)
+    dynoctl(m, "ps:scale", "-a", "shop", "web=0", "small=1", "big=1:standard-2x")
+
+    def cpu() -> dict[str, int]:
+        return {str(d["type"]): int(str(d.get("cpu_nsec", 0))) for d in ps(m, "shop")
+                if d["state"] == "up"}
+
+    wait_for("both busy", lambda: set(cpu()) == {"small", "big"})
+    time.sleep(1)
+    first = cpu()
+    time.sleep(8)
+    second = cpu()
+    used = {k: second[k] - first[k] for k in ("small", "big")}
+    ratio = used["big"] / used["small"]
+    print(f"CPU ratio standard-2x/standard-1x: {ratio:.2f} (weights 200/100)")
+    assert 1.6 <= ratio <= 2.4, used
+    dynoctl(m, "ps:scale", "-a", "shop", "small=0", "big=0")
