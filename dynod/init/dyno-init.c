@@ -25,6 +25,7 @@
  * SuccessExitStatus=143 and Heroku's "Process exited with status 143" expect.
  *
  * A terminal on stdin (one-off dynos attached with a pty, `dynoctl run bash`): the
+ * unit's session (systemd made it its controlling terminal) lets go of it, and the
  * command gets its own session with that terminal as controlling terminal (setsid +
  * TIOCSCTTY), so job control, Ctrl-C (SIGINT to the foreground process group),
  * SIGWINCH on a resize and SIGHUP when the terminal's master closes work as in ssh.
@@ -229,6 +230,24 @@ static int run_plain(char **argv)
 	return supervise(app, &set, getpid() == 1);
 }
 
+/* systemd makes a terminal passed as stdin the controlling terminal of the unit's
+ * session, whose leader is us: give it up, so the command can take it in its own
+ * session. Giving it up sends SIGHUP to the terminal's foreground group (ours): ignored
+ * for that moment. Not a terminal, not ours: nothing to do. */
+static void release_terminal(void)
+{
+	struct sigaction ignore, old;
+	if (!isatty(STDIN_FILENO) || getsid(0) != getpid())
+		return;
+	memset(&ignore, 0, sizeof(ignore));
+	ignore.sa_handler = SIG_IGN;
+	if (sigaction(SIGHUP, &ignore, &old) < 0)
+		die("sigaction");
+	(void)ioctl(STDIN_FILENO, TIOCNOTTY);
+	if (sigaction(SIGHUP, &old, NULL) < 0)
+		die("sigaction");
+}
+
 static void usage(void)
 {
 	fputs("usage: dyno-init [--no-pidns] -- COMMAND [ARG...]\n", stderr);
@@ -250,5 +269,6 @@ int main(int argc, char **argv)
 	}
 	if (i >= argc)
 		usage();
+	release_terminal();
 	return pidns ? run_pidns(argv + i) : run_plain(argv + i);
 }
