@@ -384,9 +384,11 @@ class Reconciler:
 
     def _reconcile_app(self, want: Desired) -> None:
         current = self._app_dynos(want.app)
-        # A new release replaces every dyno: the rollout bumps the generation.
+        # A new release (or a new size) replaces every dyno: a rollout, a new generation.
         live = [d for d in current if d.meta is not None and d.ref.generation == want.generation]
-        if any(d.meta is not None and d.meta.release != want.release for d in live):
+        if any(d.meta is not None and (d.meta.release != want.release or (
+                d.ref.process_type in want.processes
+                and d.meta.size != want.processes[d.ref.process_type].size)) for d in live):
             gen = self.bump_generation(want.app)
             want = Desired(want.app, want.release, gen, want.checksum, want.uid, want.config,
                            want.processes)

@@ -306,3 +306,33 @@ def test_cpu_shared_by_weight(stack_machine: Machine) -> None:
     print(f"CPU ratio standard-2x/standard-1x: {ratio:.2f} (weights 200/100)")
     assert 1.6 <= ratio <= 2.4, used
     dynoctl(m, "ps:scale", "-a", "shop", "small=0", "big=0")
+
+
+def test_config_change_rolls_out_a_new_generation(stack_machine: Machine) -> None:
+    m = stack_machine
+    deploy(m, "shop", web="exec python3 -u server.py", worker="sleep infinity")
+    dynoctl(m, "ps:scale", "-a", "shop", "web=2", "worker=1")
+    before = all_up(m, "shop", 2)
+    assert {d["release"] for d in before} == {2}
+    dynoctl(m, "config:set", "-a", "shop", "GREETING=hi")
+
+    def replaced() -> list[dict[str, object]] | None:
+        dynos = ps(m, "shop")
+        ok = (len(dynos) == 3 and all(d["state"] == "up" for d in dynos)
+              and {d["release"] for d in dynos} == {3})
+        return dynos if ok else None
+
+    after = wait_for("release v3 everywhere", replaced, timeout=60)
+    assert isinstance(after, list)
+    assert all(str(d["unit"]).endswith("-2.service") for d in after), after
+    assert sorted(str(d["name"]) for d in after) == ["web.1", "web.2", "worker.1"]
+    web = next(d for d in after if d["name"] == "web.1")
+    assert http(m, str(web["address"])) == "hello from dyno\n"
+    old = [str(d["unit"]) for d in before]
+    wait_for("old units gone", lambda: all(m.exec(
+        ["systemctl", "is-active", u], check=False).stdout.strip() in {"inactive", "unknown"}
+        for u in old), timeout=45)
+    # A restart of every dyno is a rollout too.
+    dynoctl(m, "ps:restart", "-a", "shop")
+    wait_for("generation 3", lambda: [str(d["unit"]).endswith("-3.service") and d["state"] == "up"
+                                      for d in ps(m, "shop")] == [True] * 3, timeout=60)
