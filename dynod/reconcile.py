@@ -50,6 +50,8 @@ BACKOFF_MAX = 20 * 60.0
 # How often an R14 is logged while a dyno stays over its quota.
 R14_EVERY = 20.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# The process type of one-off dynos (Heroku's run.N): never part of a formation.
+ONE_OFF = "run"
 
 
 class State(StrEnum):
@@ -276,6 +278,8 @@ class Reconciler:
         for unit in loaded:
             ref = ref_of(unit.dyno)
             owned.add(ref.key)
+            if ref.process_type == ONE_OFF:
+                continue  # one-off dynos (dynoctl run) are oneoff.py's, never formation's
             meta = read_meta(self.settings, ref)
             if meta is None:
                 log.warning("unit %s has no dyno.json; stopping it", unit.name)
