@@ -36,7 +36,19 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from dynod import apps, buildpacks, dynos, journal, netns, releases, rootfs, slugs, stacks, units
+from dynod import (
+    apps,
+    buildpacks,
+    dynos,
+    journal,
+    netns,
+    release_phase,
+    releases,
+    rootfs,
+    slugs,
+    stacks,
+    units,
+)
 from dynod.errors import DynodError, FailedPrecondition, InvalidArgument, NotFound
 from dynod.unpack import format_size
 
@@ -477,9 +489,16 @@ def _build(
         release = releases.create_release(store, app, slug.id, user)
         journal.api_event(app, f"{release.description} by user {user}")
         journal.api_event(app, f"Release v{release.version} created by user {user}")
+        pending = release.status is releases.ReleaseStatus.PENDING
+        if pending:
+            emit(f"{buildpacks.ERROR}Release command declared: this new release will not be "
+                 "available until the command succeeds.")
         emit(f"{buildpacks.INDENT}Released v{release.version}")
         emit(f"{buildpacks.INDENT}http://{app}.{settings.domain}/ deployed to dynod")
         emit("")
+        if pending:
+            # Heroku's git push waits for the release phase (release_phase.py).
+            release_phase.follow_lines(release_phase.installed(), app, release.version, emit)
         build = replace(build, status=BuildStatus.SUCCEEDED, slug_id=slug.id,
                         release=release.version, buildpacks=result.buildpacks)
         journal.api_event(app, "Build succeeded")
