@@ -188,6 +188,25 @@ def cmd_release_output(args: argparse.Namespace) -> int:
     return 1 if status == "failed" else 0
 
 
+def follow_release(app: str, version: int) -> str:
+    """Heroku's deploy output while a release phase runs: ``Running release command...``,
+    its output, ``Waiting for release.... done.`` (or ``failed.``). Returns the status."""
+    print("Running release command...", file=sys.stderr, flush=True)
+    status = "pending"
+    try:
+        for reply in stub().ReleaseOutput(oneoff_pb2.ReleaseOutputRequest(
+                app=app, version=version, follow=True), timeout=3700):
+            if reply.WhichOneof("what") == "line":
+                print(reply.line, flush=True)
+            else:
+                status = reply.status
+    except grpc.RpcError as exc:
+        raise client.explain(exc) from exc
+    word = "done." if status == "succeeded" else "failed."
+    print(f"Waiting for release.... {word}", file=sys.stderr, flush=True)
+    return status
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("run", parents=[common],

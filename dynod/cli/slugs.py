@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dynod.cli import client, output
 from dynod.cli.client import CliError, call
+from dynod.cli.run import follow_release
 from dynod.v1 import releases_pb2, releases_pb2_grpc, slugs_pb2, slugs_pb2_grpc
 
 CHUNK = 1024 * 1024
@@ -73,6 +74,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         output.print_json(release.release)
         return 0
     output.action(f"Releasing to {output.app_label(app)}", f"v{release.release.version}")
+    # The slug declares release: (Heroku's release phase): wait for it, as git push does.
+    pending = release.release.status == "pending"
+    if pending and follow_release(app, release.release.version) != "succeeded":
+        raise CliError(f"release v{release.release.version}: the release command failed; "
+                       "the previous release keeps running (see dynoctl releases:output)")
     return 0
 
 
