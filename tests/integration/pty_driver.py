@@ -9,6 +9,7 @@ resize of the local terminal; Ctrl-C interrupts a foreground sleep; ``exit 3``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -26,7 +27,7 @@ class Session:
         pid, fd = pty.fork()
         if pid == 0:
             os.environ["TERM"] = "xterm"
-            os.execvp(argv[0], argv)
+            os.execvp(argv[0], argv)  # noqa: S606 - argv, no shell: dynoctl itself
         self.pid, self.fd = pid, fd
         self.transcript = b""
         self.seen = 0
@@ -64,10 +65,8 @@ class Session:
         while time.monotonic() < deadline:
             with_ready, _, _ = select.select([self.fd], [], [], 0.1)
             if with_ready:
-                try:
+                with contextlib.suppress(OSError):
                     self.transcript += os.read(self.fd, 4096)
-                except OSError:
-                    pass
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 return os.waitstatus_to_exitcode(status)
@@ -87,7 +86,7 @@ def main() -> int:
         s.send("echo DYNO=$DYNO\r")
         out["dyno"] = s.expect(r"DYNO=(run\.\d+)").group(1).decode()
         s.send("echo P=$(pwd)\r")
-        out["pwd"] = s.expect(r"P=(/\S*)").group(1).decode()
+        out["cwd"] = s.expect(r"P=(/\S*)").group(1).decode()
         s.send("echo S=$(stty size)\r")
         out["size"] = s.expect(r"S=(\d+ \d+)").group(1).decode()
         s.resize(40, 100)

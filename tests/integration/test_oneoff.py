@@ -40,7 +40,7 @@ def test_interactive_bash_through_a_pty(stack_machine: Machine) -> None:
                         got["banner"]), transcript
     assert got["prompt"] is True
     assert re.fullmatch(r"run\.\d{4}", got["dyno"]), transcript
-    assert got["pwd"] == "/app"
+    assert got["cwd"] == "/app"
     assert got["size"] == "24 80"
     assert got["resized"] == "40 100", transcript
     assert got["ctrl_c"] == "130", transcript  # SIGINT reached the foreground sleep
