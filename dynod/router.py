@@ -45,8 +45,11 @@ IDLE_TIMEOUT = "55s"
 # Heroku: a request line longer than 8 KB is refused (H25 here).
 MAX_REQUEST_LINE = 8192
 LOG_MARK = "dynod-router1"
-# Equal weights; large, so a later slow-start or drain can scale them.
-WEIGHT = 100
+# Every server (dynamic ones get no default-server): a refused or failed connection marks
+# the dyno down at once, so the retry goes to another (leastconn would pick the idle dead
+# one again) until a TCP check finds it listening again.
+SERVER_OPTIONS = ("weight 100 check inter 1s fall 2 rise 1 observe layer4 error-limit 1 "
+                  "on-error mark-down")
 
 # Heroku error codes the router reports (error-codes page); info-level ones are not
 # errors of the app.
@@ -172,9 +175,12 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
         f"    timeout http-request {IDLE_TIMEOUT}",
         f"    timeout http-keep-alive {IDLE_TIMEOUT}",
         "    timeout queue 30s",
-        # Heroku retries a refused or timed-out connection on another dyno.
-        "    retries 3",
+        # Heroku retries a refused or timed-out connection on other dynos, 10 attempts.
+        "    retries 10",
         "    option redispatch 1",
+        # Also retry when a dyno closed an idle kept-alive connection just as a request
+        # went out (it is stopping): the request never reached the app.
+        "    retry-on conn-failure empty-response",
         # Heroku answers its own errors with 503 and its application error page.
         *(f"    errorfile {code} {p.dir / 'error.http'}" for code in (502, 503, 504)),
         "",
@@ -216,6 +222,9 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
         "-m found }",
         "    http-request return status 503 content-type \"text/html; charset=utf-8\" "
         f"file {p.page('maintenance')} if {{ var(txn.code) -m str H80 }}",
+        # A dyno may have acted on a request it closed on without answering: only
+        # idempotent ones are sent again (the others get H13, as on Heroku).
+        "    http-request disable-l7-retry unless { method GET HEAD OPTIONS PUT DELETE }",
         "    use_backend app_%[var(txn.app)]",
         "    default_backend no_such_app",
         "",
@@ -236,7 +245,7 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
             "    http-request return status 503 content-type \"text/html; charset=utf-8\" "
             f"file {p.page('application-error')} if {{ nbsrv eq 0 }}",
         ]
-        lines += [f"    server {server_name(b)} {b.ip}:{b.port} weight {WEIGHT}"
+        lines += [f"    server {server_name(b)} {b.ip}:{b.port} {SERVER_OPTIONS}"
                   for b in sorted(set(routes[app]))]
     return "\n".join(lines) + "\n"
 
@@ -581,9 +590,10 @@ class HaproxyRouter:
         for name, b in desired.items():
             s = live.get(name)
             if s is None:
-                out = self.admin(f"add server {be}/{name} {b.ip}:{b.port} weight {WEIGHT}")
+                out = self.admin(f"add server {be}/{name} {b.ip}:{b.port} {SERVER_OPTIONS}")
                 if "New server registered" not in out:
                     raise Unavailable(f"router: add server {be}/{name}: {out.strip()}")
+                self.admin(f"enable health {be}/{name}")
                 self.admin(f"enable server {be}/{name}")
             elif s.maintenance:
                 self.admin(f"enable server {be}/{name}")

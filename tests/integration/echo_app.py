@@ -2,7 +2,8 @@
 
 ``/`` answers JSON ``{"dyno": NAME, "headers": {...}, "path": ...}``; ``/slow?s=N`` waits
 N seconds first; every request is also printed (one line, to the dyno's log). Standard
-library only, HTTP/1.1 with keep-alive.
+library only, HTTP/1.1 with keep-alive. A well-behaved Heroku app: on SIGTERM it stops
+listening, finishes the requests it has, then exits.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -18,8 +21,19 @@ import urllib.parse
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     name = os.environ.get("DYNO", "?")
+    busy = 0
+    lock = threading.Lock()
 
     def do_GET(self) -> None:
+        with Handler.lock:
+            Handler.busy += 1
+        try:
+            self._get()
+        finally:
+            with Handler.lock:
+                Handler.busy -= 1
+
+    def _get(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         if url.path == "/slow":
@@ -42,7 +56,12 @@ def main() -> None:
         Handler.name = sys.argv[2]
     server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104
     server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     server.serve_forever()
+    server.server_close()
+    while Handler.busy:
+        time.sleep(0.01)
+    print("SIGTERM: stopped listening and finished every request", flush=True)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,8 @@ def test_scale_1_10_1_under_load_without_reload_or_failure(stack_machine: Machin
     all_up(m, "shop", 1)
     time.sleep(1)
     result = steady.finish()
-    assert result["failures"] == [], result
+    errors = [x for x in router_lines(m, "shop") if "at=error" in x]
+    assert result["failures"] == [], (result["failures"], errors)
     assert result["requests"] > 100, result
     assert len(result["dynos"]) >= 5, result  # the new dynos did get traffic
     assert haproxy_processes(m) == procs
