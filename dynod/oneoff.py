@@ -26,7 +26,6 @@ import logging
 import os
 import random
 import select
-import shlex
 import signal
 import struct
 import termios
@@ -96,14 +95,6 @@ class OneOffDyno:
         return self.ref.app
 
 
-def command_line(argv: list[str]) -> str:
-    """Heroku's CLI: one argument is a shell command as is (``run 'echo $DYNO'``),
-    several are quoted and joined (``run -- python3 -c 'print(1)'``)."""
-    if not argv:
-        raise InvalidArgument("no command given; usage: dynoctl run COMMAND (e.g. bash)")
-    return argv[0] if len(argv) == 1 else shlex.join(argv)
-
-
 def resolve_command(command: str, process_types: Mapping[str, str]) -> str:
     """Heroku (one-off-dynos): a Procfile process type as the first word runs that
     type's command with the rest appended (``run worker 42`` -> ``python work.py 42``)."""
@@ -111,19 +102,6 @@ def resolve_command(command: str, process_types: Mapping[str, str]) -> str:
     if first in process_types:
         return f"{process_types[first]} {rest}".rstrip()
     return command
-
-
-def parse_env(text: str) -> dict[str, str]:
-    """``-e "K=V;K2=V2"`` (Heroku's syntax). Raises InvalidArgument."""
-    out: dict[str, str] = {}
-    for part in text.split(";"):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise InvalidArgument(f'-e: "{part}" is not KEY=VALUE; use -e "K=V;K2=V2"')
-        out[key.strip()] = value
-    return out
 
 
 def pick_number(used: set[int], rng: random.Random | None = None) -> int:
