@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from dynod import config
+from dynod import config, journal
 from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
 from dynod.api.releases import release_to_proto
@@ -28,6 +28,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):
     ) -> config_pb2.SetConfigResponse:
         user = caller_of(context).name
         release = config.set_config(self.store, request.app, dict(request.vars), user)
+        journal.release_events(release)
         self.daemon.changed(request.app)
         return config_pb2.SetConfigResponse(release=release_to_proto(release, current=True))
 
@@ -36,6 +37,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):
     ) -> config_pb2.UnsetConfigResponse:
         user = caller_of(context).name
         release = config.unset_config(self.store, request.app, list(request.keys), user)
+        journal.release_events(release)
         self.daemon.changed(request.app)
         return config_pb2.UnsetConfigResponse(release=release_to_proto(release, current=True))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from dynod import formation, sizes
+from dynod import formation, journal, sizes
 from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
 from dynod.v1 import formation_pb2, formation_pb2_grpc
@@ -40,8 +40,12 @@ class FormationServicer(formation_pb2_grpc.FormationServicer):
     def Scale(
         self, request: formation_pb2.ScaleFormationRequest, context: grpc.ServicerContext
     ) -> formation_pb2.ScaleFormationResponse:
-        caller_of(context)
+        user = caller_of(context).name
         found = formation.scale(self.store, request.app, [change_of(u) for u in request.updates])
+        # Heroku: "Scaled to web@3:Standard-1X worker@1:Standard-1X by user jane"
+        scaled = " ".join(f"{p.type}@{p.quantity}:{sizes.parse_size(p.size).label}"
+                          for p in found)
+        journal.api_event(request.app, f"Scaled to {scaled} by user {user}")
         self.daemon.changed(request.app)
         return formation_pb2.ScaleFormationResponse(processes=[process_to_proto(p) for p in found])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from dynod import releases
+from dynod import journal, releases
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.v1 import releases_pb2, releases_pb2_grpc
@@ -51,6 +51,7 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
         user = caller_of(context).name
         release = releases.create_release(self.store, request.app, request.slug_id, user,
                                           request.description or None)
+        journal.release_events(release)
         self.daemon.changed(request.app)
         return releases_pb2.CreateReleaseResponse(release=release_to_proto(
             release, current=release.status is releases.ReleaseStatus.SUCCEEDED))
@@ -60,6 +61,7 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
     ) -> releases_pb2.RollbackReleaseResponse:
         user = caller_of(context).name
         release = releases.rollback(self.store, request.app, request.version or None, user)
+        journal.release_events(release)
         self.daemon.changed(request.app)
         return releases_pb2.RollbackReleaseResponse(release=release_to_proto(
             release, current=release.status is releases.ReleaseStatus.SUCCEEDED))
