@@ -124,6 +124,12 @@ def scale(store: Store, app: str, changes: Sequence[ScaleChange]) -> list[Proces
         rows = {p.type: p for p in _entries(tx, app, declared)}
         for c in changes:
             _check_declared(app, version, declared, c.type)
+            if c.type == "release" and (c.quantity or c.delta or 0) > 0:
+                # Heroku: release@0; it runs as a one-off dyno in the release phase.
+                raise InvalidArgument(
+                    f'app "{app}": the release process type runs once per release (the '
+                    "release phase) and cannot be scaled; set its size with "
+                    "ps:type release=SIZE")
             old = rows[c.type]
             quantity = old.quantity
             if c.quantity is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dynod import apps, config, oneoff, releases, slugs
+from dynod import apps, config, formation, oneoff, releases, slugs
 from dynod.cli import run as cli_run
 from dynod.cli.client import CliError
 from dynod.errors import InvalidArgument
@@ -118,4 +118,18 @@ def test_a_release_command_makes_pending_releases_and_current_is_the_last_succes
     # A rollback to a release with a release command is pending too.
     v5 = releases.rollback(store, "shop", 3, "alice")
     assert v5.status is ReleaseStatus.PENDING
+    store.close()
+
+
+def test_release_cannot_be_scaled(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "state.db")
+    apps.create_app(store, "shop", "alice")
+    releases.create_release(store, "shop", _slug(store, tmp_path, "shop",
+                                                 {"web": "serve", "release": "migrate"}),
+                            "alice")
+    rows = {p.type: p.quantity for p in formation.get_formation(store, "shop")}
+    assert rows == {"release": 0, "web": 1}
+    with pytest.raises(InvalidArgument, match="cannot be scaled"):
+        formation.scale(store, "shop", [formation.ScaleChange("release", quantity=1)])
+    formation.resize(store, "shop", {"release": "standard-2x"})
     store.close()
