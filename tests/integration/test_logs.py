@@ -1,0 +1,85 @@
+"""dynoctl logs in the sandbox: one Heroku-style stream per app, from journald."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.integration.test_dynos import all_up, dynoctl, wait_for
+from tests.integration.test_router import deploy_echo, get
+from tests.sandbox.machine import Machine
+
+pytestmark = pytest.mark.integration
+
+LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00 (app|dynod)\[[\w.-]+\]: ")
+
+
+def test_tail_shows_api_platform_app_and_router_lines_in_order(stack_machine: Machine) -> None:
+    m = stack_machine
+    deploy_echo(m, "shop")
+    all_up(m, "shop", 1)
+    m.exec(["systemd-run", "--unit=tail", "-p", "StandardOutput=file:/tmp/tail.txt",
+            "dynoctl", "logs", "--tail", "-a", "shop"])
+
+    def tail() -> list[str]:
+        return m.exec(["cat", "/tmp/tail.txt"], check=False).stdout.splitlines()
+
+    wait_for("the backlog", lambda: any("State changed from starting to up" in x
+                                        for x in tail()))
+    start = len(tail())
+    dynoctl(m, "slugs:deploy", "-a", "shop", "/tmp/shop.tgz", "--process-type",
+            "web=exec python3 -u server.py $PORT")
+    dynoctl(m, "ps:scale", "-a", "shop", "web=2")
+    all_up(m, "shop", 2)
+    for _ in range(3):
+        assert get(m, "shop.dynod.localhost", "/marker")[0] == 200
+    wanted = [
+        r"app\[api\]: Release v4 created by user root",
+        r"app\[api\]: Scaled to web@2:Standard-1X by user root",
+        r"dynod\[web\.2\]: State changed from starting to up",
+        r"app\[web\.\d\]: GET /marker from ",
+        r'dynod\[router\]: at=info method=GET path="/marker" host=shop.dynod.localhost ',
+    ]
+
+    def positions() -> list[int] | None:
+        lines = tail()[start:]
+        found = [next((i for i, x in enumerate(lines) if re.search(w, x)), -1)
+                 for w in wanted]
+        return found if -1 not in found else None
+
+    try:
+        found = wait_for("every kind of line", positions, timeout=20)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n" + "\n".join(tail()[start:])) from None
+    assert found == sorted(found), "\n".join(tail()[start:])
+    assert all(LINE.match(x) for x in tail()), tail()
+    # Ctrl-C ends the stream, and its journalctl in dynod.
+    m.exec(["systemctl", "stop", "tail"])
+    wait_for("journalctl --follow to end", lambda: m.exec(
+        ["pgrep", "-f", "journalctl --output=json"], check=False).returncode == 1, timeout=10)
+
+
+def test_history_filters_and_errors(stack_machine: Machine) -> None:
+    m = stack_machine
+    deploy_echo(m, "shop")
+    all_up(m, "shop", 1)
+    dynoctl(m, "config:set", "-a", "shop", "GREETING=hi")
+    assert get(m, "shop.dynod.localhost")[0] == 200
+    wait_for("a router line", lambda: "dynod[router]" in dynoctl(m, "logs", "-a", "shop"))
+    everything = dynoctl(m, "logs", "-a", "shop").splitlines()
+    assert 5 < len(everything) <= 100
+    assert all(LINE.match(x) for x in everything), everything
+    assert any(x.endswith("app[api]: Set GREETING config vars by user root")
+               for x in everything)
+    assert len(dynoctl(m, "logs", "-a", "shop", "-n", "3").splitlines()) == 3
+    assert dynoctl(m, "logs", "-a", "shop", "-n", "3").splitlines() == everything[-3:]
+    app_only = dynoctl(m, "logs", "-a", "shop", "-s", "app").splitlines()
+    assert app_only and all(" app[" in x for x in app_only)
+    web = dynoctl(m, "logs", "-a", "shop", "-d", "web").splitlines()
+    assert web and all("[web.1]:" in x for x in web)
+    assert any("dynod[web.1]: State changed from starting to up" in x for x in web)
+    bad = m.run(["dynoctl", "logs", "-a", "shop", "-n", "5000"], cwd="/tmp")
+    assert bad.returncode == 1 and "give 1 to 1500 lines" in bad.stderr
+    bad = m.run(["dynoctl", "logs", "-a", "nope"], cwd="/tmp")
+    assert bad.returncode == 1 and 'app "nope" not found' in bad.stderr
