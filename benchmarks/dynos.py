@@ -1,0 +1,263 @@
+"""Dynos: start latency, first HTTP 200, scaling 0 -> 50, memory per idle dyno.
+
+Each figure beside a bare transient unit measured in the same run, in the same sandbox
+machine (systemd 252, the default stack bound read-only, cgroup v1 hybrid here):
+
+* dyno start -> exec: dynod's "Starting process" event -> the unit's ExecMainStart
+  (rootfs overlay, netns, StartTransientUnit); baseline ``systemd-run -p
+  RootDirectory=<stack> sleep infinity``, call -> ExecMainStart.
+* ps:scale web=1 -> first HTTP 200 of a minimal app (python3 -m http.server) on the
+  dyno's address; baseline: systemd-run of the same command on the stack, first 200.
+* ps:scale web=0 -> N until every dyno answers; baseline: N bare units, same command.
+* memory per idle dyno (``sleep infinity``), incl. its netns: the machine's root memory
+  cgroup before/after N dynos, divided by N; baseline: N bare units.
+
+Podman (crun) is measured only where the machine has it (``podman`` on PATH); otherwise
+the figures of ../shared/reference/baseline-podman.md are printed for reference.
+
+    .venv/bin/python -m benchmarks.dynos [--quick] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks.common import Figure, Summary, write
+
+PROJECT = Path(__file__).resolve().parents[1]
+STACK = Path("/var/lib/dynod/stacks/debian-13")
+CACHE = Path("/var/cache/dynod/test-state/stacks/debian-13")
+HTTP_CMD = "exec python3 -m http.server $PORT"
+MEM_ROOT = Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=check).stdout
+
+
+def dynoctl(*args: str) -> str:
+    return sh("dynoctl", *args)
+
+
+def ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as resp:  # noqa: S310 - http only
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def wait(check: object, timeout: float = 120.0, step: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(step)
+    raise TimeoutError("benchmark step timed out")
+
+
+def ps() -> list[dict[str, object]]:
+    return list(json.loads(dynoctl("ps", "-a", "bench", "--json")))
+
+
+def monotonic_us(unit: str) -> int:
+    return int(sh("systemctl", "show", "-p", "ExecMainStartTimestampMonotonic", "--value",
+                  unit).strip() or 0)
+
+
+def event_monotonic_us(message: str, since_us: int) -> int:
+    out = sh("journalctl", "--no-pager", "-o", "json", "DYNOD_APP=bench",
+             "DYNOD_SOURCE=dynod")
+    times = [int(e["__MONOTONIC_TIMESTAMP"]) for e in map(json.loads, out.splitlines())
+             if str(e["MESSAGE"]).startswith(message)]
+    later = [t for t in times if t >= since_us]
+    return later[0] if later else 0
+
+
+def now_us() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def scale(n: int) -> None:
+    dynoctl("ps:scale", "-a", "bench", f"web={n}")
+
+
+def wait_down() -> None:
+    wait(lambda: not ps(), timeout=60, step=0.05)
+
+
+# --- inside the machine ----------------------------------------------------------
+
+
+def deploy() -> None:
+    app = Path("/tmp/bench/app")
+    app.mkdir(parents=True, exist_ok=True)
+    (app / "index.html").write_text("ok\n")
+    sh("tar", "-C", "/tmp/bench", "-czf", "/tmp/bench.tgz", "./app")
+    dynoctl("apps:create", "bench")
+    dynoctl("slugs:deploy", "-a", "bench", "/tmp/bench.tgz", "--process-type",
+            f"web={HTTP_CMD}", "--process-type", "idle=exec sleep infinity")
+    wait(lambda: all(d["state"] == "up" for d in ps()) and len(ps()) == 1, step=0.05)
+    scale(0)
+    wait_down()
+
+
+def dyno_start_and_http(n: int) -> tuple[list[float], list[float]]:
+    starts, https = [], []
+    for _ in range(n):
+        t0 = now_us()
+        scale(1)
+        wait(lambda: ok("http://10.213.0.2:5000/"))
+        https.append((now_us() - t0) / 1000)
+        unit = str(ps()[0]["unit"])
+        event = event_monotonic_us("Starting process with command", t0)
+        starts.append((monotonic_us(unit) - event) / 1000)
+        scale(0)
+        wait_down()
+    return starts, https
+
+
+def bare_start_and_http(n: int) -> tuple[list[float], list[float]]:
+    starts, https = [], []
+    for i in range(n):
+        unit = f"bench-bare-{i}.service"
+        t0 = now_us()
+        sh("systemd-run", "--quiet", "--collect", "--service-type=exec", f"--unit={unit}",
+           f"--property=RootDirectory={STACK}", "/usr/bin/sleep", "infinity")
+        starts.append((monotonic_us(unit) - t0) / 1000)
+        sh("systemctl", "stop", unit)
+        port = 18000 + i
+        t0 = now_us()
+        sh("systemd-run", "--quiet", "--collect", "--service-type=exec",
+           f"--unit=bench-http-{i}", "--property=WorkingDirectory=/",
+           f"--property=RootDirectory={STACK}", "/usr/bin/python3", "-m", "http.server",
+           str(port))
+        wait(lambda p=port: ok(f"http://127.0.0.1:{p}/"))
+        https.append((now_us() - t0) / 1000)
+        sh("systemctl", "stop", f"bench-http-{i}")
+    return starts, https
+
+
+def dyno_scale(count: int) -> float:
+    t0 = time.perf_counter()
+    scale(count)
+    wait(lambda: len(ps()) == count and all(d["state"] == "up" for d in ps()), step=0.1,
+         timeout=600)
+    wait(lambda: all(ok(f"http://{d['address']}:5000/") for d in ps()), step=0.05)
+    took = time.perf_counter() - t0
+    scale(0)
+    wait_down()
+    return took
+
+
+def bare_scale(count: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(count):
+        sh("systemd-run", "--quiet", "--collect", "--service-type=exec",
+           f"--unit=bench-scale-{i}", "--slice=benchbare.slice",
+           f"--property=RootDirectory={STACK}", "/usr/bin/python3", "-m", "http.server",
+           str(19000 + i))
+    wait(lambda: all(ok(f"http://127.0.0.1:{19000 + i}/") for i in range(count)), step=0.05)
+    took = time.perf_counter() - t0
+    sh("systemctl", "stop", "benchbare.slice")
+    return took
+
+
+def settle_memory() -> int:
+    time.sleep(3)
+    return int(MEM_ROOT.read_text())
+
+
+def dyno_memory(count: int) -> float:
+    before = settle_memory()
+    dynoctl("ps:scale", "-a", "bench", f"idle={count}")
+    wait(lambda: len(ps()) == count and all(d["state"] == "up" for d in ps()), step=0.1,
+         timeout=600)
+    after = settle_memory()
+    dynoctl("ps:scale", "-a", "bench", "idle=0")
+    wait_down()
+    return (after - before) / count / (1024 * 1024)
+
+
+def bare_memory(count: int) -> float:
+    before = settle_memory()
+    for i in range(count):
+        sh("systemd-run", "--quiet", "--collect", "--service-type=exec",
+           f"--unit=bench-idle-{i}", "--slice=benchidle.slice",
+           f"--property=RootDirectory={STACK}", "/usr/bin/sleep", "infinity")
+    after = settle_memory()
+    sh("systemctl", "stop", "benchidle.slice")
+    return (after - before) / count / (1024 * 1024)
+
+
+def inside(quick: bool) -> dict[str, object]:
+    n, count, rounds = (3, 10, 1) if quick else (15, 50, 3)
+    deploy()
+    d_start, d_http = dyno_start_and_http(n)
+    b_start, b_http = bare_start_and_http(n)
+    d_scale = [dyno_scale(count) for _ in range(rounds)]
+    b_scale = [bare_scale(count) for _ in range(rounds)]
+    d_mem = [dyno_memory(count) for _ in range(rounds)]
+    b_mem = [bare_memory(count) for _ in range(rounds)]
+    return {"count": count, "d_start": d_start, "b_start": b_start, "d_http": d_http,
+            "b_http": b_http, "d_scale": d_scale, "b_scale": b_scale, "d_mem": d_mem,
+            "b_mem": b_mem, "podman": shutil.which("podman") is not None}
+
+
+# --- on the host -----------------------------------------------------------------
+
+
+def collect(quick: bool) -> tuple[list[Figure], bool]:
+    from tests.sandbox.machine import Machine  # noqa: PLC0415 - host side only
+
+    m = Machine(binds=[(str(CACHE), f"{STACK}:ro")])
+    m.boot()
+    try:
+        proc = m.run([str(PROJECT / ".venv/bin/python"), "-m", "benchmarks.dynos", "--inside",
+                      *(["--quick"] if quick else [])], cwd=str(PROJECT), timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark failed inside the machine:\n{proc.stderr}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        m.shutdown()
+    count = r["count"]
+    figures = [
+        Figure("dyno start -> exec (rootfs, netns, unit)", Summary.of(r["d_start"], "ms"),
+               "systemd-run RootDirectory -> exec", Summary.of(r["b_start"], "ms")),
+        Figure("ps:scale web=1 -> first HTTP 200", Summary.of(r["d_http"], "ms"),
+               "systemd-run http.server -> first 200", Summary.of(r["b_http"], "ms")),
+        Figure(f"ps:scale web=0->{count} -> all answer", Summary.of(r["d_scale"], "s"),
+               f"{count} systemd-run http.server", Summary.of(r["b_scale"], "s")),
+        Figure("memory per idle dyno (root cgroup)", Summary.of(r["d_mem"], "Mi"),
+               "per idle systemd-run unit", Summary.of(r["b_mem"], "Mi")),
+    ]
+    return figures, bool(r["podman"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.inside:
+        print(json.dumps(inside(args.quick)))
+        return 0
+    figures, podman = collect(args.quick)
+    write(figures, args.json)
+    if not podman:
+        print("podman (crun): not installed in the sandbox machine; its figures from "
+              "shared/reference/baseline-podman.md (same VM): start 134 ms, first HTTP 200 "
+              "239 ms, ~1.45 MiB per idle container without a network")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
