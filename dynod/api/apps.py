@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import functools
+import socket
+
 import grpc
 
-from dynod import apps, formation, releases, slugs
+from dynod import apps, builds, formation, gitpush, releases, slugs, stacks
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.v1 import apps_pb2, apps_pb2_grpc
 
 
+@functools.cache
+def git_host() -> str:
+    """The host in git URLs: this machine's name where it resolves, else localhost (a
+    machine whose name is in no hosts file or DNS is reached from itself)."""
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, 22)
+    except (OSError, UnicodeError):
+        return "localhost"
+    return name
+
+
+def git_url(app: str) -> str:
+    """scp-style, as ``git remote add`` takes it; the git user's forced command
+    (gitpush.py) accepts ``<app>.git``."""
+    return f"{gitpush.GIT_USER}@{git_host()}:{app}.git"
+
+
 def app_to_proto(daemon: Daemon, app: apps.App) -> apps_pb2.App:
     current = releases.get_release(daemon.store, app.name)
+    stack = builds.get_settings(daemon.store, app.name).stack
     return apps_pb2.App(name=app.name, owner=app.owner, created_at=timestamp(app.created_at),
-                        current_release=current.version, web_url=daemon.web_url(app.name))
+                        current_release=current.version, web_url=daemon.web_url(app.name),
+                        git_url=git_url(app.name), stack=stack)
 
 
 class AppsServicer(apps_pb2_grpc.AppsServicer):
@@ -24,7 +47,11 @@ class AppsServicer(apps_pb2_grpc.AppsServicer):
         self, request: apps_pb2.CreateAppRequest, context: grpc.ServicerContext
     ) -> apps_pb2.CreateAppResponse:
         user = caller_of(context).name
+        if request.stack:
+            stacks.get_stack(request.stack)  # NotFound before anything is created
         app = apps.create_app(self.daemon.store, request.name or None, user)
+        if request.stack:
+            builds.set_stack(self.daemon.store, app.name, request.stack)
         return apps_pb2.CreateAppResponse(app=app_to_proto(self.daemon, app))
 
     def Get(

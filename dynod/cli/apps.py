@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from pathlib import Path
 from typing import Any
 
+import dynod
+from dynod import run
 from dynod.cli import client, output
 from dynod.cli.client import CliError, call
 from dynod.v1 import apps_pb2, apps_pb2_grpc
@@ -30,17 +33,58 @@ def cmd_apps(args: argparse.Namespace) -> int:
     return 0
 
 
+SOURCE_TREE = Path(dynod.__file__).resolve().parents[1]
+
+
+def git(*argv: str) -> str | None:
+    """git's output in the current directory, or None when it fails (not a repository,
+    no git installed)."""
+    try:
+        return run.output(["git", *argv]).strip()
+    except run.CommandFailed:
+        return None
+
+
+def add_remote(remote: str, url: str) -> None:
+    """Heroku's apps:create: in a git work tree, add the remote (a remote of that name
+    with another URL is left alone, with a warning)."""
+    top = git("rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() == SOURCE_TREE:
+        # Not in a work tree; or in dynod's own checkout (development: the sandbox runs
+        # commands there), which is never an app to deploy.
+        return
+    existing = git("remote", "get-url", remote)
+    if existing == url:
+        return
+    if existing is not None:
+        output.warn(f"git remote {remote} already points at {existing}; left it alone "
+                    f"(to push to the new app: git remote set-url {remote} {url})")
+        return
+    if git("remote", "add", remote, url) is None:
+        output.warn(f"could not add git remote {remote}; add it with: "
+                    f"git remote add {remote} {url}")
+        return
+    print(f"Git remote {remote} added", file=sys.stderr)
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     name = args.name or args.app or ""
-    reply = call(stub().Create, apps_pb2.CreateAppRequest(name=name))
+    reply = call(stub().Create, apps_pb2.CreateAppRequest(name=name, stack=args.stack or ""))
+    app = reply.app
     if args.json:
-        output.print_json(reply.app)
+        output.print_json(app)
+        if not args.no_remote:
+            add_remote(args.remote, app.git_url)
         return 0
+    stack = f"stack is {app.stack}" if args.stack else ""
     if name:
-        output.action(f"Creating {output.app_label(name)}")
+        output.action(f"Creating {output.app_label(name)}", stack)
     else:
-        output.action("Creating app", output.app_label(reply.app.name))
-    print(reply.app.web_url)
+        output.action("Creating app", ", ".join(
+            p for p in (output.app_label(app.name), stack) if p))
+    print(f"{app.web_url} | {app.git_url}", flush=True)
+    if not args.no_remote:
+        add_remote(args.remote, app.git_url)
     return 0
 
 
@@ -54,8 +98,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     fields: list[tuple[str, Any]] = [
         ("Created", output.ago(output.when(app.created_at))),
         ("Dynos", dynos),
+        ("Git URL", app.git_url),
         ("Owner", app.owner),
         ("Release", f"v{app.current_release}"),
+        ("Stack", app.stack),
         ("Web URL", app.web_url),
     ]
     if args.shell:
@@ -96,6 +142,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p = sub.add_parser("apps:create", aliases=["create"], parents=[common],
                        help="create an app (a random name if none is given)")
     p.add_argument("name", nargs="?", help="the app's name")
+    p.add_argument("--stack", help="the stack to build and run on (see dynoctl stacks)")
+    p.add_argument("--no-remote", action="store_true", help="do not add a git remote")
     p.set_defaults(func=cmd_create)
     p = sub.add_parser("apps:info", aliases=["info"], parents=[common], help="show an app")
     p.add_argument("-s", "--shell", action="store_true", help="print as KEY=value lines")

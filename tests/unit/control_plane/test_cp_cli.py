@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,8 +26,11 @@ from tests.unit.control_plane.harness import Api, make_slug
 
 
 @pytest.fixture
-def cli(api: Api, monkeypatch: pytest.MonkeyPatch) -> Api:
+def cli(api: Api, monkeypatch: pytest.MonkeyPatch,
+        tmp_path_factory: pytest.TempPathFactory) -> Api:
     monkeypatch.setenv("DYNOD_SOCKET", str(api.socket))
+    # Outside any git work tree: apps:create adds a git remote to the one it runs in.
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     return api
 
 
@@ -38,8 +42,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_apps_and_config_flow(cli: Api, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "apps") == (0, "You have no apps.\n", "")
-    code, out, err = run(capsys, "apps:create", "shop")
-    assert (code, out, err) == (0, "http://shop.dynod.localhost/\n", "Creating ⬢ shop... done\n")
+    code, out, err = run(capsys, "apps:create", "shop", "--no-remote")
+    assert (code, err) == (0, "Creating ⬢ shop... done\n")
+    assert re.fullmatch(r"http://shop\.dynod\.localhost/ \| dynod@[\w.-]+:shop\.git\n", out), out
     code, out, err = run(capsys, "config:set", "-a", "shop", "RAILS_ENV=staging", "RACK_ENV=a=b")
     assert err == "Setting RAILS_ENV, RACK_ENV and restarting ⬢ shop... done, v2\n"
     assert out == "RAILS_ENV: staging\nRACK_ENV:  a=b\n"
@@ -119,6 +124,27 @@ def test_app_from_the_dynod_git_remote(cli: Api, capsys: pytest.CaptureFixture[s
     code, _, err = run(capsys, "config")
     assert code == 1
     assert "no app specified; use -a APP" in err
+
+
+def test_apps_create_adds_the_git_remote(cli: Api, capsys: pytest.CaptureFixture[str],
+                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "apps:create", "shop")
+    url = out.strip().split(" | ")[1]
+    assert code == 0 and err == "Creating ⬢ shop... done\nGit remote dynod added\n", err
+    got = subprocess.run(["git", "remote", "get-url", "dynod"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert got == url and url.endswith(":shop.git")
+    # A remote of that name is never changed behind the user's back.
+    code, _, err = run(capsys, "apps:create", "other")
+    assert code == 0 and "git remote dynod already points at " + url in err, err
+    code, _, err = run(capsys, "apps:create", "third", "--remote", "staging")
+    assert "Git remote staging added" in err, err
+    assert run(capsys, "apps:create", "fourth", "--no-remote")[2] == "Creating ⬢ fourth... done\n"
+    remotes = subprocess.run(["git", "remote"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert sorted(remotes) == ["dynod", "staging"]
 
 
 def test_usage_errors(cli: Api, capsys: pytest.CaptureFixture[str]) -> None:
