@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from dynod import netns, rootfs, slugs, stacks, units, unpack
+from dynod import journal, netns, rootfs, slugs, stacks, units, unpack
 from dynod.errors import InvalidArgument, NotFound
 from dynod.settings import Settings
 from dynod.sizes import parse_size
@@ -109,8 +110,10 @@ def find_init(settings: Settings) -> Path:
     )
 
 
-def slug_tree(settings: Settings, checksum: str, uid: int) -> Path:
+def slug_tree(settings: Settings, checksum: str, uid: int,
+              on_message: Callable[[str], None] | None = None) -> Path:
     """The slug's tree for ``uid`` (holding ``app/``), unpacked and chowned once.
+    ``on_message`` gets what the unpacker said (an entry skipped or changed, and why).
 
     Owner-writable so the dyno's uid may write /app (writes land in its upper layer;
     the tree itself is only ever a lower layer). Raises NotFound for a missing tarball,
@@ -128,7 +131,10 @@ def slug_tree(settings: Settings, checksum: str, uid: int) -> Path:
     unpack.remove_tree(staging)
     staging.mkdir(mode=0o755, parents=True)
     try:
-        unpack.unpack_slug(tarball, staging / "app")
+        unpacked = unpack.unpack_slug(tarball, staging / "app")
+        for message in unpacked.messages:
+            if on_message is not None:
+                on_message(message)
         app = staging / "app"
         for path in [app, *app.rglob("*")]:
             os.lchown(path, uid, uid)
@@ -196,7 +202,11 @@ class Host:
         them). Raises NotFound, InvalidArgument or Unavailable."""
         if not command:
             raise InvalidArgument(f"app {ref.app}: process type {ref.process_type} has no command")
-        tree = slug_tree(self.settings, checksum, uid)
+        # What the unpacker refused or changed goes to the app's log stream, e.g.
+        # dynod[web.1]: slug entry "./app/x": device node; skipped.
+        tree = slug_tree(self.settings, checksum, uid,
+                         lambda message: journal.app_event(ref.app, ref.dyno, message,
+                                                           priority=4))
         ensure_user(uid)
         stack = stacks.require_stack(self.settings.state_dir, stacks.DEFAULT_STACK)
         plan = self.rootfs_plan(ref, tree, stack)
