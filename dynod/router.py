@@ -47,9 +47,10 @@ MAX_REQUEST_LINE = 8192
 LOG_MARK = "dynod-router1"
 # Every server (dynamic ones get no default-server): a refused or failed connection marks
 # the dyno down at once, so the retry goes to another (leastconn would pick the idle dead
-# one again) until a TCP check finds it listening again.
-SERVER_OPTIONS = ("weight 100 check inter 1s fall 2 rise 1 observe layer4 error-limit 1 "
-                  "on-error mark-down")
+# one again) until a TCP check finds it listening again. Up dynos are checked hourly only:
+# a check's connect-and-reset shows as noise in many apps' logs.
+SERVER_OPTIONS = ("weight 100 check inter 1h downinter 1s fall 2 rise 1 observe layer4 "
+                  "error-limit 1 on-error mark-down")
 
 # Heroku error codes the router reports (error-codes page); info-level ones are not
 # errors of the app.

@@ -35,7 +35,7 @@ def test_tail_shows_api_platform_app_and_router_lines_in_order(stack_machine: Ma
     for _ in range(3):
         assert get(m, "shop.dynod.localhost", "/marker")[0] == 200
     wanted = [
-        r"app\[api\]: Release v4 created by user root",
+        r"app\[api\]: Release v\d+ created by user root",
         r"app\[api\]: Scaled to web@2:Standard-1X by user root",
         r"dynod\[web\.2\]: State changed from starting to up",
         r"app\[web\.\d\]: GET /marker from ",
