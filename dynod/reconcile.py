@@ -52,6 +52,8 @@ R14_EVERY = 20.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # The process type of one-off dynos (Heroku's run.N): never part of a formation.
 ONE_OFF = "run"
+# The release phase's one-off dynos (release.N); the type cannot be scaled.
+RELEASE_PHASE = "release"
 
 
 class State(StrEnum):
@@ -278,7 +280,7 @@ class Reconciler:
         for unit in loaded:
             ref = ref_of(unit.dyno)
             owned.add(ref.key)
-            if ref.process_type == ONE_OFF:
+            if ref.process_type in (ONE_OFF, RELEASE_PHASE):
                 continue  # one-off dynos (dynoctl run) are oneoff.py's, never formation's
             meta = read_meta(self.settings, ref)
             if meta is None:
