@@ -134,6 +134,18 @@ def test_three_dynos_share_requests_and_see_heroku_headers(stack_machine: Machin
     dynoctl(m, "domains:remove", "-a", "shop", "www.example.test")
     assert get(m, "www.example.test")[0] == 404
     assert haproxy_processes(m) == procs
+    # HTTPS with a certificate of our own (SNI), X-Forwarded-Proto/Port say so.
+    m.exec(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}",
+            "-keyout", "/tmp/key.pem", "-out", "/tmp/cert.pem"])
+    assert dynoctl(m, "certs:add", "/tmp/cert.pem", "/tmp/key.pem").endswith(
+        f"Certificate shop-dynod-localhost for {host}\n")
+    assert "shop-dynod-localhost" in dynoctl(m, "certs")
+    proc = m.exec(["curl", "-sS", "--cacert", "/tmp/cert.pem", "--resolve",
+                   f"{host}:443:127.0.0.1", f"https://{host}/tls"])
+    h = json.loads(proc.stdout)["headers"]
+    assert (h["x-forwarded-proto"], h["x-forwarded-port"]) == ("https", "443")
+    assert wait_line(m, "shop", 'path="/tls"').endswith(" protocol=https")
 
 
 def test_h14_h80_h10_h25(stack_machine: Machine) -> None:
