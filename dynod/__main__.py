@@ -65,6 +65,7 @@ def serve(config: Path) -> int:
     # Dynos before READY: running ones are adopted (never restarted), the formation is
     # started; a dyno that fails to start is retried by the reconciler's own thread.
     reconciler.start()
+    oneoffs.recover()
     phase.kick_all()
     api = start_api(settings.socket_path, settings.api_group, daemon)
     log.info("dynod %s listening on %s", __version__, settings.socket_path)

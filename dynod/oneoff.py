@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import random
@@ -33,9 +34,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from dynod import apps, journal, releases, sizes, units
-from dynod.dynos import DynoMeta, DynoRef, Host
+from dynod import apps, journal, releases, rootfs, sizes, units
+from dynod.dynos import DynoMeta, DynoRef, Host, read_meta, ref_of
 from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from dynod.reconcile import DynoInfo, State
 from dynod.settings import Settings
@@ -51,6 +53,8 @@ GENERATION = 1
 HUP_GRACE = 2.0
 # Heroku: SIGTERM, then SIGKILL after 30 s.
 STOP_TIMEOUT = 30.0
+# Next to dyno.json: how a one-off is attached, for the next dynod after a restart.
+MARK = "oneoff.json"
 R16 = ("Error R16 (Detached) -> An attached process is not responding to SIGHUP after "
        "its external connection was closed.")
 
@@ -223,6 +227,9 @@ class OneOffs:
                 _close(fd)
         placeholder.meta = meta
         placeholder.since = time.time()
+        with contextlib.suppress(OSError):
+            (self._dyno_dir(ref) / MARK).write_text(json.dumps(
+                {"stdio": stdio, "user": user, "since": placeholder.since}))
         journal.app_event(app, ref.dyno, "State changed from starting to up")
         log.info("one-off %s of %s started: %s", ref.dyno, app, command)
         if stdio == Stdio.JOURNAL:
@@ -403,6 +410,43 @@ class OneOffs:
             except Exception:
                 log.exception("watching %s", d.ref.unit)
             time.sleep(0.5)
+
+    # --- after a dynod restart ----------------------------------------------------
+
+    def _dyno_dir(self, ref: DynoRef) -> Path:
+        return rootfs.dynos_dir(self.settings.runtime_dir) / ref.key
+
+    def recover(self) -> None:
+        """At start, for the one-off units a previous dynod left running (reconcile
+        leaves them alone): a detached one is tracked again and finished when it exits;
+        an attached one or a release phase has lost its client or runner, so it is hung
+        up (SIGHUP, R16 if ignored, stop). Returns at once; the work is in threads."""
+        for unit in units.list_dynos():
+            ref = ref_of(unit.dyno)
+            if ref.process_type not in ONEOFF_TYPES:
+                continue
+            with self._lock:
+                if ref in self._dynos:
+                    continue
+            meta = read_meta(self.settings, ref)
+            try:
+                mark = json.loads((self._dyno_dir(ref) / MARK).read_text())
+            except (OSError, ValueError):
+                mark = {}
+            if meta is None:
+                meta = DynoMeta(ref.app, ref.process_type, ref.number, ref.generation, 0, "",
+                                sizes.DEFAULT_SIZE, "", 0)
+            d = OneOffDyno(ref, meta, str(mark.get("user", "")),
+                           float(mark.get("since", time.time())),
+                           str(mark.get("stdio", Stdio.PIPES)))
+            with self._lock:
+                self._dynos[ref] = d
+            detached = d.stdio == Stdio.JOURNAL
+            log.info("found one-off %s of %s (%s)", d.name, d.app,
+                     "detached, watching" if detached else "attached, hanging up")
+            target = self._watch if detached else self.hang_up
+            threading.Thread(target=target, args=(d,), daemon=True,
+                             name=f"recover {ref.unit}").start()
 
     # --- ps -----------------------------------------------------------------------
 

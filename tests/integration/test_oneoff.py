@@ -139,3 +139,22 @@ def test_detached_ps_and_the_limit(stack_machine: Machine) -> None:
     wait_for("the stopped one-off gone", lambda: dyno not in dynoctl(m, "ps", "-a", "det"),
              timeout=15)
     assert len(oneoff_units(m)) == 4
+
+
+def test_a_dynod_restart_keeps_detached_one_offs_and_hangs_up_attached_ones(
+        stack_machine: Machine) -> None:
+    m = stack_machine
+    deploy(m, "rst", web="python3 server.py")
+    _start_background(m, "rst", "sleep 300")
+    proc = m.exec(["dynoctl", "run:detached", "-a", "rst", "sleep 300"])
+    detached = re.search(r"done, (run\.\d{4})", proc.stderr)
+    assert detached, proc.stderr
+    assert len(oneoff_units(m)) == 2
+    m.exec(["systemctl", "restart", "dynod"])
+    wait_for("the attached one-off gone", lambda: len(oneoff_units(m)) == 1, timeout=15)
+    ps = dynoctl(m, "ps", "-a", "rst")
+    assert ps.startswith("=== run: one-off processes (1)\n"), ps
+    assert f"{detached.group(1)} (Standard-1X): up" in ps, ps
+    dynoctl(m, "ps:stop", "-a", "rst", detached.group(1))
+    wait_for("the detached one-off gone", lambda: not oneoff_units(m), timeout=15)
+    assert "Process exited with status 143" in journal(m, "rst", detached.group(1))
