@@ -204,7 +204,8 @@ def validate_buildpack(url: str) -> str:
     name = url.removeprefix("heroku/")
     if name in buildpacks.BUILTIN_ORDER:
         return name
-    if url.startswith(("https://", "http://", "git://", "ssh://", "git@")) or url.endswith(".git"):
+    if url.startswith(("https://", "http://", "git://", "ssh://", "git@", "file:///")) or \
+            url.endswith(".git"):
         if any(c.isspace() for c in url) or url.startswith("-"):
             raise InvalidArgument(f"buildpack URL {url!r} is invalid")
         return url
@@ -282,8 +283,8 @@ class _Context:
         return value.replace(root + "/", "/")
 
     def run(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path,
-            on_line: Callable[[str], None]) -> int:
-        binds = [rootfs.Bind(self.cache, CACHE_DIR, read_only=False)]
+            on_line: Callable[[str], None], extra_binds: Sequence[rootfs.Bind] = ()) -> int:
+        binds = [rootfs.Bind(self.cache, CACHE_DIR, read_only=False), *extra_binds]
         if self.resolv is not None:
             binds.append(rootfs.Bind(self.resolv, PurePosixPath("/etc/resolv.conf")))
         spec = units.BuildStepSpec(
@@ -548,9 +549,18 @@ def _fetch_buildpack(ctx: _Context, index: int, url: str,
     target = ctx.root / "tmp" / "buildpack-src" / str(index)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.chown(target.parent, ctx.uid, ctx.uid)
-    status = ctx.run(["git", "clone", "--quiet", "--depth=1", url, str(target)],
-                     {"PATH": units.DEFAULT_PATH, "HOME": str(ctx.root / "tmp")},
-                     ctx.root / "tmp", on_line)
+    argv = ["git", "clone", "--quiet", "--depth=1", url, str(target)]
+    binds: list[rootfs.Bind] = []
+    if url.startswith("file:///"):
+        # A repository on this machine: visible (read-only) inside the build only for
+        # the clone; owned by someone else, so git must be told it is safe to read.
+        repo = Path(url.removeprefix("file://"))
+        if not repo.is_dir():
+            raise FailedPrecondition(f"buildpack {url}: no repository at {repo}")
+        binds.append(rootfs.Bind(repo, PurePosixPath(repo), read_only=True))
+        argv = ["git", "-c", "safe.directory=*", *argv[1:]]
+    status = ctx.run(argv, {"PATH": units.DEFAULT_PATH, "HOME": str(ctx.root / "tmp")},
+                     ctx.root / "tmp", on_line, binds)
     if status != 0:
         raise FailedPrecondition(f"buildpack {url} could not be cloned (git exit {status})")
     return buildpacks.Buildpack(url, target)

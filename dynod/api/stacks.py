@@ -39,7 +39,12 @@ class StacksServicer(stacks_pb2_grpc.StacksServicer):
     ) -> Iterator[stacks_pb2.BuildStackResponse]:
         caller_of(context)
         name = request.name or stacks.DEFAULT_STACK
-        stacks.get_stack(name)
+        defn = stacks.get_stack(name)
+        if stacks.is_current(stacks.stack_root(self.daemon.settings.state_dir, name), defn):
+            yield stacks_pb2.BuildStackResponse(
+                line=f"Stack {name} is current ({defn.suite}); nothing to rebuild.")
+            yield stacks_pb2.BuildStackResponse(stack=stack_to_proto(self.daemon, name))
+            return
         lines: queue.Queue[str | BaseException | None] = queue.Queue()
 
         def work() -> None:
