@@ -20,9 +20,9 @@ CLIENT = Path(__file__).with_name("router_client.py")
 WEB = "exec python3 -u server.py $PORT"
 
 
-def deploy_echo(m: Machine, app: str, web: str = WEB) -> None:
+def deploy_echo(m: Machine, app: str, web: str = WEB, source: Path = ECHO) -> None:
     m.exec(["mkdir", "-p", f"/tmp/{app}/app"])
-    m.exec(["cp", str(ECHO), f"/tmp/{app}/app/server.py"])
+    m.exec(["cp", str(source), f"/tmp/{app}/app/server.py"])
     m.exec(["tar", "-C", f"/tmp/{app}", "-czf", f"/tmp/{app}.tgz", "./app"])
     dynoctl(m, "apps:create", app)
     dynoctl(m, "slugs:deploy", "-a", app, f"/tmp/{app}.tgz", "--process-type", f"web={web}")
