@@ -302,6 +302,7 @@ def list_dyno_netns() -> list[str]:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
+NUD_REACHABLE = 0x02  # <linux/neighbour.h>
 
 
 def _in_own_thread(fn: Callable[[], None]) -> None:
@@ -353,6 +354,12 @@ def _build_dyno_network(net: DynoNetwork) -> None:
             inner.addr("add", index=eth0, address=str(net.address), prefixlen=net.prefixlen)
             inner.link("set", index=eth0, state="up")
             inner.route("add", dst="0.0.0.0/0", gateway=str(net.gateway))
+            # The host's neighbour entry for a reused address still names the last
+            # dyno's MAC (or FAILED, if someone tried before eth0 was up): the first
+            # connections would wait on ARP for up to a second. Tell it the new one.
+            mac = inner.get_links(eth0)[0].get_attr("IFLA_ADDRESS")
+            ipr.neigh("replace", dst=str(net.address), lladdr=mac, ifindex=bridge,
+                      state=NUD_REACHABLE)
 
 
 def create_dyno_network(net: DynoNetwork) -> None:
