@@ -40,6 +40,8 @@ from dynod.state import Store
 log = logging.getLogger(__name__)
 
 POLL = 0.5
+# While a dyno is starting, look more often: "up" is when it first answers on $PORT.
+POLL_STARTING = 0.02
 # Heroku: a web dyno must bind $PORT within 60 s of launch (R10).
 BOOT_TIMEOUT = 60.0
 # Heroku: SIGTERM, then SIGKILL after 30 s (R12).
@@ -228,7 +230,10 @@ class Reconciler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(POLL)
+            with self._lock:
+                starting = any(d.state is State.STARTING and d.meta is not None
+                               for d in self._dynos.values())
+            self._wake.wait(POLL_STARTING if starting else POLL)
             self._wake.clear()
             if self._stop.is_set():
                 return
