@@ -314,9 +314,14 @@ class OneOffs:
     # --- ending -------------------------------------------------------------------
 
     def _exited(self, d: OneOffDyno) -> bool:
+        """Ran and ended (or is gone). StartTransientUnit returns with the start job
+        queued: a unit still inactive that never started its command has not exited."""
         status = units.dyno_status(d.ref.unit)
-        return status is None or status.active_state in ("failed", "inactive") or (
-            status.sub_state == "exited")
+        if status is None:
+            return True
+        if status.active_state == "failed" or status.sub_state == "exited":
+            return True
+        return status.active_state == "inactive" and status.main_started_usec > 0
 
     def wait_exit(self, d: OneOffDyno, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -79,13 +79,14 @@ def test_stdin_without_a_tty_procfile_types_and_exit_status(stack_machine: Machi
     assert proc.returncode == 1 and "huge" in proc.stderr, proc
 
 
-def _start_background(m: Machine, app: str, command: str) -> int:
-    """dynoctl run without a tty in the background; returns its pid once its dyno is up."""
+def _start_background(m: Machine, app: str, command: str, ready: str = "up, run.") -> int:
+    """dynoctl run without a tty in the background; returns its pid once ``ready`` is
+    in its output (default: once its dyno is up)."""
     out = m.exec(["sh", "-c", f"dynoctl run -a {app} --no-tty -- {command} "
                               f"</dev/null >/tmp/{app}.out 2>&1 & echo $!"]).stdout
     pid = int(out.strip())
-    wait_for("the one-off dyno up",
-             lambda: "up, run." in m.exec(["cat", f"/tmp/{app}.out"]).stdout, timeout=30)
+    wait_for(f"{ready!r} from the one-off dyno",
+             lambda: ready in m.exec(["cat", f"/tmp/{app}.out"]).stdout, timeout=30)
     return pid
 
 
@@ -104,12 +105,19 @@ def test_client_gone_hangs_up_and_r16(stack_machine: Machine) -> None:
     print(f"one-off gone {took:.2f} s after its client was killed")
 
     # A process that ignores SIGHUP: R16, then it is stopped anyway.
-    pid = _start_background(m, "hup", "bash -c 'trap \"\" HUP; sleep 300'")
+    pid = _start_background(m, "hup", "bash -c 'trap \"\" HUP; echo tr\"\"apped; sleep 300'",
+                            ready="trapped\n")  # not the banner's command line
     m.exec(["kill", "-9", str(pid)])
-    wait_for("the SIGHUP-ignoring dyno gone", lambda: not oneoff_units(m), timeout=15)
+    try:
+        wait_for("the SIGHUP-ignoring dyno gone", lambda: not oneoff_units(m), timeout=15)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{journal(m, 'hup')}\n{m.exec(ONEOFF_UNITS).stdout}\n"
+                             + m.exec(["journalctl", "-u", "dynod", "-n", "30", "--no-pager"],
+                                      check=False).stdout) from None
     log = journal(m, "hup")
     assert ("Error R16 (Detached) -> An attached process is not responding to SIGHUP "
             "after its external connection was closed.") in log, log
+    assert log.rindex("Error R16") < log.rindex("Process exited with status 143"), log
 
 
 def test_detached_ps_and_the_limit(stack_machine: Machine) -> None:
