@@ -558,7 +558,10 @@ def _fetch_buildpack(ctx: _Context, index: int, url: str,
         if not repo.is_dir():
             raise FailedPrecondition(f"buildpack {url}: no repository at {repo}")
         binds.append(rootfs.Bind(repo, PurePosixPath(repo), read_only=True))
-        argv = ["git", "-c", "safe.directory=*", *argv[1:]]
+        # git drops -c and GIT_CONFIG_* for the local upload-pack; the global file stays.
+        gitconfig = ctx.root / "tmp" / ".gitconfig"
+        gitconfig.write_text("[safe]\n\tdirectory = *\n")
+        os.chown(gitconfig, ctx.uid, ctx.uid)
     status = ctx.run(argv, {"PATH": units.DEFAULT_PATH, "HOME": str(ctx.root / "tmp")},
                      ctx.root / "tmp", on_line, binds)
     if status != 0:

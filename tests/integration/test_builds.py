@@ -28,14 +28,19 @@ def sh(m: Machine, script: str, *, ok: bool = True) -> tuple[int, str]:
 
 
 def setup_push(m: Machine, app: str, source: str) -> None:
-    """A key, the app, a git checkout of ``source`` with the dynod remote."""
+    """A key, a git checkout of ``source``, and ``dynoctl apps:create`` run in it, which
+    adds the dynod remote: nothing else is needed to push."""
     sh(m, "test -f /root/.ssh/id_ed25519 || { ssh-keygen -q -t ed25519 -N '' "
           "-f /root/.ssh/id_ed25519 && dynoctl keys:add /root/.ssh/id_ed25519.pub; }")
-    sh(m, f"dynoctl apps:create {app}")
     sh(m, f"rm -rf /tmp/{app} && cp -r {source} /tmp/{app} && cd /tmp/{app} && "
           "git init -q -b main && git add -A && "
-          "git -c user.email=t@example.com -c user.name=t commit -qm init && "
-          f"git remote add dynod dynod@127.0.0.1:{app}.git")
+          "git -c user.email=t@example.com -c user.name=t commit -qm init")
+    out = sh(m, f"cd /tmp/{app} && dynoctl apps:create {app} 2>&1")[1]
+    assert f"Creating ⬢ {app}... done\n" in out, out
+    url = re.search(rf"^http://{app}\.dynod\.localhost/ \| (dynod@[\w.-]+:{app}\.git)$", out,
+                    re.MULTILINE)
+    assert url is not None and "Git remote dynod added" in out, out
+    assert sh(m, f"cd /tmp/{app} && git remote get-url dynod")[1].strip() == url.group(1)
 
 
 def push(m: Machine, app: str, ref: str = "main", *, ok: bool = True) -> str:
@@ -165,7 +170,7 @@ def test_failed_builds_leave_the_release(stack_machine: Machine, tmp_path: Path)
     assert current(m, "shop")["version"] == 2
 
 
-def test_memory_limit_and_slug_size(stack_machine: Machine) -> None:
+def test_memory_limit(stack_machine: Machine) -> None:
     m = stack_machine
     sh(m, "mkdir -p /etc/dynod && echo 'build_memory_max = \"256M\"' > /etc/dynod/dynod.toml"
           " && systemctl restart dynod")
@@ -182,9 +187,85 @@ def test_memory_limit_and_slug_size(stack_machine: Machine) -> None:
         "Build exceeded its memory limit" in out, out
     assert current(m, "big")["version"] == 2
 
-    sh(m, f"printf '#!/bin/sh\\nhead -c 520M /dev/urandom > \"$1/blob\"\\n' > {bp}/bin/compile")
+
+def test_slug_over_500mb_fails_and_leaves_the_release(stack_machine: Machine) -> None:
+    m = stack_machine
+    setup_push(m, "big", str(EXAMPLES / "shell"))
+    push(m, "big")
+    # A custom buildpack adding 520 MB of incompressible bytes: the compressed slug is
+    # over Heroku's limit.
+    bp = "/opt/bp"
+    sh(m, f"mkdir -p {bp}/bin && printf '#!/bin/sh\\necho Blob\\n' > {bp}/bin/detect && "
+          f"printf '#!/bin/sh\\nhead -c 520M /dev/urandom > \"$1/blob\"\\n' > {bp}/bin/compile"
+          f" && chmod +x {bp}/bin/* && dynoctl buildpacks:set -a big {bp}")
     commit(m, "big", "x", "1")
     out = push(m, "big", ok=False)
     assert re.search(r"remote:  !     Compiled slug size: 5\d\d\.\dM is too large \(max is 500M\)",
                      out), out
     assert current(m, "big")["version"] == 2
+
+
+def test_deploy_builds_stacks_cache_and_custom_buildpacks(stack_machine: Machine) -> None:
+    m = stack_machine
+    stacks_out = sh(m, "dynoctl stacks")[1]
+    assert re.search(r"^\* debian-13  \(trixie, built, Python 3\.\d+\)$", stacks_out, re.M), \
+        stacks_out
+    assert re.search(r"^  debian-12  \(bookworm, not built\)$", stacks_out, re.M), stacks_out
+    # The cached stack is current: stacks:build says so and rebuilds nothing.
+    out = sh(m, "dynoctl stacks:build 2>&1")[1]
+    assert out == ("Stack debian-13 is current (trixie); nothing to rebuild.\n"
+                   "Stack debian-13 is built.\n"), out
+    code, out = sh(m, "dynoctl apps:create other --stack debian-99 2>&1", ok=False)
+    assert code == 1 and 'stack "debian-99" does not exist' in out, out
+    assert "other" not in sh(m, "dynoctl apps")[1]
+
+    # dynoctl deploy DIR: the same build as a push, streamed.
+    sh(m, f"cp -r {EXAMPLES / 'flask'} /tmp/src && dynoctl apps:create web --no-remote")
+    out = sh(m, "dynoctl deploy -a web /tmp/src")[1]
+    for line in ("Compressing source files... done.", "-----> Python app detected",
+                 "       Released v2"):
+        assert line in out, out
+    assert "Downloading" in out or "Collecting" in out, out
+    builds = sh(m, "dynoctl builds -a web")[1].splitlines()
+    assert builds[0] == "=== ⬢ web Builds", builds
+    build_id = builds[1].split()[0]
+    assert "succeeded" in builds[1] and "root" in builds[1], builds
+    info = sh(m, f"dynoctl builds:info -a web {build_id}")[1]
+    assert f"=== Build {build_id}" in info and re.search(r"Status:\s+succeeded", info), info
+    assert "-----> Python app detected" in sh(m, f"dynoctl builds:output -a web {build_id}")[1]
+
+    # The warm cache, then a purge: the next build downloads again.
+    out = sh(m, "dynoctl deploy -a web /tmp/src")[1]
+    assert "-----> Restoring cache" in out and "Downloading" not in out, out
+    out = sh(m, "dynoctl builds:cache:purge -a web 2>&1")[1]
+    assert "Purging build cache of ⬢ web... done" in out, out
+    out = sh(m, "dynoctl deploy -a web /tmp/src")[1]
+    assert "Downloading" in out or "Collecting" in out, out
+    assert "       Released v4" in out, out
+
+    # A custom buildpack from a local path, then from a git URL (a local bare repo).
+    bp = "/opt/custom"
+    sh(m, f"mkdir -p {bp}/bin && printf '#!/bin/sh\\necho Custom\\n' > {bp}/bin/detect && "
+          f"printf '#!/bin/sh\\necho \"-----> Custom compile from $0\"\\n"
+          f"echo made > \"$1/made-by-custom\"\\n' > {bp}/bin/compile && "
+          f"printf '#!/bin/sh\\necho \"---\\ndefault_process_types:\\n  web: sleep 1000\"\\n' "
+          f"> {bp}/bin/release && chmod +x {bp}/bin/*")
+    sh(m, "dynoctl apps:create custom --no-remote && mkdir -p /tmp/empty && "
+          "echo hi > /tmp/empty/README")
+    out = sh(m, f"dynoctl buildpacks:set -a custom {bp}")[1]
+    assert f"1. {bp}" in out, out
+    out = sh(m, "dynoctl deploy -a custom /tmp/empty")[1]
+    assert "-----> Custom app detected" in out and "-----> Custom compile from" in out, out
+    assert "Released v2" in out, out
+    assert "./app/made-by-custom" in sh(m, "for f in /var/lib/dynod/slugs/*.tgz; do "
+                                          "tar -tzf $f; done")[1]
+    # What the clone brings says "(git)"; the local path no longer exists.
+    sh(m, f"git init -q --bare -b main /srv/custom.git && cd {bp} && git init -q -b main && "
+          "sed -i 's/Custom compile/Custom compile (git)/' bin/compile && "
+          "git add -A && git -c user.email=t@e -c user.name=t commit -qm bp && "
+          f"git push -q /srv/custom.git main && rm -rf {bp}")
+    sh(m, "dynoctl buildpacks:set -a custom file:///srv/custom.git")
+    out = sh(m, "dynoctl deploy -a custom /tmp/empty")[1]
+    assert "-----> Using buildpack: file:///srv/custom.git" in out, out
+    assert "-----> Custom compile (git) from " in out, out
+    assert "Released v3" in out, out
