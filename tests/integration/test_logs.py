@@ -52,7 +52,7 @@ def test_tail_shows_api_platform_app_and_router_lines_in_order(stack_machine: Ma
         found = wait_for("every kind of line", positions, timeout=20)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n" + "\n".join(tail()[start:])) from None
-    assert found == sorted(found), "\n".join(tail()[start:])
+    assert isinstance(found, list) and found == sorted(found), "\n".join(tail()[start:])
     assert all(LINE.match(x) for x in tail()), tail()
     # Ctrl-C ends the stream, and its journalctl in dynod.
     m.exec(["systemctl", "stop", "tail"])
