@@ -17,6 +17,7 @@ by the kernel at twice the quota, R15.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from dynod import apps, journal, netns, rootfs, units
+from dynod import apps, journal, netns, releases, rootfs, units
 from dynod.dynos import DynoMeta, DynoRef, Host, parse_key, read_meta, ref_of
 from dynod.errors import DynodError, InvalidArgument, NotFound
 from dynod.formation import Process
@@ -49,6 +50,15 @@ STOP_TIMEOUT = 30.0
 # Heroku: the first crash restarts at once, later ones after a cool-off of up to 20 min.
 BACKOFF_FIRST = 2.0
 BACKOFF_MAX = 20 * 60.0
+# Rollouts: an old web dyno leaves the router, then gets SIGTERM once its in-flight
+# requests finished (or after this long, as Heroku's router gives a request 30 s).
+DRAIN_TIMEOUT = 30.0
+# A new release whose web dynos crash this often before any is up (or hit R10) while the
+# previous release still serves is not rolled out: it is marked failed.
+FAILED_CRASHES = 2
+# The optional per-app health check: a config var with an HTTP path (`dynoctl
+# healthcheck:set /health`). A new web dyno is up once it answers it with 2xx or 3xx.
+HEALTHCHECK_VAR = "DYNOD_HEALTHCHECK_PATH"
 # How often an R14 is logged while a dyno stays over its quota.
 R14_EVERY = 20.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -88,6 +98,9 @@ class Dyno:
     r14_at: float = 0.0
     peak_memory: int = 0  # the most seen since the last start (R15 on cgroup v1)
     killed: bool = False  # dynod sent SIGKILL (R10), so a 137 is not an R15
+    ever_up: bool = False  # came up at least once (a release that never does fails)
+    timed_out: bool = False  # R10 at least once
+    health: str = ""  # the health-check path of its release ("" = listening is enough)
 
     @property
     def web(self) -> bool:
@@ -137,6 +150,23 @@ def listening(address: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def healthy(address: str, port: int, path: str) -> bool:
+    """The app answers ``GET path`` with 2xx or 3xx within a second."""
+    conn = http.client.HTTPConnection(address, port, timeout=1.0)
+    try:
+        conn.request("GET", path, headers={"Host": "localhost", "User-Agent": "dynod-check"})
+        return 200 <= conn.getresponse().status < 400
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def health_path(config: dict[str, str]) -> str:
+    path = config.get(HEALTHCHECK_VAR, "").strip()
+    return path if path.startswith("/") else ""
 
 
 def cgroup_path(ref: DynoRef) -> Path:
@@ -346,9 +376,13 @@ class Reconciler:
                 self._crashed(d)
                 continue
             if d.state is State.STARTING:
-                if not d.web or listening(d.meta.address, d.meta.port):
+                if not d.web or (listening(d.meta.address, d.meta.port) and (
+                        not d.health or healthy(d.meta.address, d.meta.port, d.health))):
                     self._set_state(d, State.UP)
+                    if d.web:
+                        self._wake.set()  # route it at once
                 elif now - d.launched > BOOT_TIMEOUT:
+                    d.timed_out = True
                     self._event(d, "Error R10 (Boot timeout) -> Web process failed to bind to "
                                    "$PORT within 60 seconds of launch")
                     self._event(d, "Stopping process with SIGKILL")
@@ -408,6 +442,8 @@ class Reconciler:
             for d in current:
                 if d.meta is None and not want.wants(d.ref):
                     self._dynos.pop(d.ref, None)
+        if self._release_failed(want, current):
+            return
         # Start what is missing (lowest numbers first), respecting crash back-off.
         now = time.monotonic()
         for ptype, proc in sorted(want.processes.items()):
@@ -429,18 +465,77 @@ class Reconciler:
         self._stop_many(self.rollout(want.app, old, new), "rollout")
 
     def rollout(self, app: str, old: list[Dyno], new: list[Dyno]) -> list[Dyno]:
-        """Which old-generation dynos to stop now. Start-new-then-stop-old: an old dyno
-        goes once its replacement (same type and number) is no longer starting, or when
-        it has none. Issue 7 makes web rollouts zero-downtime through the router here."""
-        settled = {(d.ref.process_type, d.ref.number) for d in new
-                   if d.state is not State.STARTING}
+        """Which old-generation dynos to stop now. Start-new-then-stop-old: an old
+        worker goes once its replacement (same type and number) is no longer starting,
+        or when it has none. An old web dyno goes only once its replacement is up *and
+        routed* (or once no web dyno is wanted any more): it is then taken out of the
+        router, drained and stopped by ``_stop_one``."""
+        if not old:
+            return []
+        with self._lock:
+            routed = set(self._backends.get(app, []))
+        settled, ready = set(), set()
+        for d in new:
+            key = (d.ref.process_type, d.ref.number)
+            if d.state is not State.STARTING:
+                settled.add(key)
+            if d.state is State.UP and d.meta is not None and not d.stopping and (
+                    self._routed(app, Backend(d.ref.dyno, d.meta.address, d.meta.port),
+                                 routed)):
+                ready.add(key)
         wanted = {(d.ref.process_type, d.ref.number) for d in new}
-        return [d for d in old if (d.ref.process_type, d.ref.number) in settled
-                or (d.ref.process_type, d.ref.number) not in wanted]
+        out = []
+        for d in old:
+            key = (d.ref.process_type, d.ref.number)
+            if key not in wanted or (key in ready if d.web else key in settled):
+                out.append(d)
+        return out
+
+    def _routed(self, app: str, backend: Backend, routed: set[Backend]) -> bool:
+        """Given to the router, and (when the router tells) taking requests there."""
+        if backend not in routed:
+            return False
+        ready = getattr(self.router, "ready", None)
+        if ready is None:
+            return True
+        try:
+            return bool(ready(app, backend))
+        except Exception:
+            log.exception("router: ready(%s)", app)
+            return False
+
+    def _release_failed(self, want: Desired, current: list[Dyno]) -> bool:
+        """A new release whose web dynos never come up (crash at boot, R10) while an
+        older release still serves is not rolled out: marked failed, so the previous
+        release stays current (the next pass rolls back to it). True if so."""
+        new_web = [d for d in current if d.web and d.ref.generation == want.generation]
+        serving = [d for d in current if d.web and d.meta is not None and not d.stopping
+                   and d.meta.release != want.release and d.state is State.UP]
+        if not new_web or not serving or any(d.ever_up for d in new_web):
+            return False
+        if not any(d.crashes >= FAILED_CRASHES or d.timed_out for d in new_web):
+            return False
+        why = ("timed out (R10)" if any(d.timed_out for d in new_web)
+               else "crashed at boot")
+        previous = sorted({d.meta.release for d in serving if d.meta is not None})[-1]
+        log.warning("release v%d of %s failed: its web dynos %s", want.release, want.app, why)
+        releases.set_status(self.store, want.app, want.release, releases.ReleaseStatus.FAILED)
+        journal.api_event(want.app, f"Release v{want.release} failed: its web dynos {why}; "
+                                    f"v{previous} keeps serving")
+        self.bump_generation(want.app)
+        with self._lock:
+            for d in current:
+                if d.meta is None and self._dynos.get(d.ref) is d:
+                    del self._dynos[d.ref]
+        self._stop_many([d for d in current if d.meta is not None
+                         and d.ref.generation == want.generation], "release failed")
+        self._wake.set()
+        return True
 
     def _start(self, want: Desired, proc: Process, ref: DynoRef, prev: Dyno | None) -> None:
         command = proc.command
         d = prev or Dyno(ref, None, State.STARTING, time.time())
+        d.health = health_path(want.config) if d.web else ""
         with self._lock:
             self._dynos[ref] = d
         if prev is not None:
@@ -475,9 +570,37 @@ class Reconciler:
             threading.Thread(target=self._stop_one, args=(d,), daemon=True,
                              name=f"stop {d.ref.unit}").start()
 
+    def _drain(self, d: Dyno) -> None:
+        """A web dyno about to stop: wait until the reconciler took it out of the
+        router (it is ``stopping``, so the next pass does), then until the router has no
+        request in flight on it. At most DRAIN_TIMEOUT."""
+        meta = d.meta
+        if not d.web or meta is None:
+            return
+        backend = Backend(d.ref.dyno, meta.address, meta.port)
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        self._wake.set()
+        while time.monotonic() < deadline and not self._stop.is_set():
+            with self._lock:
+                routed = backend in self._backends.get(d.ref.app, [])
+            if not routed:
+                break
+            time.sleep(0.02)
+        in_flight = getattr(self.router, "in_flight", None)
+        while in_flight is not None and time.monotonic() < deadline:
+            try:
+                if in_flight(d.ref.app, backend) == 0:
+                    return
+            except Exception:
+                log.exception("router: in_flight(%s)", d.ref.app)
+                return
+            time.sleep(0.05)
+
     def _stop_one(self, d: Dyno) -> None:
-        """Heroku's stop: SIGTERM to every process, 30 s, SIGKILL (R12)."""
+        """Heroku's stop: SIGTERM to every process, 30 s, SIGKILL (R12). A web dyno
+        is drained from the router first."""
         try:
+            self._drain(d)
             self._event(d, "Stopping all processes with SIGTERM")
             units.kill_dyno(d.ref.unit, signal.SIGTERM)
             if not self._wait_exit(d.ref.unit, STOP_TIMEOUT):
@@ -593,6 +716,8 @@ class Reconciler:
             if old is state:
                 return
             d.state, d.since = state, time.time()
+            if state is State.UP:
+                d.ever_up = True
         self._event(d, f"State changed from {old} to {state}")
 
     def _route(self, apps_now: set[str]) -> None:

@@ -381,6 +381,22 @@ def parse_servers_state(text: str) -> dict[str, list[LiveServer]]:
     return out
 
 
+def parse_server_stat(text: str, backend: str, server: str) -> tuple[str, int] | None:
+    """``show stat`` CSV -> (status, scur + qcur) of one server, None if absent."""
+    head: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("# "):
+            head = line[2:].split(",")
+            continue
+        cols = line.split(",")
+        if not head or len(cols) < len(head) or cols[0] != backend or cols[1] != server:
+            continue
+        row = dict(zip(head, cols, strict=False))
+        busy = sum(int(row.get(k) or 0) for k in ("scur", "qcur"))
+        return row.get("status", ""), busy
+    return None
+
+
 Systemctl = Callable[[Sequence[str]], str]
 
 
@@ -468,6 +484,23 @@ class HaproxyRouter:
         with self._lock:
             self._backends.pop(app, None)
             self._sync_config()
+
+    def server_status(self, app: str, backend: Backend) -> tuple[str, int] | None:
+        """HAProxy's view of one server: (status, requests in flight or queued), None
+        when it has no such server. For reconcile's rollouts (issue 7)."""
+        be = backend_name(app)
+        out = self.admin(f"show stat {be} 4 -1")
+        return parse_server_stat(out, be, server_name(backend))
+
+    def ready(self, app: str, backend: Backend) -> bool:
+        """The server takes requests (UP), so an old one can leave."""
+        found = self.server_status(app, backend)
+        return found is not None and found[0].startswith("UP")
+
+    def in_flight(self, app: str, backend: Backend) -> int:
+        """Requests the server is busy with (0 once it is gone), for draining."""
+        found = self.server_status(app, backend)
+        return 0 if found is None else found[1]
 
     # -- domains, maintenance, certificates
 

@@ -35,6 +35,16 @@ class Router(Protocol):
         """Forget ``app`` entirely (it was deleted)."""
 
 
+class Draining(Protocol):
+    """Optional (reconcile uses it when the router has it): rollouts without a dropped
+    request. ``ready``: the backend takes requests now (an old dyno may leave);
+    ``in_flight``: requests it is still busy with (0 when gone), before its SIGTERM."""
+
+    def ready(self, app: str, backend: Backend) -> bool: ...
+
+    def in_flight(self, app: str, backend: Backend) -> int: ...
+
+
 class NullRouter:
     """Routes nothing; remembers the last backends per app (tests and the default)."""
 

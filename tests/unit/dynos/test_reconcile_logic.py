@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from dynod import dynos
-from dynod.dynos import DynoRef
+from dynod.dynos import DynoMeta, DynoRef
 from dynod.formation import Process
 from dynod.reconcile import Desired, Dyno, Reconciler, State, backoff
+from dynod.routing import Backend, NullRouter
 
 
 def test_dyno_key_round_trips_and_names_the_unit() -> None:
@@ -35,16 +36,45 @@ def test_desired_wants_current_generation_up_to_quantity() -> None:
     assert not want.wants(DynoRef("shop", "worker", 1, 2))
 
 
-def _dyno(n: int, gen: int, state: State) -> Dyno:
-    return Dyno(DynoRef("shop", "web", n, gen), None, state, 0.0)
+def _dyno(n: int, gen: int, state: State, ptype: str = "web") -> Dyno:
+    meta = DynoMeta("shop", ptype, n, gen, gen, "x", "basic", f"10.0.{gen}.{n}", 5000)
+    return Dyno(DynoRef("shop", ptype, n, gen), meta, state, 0.0)
 
 
-def test_rollout_stops_an_old_dyno_once_its_replacement_settled() -> None:
-    old = [_dyno(1, 1, State.UP), _dyno(2, 1, State.UP), _dyno(3, 1, State.UP)]
-    new = [_dyno(1, 2, State.UP), _dyno(2, 2, State.STARTING)]
-    chosen = Reconciler.rollout(None, "shop", old, new)  # type: ignore[arg-type]
-    # web.1 replaced and up; web.2 still starting; web.3 has no replacement (scaled down).
-    assert [d.ref.number for d in chosen] == [1, 3]
+def _backend(d: Dyno) -> Backend:
+    assert d.meta is not None
+    return Backend(d.ref.dyno, d.meta.address, d.meta.port)
+
+
+def test_rollout_stops_an_old_worker_once_its_replacement_settled() -> None:
+    r = Reconciler(None, None, NullRouter())  # type: ignore[arg-type]
+    old = [_dyno(n, 1, State.UP, "worker") for n in (1, 2, 3)]
+    new = [_dyno(1, 2, State.UP, "worker"), _dyno(2, 2, State.STARTING, "worker")]
+    # worker.1 replaced and up; worker.2 still starting; worker.3 has no replacement.
+    assert [d.ref.number for d in r.rollout("shop", old, new)] == [1, 3]
+
+
+def test_rollout_stops_an_old_web_dyno_once_its_replacement_is_routed_and_ready() -> None:
+    class Router(NullRouter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.not_ready: set[Backend] = set()
+
+        def ready(self, app: str, backend: Backend) -> bool:
+            return backend not in self.not_ready
+
+    router = Router()
+    r = Reconciler(None, None, router)  # type: ignore[arg-type]
+    old = [_dyno(n, 1, State.UP) for n in (1, 2, 3, 4)]
+    new = [_dyno(1, 2, State.UP), _dyno(2, 2, State.UP), _dyno(3, 2, State.CRASHED)]
+    # Up but not yet given to the router: nothing leaves but the one not wanted.
+    assert [d.ref.number for d in r.rollout("shop", old, new)] == [4]
+    r._backends["shop"] = [_backend(d) for d in old + new[:2]]
+    router.not_ready = {_backend(new[1])}  # the router has not seen web.2 up yet
+    # web.1 goes; web.2 waits for the router; web.3's replacement crashed: it stays.
+    assert [d.ref.number for d in r.rollout("shop", old, new)] == [1, 4]
+    router.not_ready = set()
+    assert [d.ref.number for d in r.rollout("shop", old, new)] == [1, 2, 4]
 
 
 def test_user_records_for_nss_systemd(tmp_path: Path) -> None:
