@@ -8,6 +8,8 @@ listening, finishes the requests it has, then exits.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.server
 import json
 import os
@@ -34,6 +36,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 Handler.busy -= 1
 
     def _get(self) -> None:
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self._tunnel()
+            return
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         if url.path == "/slow":
@@ -45,6 +50,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _tunnel(self) -> None:
+        """Switch protocols, then echo raw bytes (enough to show the router passes an
+        upgraded connection through; no WebSocket framing)."""
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        accept = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode())  # noqa: S324 (RFC 6455)
+        self.send_response(101)
+        self.send_header("Sec-WebSocket-Accept", base64.b64encode(accept.digest()).decode())
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        while data := self.connection.recv(65536):
+            self.connection.sendall(data)
+        self.close_connection = True
 
     def log_message(self, format: str, *args: object) -> None:
         print(f"{self.command} {self.path} from {self.client_address[0]}", flush=True)

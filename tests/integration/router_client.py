@@ -2,12 +2,14 @@
 
     router_client.py count HOST N        N requests (new connection each); JSON counts
     router_client.py steady HOST STOPFILE  requests back to back until STOPFILE exists
+    router_client.py upgrade HOST          Upgrade: websocket, then echo over the tunnel
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import socket
 import sys
 import time
 from collections import Counter
@@ -27,8 +29,28 @@ def one(host: str) -> tuple[int, str]:
     return resp.status, dyno
 
 
+def upgrade(host: str) -> None:
+    """Print the status line, then what came back for two messages 2 s apart (kept open
+    past any per-request timeout that would cut a tunnel)."""
+    with socket.create_connection(("127.0.0.1", 80), timeout=10) as s:
+        s.sendall(f"GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n"
+                  "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        print(head.split(b"\r\n", 1)[0].decode())
+        for word in (b"ping", b"pong"):
+            s.sendall(word)
+            print(s.recv(4096).decode())
+            time.sleep(2)
+
+
 def main() -> None:
     mode, host = sys.argv[1], sys.argv[2]
+    if mode == "upgrade":
+        upgrade(host)
+        return
     dynos: Counter[str] = Counter()
     failures: list[str] = []
     n = 0

@@ -135,6 +135,9 @@ def test_three_dynos_share_requests_and_see_heroku_headers(stack_machine: Machin
     dynoctl(m, "domains:remove", "-a", "shop", "www.example.test")
     assert get(m, "www.example.test")[0] == 404
     assert haproxy_processes(m) == procs
+    # An upgraded connection (websockets) is tunnelled both ways.
+    out = m.exec(["python3", str(CLIENT), "upgrade", host]).stdout
+    assert out.splitlines() == ["HTTP/1.1 101 Switching Protocols", "ping", "pong"], out
     # HTTPS with a certificate of our own (SNI), X-Forwarded-Proto/Port say so.
     m.exec(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
             "-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}",
