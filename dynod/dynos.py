@@ -178,6 +178,27 @@ def ensure_user(uid: int, userdb: Path = USERDB) -> None:
             link.symlink_to(f"{name}.{kind}")
 
 
+@dataclass(frozen=True)
+class SlugTree:
+    path: Path
+    sha256: str
+    uid: int
+
+
+def list_trees(settings: Settings) -> list[SlugTree]:
+    """The unpacked slug trees (``<sha256>-<uid>``), for garbage collection."""
+    try:
+        entries = list((settings.state_dir / "slugs" / "trees").iterdir())
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in entries:
+        sha, _, uid = entry.name.rpartition("-")
+        if sha and uid.isdigit() and not entry.name.startswith("."):
+            out.append(SlugTree(entry, sha, int(uid)))
+    return sorted(out, key=lambda t: t.path)
+
+
 class Host:
     """The machine-wide parts every dyno shares: the bridge, dyno-init, the PID mode.
     ``start`` and ``teardown`` are safe to call from several threads."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from dynod import apps, journal, netns, releases, rootfs, units
+from dynod import apps, dynos, journal, netns, releases, rootfs, units, unpack
 from dynod.dynos import DynoMeta, DynoRef, Host, parse_key, read_meta, ref_of
 from dynod.errors import DynodError, InvalidArgument, NotFound
 from dynod.formation import Process
@@ -227,6 +227,7 @@ class Reconciler:
         self._thread: threading.Thread | None = None
         self._dynos: dict[DynoRef, Dyno] = {}
         self._backends: dict[str, list[Backend]] = {}
+        self._collect = False  # an app went away: collect its slug trees once it is down
 
     # --- the thread ---------------------------------------------------------------
 
@@ -241,6 +242,7 @@ class Reconciler:
         reconciling in a thread. Returns after the first pass."""
         try:
             self.adopt()
+            self.collect_trees()
             self.reconcile_once()
         except Exception:
             log.exception("first reconcile pass failed; the reconciler retries")
@@ -288,6 +290,7 @@ class Reconciler:
                     continue
                 slug = tx.slug(app.name, release.slug_id)
                 if slug is None or not slug.uploaded:
+                    out[app.name] = Desired(app.name, release.version, gen, "", uid, {})
                     continue
                 rows = {p.type: p for p in tx.processes(app.name)}
                 procs = {name: Process(name, rows[name].quantity, rows[name].size, command)
@@ -341,6 +344,24 @@ class Reconciler:
             log.info("removing leftovers of %s", key)
             self.host.teardown(orphan)
 
+    def collect_trees(self) -> None:
+        """Remove slug trees of app uids that no longer exist (deleted apps); a tree of
+        a live app stays (a rollback may use it again)."""
+        with self.store.read() as tx:
+            uids = {tx.app_uid(a.name) for a in tx.apps()}
+        for uid in {tree.uid for tree in dynos.list_trees(self.settings)} - uids:
+            for tree in dynos.list_trees(self.settings):
+                if tree.uid == uid and not self._tree_in_use(tree.path):
+                    log.info("removing slug tree %s (its app is gone)", tree.path)
+                    unpack.remove_tree(tree.path)
+
+    @staticmethod
+    def _tree_in_use(path: Path) -> bool:
+        """Still a lower layer of a mounted dyno root (a dyno being stopped)?"""
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        return any(f"{path}:" in line or f"{path}," in line for line in lines
+                   if " overlay " in line)
+
     # --- one pass -----------------------------------------------------------------
 
     def reconcile_once(self) -> None:
@@ -356,6 +377,11 @@ class Reconciler:
             with self._lock:
                 for ref in [r for r, d in self._dynos.items() if r.app == app and d.meta is None]:
                     del self._dynos[ref]
+        if gone_apps:
+            self._collect = True
+        elif self._collect:
+            self._collect = False
+            self.collect_trees()
         self._route(set(desired))
 
     def _app_dynos(self, app: str) -> list[Dyno]:
@@ -381,7 +407,7 @@ class Reconciler:
                     self._set_state(d, State.UP)
                     if d.web:
                         self._wake.set()  # route it at once
-                elif now - d.launched > BOOT_TIMEOUT:
+                elif now - d.launched > BOOT_TIMEOUT and not d.killed:
                     d.timed_out = True
                     self._event(d, "Error R10 (Boot timeout) -> Web process failed to bind to "
                                    "$PORT within 60 seconds of launch")
@@ -617,6 +643,8 @@ class Reconciler:
             self.host.teardown(d.ref)
         except DynodError as exc:
             log.error("stopping %s: %s", d.ref.unit, exc.message)
+        except Exception:
+            log.exception("stopping %s", d.ref.unit)
         with self._lock:
             restart = d.restart
             if self._dynos.get(d.ref) is d:

@@ -336,3 +336,27 @@ def test_config_change_rolls_out_a_new_generation(stack_machine: Machine) -> Non
     dynoctl(m, "ps:restart", "-a", "shop")
     wait_for("generation 3", lambda: [str(d["unit"]).endswith("-3.service") and d["state"] == "up"
                                       for d in ps(m, "shop")] == [True] * 3, timeout=60)
+
+
+def test_app_destroy_leaves_nothing(stack_machine: Machine) -> None:
+    m = stack_machine
+    deploy(m, "shop", web="exec python3 -u server.py")
+    dynoctl(m, "ps:scale", "-a", "shop", "web=2")
+    all_up(m, "shop", 2)
+    assert m.exec(["ls", "/var/lib/dynod/slugs/trees"]).stdout.strip()
+    dynoctl(m, "apps:destroy", "-a", "shop", "--confirm", "shop")
+
+    def leftovers() -> list[str]:
+        return [line for line in (
+            m.exec(["systemctl", "list-units", "--all", "--no-legend", "dynod-shop-*"]).stdout
+            + m.exec(["ip", "netns", "list"]).stdout
+            + m.exec(["find", "/run/dynod/dynos", "/var/lib/dynod/slugs/trees", "-mindepth", "1",
+                      "-maxdepth", "1"], check=False).stdout
+            + m.exec(["sh", "-c", "grep -c /run/dynod/dynos /proc/self/mountinfo || true"]
+                     ).stdout
+        ).splitlines() if line.strip() and line.strip() != "0"]
+
+    try:
+        wait_for("nothing left", lambda: not leftovers(), timeout=20)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {leftovers()}\n{diagnose(m, 'shop')}") from None
