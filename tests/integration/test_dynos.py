@@ -360,3 +360,21 @@ def test_app_destroy_leaves_nothing(stack_machine: Machine) -> None:
         wait_for("nothing left", lambda: not leftovers(), timeout=20)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {leftovers()}\n{diagnose(m, 'shop')}") from None
+
+
+def test_formation_comes_back_after_a_reboot(stack: Path, tmp_path: Path) -> None:
+    from tests.integration.conftest import _teardown, stack_bind  # noqa: PLC0415
+
+    m = Machine(state_dir=tmp_path / "state", binds=[stack_bind(stack)])
+    m.boot()
+    try:
+        deploy(m, "shop", web="exec python3 -u server.py", worker="sleep infinity")
+        dynoctl(m, "ps:scale", "-a", "shop", "web=2", "worker=1")
+        all_up(m, "shop", 2)
+        m.reboot()
+        after = all_up(m, "shop", 2)
+        all_up(m, "shop", 1, "worker")
+        for d in after:
+            assert http(m, str(d["address"])) == "hello from dyno\n"
+    finally:
+        _teardown(m)
