@@ -24,7 +24,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from dynod import journal, netns, rootfs, slugs, stacks, units, unpack
-from dynod.errors import InvalidArgument, NotFound
+from dynod.errors import InvalidArgument, NotFound, ResourceExhausted
 from dynod.settings import Settings
 from dynod.sizes import parse_size
 from dynod.units import DynoSpec, PidMode
@@ -209,7 +209,10 @@ class Host:
         self.resolv = netns.ensure_bridge(self.bridge, settings.runtime_dir)
         self.init = find_init(settings)
         self.mode = mode or units.pid_mode_for(units.systemd_version())
-        self._addresses = threading.Lock()
+        self._addresses = threading.RLock()
+        # Addresses in use, read from the veths once and kept up to date here (reading
+        # every link on each start costs ~10 ms).
+        self._used = netns.used_addresses()
 
     def rootfs_plan(self, ref: DynoRef, tree: Path, stack: Path) -> rootfs.RootfsPlan:
         return rootfs.plan_rootfs(self.settings.runtime_dir, ref.key, tree, stack,
@@ -232,11 +235,22 @@ class Host:
         stack = stacks.require_stack(self.settings.state_dir, stacks.DEFAULT_STACK)
         plan = self.rootfs_plan(ref, tree, stack)
         with self._addresses:
-            address = netns.allocate_address(self.bridge, netns.used_addresses())
-            net = netns.plan_dyno_network(self.bridge, ref.key, address)
             # Leftovers of an earlier run of the same dyno go first.
-            self.teardown(ref)
-            netns.create_dyno_network(net)
+            if (rootfs.dynos_dir(self.settings.runtime_dir) / ref.key).exists() or (
+                    netns.NETNS_DIR / (netns.NETNS_PREFIX + ref.key)).exists():
+                self.teardown(ref)
+            try:
+                address = netns.allocate_address(self.bridge, self._used)
+            except ResourceExhausted:
+                self._used = netns.used_addresses()  # forget addresses freed behind our back
+                address = netns.allocate_address(self.bridge, self._used)
+            net = netns.plan_dyno_network(self.bridge, ref.key, address)
+            self._used.add(address)
+            try:
+                netns.create_dyno_network(net)
+            except BaseException:
+                self._used.discard(address)
+                raise
         meta = DynoMeta(ref.app, ref.process_type, ref.number, ref.generation, release,
                         command, size, str(address), PORT)
         try:
@@ -269,6 +283,8 @@ class Host:
                                 self.bridge.pool.prefixlen, self.bridge.bridge)
         if meta is not None:
             netns.remove_dyno_network(net)
+            with self._addresses:
+                self._used.discard(address)
         else:
             # Without the dyno's address, removing the netns frees its veth pair.
             netns.remove_netns(net.netns)
