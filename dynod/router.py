@@ -69,6 +69,7 @@ DESCRIPTIONS = {
     "H27": "Client Request Interrupted",
     "H28": "Client Connection Idle",
     "H80": "Maintenance mode",
+    "H99": "Platform error",
 }
 INFO_CODES = {"H27", "H80"}
 
@@ -316,6 +317,10 @@ def router_line(raw: str) -> RouterLine | None:
         return None
     if not code:
         code = TERMINATION_CODES.get(tsc[:2], "")
+    if not code and tsc[:1] not in ("", "-") and status in ("502", "503", "504"):
+        # The router answered with an error for a reason not mapped above.
+        log.warning("router: unmapped termination state %s: %s", tsc, raw.strip())
+        code = "H99"
     dyno = "" if server in ("", "<NOSRV>") else dyno_of(server)
     connect = service = ""
     if dyno:
@@ -693,6 +698,8 @@ class HaproxyRouter:
     def _read_logs(self) -> None:
         sock = self._log_sock
         assert sock is not None
+        # One socket to journald for every line (journal.send opens one per entry).
+        out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         while not self._stop.is_set():
             try:
                 data = sock.recv(65536)
@@ -706,5 +713,12 @@ class HaproxyRouter:
                 if not raw.startswith(LOG_MARK):
                     log.info("haproxy: %s", raw)
                 continue
-            journal.app_event(line.app, "router", line.message,
-                              priority=3 if line.error else 6)
+            entry = journal.encode({
+                "MESSAGE": line.message, "PRIORITY": "3" if line.error else "6",
+                "SYSLOG_IDENTIFIER": journal.SYSLOG_IDENTIFIER, journal.APP: line.app,
+                journal.SOURCE: "dynod", journal.DYNO: "router"})
+            try:
+                out.sendto(entry, journal.JOURNAL_SOCKET)
+            except OSError as exc:
+                log.debug("journal unavailable (%s): %s", exc, line.message)
+        out.close()

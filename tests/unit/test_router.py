@@ -32,6 +32,7 @@ def test_a_request_becomes_herokus_info_line() -> None:
     ("", "SH--", "502", 'at=error code=H13 desc="Connection closed without response"'),
     ("", "CD--", "200", 'at=info code=H27 desc="Client Request Interrupted"'),
     ("H80", "LR--", "503", 'at=info code=H80 desc="Maintenance mode"'),
+    ("", "IH--", "503", 'at=error code=H99 desc="Platform error"'),
 ])
 def test_termination_states_become_h_codes(code: str, tsc: str, status: str,
                                            want: str) -> None:
