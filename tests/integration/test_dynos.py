@@ -378,3 +378,22 @@ def test_formation_comes_back_after_a_reboot(stack: Path, tmp_path: Path) -> Non
             assert http(m, str(d["address"])) == "hello from dyno\n"
     finally:
         _teardown(m)
+
+
+def test_web_that_never_binds_gets_r10(stack_machine: Machine) -> None:
+    m = stack_machine
+    deploy(m, "shop", web="sleep infinity")
+    wait_for("R10", lambda: "Error R10 (Boot timeout)" in journal(
+        m, "DYNOD_APP=shop", "DYNOD_DYNO=web.1", "DYNOD_SOURCE=dynod"), timeout=75)
+    wait_for("crashed", lambda: "State changed from starting to crashed" in journal(
+        m, "DYNOD_APP=shop", "DYNOD_DYNO=web.1", "DYNOD_SOURCE=dynod"), timeout=10)
+    lines = journal(m, "DYNOD_APP=shop", "DYNOD_DYNO=web.1", "DYNOD_SOURCE=dynod").splitlines()
+    at = lines.index("Error R10 (Boot timeout) -> Web process failed to bind to $PORT within "
+                     "60 seconds of launch")
+    assert lines[at + 1:at + 4] == ["Stopping process with SIGKILL",
+                                    "Process exited with status 137",
+                                    "State changed from starting to crashed"], lines
+    assert not any("R15" in line for line in lines)
+    # Restarted at once (the first crash).
+    wait_for("restarted", lambda: "State changed from crashed to starting" in journal(
+        m, "DYNOD_APP=shop", "DYNOD_DYNO=web.1", "DYNOD_SOURCE=dynod"), timeout=5)
