@@ -28,6 +28,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import Figure, Summary, write
 
@@ -200,8 +201,17 @@ def bare_memory(count: int) -> float:
     return (after - before) / count / (1024 * 1024)
 
 
-def inside(quick: bool) -> dict[str, object]:
-    n, count, rounds = (3, 10, 1) if quick else (15, 50, 3)
+def sizes(scale: float) -> tuple[int, int, int]:
+    """(starts, dynos scaled to, rounds) for suite scale 1 (full), 0.1 (quick), 0.01."""
+    if scale >= 1:
+        return 15, 50, 3
+    if scale >= 0.1:
+        return 3, 10, 1
+    return 1, 2, 1
+
+
+def inside(scale: float) -> dict[str, object]:
+    n, count, rounds = sizes(scale)
     deploy()
     d_start, d_http = dyno_start_and_http(n)
     b_start, b_http = bare_start_and_http(n)
@@ -217,19 +227,25 @@ def inside(quick: bool) -> dict[str, object]:
 # --- on the host -----------------------------------------------------------------
 
 
-def collect(quick: bool) -> tuple[list[Figure], bool]:
+_LAST: dict[str, Any] = {}
+
+
+def collect(scale: float = 1.0) -> list[Figure]:
+    """The suite's entry point (benchmarks/suite.py): one sandbox machine, every figure."""
     from tests.sandbox.machine import Machine  # noqa: PLC0415 - host side only
 
     m = Machine(binds=[(str(CACHE), f"{STACK}:ro")])
     m.boot()
     try:
         proc = m.run([str(PROJECT / ".venv/bin/python"), "-m", "benchmarks.dynos", "--inside",
-                      *(["--quick"] if quick else [])], cwd=str(PROJECT), timeout=3600)
+                      "--scale", str(scale)], cwd=str(PROJECT), timeout=3600)
         if proc.returncode != 0:
             raise SystemExit(f"benchmark failed inside the machine:\n{proc.stderr}")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
         m.shutdown()
+    _LAST.clear()
+    _LAST.update(r)
     count = r["count"]
     figures = [
         Figure("dyno start -> exec (rootfs, netns, unit)", Summary.of(r["d_start"], "ms"),
@@ -241,21 +257,29 @@ def collect(quick: bool) -> tuple[list[Figure], bool]:
         Figure("memory per idle dyno (root cgroup)", Summary.of(r["d_mem"], "Mi"),
                "per idle systemd-run unit", Summary.of(r["b_mem"], "Mi")),
     ]
-    return figures, bool(r["podman"])
+    return figures
+
+
+def chart_samples() -> dict[str, list[float]]:
+    """Start -> exec samples of the last collect(), for the suite's chart."""
+    return {"dyno start -> exec (ms)": list(_LAST.get("d_start", [])),
+            "systemd-run -> exec (ms)": list(_LAST.get("b_start", []))}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the samples")
+    parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    scale = 0.1 if args.quick else args.scale
     if args.inside:
-        print(json.dumps(inside(args.quick)))
+        print(json.dumps(inside(scale)))
         return 0
-    figures, podman = collect(args.quick)
+    figures = collect(scale)
     write(figures, args.json)
-    if not podman:
+    if not _LAST.get("podman"):
         print("podman (crun): not installed in the sandbox machine; its figures from "
               "shared/reference/baseline-podman.md (same VM): start 134 ms, first HTTP 200 "
               "239 ms, ~1.45 MiB per idle container without a network")
