@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dynod.cli import client, output
 from dynod.cli.client import CliError, call
+from dynod.cli.rollout import wait_rollout
 from dynod.cli.run import follow_release
 from dynod.v1 import releases_pb2, releases_pb2_grpc, slugs_pb2, slugs_pb2_grpc
 
@@ -79,6 +80,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if pending and follow_release(app, release.release.version) != "succeeded":
         raise CliError(f"release v{release.release.version}: the release command failed; "
                        "the previous release keeps running (see dynoctl releases:output)")
+    if not args.no_wait:
+        wait_rollout(app, release.release.version)
     return 0
 
 
@@ -91,4 +94,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="a process type and its command; repeat for each type")
     p.add_argument("--commit", help="the git commit the slug was built from")
     p.add_argument("--description", help="the release's description (default: Deploy <sha>)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="return once released, without waiting for the web dynos to roll out")
     p.set_defaults(func=cmd_deploy)
