@@ -59,6 +59,8 @@ FAILED_CRASHES = 2
 # The optional per-app health check: a config var with an HTTP path (`dynoctl
 # healthcheck:set /health`). A new web dyno is up once it answers it with 2xx or 3xx.
 HEALTHCHECK_VAR = "DYNOD_HEALTHCHECK_PATH"
+# dynod reports READY once every formation is up and routed (a reboot), or after this.
+READY_WAIT = 45.0
 # How often an R14 is logged while a dyno stays over its quota.
 R14_EVERY = 20.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -227,6 +229,7 @@ class Reconciler:
         self._thread: threading.Thread | None = None
         self._dynos: dict[DynoRef, Dyno] = {}
         self._backends: dict[str, list[Backend]] = {}
+        self._passes = 0  # reconcile passes begun (wait_settled waits for a full one)
         self._collect = False  # an app went away: collect its slug trees once it is down
 
     # --- the thread ---------------------------------------------------------------
@@ -248,6 +251,30 @@ class Reconciler:
             log.exception("first reconcile pass failed; the reconciler retries")
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self._thread.start()
+        self.wait_settled(READY_WAIT)
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Until no dyno is starting and the router has every up web dyno (after a
+        reboot: every formation rebuilt and routed), at most ``timeout`` seconds. Crashed
+        dynos do not hold it up. True if settled."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                starting = any(d.state is State.STARTING and d.meta is not None
+                               for d in self._dynos.values())
+                passes = self._passes
+            if not starting:
+                self._wake.set()
+                while self._passes <= passes + 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    self._wake.set()
+                with self._lock:
+                    if not any(d.state is State.STARTING and d.meta is not None
+                               for d in self._dynos.values()):
+                        return True
+            time.sleep(0.02)
+        log.warning("dynos still starting after %.0f s; reporting ready anyway", timeout)
+        return False
 
     def stop(self) -> None:
         """Stop reconciling; the dynos keep running (they are not dynod's children)."""
@@ -365,6 +392,7 @@ class Reconciler:
     # --- one pass -----------------------------------------------------------------
 
     def reconcile_once(self) -> None:
+        self._passes += 1
         desired = self.desired()
         loaded = {u.name: u for u in units.list_dynos()}
         self._observe(loaded)
