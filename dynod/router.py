@@ -166,7 +166,12 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
         "    mode http",
         "    log global",
         f'    log-format "{fmt}"',
-        "    option http-keep-alive",
+        # Like Heroku's router, a new connection to the dyno per request, closed after
+        # the response (the client side stays kept-alive). Pooling idle dyno connections
+        # grew hundreds of them, which a thread-per-connection app cannot serve (Python's
+        # http.server stalled requests 30 s, H12), and their resets when purged showed as
+        # tracebacks in apps' logs.
+        "    option http-server-close",
         "    option dontlognull",
         f"    timeout connect {CONNECT_TIMEOUT}",
         # HAProxy 2.6 has one server inactivity timeout (no http-response set-timeout):
@@ -317,7 +322,7 @@ def router_line(raw: str) -> RouterLine | None:
         return None
     if not code:
         code = TERMINATION_CODES.get(tsc[:2], "")
-    if not code and tsc[:1] not in ("", "-") and status in ("502", "503", "504"):
+    if not code and status in ("502", "503", "504"):
         # The router answered with an error for a reason not mapped above.
         log.warning("router: unmapped termination state %s: %s", tsc, raw.strip())
         code = "H99"
