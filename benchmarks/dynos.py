@@ -36,6 +36,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 STACK = Path("/var/lib/dynod/stacks/debian-13")
 CACHE = Path("/var/cache/dynod/test-state/stacks/debian-13")
 HTTP_CMD = "exec python3 -m http.server $PORT"
+DYNO_DIRS = Path("/run/dynod/dynos")
 MEM_ROOT = Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")
 
 
@@ -115,7 +116,10 @@ def dyno_start_and_http(n: int) -> tuple[list[float], list[float]]:
     for _ in range(n):
         t0 = now_us()
         scale(1)
-        wait(lambda: ok("http://10.213.0.2:5000/"))
+        wait(lambda: bool(list(DYNO_DIRS.glob("bench.web.1.*/dyno.json"))))
+        meta = next(DYNO_DIRS.glob("bench.web.1.*/dyno.json"))
+        address = json.loads(meta.read_text())["address"]
+        wait(lambda a=address: ok(f"http://{a}:5000/"))
         answered = now_us()
         unit = str(ps()[0]["unit"])
         # From dynod's "Starting process" (not from dynoctl's call: its Python start

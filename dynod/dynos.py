@@ -16,6 +16,7 @@ directory: it is derived, volatile state, gone with the dyno (and with a reboot)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -24,14 +25,19 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from dynod import journal, netns, rootfs, slugs, stacks, units, unpack
-from dynod.errors import InvalidArgument, NotFound, ResourceExhausted
+from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
 from dynod.settings import Settings
 from dynod.sizes import parse_size
 from dynod.units import DynoSpec, PidMode
 
+log = logging.getLogger(__name__)
+
 # Heroku assigns a random port; each dyno has its own netns, so one fixed port is enough.
 PORT = 5000
 META = "dyno.json"
+# The key of the network made ahead of the next start (not a dyno key: parse_key
+# refuses it, so reconcile removes one that a previous dynod left).
+SPARE = "spare"
 # nss-systemd reads JSON user records here (systemd >= 249): the app's uid resolves
 # without a passwd entry, which systemd 252 needs for User= (it fails with ESRCH).
 USERDB = Path("/run/userdb")
@@ -213,6 +219,7 @@ class Host:
         # Addresses in use, read from the veths once and kept up to date here (reading
         # every link on each start costs ~10 ms).
         self._used = netns.used_addresses()
+        self._spare: netns.DynoNetwork | None = None
 
     def rootfs_plan(self, ref: DynoRef, tree: Path, stack: Path) -> rootfs.RootfsPlan:
         return rootfs.plan_rootfs(self.settings.runtime_dir, ref.key, tree, stack,
@@ -239,18 +246,14 @@ class Host:
             if (rootfs.dynos_dir(self.settings.runtime_dir) / ref.key).exists() or (
                     netns.NETNS_DIR / (netns.NETNS_PREFIX + ref.key)).exists():
                 self.teardown(ref)
-            try:
-                address = netns.allocate_address(self.bridge, self._used)
-            except ResourceExhausted:
-                self._used = netns.used_addresses()  # forget addresses freed behind our back
-                address = netns.allocate_address(self.bridge, self._used)
-            net = netns.plan_dyno_network(self.bridge, ref.key, address)
-            self._used.add(address)
-            try:
-                netns.create_dyno_network(net)
-            except BaseException:
-                self._used.discard(address)
-                raise
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                net = netns.rename_dyno_network(spare, ref.key)
+            else:
+                net = self._new_network(ref.key)
+            address = net.address
+        # The next dyno's network is made now, off this start's path.
+        threading.Thread(target=self._refill, name="netns spare", daemon=True).start()
         meta = DynoMeta(ref.app, ref.process_type, ref.number, ref.generation, release,
                         command, size, str(address), PORT)
         try:
@@ -270,6 +273,33 @@ class Host:
             self.teardown(ref)
             raise
         return meta
+
+    def _new_network(self, key: str) -> netns.DynoNetwork:
+        """Allocate an address and make a netns for ``key`` (under the lock)."""
+        try:
+            address = netns.allocate_address(self.bridge, self._used)
+        except ResourceExhausted:
+            self._used = netns.used_addresses()  # forget addresses freed behind our back
+            address = netns.allocate_address(self.bridge, self._used)
+        net = netns.plan_dyno_network(self.bridge, key, address)
+        self._used.add(address)
+        try:
+            netns.create_dyno_network(net)
+        except BaseException:
+            self._used.discard(address)
+            raise
+        return net
+
+    def _refill(self) -> None:
+        """Keep one spare network ready: making a netns and its veth is about half of a
+        dyno's start. A spare left by a stopped dynod is removed as an orphan at start."""
+        with self._addresses:
+            if self._spare is not None:
+                return
+            try:
+                self._spare = self._new_network(f"{SPARE}.{os.getpid()}")
+            except DynodError as exc:
+                log.warning("no spare network: %s", exc.message)
 
     def teardown(self, ref: DynoRef) -> None:
         """Unload the unit (it must have stopped), unmount, remove the netns. Idempotent."""

@@ -25,11 +25,13 @@ Shape of the network::
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
+import os
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -388,6 +390,31 @@ def create_dyno_network(net: DynoNetwork) -> None:
     except Unavailable:
         remove_dyno_network(net)
         raise
+
+
+MS_BIND = 4096
+MNT_DETACH = 2
+
+
+def rename_dyno_network(net: DynoNetwork, dyno: str) -> DynoNetwork:
+    """Give a ready network (a spare made ahead of time) to dyno ``dyno``: the netns is
+    bound at its new name and unbound from the old one; the veth and addresses stay.
+    Raises Unavailable if the new name is taken or the kernel refuses."""
+    new = replace(net, dyno=dyno)
+    if new.netns_path.exists():
+        raise Unavailable(f"dyno {dyno}: network namespace {new.netns} exists; remove it")
+    try:
+        os.close(os.open(new.netns_path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        if _libc.mount(bytes(net.netns_path), bytes(new.netns_path), b"none", MS_BIND, None):
+            raise OSError(ctypes.get_errno(), "bind mount failed")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            new.netns_path.unlink()
+        raise Unavailable(f"dyno {dyno}: network namespace: {exc}") from exc
+    _libc.umount2(bytes(net.netns_path), MNT_DETACH)
+    with contextlib.suppress(OSError):
+        net.netns_path.unlink()
+    return new
 
 
 def remove_netns(name: str) -> None:
