@@ -2,7 +2,9 @@
 and straight to the same web dyno, in the same run, inside one sandbox machine.
 
 Goal (issue 6): router >= 0.85 x direct requests/s and <= 0.3 ms added at p50. The dyno
-is a minimal asyncio responder (benchmarks/fast_app.py), so the router shows.
+is a minimal asyncio responder (benchmarks/fast_app.py). Note the router opens a new
+connection to the dyno per request (as Heroku's does) while wrk straight to the dyno keeps
+its 16 connections, so a Python app's per-connection cost is part of the router's figure.
 
     .venv/bin/python -m benchmarks.router [--scale 1] [--json FILE]
 """
