@@ -20,6 +20,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -59,6 +60,10 @@ FAILED_CRASHES = 2
 # The optional per-app health check: a config var with an HTTP path (`dynoctl
 # healthcheck:set /health`). A new web dyno is up once it answers it with 2xx or 3xx.
 HEALTHCHECK_VAR = "DYNOD_HEALTHCHECK_PATH"
+# Heroku cycles every dyno once a day, plus up to 216 minutes of jitter: here too,
+# through the same zero-downtime rollout as a restart.
+CYCLE = 24 * 3600.0
+CYCLE_JITTER = 216 * 60.0
 # dynod reports READY once every formation is up and routed (a reboot), or after this.
 READY_WAIT = 45.0
 # How often an R14 is logged while a dyno stays over its quota.
@@ -103,6 +108,7 @@ class Dyno:
     ever_up: bool = False  # came up at least once (a release that never does fails)
     timed_out: bool = False  # R10 at least once
     health: str = ""  # the health-check path of its release ("" = listening is enough)
+    cycle_at: float = 0.0  # wall clock: the daily restart is due (0: never)
 
     @property
     def web(self) -> bool:
@@ -164,6 +170,11 @@ def healthy(address: str, port: int, path: str) -> bool:
         return False
     finally:
         conn.close()
+
+
+def cycle_due(started: float) -> float:
+    """When a dyno started at ``started`` (wall clock) is due for its daily restart."""
+    return started + CYCLE + random.uniform(0.0, CYCLE_JITTER)  # noqa: S311 - jitter
 
 
 def health_path(config: dict[str, str]) -> str:
@@ -359,7 +370,7 @@ class Reconciler:
             up = listening(meta.address, meta.port) if ref.process_type == "web" else True
             with self._lock:
                 self._dynos[ref] = Dyno(ref, meta, State.UP if up else State.STARTING, since,
-                                        launched=time.monotonic())
+                                        launched=time.monotonic(), cycle_at=cycle_due(since))
             log.info("adopted %s (%s)", unit.name, "up" if up else "starting")
         orphans = set(rootfs.list_dyno_dirs(self.settings.runtime_dir))
         orphans |= set(netns.list_dyno_netns())
@@ -498,6 +509,8 @@ class Reconciler:
                     self._dynos.pop(d.ref, None)
         if self._release_failed(want, current):
             return
+        if self._cycle_due(want, current):
+            return
         # Start what is missing (lowest numbers first), respecting crash back-off.
         now = time.monotonic()
         for ptype, proc in sorted(want.processes.items()):
@@ -558,6 +571,21 @@ class Reconciler:
             log.exception("router: ready(%s)", app)
             return False
 
+    def _cycle_due(self, want: Desired, current: list[Dyno]) -> bool:
+        """Heroku's daily restart: once a dyno of the current generation is past its
+        ``cycle_at``, the app's dynos are replaced by a rollout (as ``ps:restart``)."""
+        now = time.time()
+        due = [d for d in current if d.meta is not None and not d.stopping and d.cycle_at
+               and d.ref.generation == want.generation and now >= d.cycle_at]
+        if not due:
+            return False
+        for d in due:
+            self._event(d, "Cycling")
+        log.info("daily restart of %s", want.app)
+        self.bump_generation(want.app)
+        self._wake.set()
+        return True
+
     def _release_failed(self, want: Desired, current: list[Dyno]) -> bool:
         """A new release whose web dynos never come up (crash at boot, R10) while an
         older release still serves is not rolled out: marked failed, so the previous
@@ -609,6 +637,7 @@ class Reconciler:
         with self._lock:
             d.meta = meta
             d.launched = time.monotonic()
+            d.cycle_at = cycle_due(time.time())
             if d.state is not State.STARTING:
                 d.state, d.since = State.STARTING, time.time()
 
