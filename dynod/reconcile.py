@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from dynod import apps, dynos, journal, netns, releases, rootfs, units, unpack
+from dynod import apps, dynos, gc, journal, netns, releases, rootfs, units, unpack
 from dynod.dynos import DynoMeta, DynoRef, Host, parse_key, read_meta, ref_of
 from dynod.errors import DynodError, InvalidArgument, NotFound
 from dynod.formation import Process
@@ -64,6 +64,8 @@ HEALTHCHECK_VAR = "DYNOD_HEALTHCHECK_PATH"
 # through the same zero-downtime rollout as a restart.
 CYCLE = 24 * 3600.0
 CYCLE_JITTER = 216 * 60.0
+# Slugs of releases past the retention are collected this often (and by `dynoctl gc`).
+GC_EVERY = 3600.0
 # dynod reports READY once every formation is up and routed (a reboot), or after this.
 READY_WAIT = 45.0
 # How often an R14 is logged while a dyno stays over its quota.
@@ -241,6 +243,7 @@ class Reconciler:
         self._dynos: dict[DynoRef, Dyno] = {}
         self._backends: dict[str, list[Backend]] = {}
         self._passes = 0  # reconcile passes begun (wait_settled waits for a full one)
+        self._gc_next = time.monotonic() + 60.0  # disk hygiene, after start settles
         self._collect = False  # an app went away: collect its slug trees once it is down
 
     # --- the thread ---------------------------------------------------------------
@@ -312,6 +315,14 @@ class Reconciler:
             except Exception:
                 log.exception("reconcile pass failed; retrying")
                 time.sleep(1.0)
+            if time.monotonic() >= self._gc_next:
+                self._gc_next = time.monotonic() + GC_EVERY
+                try:
+                    done = gc.collect(self.store, self.settings)
+                    if done.bytes:
+                        log.info("gc: %s", done)
+                except Exception:
+                    log.exception("gc failed; retrying in an hour")
 
     # --- desired state ------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import socket
 
 import grpc
 
-from dynod import apps, builds, formation, gitpush, releases, slugs, stacks
+from dynod import apps, builds, formation, gc, gitpush, releases, slugs, stacks
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.v1 import apps_pb2, apps_pb2_grpc
@@ -60,7 +60,18 @@ class AppsServicer(apps_pb2_grpc.AppsServicer):
         caller_of(context)
         app = apps.get_app(self.daemon.store, request.name)
         dynos = {p.type: p.quantity for p in formation.get_formation(self.daemon.store, app.name)}
-        return apps_pb2.GetAppResponse(app=app_to_proto(self.daemon, app), dynos=dynos)
+        disk = gc.disk_use(self.daemon.store, self.daemon.settings, app.name)
+        return apps_pb2.GetAppResponse(app=app_to_proto(self.daemon, app), dynos=dynos,
+                                       disk_bytes=disk)
+
+    def Gc(
+        self, request: apps_pb2.GcRequest, context: grpc.ServicerContext
+    ) -> apps_pb2.GcResponse:
+        caller_of(context)
+        done = gc.collect(self.daemon.store, self.daemon.settings,
+                          keep=request.keep or gc.KEEP)
+        return apps_pb2.GcResponse(slugs=done.slugs, trees=done.trees, caches=done.caches,
+                                   bytes=done.bytes)
 
     def List(
         self, request: apps_pb2.ListAppsRequest, context: grpc.ServicerContext

@@ -97,6 +97,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     dynos = ", ".join(f"{t}: {n}" for t, n in sorted(reply.dynos.items()))
     fields: list[tuple[str, Any]] = [
         ("Created", output.ago(output.when(app.created_at))),
+        ("Disk Use", human_bytes(reply.disk_bytes)),
         ("Dynos", dynos),
         ("Git URL", app.git_url),
         ("Owner", app.owner),
@@ -110,6 +111,28 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     output.header(output.app_label(app.name))
     output.styled_object([(k, str(v)) for k, v in fields])
+    return 0
+
+
+def human_bytes(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KB", "MB", "GB"):
+        value /= 1024
+        if value < 1024 or unit == "GB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Remove slugs and slug trees no kept release needs (dynod also does it hourly)."""
+    reply = call(stub().Gc, apps_pb2.GcRequest(keep=args.keep or 0), timeout=600)
+    if args.json:
+        output.print_json(reply)
+        return 0
+    print(f"Removed {reply.slugs} slugs, {reply.trees} unpacked slug trees and "
+          f"{reply.caches} build caches: {human_bytes(reply.bytes)} freed")
     return 0
 
 
@@ -139,6 +162,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("apps", parents=[common], help="list your apps")
     p.set_defaults(func=cmd_apps)
+    p = sub.add_parser("gc", parents=[common],
+                       help="remove slugs of releases past the retention (last 10 per app)")
+    p.add_argument("--keep", type=int, metavar="N", help="releases to keep per app (10)")
+    p.set_defaults(func=cmd_gc)
     p = sub.add_parser("apps:create", aliases=["create"], parents=[common],
                        help="create an app (a random name if none is given)")
     p.add_argument("name", nargs="?", help="the app's name")

@@ -324,3 +324,31 @@ def test_reboot_brings_every_app_back(stack: Path, tmp_path: Path) -> None:
 def get(m: Machine, app: str) -> str:
     return m.exec(["curl", "-sS", "--max-time", "5", "-H", f"Host: {app}.dynod.localhost",
                    "http://127.0.0.1/"], check=False).stdout
+
+
+def test_gc_keeps_the_last_releases_and_apps_info_shows_disk_use(
+        stack_machine: Machine) -> None:
+    m = stack_machine
+    app = "shop"
+    dynoctl(m, "apps:create", app)
+    for i in range(4):
+        deploy(m, app, f"g{i}")  # v2..v5, each rolled out (its tree unpacked)
+
+    def disk() -> str:
+        line = [x for x in dynoctl(m, "apps:info", "-a", app).splitlines() if "Disk Use" in x]
+        return line[0].split(":", 1)[1].strip()
+
+    def files() -> tuple[int, int]:
+        tgz = m.exec(["sh", "-c", "ls /var/lib/dynod/slugs/*.tgz | wc -l"]).stdout
+        trees = m.exec(["sh", "-c", "ls /var/lib/dynod/slugs/trees | wc -l"]).stdout
+        return int(tgz), int(trees)
+
+    before = disk()
+    assert before.endswith(("KB", "MB")), before
+    assert files() == (4, 4)
+    out = dynoctl(m, "gc", "--keep", "2")
+    assert out.startswith("Removed 2 slugs, 2 unpacked slug trees and 0 build caches"), out
+    assert files() == (2, 2)
+    assert disk() != before
+    assert get(m, app).startswith("g3 ")
+    assert dynoctl(m, "gc").startswith("Removed 0 slugs, 0 unpacked slug trees")
