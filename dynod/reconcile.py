@@ -302,19 +302,40 @@ class Reconciler:
         self._wake.set()
 
     def _run(self) -> None:
+        last_pass = 0.0
         while not self._stop.is_set():
             with self._lock:
                 starting = any(d.state is State.STARTING and d.meta is not None
                                for d in self._dynos.values())
-            self._wake.wait(POLL_STARTING if starting else POLL)
+            woken = self._wake.wait(POLL_STARTING if starting else POLL)
             self._wake.clear()
             if self._stop.is_set():
                 return
             try:
-                self.reconcile_once()
+                if woken or time.monotonic() - last_pass >= POLL:
+                    last_pass = time.monotonic()
+                    self.reconcile_once()
+                else:
+                    # Between full passes only the cheap part: did a starting web
+                    # dyno begin to answer? (A full pass with 50 dynos every 20 ms
+                    # would take the CPU those dynos need to boot.)
+                    self._check_starting()
             except Exception:
                 log.exception("reconcile pass failed; retrying")
                 time.sleep(1.0)
+
+    def _check_starting(self) -> None:
+        with self._lock:
+            starting = [d for d in self._dynos.values() if d.state is State.STARTING
+                        and d.meta is not None and not d.stopping and d.web]
+        changed = False
+        for d in starting:
+            assert d.meta is not None
+            if listening(d.meta.address, d.meta.port):
+                self._set_state(d, State.UP)
+                changed = True
+        if changed:
+            self._route(set(self._backends) | {d.ref.app for d in starting})
             if time.monotonic() >= self._gc_next:
                 self._gc_next = time.monotonic() + GC_EVERY
                 try:
