@@ -59,7 +59,7 @@ DRAIN_TIMEOUT = 30.0
 FAILED_CRASHES = 2
 # The optional per-app health check: a config var with an HTTP path (`dynoctl
 # healthcheck:set /health`). A new web dyno is up once it answers it with 2xx or 3xx.
-HEALTHCHECK_VAR = "DYNOD_HEALTHCHECK_PATH"
+HEALTHCHECK_VAR = "DYNO_HEALTHCHECK_PATH"
 # Heroku cycles every dyno once a day, plus up to 216 minutes of jitter: here too,
 # through the same zero-downtime rollout as a restart.
 CYCLE = 24 * 3600.0
@@ -323,19 +323,6 @@ class Reconciler:
             except Exception:
                 log.exception("reconcile pass failed; retrying")
                 time.sleep(1.0)
-
-    def _check_starting(self) -> None:
-        with self._lock:
-            starting = [d for d in self._dynos.values() if d.state is State.STARTING
-                        and d.meta is not None and not d.stopping and d.web]
-        changed = False
-        for d in starting:
-            assert d.meta is not None
-            if listening(d.meta.address, d.meta.port):
-                self._set_state(d, State.UP)
-                changed = True
-        if changed:
-            self._route(set(self._backends) | {d.ref.app for d in starting})
             if time.monotonic() >= self._gc_next:
                 self._gc_next = time.monotonic() + GC_EVERY
                 try:
@@ -344,6 +331,20 @@ class Reconciler:
                         log.info("gc: %s", done)
                 except Exception:
                     log.exception("gc failed; retrying in an hour")
+
+    def _check_starting(self) -> None:
+        with self._lock:
+            starting = [d for d in self._dynos.values() if d.state is State.STARTING
+                        and d.meta is not None and not d.stopping and d.web]
+        changed = False
+        for d in starting:
+            assert d.meta is not None
+            if listening(d.meta.address, d.meta.port) and (
+                    not d.health or healthy(d.meta.address, d.meta.port, d.health)):
+                self._set_state(d, State.UP)
+                changed = True
+        if changed:
+            self._route(set(self._backends) | {d.ref.app for d in starting})
 
     # --- desired state ------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 An app's optional HTTP health check, like Dokku's checks: during a rollout a new web
 dyno joins the router only once it answers ``GET PATH`` with 2xx or 3xx (not merely
 once it listens on $PORT), and a release whose web dynos never do is not rolled out.
-Stored as the config var DYNOD_HEALTHCHECK_PATH, so a change is a release of its own and
+Stored as the config var DYNO_HEALTHCHECK_PATH, so a change is a release of its own and
 rolls out (and is checked) like any other.
 """
 
@@ -16,7 +16,7 @@ from dynod.cli.client import CliError, call
 from dynod.cli.rollout import wait_rollout
 from dynod.v1 import config_pb2, config_pb2_grpc
 
-VAR = "DYNOD_HEALTHCHECK_PATH"  # dynod.reconcile.HEALTHCHECK_VAR
+VAR = "DYNO_HEALTHCHECK_PATH"  # dynod.reconcile.HEALTHCHECK_VAR
 
 
 def stub() -> config_pb2_grpc.ConfigStub:

@@ -1,7 +1,8 @@
 """A web process for lifecycle tests: ``lifecycle_app.py PORT``.
 
-Answers every path with ``<version> <dyno>`` (the version from /app/VERSION), HTTP/1.1
-with keep-alive. Exits 1 at boot when /app/CRASH exists (a release that never comes up).
+Answers every path but /missing (404) with ``<version> <dyno>`` (the version from
+/app/VERSION), HTTP/1.1 with keep-alive; requests other than / are logged. Exits 1 at
+boot when /app/CRASH exists (a release that never comes up).
 It does NOT handle SIGTERM: Python's default kills it at once, with whatever requests it
 has in flight, so only the router's draining keeps rollouts clean. Standard library only.
 """
@@ -19,6 +20,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     body = b""
 
     def do_GET(self) -> None:
+        if self.path != "/":
+            print(f"GET {self.path} {self.headers.get('User-Agent', '')}", flush=True)
+        if self.path == "/missing":
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(self.body)))

@@ -66,7 +66,7 @@ def settled(m: Machine, app: str, want: dict[str, int],
 
 
 def versions(m: Machine, app: str) -> list[dict[str, Any]]:
-    return list(json.loads(dynoctl(m, "releases", "-a", app, "--json")))
+    return list(json.loads(dynoctl(m, "releases", "-a", app, "-n", "1000", "--json")))
 
 
 def current(m: Machine, app: str) -> int:
@@ -352,3 +352,26 @@ def test_gc_keeps_the_last_releases_and_apps_info_shows_disk_use(
     assert disk() != before
     assert get(m, app).startswith("g3 ")
     assert dynoctl(m, "gc").startswith("Removed 0 slugs, 0 unpacked slug trees")
+
+
+def test_health_check_gates_routing(stack_machine: Machine) -> None:
+    m = stack_machine
+    app = "shop"
+    dynoctl(m, "apps:create", app)
+    deploy(m, app, "h1")
+    assert "has no health check" in dynoctl(m, "healthcheck", "-a", app)
+    proc = m.run(["dynoctl", "healthcheck:set", "-a", app, "health"], cwd="/tmp")
+    assert proc.returncode == 1 and '"health" is not an HTTP path' in proc.stderr
+    proc = m.run(["dynoctl", "healthcheck:set", "-a", app, "/health"], cwd="/tmp")
+    assert proc.returncode == 0 and "Rolling out v3.... done." in proc.stderr, proc.stderr
+    assert "GET /health answers 2xx or 3xx" in dynoctl(m, "healthcheck", "-a", app)
+    wait_for("the health check in the app's log", lambda: "GET /health dynod-check" in m.exec(
+        ["journalctl", "--no-pager", "-o", "cat", f"DYNOD_APP={app}", "DYNOD_SOURCE=app"]
+    ).stdout, timeout=10)
+    # A path the app does not answer: the new dynos never come up (R10 after 60 s, as
+    # for a port never bound); the release fails and v3 keeps serving.
+    proc = m.run(["dynoctl", "healthcheck:set", "-a", app, "/missing"], cwd="/tmp")
+    assert proc.returncode == 1, proc.stderr
+    assert "release v4 failed" in proc.stderr and "v3 keeps serving" in proc.stderr
+    assert get(m, app).startswith("h1 ")
+    assert current(m, app) == 3

@@ -43,8 +43,8 @@ def test_a_dyno_past_its_cycle_rolls_the_app_out(monkeypatch: pytest.MonkeyPatch
 
 
 def test_health_path_from_config() -> None:
-    assert reconcile.health_path({"DYNOD_HEALTHCHECK_PATH": "/health"}) == "/health"
-    assert reconcile.health_path({"DYNOD_HEALTHCHECK_PATH": "health"}) == ""
+    assert reconcile.health_path({"DYNO_HEALTHCHECK_PATH": "/health"}) == "/health"
+    assert reconcile.health_path({"DYNO_HEALTHCHECK_PATH": "health"}) == ""
     assert reconcile.health_path({}) == ""
 
 
