@@ -188,6 +188,12 @@ def get_page(m: Machine, host: str) -> str:
     return m.exec(["python3", "-c", code, host], check=False).stdout
 
 
+def diagnose(m: Machine) -> str:
+    """What a user would look at when the app does not answer."""
+    return sh(m, "dynoctl ps -a flask; systemctl --no-pager list-units --all 'dynod*'; "
+                 "journalctl --no-pager -o cat -n 30 _SYSTEMD_UNIT=dynod.service", ok=False)
+
+
 def package_files(m: Machine) -> list[str]:
     return m.exec(["dpkg-query", "-L", "dynod"]).stdout.split()
 
@@ -254,9 +260,12 @@ def test_install_deploy_upgrade_purge(suite: str, debian_machine: tuple[Machine,
     out = push(m, "flask")
     assert "remote: -----> Python app detected" in out, out
     assert "remote:        http://flask.dynod.localhost/ deployed to dynod" in out, out
-    page = wait_for("the page through the router",
-                    lambda: (p := get_page(m, "flask.dynod.localhost")).startswith("200")
-                    and p, timeout=90)
+    try:
+        page = wait_for("the page through the router",
+                        lambda: (p := get_page(m, "flask.dynod.localhost")).startswith("200")
+                        and p, timeout=90)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(m)}") from None
     assert "Hello from dynod" in str(page), page
 
     # ---- upgrade while the app takes requests: dynod restarts, no dyno does.
