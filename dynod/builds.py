@@ -42,6 +42,7 @@ from dynod import (
     dynos,
     journal,
     netns,
+    reconcile,
     release_phase,
     releases,
     rootfs,
@@ -500,6 +501,21 @@ def _build(
         if pending:
             # Heroku's git push waits for the release phase (release_phase.py).
             release_phase.follow_lines(release_phase.installed(), app, release.version, emit)
+        # Heroku's "Verifying deploy": the new web dynos up and routed, the old ones gone
+        # (issue 7), or the release failed to come up and the previous one keeps serving.
+        with store.read() as tx:
+            phase_ok = tx.release(app, release.version)
+        if (phase_ok is not None and phase_ok.status is releases.ReleaseStatus.SUCCEEDED
+                and reconcile.installed() is not None):
+            emit(f"{buildpacks.STEP}Verifying deploy...")
+            verdict = reconcile.follow_rollout(app, release.version)
+            if verdict is False:
+                emit(f"{buildpacks.ERROR}Release v{release.version} failed: its web dynos did "
+                     "not come up (crashed at boot or R10); the previous release keeps "
+                     "serving. See dynoctl logs")
+            else:
+                emit(f"{buildpacks.INDENT}done." if verdict else
+                     f"{buildpacks.INDENT}still rolling out; see dynoctl ps")
         build = replace(build, status=BuildStatus.SUCCEEDED, slug_id=slug.id,
                         release=release.version, buildpacks=result.buildpacks)
         journal.api_event(app, "Build succeeded")

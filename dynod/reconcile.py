@@ -226,6 +226,40 @@ def _mb(size: int) -> str:
     return f"{size / (1024 * 1024):.0f}M"
 
 
+_installed: Reconciler | None = None
+
+
+def installed() -> Reconciler | None:
+    """The reconciler of this process (dynod), None elsewhere (tools, unit tests)."""
+    return _installed
+
+
+def follow_rollout(app: str, version: int, timeout: float = 150.0) -> bool | None:
+    """For a deploy's output (git push): wait until every web dyno of ``app`` runs
+    release ``version`` (True), the release failed to come up (False), or ``timeout``
+    passed or no reconciler runs in this process (None)."""
+    r = _installed
+    if r is None:
+        return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with r.store.read() as tx:
+            release = tx.release(app, version)
+            latest = tx.latest_release(app)
+        if release is None or release.status is releases.ReleaseStatus.FAILED:
+            return False
+        if latest is not None and latest.version > version:
+            return True  # superseded by a newer release
+        try:
+            web = [d for d in r.dynos(app) if d.process_type == "web"]
+        except NotFound:
+            return None
+        if all(d.release == version for d in web):
+            return True
+        time.sleep(0.25)
+    return None
+
+
 class Reconciler:
     """Owns every dyno. ``changed``, ``dynos``, ``restart`` are safe from any thread."""
 
@@ -257,6 +291,8 @@ class Reconciler:
     def start(self) -> None:
         """Adopt running dynos, clean up what nobody owns, run a first pass, then keep
         reconciling in a thread. Returns after the first pass."""
+        global _installed  # noqa: PLW0603 - one reconciler per dynod, for follow_rollout
+        _installed = self
         try:
             self.adopt()
             self.collect_trees()

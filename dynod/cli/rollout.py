@@ -22,28 +22,39 @@ def wait_rollout(app: str, version: int, timeout: float = TIMEOUT) -> None:
     channel = client.channel()
     rels = releases_pb2_grpc.ReleasesStub(channel)
     dynos = dynos_pb2_grpc.DynosStub(channel)
-    print(f"Rolling out v{version}....", end=" ", file=sys.stderr, flush=True)
     deadline = time.monotonic() + timeout
+    said = False
     while True:
         newest = call(rels.List, releases_pb2.ListReleasesRequest(app=app, limit=1)).releases
         release = call(rels.Get, releases_pb2.GetReleaseRequest(app=app, version=version)).release
         if release.status == "failed":
-            print("failed.", file=sys.stderr, flush=True)
+            print(f"Rolling out v{version}.... failed." if not said else "failed.",
+                  file=sys.stderr, flush=True)
             serving = call(rels.List, releases_pb2.ListReleasesRequest(app=app)).releases
             now = next((f"v{r.version}" for r in serving if r.current), "the previous release")
             raise CliError(f"release v{version} failed: its web dynos did not come up "
                            f"(crashed at boot or R10); {now} keeps serving. See "
                            "`dynoctl logs` and `dynoctl releases`")
         if newest and newest[0].version > version:
-            print("superseded.", file=sys.stderr, flush=True)
+            if said:
+                print("superseded.", file=sys.stderr, flush=True)
             return
-        web = [d for d in call(dynos.List, dynos_pb2.ListDynosRequest(app=app)).dynos
-               if d.type == "web"]
+        try:
+            web = [d for d in call(dynos.List, dynos_pb2.ListDynosRequest(app=app)).dynos
+                   if d.type == "web"]
+        except CliError:
+            if said:
+                raise
+            return  # a dynod that runs no dynos: nothing to wait for
         # Old web dynos leave only once their replacements are up and routed, so none
-        # left means rolled out (a first release has none to wait for).
+        # left means rolled out (a first release has none to wait for: nothing said).
         if all(d.release == version for d in web):
-            print("done.", file=sys.stderr, flush=True)
+            if said:
+                print("done.", file=sys.stderr, flush=True)
             return
+        if not said:
+            print(f"Rolling out v{version}....", end=" ", file=sys.stderr, flush=True)
+            said = True
         if time.monotonic() > deadline:
             print(f"still going after {timeout:.0f} s; see `dynoctl ps`.", file=sys.stderr,
                   flush=True)
