@@ -12,8 +12,11 @@ machine (systemd 252, the default stack bound read-only, cgroup v1 hybrid here):
 * memory per idle dyno (``sleep infinity``), incl. its netns: the machine's root memory
   cgroup before/after N dynos, divided by N; baseline: N bare units.
 
-Podman (crun) is measured only where the machine has it (``podman`` on PATH); otherwise
-the figures of ../shared/reference/baseline-podman.md are printed for reference.
+Second baseline, same run, same machine, same root file system: Debian's podman with
+crun (``podman run --rootfs <stack>:O``, an overlay per container like a dyno's), as
+../shared/reference/baseline-podman.md describes: start, first HTTP 200 on a published
+port, N containers until all answer, memory per idle container without a network.
+``benchmarks/run`` installs podman on the host (the machines see the host's /) if missing.
 
     .venv/bin/python -m benchmarks.dynos [--quick] [--json FILE]
 """
@@ -38,6 +41,7 @@ CACHE = Path("/var/cache/dynod/test-state/stacks/debian-13")
 HTTP_CMD = "exec python3 -m http.server $PORT"
 DYNO_DIRS = Path("/run/dynod/dynos")
 MEM_ROOT = Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")
+PODMAN_STORAGE = Path("/var/tmp/dynod-bench-containers")
 
 
 def sh(*argv: str, check: bool = True) -> str:
@@ -223,6 +227,59 @@ def bare_memory(count: int) -> float:
     return (after - before) / count / (1024 * 1024)
 
 
+# --- podman (Debian's, crun), same root file system, same machine --------------------
+
+PODMAN = ["podman", "--runtime", "crun"]
+ROOTFS = f"{STACK}:O"  # an overlay of the stack per container, like a dyno's
+
+
+def podman_start_and_http(n: int) -> tuple[list[float], list[float]]:
+    """``podman run -d`` until it returns (the container runs), and until the first
+    HTTP 200 of the same http.server published on a loopback port."""
+    starts, https = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        sh(*PODMAN, "run", "-d", "--name", f"ps-{i}", "--network", "none", "--rootfs",
+           ROOTFS, "/usr/bin/sleep", "infinity")
+        starts.append((time.perf_counter() - t0) * 1000)
+        sh(*PODMAN, "rm", "-f", "-t", "0", f"ps-{i}")
+        port = 20000 + i
+        t0 = time.perf_counter()
+        sh(*PODMAN, "run", "-d", "--name", f"ph-{i}", "-p", f"127.0.0.1:{port}:8000",
+           "--workdir", "/", "--rootfs", ROOTFS, "/usr/bin/python3", "-m", "http.server",
+           "8000")
+        wait(lambda p=port: ok(f"http://127.0.0.1:{p}/"))
+        https.append((time.perf_counter() - t0) * 1000)
+        sh(*PODMAN, "rm", "-f", "-t", "0", f"ph-{i}")
+    return starts, https
+
+
+def podman_scale(count: int) -> float:
+    """``count`` containers of the same http.server started one after another (as
+    ``ps:scale`` does), until every one answers on its published port."""
+    t0 = time.perf_counter()
+    names = [f"pc-{i}" for i in range(count)]
+    for i, name in enumerate(names):
+        sh(*PODMAN, "run", "-d", "--name", name, "-p", f"127.0.0.1:{21000 + i}:8000",
+           "--workdir", "/", "--rootfs", ROOTFS, "/usr/bin/python3", "-m", "http.server",
+           "8000")
+    wait(lambda: all(ok(f"http://127.0.0.1:{21000 + i}/") for i in range(count)), step=0.05)
+    took = time.perf_counter() - t0
+    sh(*PODMAN, "rm", "-f", "-t", "0", *names)
+    return took
+
+
+def podman_memory(count: int) -> float:
+    before = settle_memory()
+    names = [f"pm-{i}" for i in range(count)]
+    for name in names:
+        sh(*PODMAN, "run", "-d", "--name", name, "--network", "none", "--rootfs", ROOTFS,
+           "/usr/bin/sleep", "infinity")
+    after = settle_memory()
+    sh(*PODMAN, "rm", "-f", "-t", "0", *names)
+    return (after - before) / count / (1024 * 1024)
+
+
 def sizes(scale: float) -> tuple[int, int, int]:
     """(starts, dynos scaled to, rounds) for suite scale 1 (full), 0.1 (quick), 0.01."""
     if scale >= 1:
@@ -241,9 +298,15 @@ def inside(scale: float) -> dict[str, object]:
     b_scale = [bare_scale(count) for _ in range(rounds)]
     d_mem = [dyno_memory(count) for _ in range(rounds)]
     b_mem = [bare_memory(count) for _ in range(rounds)]
-    return {"count": count, "d_start": d_start, "b_start": b_start, "d_http": d_http,
-            "b_http": b_http, "d_scale": d_scale, "b_scale": b_scale, "d_mem": d_mem,
-            "b_mem": b_mem, "podman": shutil.which("podman") is not None}
+    result: dict[str, object] = {
+        "count": count, "d_start": d_start, "b_start": b_start, "d_http": d_http,
+        "b_http": b_http, "d_scale": d_scale, "b_scale": b_scale, "d_mem": d_mem,
+        "b_mem": b_mem, "podman": shutil.which("podman") is not None}
+    if result["podman"]:
+        result["p_start"], result["p_http"] = podman_start_and_http(n)
+        result["p_scale"] = [podman_scale(count) for _ in range(rounds)]
+        result["p_mem"] = [podman_memory(count) for _ in range(rounds)]
+    return result
 
 
 # --- on the host -----------------------------------------------------------------
@@ -256,7 +319,10 @@ def collect(scale: float = 1.0) -> list[Figure]:
     """The suite's entry point (benchmarks/suite.py): one sandbox machine, every figure."""
     from tests.sandbox.machine import Machine  # noqa: PLC0415 - host side only
 
-    m = Machine(binds=[(str(CACHE), f"{STACK}:ro")])
+    # Podman's storage must be on a real file system (overlay upper dirs), like dynod's.
+    PODMAN_STORAGE.mkdir(parents=True, exist_ok=True)
+    m = Machine(binds=[(str(CACHE), f"{STACK}:ro"),
+                       (str(PODMAN_STORAGE), "/var/lib/containers")])
     m.boot()
     try:
         proc = m.run([str(PROJECT / ".venv/bin/python"), "-m", "benchmarks.dynos", "--inside",
@@ -279,13 +345,28 @@ def collect(scale: float = 1.0) -> list[Figure]:
         Figure("memory per idle dyno (root cgroup)", Summary.of(r["d_mem"], "Mi"),
                "per idle systemd-run unit", Summary.of(r["b_mem"], "Mi")),
     ]
+    if r.get("podman"):
+        figures += [
+            Figure("dyno start -> exec (rootfs, netns, unit)", Summary.of(r["d_start"], "ms"),
+                   "podman run -d (crun), --network none", Summary.of(r["p_start"], "ms")),
+            Figure("dyno start -> first HTTP 200", Summary.of(r["d_http"], "ms"),
+                   "podman run -p (crun) -> first 200", Summary.of(r["p_http"], "ms")),
+            Figure(f"ps:scale web=0->{count} -> all answer", Summary.of(r["d_scale"], "s"),
+                   f"{count} podman run -p http.server", Summary.of(r["p_scale"], "s")),
+            Figure("memory per idle dyno (root cgroup)", Summary.of(r["d_mem"], "Mi"),
+                   "per idle podman container, no net", Summary.of(r["p_mem"], "Mi")),
+        ]
     return figures
 
 
 def chart_samples() -> dict[str, list[float]]:
     """Start -> exec samples of the last collect(), for the suite's chart."""
-    return {"dyno start -> exec (ms)": list(_LAST.get("d_start", [])),
-            "systemd-run -> exec (ms)": list(_LAST.get("b_start", []))}
+    samples = {"dyno start -> exec": list(_LAST.get("d_start", [])),
+               "systemd-run -> exec": list(_LAST.get("b_start", [])),
+               "podman run -d (crun)": list(_LAST.get("p_start", [])),
+               "dyno -> first HTTP 200": list(_LAST.get("d_http", [])),
+               "podman -p -> first HTTP 200": list(_LAST.get("p_http", []))}
+    return {k: v for k, v in samples.items() if v}
 
 
 def main() -> int:
@@ -302,7 +383,7 @@ def main() -> int:
     figures = collect(scale)
     write(figures, args.json)
     if not _LAST.get("podman"):
-        print("podman (crun): not installed in the sandbox machine; its figures from "
+        print("podman (crun): not installed (benchmarks/run installs it); its figures from "
               "shared/reference/baseline-podman.md (same VM): start 134 ms, first HTTP 200 "
               "239 ms, ~1.45 MiB per idle container without a network")
     return 0

@@ -51,6 +51,7 @@ MASKED_UNITS = (
     "man-db.timer", "systemd-timesyncd.service", "systemd-pstore.service",
     "systemd-networkd-wait-online.service", "serial-getty@ttyS0.service",
     "docker.service", "docker.socket", "containerd.service",
+    "podman.socket", "podman.service", "podman-restart.service", "podman-auto-update.timer",
 )
 # Capabilities the machine's whole process tree loses: nothing in it may touch the
 # host's kernel modules, clock, raw I/O or kernel log.
