@@ -296,6 +296,13 @@ def test_install_deploy_upgrade_purge(suite: str, debian_machine: tuple[Machine,
     print(f"{suite}: upgrade {VERSION} -> {UPGRADE}: {steady['requests']} requests, "
           f"0 failed, {len(dynos)} dynos untouched")
 
+    # ---- remove: dynod and the router stop, state and dynos stay (a reinstall adopts them).
+    sh(m, "DEBIAN_FRONTEND=noninteractive apt-get -q -y remove dynod", timeout=300)
+    assert m.exec(["systemctl", "is-active", "dynod.service"], check=False
+                  ).stdout.strip() != "active"
+    assert m.exec(["test", "-s", "/var/lib/dynod/state.db"], check=False).returncode == 0
+    assert unit_ids(m, "dynod-flask-*.service") == dynos, "remove touched a dyno"
+
     # ---- purge: says what it removes, then nothing of dynod is left.
     out = sh(m, "DEBIAN_FRONTEND=noninteractive apt-get -q -y purge dynod", timeout=300)
     assert "dynod: purging: removing every app, dyno and all of dynod's state" in out, out
