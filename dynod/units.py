@@ -376,7 +376,7 @@ def unit_properties(spec: DynoSpec, mode: PidMode) -> list[Property]:
         ]
     else:
         props += [
-            ("PrivatePIDs", True),
+            ("PrivatePIDs", "yes"),  # a string on D-Bus ("yes"), checked with busctl on 257
             ("CapabilityBoundingSet", 0),
             ("AmbientCapabilities", 0),
             ("RestrictNamespaces", 0),
@@ -399,7 +399,7 @@ _SIGNATURES: dict[bytes, bytes] = {
     b"ProtectKernelLogs": b"b",
     b"RestrictSUIDSGID": b"b",
     b"PrivateIPC": b"b",
-    b"PrivatePIDs": b"b",
+    b"PrivatePIDs": b"s",
     b"ProtectProc": b"s",
     b"ProcSubset": b"s",
     b"UMask": b"u",

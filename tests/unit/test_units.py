@@ -181,7 +181,7 @@ def test_properties_private_pids_mode() -> None:
     props = _props(_spec(user="shop"), PidMode.PRIVATE_PIDS)
     [[(_, argv, _)]] = props["ExecStart"]
     assert argv[:3] == ["/dyno-init", "--no-pidns", "--"]
-    assert props["PrivatePIDs"] == [True] and props["PrivateUsers"] == [True]
+    assert props["PrivatePIDs"] == ["yes"] and props["PrivateUsers"] == [True]
     assert props["CapabilityBoundingSet"] == [0] and props["AmbientCapabilities"] == [0]
     assert props["RestrictNamespaces"] == [0]
     assert props["SystemCallFilter"] == [
