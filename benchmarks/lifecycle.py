@@ -57,6 +57,8 @@ def collect(scale: float = 1.0) -> list[Figure]:
                 return m.exec(["dynoctl", "apps"], check=False).returncode == 0
 
             def restart() -> float:
+                # systemd refuses a 6th start within 10 s (StartLimitBurst); reset it.
+                m.exec(["systemctl", "reset-failed", "dynod"], check=False)
                 t0 = time.monotonic()
                 m.exec(["systemctl", "restart", "--no-block", "dynod"])
                 time.sleep(0.05)
