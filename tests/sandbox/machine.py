@@ -52,6 +52,7 @@ MASKED_UNITS = (
     "systemd-networkd-wait-online.service", "serial-getty@ttyS0.service",
     "docker.service", "docker.socket", "containerd.service",
     "podman.socket", "podman.service", "podman-restart.service", "podman-auto-update.timer",
+    "podman-auto-update.service", "podman-clean-transient.service",
 )
 # Capabilities the machine's whole process tree loses: nothing in it may touch the
 # host's kernel modules, clock, raw I/O or kernel log.
