@@ -67,6 +67,10 @@ def test_history_filters_and_errors(stack_machine: Machine) -> None:
     dynoctl(m, "config:set", "-a", "shop", "GREETING=hi")
     assert get(m, "shop.dynod.localhost")[0] == 200
     wait_for("a router line", lambda: "dynod[router]" in dynoctl(m, "logs", "-a", "shop"))
+    # The config change rolls out: wait until the old web.1 has exited, so no line
+    # arrives between the reads compared below.
+    wait_for("the rollout to end", lambda: "Process exited with status" in dynoctl(
+        m, "logs", "-a", "shop", "-s", "dynod"), timeout=60)
     everything = dynoctl(m, "logs", "-a", "shop").splitlines()
     assert 5 < len(everything) <= 100
     assert all(LINE.match(x) for x in everything), everything
