@@ -909,6 +909,10 @@ def stage2(spec: dict[str, object]) -> None:
     _libc().sethostname(name.encode(), len(name))
     if lower == "/":
         _install_dynod(root, project)
+        # Extra masks go to /etc: a unit file there (dynod.service, just installed)
+        # outranks a mask in /run.
+        for unit in spec.get("mask", []):  # type: ignore[attr-defined]
+            _symlink("/dev/null", root / "etc/systemd/system" / str(unit))
 
     os.chdir(root)
     libc = _libc()
