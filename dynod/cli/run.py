@@ -25,6 +25,7 @@ import grpc
 from dynod.cli import client, output
 from dynod.cli.client import CliError, call
 from dynod.cli.ps import label
+from dynod.cli.releases import parse_version
 from dynod.v1 import oneoff_pb2, oneoff_pb2_grpc
 
 
@@ -169,13 +170,13 @@ def cmd_detached(args: argparse.Namespace) -> int:
 
 def cmd_release_output(args: argparse.Namespace) -> int:
     app = client.app_of(args)
-    version = 0
-    if args.version:
-        text = args.version.lstrip("vV")
-        if not text.isdigit():
-            raise CliError(f"{args.version} is not a release; use vN, e.g. v5")
-        version = int(text)
-    status = ""
+    status = stream_release_output(app, parse_version(args.version or None), "")
+    return 1 if status == "failed" else 0
+
+
+def stream_release_output(app: str, version: int, status: str) -> str:
+    """Print a release phase's output as it comes; return its final status (``status``
+    when the stream ends without one)."""
     try:
         for reply in stub().ReleaseOutput(oneoff_pb2.ReleaseOutputRequest(
                 app=app, version=version, follow=True), timeout=3700):
@@ -185,23 +186,14 @@ def cmd_release_output(args: argparse.Namespace) -> int:
                 status = reply.status
     except grpc.RpcError as exc:
         raise client.explain(exc) from exc
-    return 1 if status == "failed" else 0
+    return status
 
 
 def follow_release(app: str, version: int) -> str:
     """Heroku's deploy output while a release phase runs: ``Running release command...``,
     its output, ``Waiting for release.... done.`` (or ``failed.``). Returns the status."""
     print("Running release command...", file=sys.stderr, flush=True)
-    status = "pending"
-    try:
-        for reply in stub().ReleaseOutput(oneoff_pb2.ReleaseOutputRequest(
-                app=app, version=version, follow=True), timeout=3700):
-            if reply.WhichOneof("what") == "line":
-                print(reply.line, flush=True)
-            else:
-                status = reply.status
-    except grpc.RpcError as exc:
-        raise client.explain(exc) from exc
+    status = stream_release_output(app, version, "pending")
     word = "done." if status == "succeeded" else "failed."
     print(f"Waiting for release.... {word}", file=sys.stderr, flush=True)
     return status
