@@ -504,9 +504,7 @@ class Reconciler:
         for d in tracked:
             assert d.meta is not None
             unit = loaded.get(d.ref.unit)
-            exited = unit is None or unit.active_state in ("failed", "inactive") or (
-                unit.sub_state == "exited")
-            if exited:
+            if unit is None or unit.exited:
                 self._crashed(d)
                 continue
             if d.state is State.STARTING:
@@ -784,8 +782,7 @@ class Reconciler:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = [u for u in units.list_dynos() if u.name == unit]
-            if not found or found[0].active_state in ("failed", "inactive") or (
-                    found[0].sub_state == "exited"):
+            if not found or found[0].exited:
                 return True
             time.sleep(0.1)
         return False

@@ -548,6 +548,16 @@ class DynoUnit:
     dyno: DynoName
     active_state: str  # active, activating, deactivating, inactive, failed
     sub_state: str  # running, exited, dead, ...
+    job: str = ""  # the pending job's type (start, stop, ...); "" when none
+
+    @property
+    def exited(self) -> bool:
+        """Its command has ended (or the unit failed). A unit whose start job is still
+        queued is inactive too, but has not run yet: StartTransientUnit returns before
+        systemd runs the job, later still when it is busy starting other units."""
+        if self.active_state == "failed" or self.sub_state == "exited":
+            return True
+        return self.active_state == "inactive" and self.job != "start"
 
 
 def list_dynos() -> list[DynoUnit]:
@@ -564,7 +574,8 @@ def list_dynos() -> list[DynoUnit]:
         if dyno is None:
             continue
         active, sub = (x.decode() if isinstance(x, bytes) else str(x) for x in row[3:5])
-        units.append(DynoUnit(name, dyno, active, sub))
+        job = row[8].decode() if isinstance(row[8], bytes) else str(row[8])
+        units.append(DynoUnit(name, dyno, active, sub, job if row[7] else ""))
     return sorted(units, key=lambda u: u.name)
 
 

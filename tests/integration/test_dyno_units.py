@@ -108,3 +108,32 @@ def test_memory_max_kills_the_dyno(shared_machine: Machine) -> None:
     # Heroku's "Process exited with status 137" after R15.
     assert "status=137" in oom["unit_log"], oom["unit_log"]
     assert oom["residue"] == NO_RESIDUE
+
+
+def test_a_unit_whose_start_job_is_queued_has_not_exited(shared_machine: Machine) -> None:
+    """StartTransientUnit returns before systemd runs the start job; until it does, the
+    unit is inactive. dynod must not read that as a crash (a web dyno was once shown
+    'crashed' right after a deploy because systemd was busy starting a one-off)."""
+    m = shared_machine
+    unit = "dynod-queued-web.1-1.service"
+    m.exec(["systemd-run", "--no-block", "--unit", "dynod-test-blocker", "-p", "Type=oneshot",
+            "sleep", "3"])
+    m.exec(["systemd-run", "--no-block", "--unit", unit, "-p", "After=dynod-test-blocker.service",
+            "sleep", "60"])
+    try:
+        seen = m.exec([VENV_PY, "-c", (
+            "import json; from dynod import units\n"
+            f"u = [u for u in units.list_dynos() if u.name == {unit!r}][0]\n"
+            "print(json.dumps([u.active_state, u.job, u.exited]))")]).stdout
+        assert json.loads(seen) == ["inactive", "start", False], seen
+        m.exec(["systemctl", "stop", "dynod-test-blocker.service"])
+        m.exec(["sh", "-c", f"until systemctl is-active -q {unit}; do sleep 0.1; done"],
+               timeout=10)
+        m.exec(["systemctl", "stop", unit])
+        seen = m.exec([VENV_PY, "-c", (
+            "import json; from dynod import units\n"
+            f"print(json.dumps([u.exited for u in units.list_dynos() if u.name == {unit!r}]))"
+        )]).stdout
+        assert json.loads(seen) in ([], [True]), seen  # stopped: unloaded, or inactive
+    finally:
+        m.exec(["systemctl", "stop", "dynod-test-blocker.service", unit], check=False)
