@@ -297,6 +297,11 @@ def test_cpu_shared_by_weight(stack_machine: Machine) -> None:
                 if d["state"] == "up"}
 
     wait_for("both busy", lambda: set(cpu()) == {"small", "big"})
+    # Every busy process on one CPU: the weights then decide each dyno's share of it.
+    # Spread over both CPUs, the balancer's placement decided it too, and with the
+    # other test workers busy a CI run once measured 1.18.
+    m.exec(["sh", "-c", "find /sys/fs/cgroup -path '*dynod-shop-*.service*' -name cgroup.procs"
+                        " | xargs cat | sort -u | xargs -n1 taskset -a -p -c 0 >/dev/null"])
     time.sleep(1)
     # Measure over enough CPU time for the weights to show: with the other test
     # workers busy, the machine may get a fraction of a core (0.15 of one in a CI run).
@@ -306,7 +311,7 @@ def test_cpu_shared_by_weight(stack_machine: Machine) -> None:
         time.sleep(2)
         second = cpu()
         used = {k: second[k] - first[k] for k in ("small", "big")}
-        if sum(used.values()) >= 6e9 or time.monotonic() > deadline:
+        if sum(used.values()) >= 4e9 or time.monotonic() > deadline:
             break
     ratio = used["big"] / used["small"]
     print(f"CPU ratio standard-2x/standard-1x: {ratio:.2f} (weights 200/100), {used}")
