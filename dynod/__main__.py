@@ -53,9 +53,10 @@ def serve(config: Path) -> int:
     store = SqliteStore.open(settings.db_path)
     log.info("state %s, schema version %d", settings.db_path, store.schema_version)
     # The router before the dynos: reconcile tells it about up web dynos from the start.
+    # HAProxy comes up in a thread meanwhile (router calls wait for it).
     router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
                            state_dir=settings.state_dir)
-    router.start()
+    router_started = router.start()
     reconciler = Reconciler(store, settings, router)
     oneoffs = OneOffs(store, settings, lambda: reconciler.host)
     phase = ReleasePhase(store, settings, oneoffs, reconciler.changed)
@@ -68,8 +69,10 @@ def serve(config: Path) -> int:
     oneoffs.recover()
     phase.kick_all()
     api = start_api(settings.socket_path, settings.api_group, daemon)
+    router_started.join()
     log.info("dynod %s listening on %s", __version__, settings.socket_path)
-    # READY only now: the socket accepts calls, so `systemctl start` returning means usable.
+    # READY only now: the socket accepts calls and the router answers, so `systemctl start`
+    # returning means usable.
     notify.notify(f"READY=1\nSTATUS=listening on {settings.socket_path}")
 
     interval = _watchdog_interval()

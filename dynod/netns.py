@@ -34,11 +34,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-
-from pyroute2 import IPRoute, NetlinkError, netns
+from typing import TYPE_CHECKING
 
 from dynod import run
 from dynod.errors import InvalidArgument, ResourceExhausted, Unavailable
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+# pyroute2 is imported where it is used: importing it costs ~120 ms of dynod's start,
+# and a machine without dynos never needs it.
 
 BRIDGE = "dynod0"
 NETNS_PREFIX = "dynod-"
@@ -238,6 +243,7 @@ def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
 
     Raises Unavailable when the kernel or nft refuses.
     """
+    from pyroute2 import IPRoute, NetlinkError  # noqa: PLC0415 - see above
     try:
         with IPRoute() as ipr:
             idx = _index(ipr, plan.bridge)
@@ -282,6 +288,7 @@ def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
 
 def remove_bridge(plan: BridgePlan) -> None:
     """Delete the nftables table and the bridge. Idempotent."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 - see above
     try:
         run.output(["nft", "-f", "-"], input=f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
     except run.CommandFailed as exc:
@@ -294,6 +301,7 @@ def remove_bridge(plan: BridgePlan) -> None:
 
 def used_addresses(bridge: str = BRIDGE) -> set[IPv4Address]:
     """Addresses of dynos whose host veth exists (read back from interface names)."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 - see above
     with IPRoute() as ipr:
         names = [link.get("ifname") for link in ipr.get_links()]
     return {a for a in (address_of_veth(str(n)) for n in names if n) if a is not None}
@@ -336,6 +344,7 @@ def _build_dyno_network(net: DynoNetwork) -> None:
     """In a throw-away thread: a host netlink socket first, then unshare the thread
     into a new netns and pin it at /run/netns (pyroute2's create and IPRoute(netns=)
     each fork a helper process: ~30 ms apiece), then configure both sides."""
+    from pyroute2 import IPRoute, netns  # noqa: PLC0415 - see above
     with IPRoute() as ipr:  # stays in the host's netns, where it was opened
         bridge = _index(ipr, net.bridge)
         if bridge is None:
@@ -378,6 +387,7 @@ def create_dyno_network(net: DynoNetwork) -> None:
     removed and Unavailable is raised; an existing netns of that name is an error
     (AlreadyExists would hide a leak: reconcile removes stale ones first).
     """
+    from pyroute2 import NetlinkError  # noqa: PLC0415 - see above
     if len(net.host_veth) > IFNAMSIZ:
         raise InvalidArgument(f"interface name {net.host_veth} is too long")
     if net.netns_path.exists():
@@ -419,6 +429,7 @@ def rename_dyno_network(net: DynoNetwork, dyno: str) -> DynoNetwork:
 
 def remove_netns(name: str) -> None:
     """Remove the ``dynod-*`` network namespace ``name`` if it exists. Idempotent."""
+    from pyroute2 import netns  # noqa: PLC0415 - see above
     if name.startswith(NETNS_PREFIX) and (NETNS_DIR / name).exists():
         netns.remove(name)
 
@@ -426,6 +437,7 @@ def remove_netns(name: str) -> None:
 def remove_dyno_network(net: DynoNetwork) -> None:
     """Remove the netns (the kernel then frees eth0 and its host peer) and the host
     veth if it is still there. Idempotent."""
+    from pyroute2 import IPRoute, NetlinkError, netns  # noqa: PLC0415 - see above
     if net.netns_path.exists():
         netns.remove(net.netns)
     with IPRoute() as ipr:

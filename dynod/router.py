@@ -438,32 +438,37 @@ class HaproxyRouter:
 
     # -- lifecycle
 
-    def start(self) -> None:
-        """Start (or adopt) dynod-router.service with a configuration for every app, and
-        read its log lines. Raises Unavailable if HAProxy cannot start."""
+    def start(self) -> threading.Thread:
+        """Adopt what a running dynod-router.service routes, then start (or reconfigure)
+        it for every app in a thread, which is returned: dynod starts its reconciler and
+        API meanwhile (HAProxy takes ~150 ms to come up) and joins it before READY. Calls
+        made meanwhile wait for it (the lock). If HAProxy cannot start, the error is
+        logged and the tend loop retries."""
         self.paths.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         self._open_log_socket()
         with self._lock:
-            if self._active():
-                # Adopt: the servers HAProxy routes to now are the truth until reconcile
-                # says otherwise.
-                with contextlib.suppress(Unavailable):
-                    for be, servers in parse_servers_state(
-                            self.admin("show servers state")).items():
-                        if be.startswith("app_"):
-                            self._backends[be[4:]] = [
-                                Backend(dyno_of(s.name), s.ip, s.port)
-                                for s in servers if not s.maintenance]
+            # Adopt: the servers HAProxy routes to now are the truth until reconcile
+            # says otherwise. (Not running: the admin socket does not answer.)
+            with contextlib.suppress(Unavailable):
+                for be, servers in parse_servers_state(self.admin("show servers state")).items():
+                    if be.startswith("app_"):
+                        self._backends[be[4:]] = [Backend(dyno_of(s.name), s.ip, s.port)
+                                                  for s in servers if not s.maintenance]
             self._write_static_files()
+        for target, name in ((self._first_sync, "router-start"), (self._read_logs, "router-log"),
+                             (self._tend, "router-tend")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self._threads[-3]
+
+    def _first_sync(self) -> None:
+        with self._lock:
             try:
                 self._sync_config()
             except Unavailable as exc:
                 # dynod serves its API without a router; the tend loop retries.
                 log.error("%s", exc.message)
-        for target, name in ((self._read_logs, "router-log"), (self._tend, "router-tend")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
 
     def stop(self) -> None:
         """Stop reading logs; the router itself keeps running (like dynos do)."""
