@@ -20,7 +20,7 @@ up: prereqs
 test: prereqs
 	@tests/sandbox/run --purge >/dev/null
 	@tests/sandbox/hostcheck save .state/hostcheck.json
-	@rc=0; .venv/bin/python -m pytest -n $(PYTEST_WORKERS) -rfE tests || rc=$$?; \
+	@rc=0; .venv/bin/python -m pytest -n $(PYTEST_WORKERS) -rfE --durations=25 tests || rc=$$?; \
 	  tests/sandbox/hostcheck compare .state/hostcheck.json || rc=$${rc/#0/1}; exit $$rc
 
 unit: prereqs

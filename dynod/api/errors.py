@@ -26,11 +26,22 @@ CODES: dict[type[errors.DynodError], grpc.StatusCode] = {
 }
 
 
+# Trailing metadata on every error dynod itself raises: the client then knows that an
+# UNAVAILABLE came from dynod (systemd, the router, a stack being built, with a message
+# to show) and not from the transport (dynod down or gone mid-call).
+DOMAIN_ERROR = "dynod-error"
+
+
 def code_for(exc: errors.DynodError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in CODES:
             return CODES[cls]
     return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, exc: errors.DynodError) -> None:
+    context.set_trailing_metadata(((DOMAIN_ERROR, type(exc).__name__),))
+    context.abort(code_for(exc), exc.message)
 
 
 def _wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
@@ -39,7 +50,7 @@ def _wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..
             caller_of(context)  # refuses callers outside root and the API group
             return behavior(request, context)
         except errors.DynodError as exc:
-            context.abort(code_for(exc), exc.message)
+            _abort(context, exc)
         except Exception:
             log.exception("internal error in %s", getattr(behavior, "__qualname__", behavior))
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see journalctl -u dynod")
@@ -49,7 +60,7 @@ def _wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..
             caller_of(context)  # refuses callers outside root and the API group
             yield from behavior(request, context)
         except errors.DynodError as exc:
-            context.abort(code_for(exc), exc.message)
+            _abort(context, exc)
         except Exception:
             log.exception("internal error in %s", getattr(behavior, "__qualname__", behavior))
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see journalctl -u dynod")

@@ -37,10 +37,17 @@ def channel(socket_path: Path | None = None) -> grpc.Channel:
     return grpc.insecure_channel(f"unix:{socket_path}")
 
 
+def _from_dynod(exc: grpc.RpcError) -> bool:
+    """Raised by dynod itself (it marks its errors), not by the transport."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    return any(key == "dynod-error" for key, _ in metadata or ())
+
+
 def explain(exc: grpc.RpcError) -> CliError:
     """A user-facing error for a failed call."""
     code = exc.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and not _from_dynod(exc):
         return CliError(
             f"dynod is not answering on {DEFAULT_SOCKET}; check `systemctl status dynod`"
         )

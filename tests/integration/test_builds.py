@@ -100,7 +100,8 @@ def test_flask_push_builds_releases_and_reuses_the_cache(stack_machine: Machine)
     assert "Downloading" not in out and "Collecting" not in out, out
     assert "remote:        Released v3" in out, out
     print(f"\nflask push->released: cold {cold:.1f} s, warm {warm:.1f} s")
-    assert warm < cold
+    # (How much faster the warm push is belongs to benchmarks/builds.py: beside four
+    # busy test workers and a debootstrap, a warm push once took 41.8 s to a cold 18.4 s.)
 
     # The same commit again builds nothing.
     out = push(m, "flask")

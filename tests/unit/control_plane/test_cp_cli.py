@@ -165,6 +165,17 @@ def test_daemon_down(capsys: pytest.CaptureFixture[str], tmp_path: Path,
     assert err.startswith(f" !    dynod is not running: {tmp_path / 'none.sock'} does not exist")
 
 
+def test_an_unavailable_error_from_dynod_is_shown_not_called_a_dead_daemon(
+        cli: Api, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynod import apps, errors  # noqa: PLC0415 - patched for this test only
+
+    def busy(_store: object) -> None:
+        raise errors.Unavailable("systemd did not answer in time; try again")
+
+    monkeypatch.setattr(apps, "list_apps", busy)
+    assert run(capsys, "apps") == (1, "", " !    systemd did not answer in time; try again\n")
+
+
 @pytest.mark.parametrize(("value", "quoted"), [
     ("plain", "plain"), ("two words", "'two words'"), ("it's", '"it\'s"'),
     ("a\nb$", '"a\\nb\\$"'), ("x=y", "'x=y'")])
