@@ -111,6 +111,15 @@ class Dyno:
     timed_out: bool = False  # R10 at least once
     health: str = ""  # the health-check path of its release ("" = listening is enough)
     cycle_at: float = 0.0  # wall clock: the daily restart is due (0: never)
+    # What it runs, kept while it is crashed (``meta`` None) for ``ps`` and rollouts.
+    release: int = 0
+    command: str = ""
+    size: str = ""
+
+    def __post_init__(self) -> None:
+        if self.meta is not None:
+            self.release, self.command, self.size = (self.meta.release, self.meta.command,
+                                                     self.meta.size)
 
     @property
     def web(self) -> bool:
@@ -685,6 +694,7 @@ class Reconciler:
         command = proc.command
         d = prev or Dyno(ref, None, State.STARTING, time.time())
         d.health = health_path(want.config) if d.web else ""
+        d.release, d.command, d.size = want.release, command, proc.size
         with self._lock:
             self._dynos[ref] = d
         if prev is not None:
@@ -799,14 +809,13 @@ class Reconciler:
         for d in sorted(found, key=lambda d: (d.ref.process_type, d.ref.number,
                                               d.ref.generation)):
             meta = d.meta
-            size = meta.size if meta else ""
+            size = d.size
             # systemd's accounting (MemoryCurrent, CPUUsageNSec) covers cgroup v1 and v2.
             status = units.dyno_status(d.ref.unit) if meta else None
             out.append(DynoInfo(
                 app=app, name=d.ref.dyno, process_type=d.ref.process_type,
                 state=State.DOWN if d.stopping else d.state, since=d.since,
-                command=meta.command if meta else "", size=size,
-                release=meta.release if meta else 0, unit=d.ref.unit,
+                command=d.command, size=size, release=d.release, unit=d.ref.unit,
                 address=meta.address if meta else "", port=meta.port if meta else 0,
                 memory_bytes=status.memory_bytes if status else None,
                 memory_quota=SIZES[size].memory_mb * 1024 * 1024 if size in SIZES else 0,

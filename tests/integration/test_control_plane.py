@@ -4,6 +4,7 @@ vars, releases, rollback and formation, unchanged across a dynod restart and a r
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -56,6 +57,10 @@ def test_state_is_kept_across_restart_and_reboot(persistent_machine: Machine) ->
             "--process-type", "web=python3 -m http.server $PORT",
             "--process-type", "worker=sleep infinity")
     dynoctl(m, "ps:scale", "-a", "shop", "web=2", "worker+1")
+    # This machine has no stack: the dynos cannot start, and ps says what they run.
+    ps = dynoctl(m, "ps", "-a", "shop")
+    assert "=== web (Standard-1X): python3 -m http.server $PORT (2)\n" in ps, ps
+    assert re.search(r"^web\.1: crashed \d{4}/", ps, re.M), ps
     before = observed(m)
     assert before["formation"] == "web=2:Standard-1X worker=1:Standard-1X\n"
     assert [r[:3] for r in before["releases"][:2]] == [
