@@ -206,6 +206,7 @@ def test_slug_over_500mb_fails_and_leaves_the_release(stack_machine: Machine) ->
     assert current(m, "big")["version"] == 2
 
 
+@pytest.mark.slow
 def test_deploy_builds_stacks_cache_and_custom_buildpacks(stack_machine: Machine) -> None:
     m = stack_machine
     stacks_out = sh(m, "dynoctl stacks")[1]

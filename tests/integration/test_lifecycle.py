@@ -97,6 +97,7 @@ class Load:
         return dict(json.loads(self.m.exec(["cat", "/tmp/load.json"]).stdout))
 
 
+@pytest.mark.slow
 def test_rollouts_under_load_drop_no_request(stack_machine: Machine) -> None:
     m = stack_machine
     app, want = "shop", {"web": 2, "worker": 1}
@@ -244,6 +245,7 @@ def inactive(m: Machine, unit: str) -> bool:
     return not active(m, unit)
 
 
+@pytest.mark.slow
 def test_kill_dynod_during_deploys_and_scales(stack_machine: Machine) -> None:
     m = stack_machine
     app = "shop"

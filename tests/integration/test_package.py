@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import stack_bind
+from tests.integration.conftest import built_stack, stack_bind
 from tests.integration.test_builds import push, setup_push
 from tests.integration.test_dynos import wait_for
 from tests.sandbox.machine import PROJECT, Machine
 
-pytestmark = [pytest.mark.integration, pytest.mark.network]
+pytestmark = [pytest.mark.integration, pytest.mark.network, pytest.mark.slow]
 
 ROOTS = Path(os.environ.get("DYNOD_TEST_ROOTS", "/var/cache/dynod/test-roots"))
 MIRROR = "http://deb.debian.org/debian"
@@ -207,10 +207,13 @@ def suite(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def debian_machine(suite: str, stack: Path) -> Iterator[tuple[Machine, Path]]:
+def debian_machine(suite: str) -> Iterator[tuple[Machine, Path]]:
+    # The roots and packages first, the stack after: on a fresh machine another worker
+    # builds the stack meanwhile (not the ``stack`` fixture, which would wait for it).
     debs = built_debs(suite)
-    m = Machine(lower=debian_root(suite),
-                binds=[(str(debs), f"{DEBS_IN_MACHINE}:ro"), stack_bind(stack)])
+    root = debian_root(suite)
+    m = Machine(lower=root,
+                binds=[(str(debs), f"{DEBS_IN_MACHINE}:ro"), stack_bind(built_stack())])
     m.boot()
     try:
         yield m, debs
