@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import ipaddress
 import os
 import threading
@@ -248,12 +249,21 @@ def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
         with IPRoute() as ipr:
             idx = _index(ipr, plan.bridge)
             if idx is None:
-                ipr.link("add", ifname=plan.bridge, kind="bridge")
+                try:
+                    ipr.link("add", ifname=plan.bridge, kind="bridge")
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:  # made meanwhile (a build): use it
+                        raise
                 idx = _index(ipr, plan.bridge)
             assert idx is not None
             have = {(a.get("address"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
             if (str(plan.gateway), plan.pool.prefixlen) not in have:
-                ipr.addr("add", index=idx, address=str(plan.gateway), prefixlen=plan.pool.prefixlen)
+                try:
+                    ipr.addr("add", index=idx, address=str(plan.gateway),
+                             prefixlen=plan.pool.prefixlen)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
             # Pin the bridge's MAC: by default a bridge takes the lowest MAC of its ports,
             # so a new dyno's veth could change it, and every running dyno would send its
             # answers to the gateway's old MAC until ARP noticed (~30 s of hung requests
@@ -279,7 +289,8 @@ def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
         except OSError:
             continue
     runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    tmp = resolv.with_suffix(".tmp")
+    # A build and the first dyno may both get here: each writes its own file.
+    tmp = resolv.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(dyno_resolv_conf(texts))
     tmp.chmod(0o644)
     tmp.replace(resolv)

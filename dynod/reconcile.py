@@ -279,6 +279,7 @@ class Reconciler:
         self.router = router
         self._host_factory = host_factory
         self._host: Host | None = None
+        self._host_lock = threading.Lock()
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -293,9 +294,12 @@ class Reconciler:
 
     @property
     def host(self) -> Host:
-        if self._host is None:
-            self._host = self._host_factory(self.settings)
-        return self._host
+        """Made on first use, once: the reconciler and one-off starts (API threads) may
+        ask at the same moment, and two Hosts would both create the bridge."""
+        with self._host_lock:
+            if self._host is None:
+                self._host = self._host_factory(self.settings)
+            return self._host
 
     def start(self) -> None:
         """Adopt running dynos, clean up what nobody owns, run a first pass, then keep

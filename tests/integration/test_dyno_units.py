@@ -137,3 +137,33 @@ def test_a_unit_whose_start_job_is_queued_has_not_exited(shared_machine: Machine
         assert json.loads(seen) in ([], [True]), seen  # stopped: unloaded, or inactive
     finally:
         m.exec(["systemctl", "stop", "dynod-test-blocker.service", unit], check=False)
+
+
+BRIDGE_RACE = """
+import json, threading
+from pathlib import Path
+from dynod import netns
+plan = netns.plan_bridge("10.213.0.0/16")
+errors = []
+def go():
+    try:
+        netns.ensure_bridge(plan, Path("/run/dynod"))
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=go) for _ in range(6)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(errors))
+"""
+
+
+def test_the_bridge_is_made_once_when_several_ask_at_once(machine: Machine) -> None:
+    """A one-off, the reconciler and a build may all be first to need the bridge (CI:
+    'bridge dynod0: (17, File exists)' failed a `dynoctl run` right after boot)."""
+    assert machine.exec(["ip", "link", "show", "dynod0"], check=False).returncode != 0
+    errors = json.loads(machine.exec([VENV_PY, "-c", BRIDGE_RACE]).stdout)
+    assert errors == []
+    assert machine.exec(["ip", "-br", "addr", "show", "dynod0"]).stdout.split()[2] == \
+        "10.213.0.1/16"
