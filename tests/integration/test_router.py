@@ -228,10 +228,16 @@ def test_killed_dyno_and_slow_request(stack_machine: Machine) -> None:
     steady = Steady(m, host)
     time.sleep(1)
     victim = next(d for d in dynos if d["name"] == "web.2")
+    killed_at = time.time()
     m.exec(["systemctl", "kill", "--signal=SIGKILL", str(victim["unit"])])
     time.sleep(3)
     result = steady.finish()
-    assert result["failures"] == [], result
+    # The one request the dyno may have been answering when it died is lost (Heroku:
+    # H13; CI once saw its body cut off after the headers). Nothing else: new requests
+    # go to the other dynos at once (retried when the connect fails).
+    assert len(result["failures"]) <= 1, result
+    assert all(killed_at - 0.5 < float(f.split()[0]) < killed_at + 2.0
+               for f in result["failures"]), result
     # Heroku: no first byte in 30 s -> 503 and H12; the dyno goes on.
     started = time.monotonic()
     status, _, body = get(m, host, "/slow?s=40", timeout=60)
