@@ -248,6 +248,9 @@ def test_memory_hog_r14_r15_and_back_off(stack_machine: Machine) -> None:
                check=False)  # killed at 2x the quota: no answer
         wait_for("R15", partial(logged, m, "Error R15 (Memory quota vastly exceeded)", attempt),
                  timeout=30)
+        # ps says up until dynod has torn the killed dyno down (CI once connected then).
+        wait_for("crashed", partial(logged, m, "State changed from up to crashed", attempt),
+                 timeout=30)
     lines = journal(m, "DYNOD_APP=shop", "DYNOD_DYNO=web.1", "DYNOD_SOURCE=dynod")
     assert "Process exited with status 137" in lines
     assert "State changed from up to crashed" in lines
