@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Figure, table, to_json
-from dynod import hostinfo
+from dynod.system import hostinfo
 
 MODULES = ["sandbox_boot", "api", "dynos", "builds", "router", "lifecycle"]
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -13,16 +13,17 @@ from types import FrameType
 
 import sdnotify
 
-from dynod import __version__, release_phase
+from dynod import __version__
 from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
 from dynod.errors import DynodError
-from dynod.oneoff import OneOffs
-from dynod.reconcile import Reconciler
-from dynod.release_phase import ReleasePhase
-from dynod.router import HaproxyRouter
+from dynod.router.haproxy import HaproxyRouter
+from dynod.runtime import release_phase
+from dynod.runtime.oneoff import OneOffs
+from dynod.runtime.release_phase import ReleasePhase
+from dynod.runtime.supervisor import Reconciler
 from dynod.settings import DEFAULT_CONFIG, load_settings
-from dynod.state import SqliteStore
+from dynod.store.sqlite import SqliteStore
 
 log = logging.getLogger("dynod")
 

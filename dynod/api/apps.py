@@ -7,9 +7,12 @@ import socket
 
 import grpc
 
-from dynod import apps, builds, formation, gc, gitpush, releases, slugs, stacks
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
+from dynod.build import pipeline, stacks
+from dynod.cli import gitpush
+from dynod.control import apps, formation, releases, slugs
+from dynod.runtime import gc
 from dynod.v1 import apps_pb2, apps_pb2_grpc
 
 
@@ -33,7 +36,7 @@ def git_url(app: str) -> str:
 
 def app_to_proto(daemon: Daemon, app: apps.App) -> apps_pb2.App:
     current = releases.get_release(daemon.store, app.name)
-    stack = builds.get_settings(daemon.store, app.name).stack
+    stack = pipeline.get_settings(daemon.store, app.name).stack
     return apps_pb2.App(name=app.name, owner=app.owner, created_at=timestamp(app.created_at),
                         current_release=current.version, web_url=daemon.web_url(app.name),
                         git_url=git_url(app.name), stack=stack)
@@ -51,7 +54,7 @@ class AppsServicer(apps_pb2_grpc.AppsServicer):
             stacks.get_stack(request.stack)  # NotFound before anything is created
         app = apps.create_app(self.daemon.store, request.name or None, user)
         if request.stack:
-            builds.set_stack(self.daemon.store, app.name, request.stack)
+            pipeline.set_stack(self.daemon.store, app.name, request.stack)
         return apps_pb2.CreateAppResponse(app=app_to_proto(self.daemon, app))
 
     def Get(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import grpc
 
-from dynod import config, journal
 from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
 from dynod.api.releases import release_to_proto
+from dynod.control import config_vars
+from dynod.system import journal
 from dynod.v1 import config_pb2, config_pb2_grpc
 
 
@@ -20,14 +21,14 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):
         self, request: config_pb2.GetConfigRequest, context: grpc.ServicerContext
     ) -> config_pb2.GetConfigResponse:
         caller_of(context)
-        release = config.get_config(self.store, request.app)
+        release = config_vars.get_config(self.store, request.app)
         return config_pb2.GetConfigResponse(vars=dict(release.config), version=release.version)
 
     def Set(
         self, request: config_pb2.SetConfigRequest, context: grpc.ServicerContext
     ) -> config_pb2.SetConfigResponse:
         user = caller_of(context).name
-        release = config.set_config(self.store, request.app, dict(request.vars), user)
+        release = config_vars.set_config(self.store, request.app, dict(request.vars), user)
         journal.release_events(release)
         self.daemon.changed(request.app)
         return config_pb2.SetConfigResponse(release=release_to_proto(release, current=True))
@@ -36,7 +37,7 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):
         self, request: config_pb2.UnsetConfigRequest, context: grpc.ServicerContext
     ) -> config_pb2.UnsetConfigResponse:
         user = caller_of(context).name
-        release = config.unset_config(self.store, request.app, list(request.keys), user)
+        release = config_vars.unset_config(self.store, request.app, list(request.keys), user)
         journal.release_events(release)
         self.daemon.changed(request.app)
         return config_pb2.UnsetConfigResponse(release=release_to_proto(release, current=True))

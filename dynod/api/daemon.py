@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from dynod.routing import NullRouter, Router
+from dynod.router.protocol import NullRouter, Router
 from dynod.settings import Settings
-from dynod.state import Store
+from dynod.store.sqlite import Store
 
 if TYPE_CHECKING:
-    from dynod.oneoff import OneOffs
-    from dynod.reconcile import Reconciler
-    from dynod.release_phase import ReleasePhase
+    from dynod.runtime.oneoff import OneOffs
+    from dynod.runtime.release_phase import ReleasePhase
+    from dynod.runtime.supervisor import Reconciler
 
 
 @dataclass(frozen=True)

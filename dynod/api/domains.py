@@ -7,9 +7,9 @@ from pathlib import Path
 
 import grpc
 
-from dynod import apps, certs, domains
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
+from dynod.control import apps, certs, domains
 from dynod.errors import Unavailable
 from dynod.v1 import domains_pb2, domains_pb2_grpc
 

@@ -9,7 +9,7 @@ import grpc
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.errors import Unavailable
-from dynod.reconcile import DynoInfo, Reconciler
+from dynod.runtime.supervisor import DynoInfo, Reconciler
 from dynod.v1 import dynos_pb2, dynos_pb2_grpc
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import grpc
 
-from dynod import formation, journal, sizes
 from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
+from dynod.control import formation
+from dynod.model import sizes
+from dynod.system import journal
 from dynod.v1 import formation_pb2, formation_pb2_grpc
 
 

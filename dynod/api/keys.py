@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from dynod import gitpush, keys
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
+from dynod.cli import gitpush
+from dynod.control import keys
 from dynod.v1 import keys_pb2, keys_pb2_grpc
 
 

@@ -6,10 +6,11 @@ from collections.abc import Iterator
 
 import grpc
 
-from dynod import apps, logs, run
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
+from dynod.control import apps, logs
 from dynod.errors import Unavailable
+from dynod.system import processes
 from dynod.v1 import logs_pb2, logs_pb2_grpc
 
 
@@ -25,8 +26,8 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
         query = logs.make_query(request.app, request.lines, request.follow, request.dyno,
                                 request.source)
         try:
-            source = run.Lines(logs.journalctl_argv(query))
-        except run.CommandFailed as exc:
+            source = processes.Lines(logs.journalctl_argv(query))
+        except processes.CommandFailed as exc:
             raise Unavailable(f"journal: {exc}") from exc
         # A cancelled stream (Ctrl-C in dynoctl logs --tail) ends journalctl --follow.
         def stop() -> None:

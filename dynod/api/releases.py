@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from dynod import journal, releases
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
+from dynod.control import releases
+from dynod.system import journal
 from dynod.v1 import releases_pb2, releases_pb2_grpc
 
 

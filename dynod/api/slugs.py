@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import grpc
 
-from dynod import slugs
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
+from dynod.control import slugs
 from dynod.errors import InvalidArgument
 from dynod.v1 import slugs_pb2, slugs_pb2_grpc
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import grpc
 
-from dynod import builds, stacks
 from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
+from dynod.build import pipeline, stacks
 from dynod.v1 import stacks_pb2, stacks_pb2_grpc
 
 
@@ -49,7 +49,7 @@ class StacksServicer(stacks_pb2_grpc.StacksServicer):
 
         def work() -> None:
             try:
-                builds.ensure_stack(self.daemon.settings, name, lines.put)
+                pipeline.ensure_stack(self.daemon.settings, name, lines.put)
                 lines.put(None)
             except BaseException as exc:
                 lines.put(exc)
@@ -68,7 +68,7 @@ class StacksServicer(stacks_pb2_grpc.StacksServicer):
         self, request: stacks_pb2.SetAppStackRequest, context: grpc.ServicerContext
     ) -> stacks_pb2.SetAppStackResponse:
         caller_of(context)
-        got = builds.set_stack(self.daemon.store, request.app, request.stack)
+        got = pipeline.set_stack(self.daemon.store, request.app, request.stack)
         return stacks_pb2.SetAppStackResponse(stack=got.stack)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from dynod import __version__, hostinfo
+from dynod import __version__
 from dynod.api.daemon import Daemon
+from dynod.system import hostinfo
 from dynod.v1 import system_pb2, system_pb2_grpc
 
 

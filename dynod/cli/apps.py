@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import dynod
-from dynod import run
 from dynod.cli import client, output
 from dynod.cli.client import CliError, call
+from dynod.system import processes
 from dynod.v1 import apps_pb2, apps_pb2_grpc
 
 
@@ -40,8 +40,8 @@ def git(*argv: str) -> str | None:
     """git's output in the current directory, or None when it fails (not a repository,
     no git installed)."""
     try:
-        return run.output(["git", *argv]).strip()
-    except run.CommandFailed:
+        return processes.output(["git", *argv]).strip()
+    except processes.CommandFailed:
         return None
 
 

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import grpc
 
-from dynod import run
+from dynod.system import processes
 
 DEFAULT_SOCKET = Path(os.environ.get("DYNOD_SOCKET", "/run/dynod/dynod.sock"))
 
@@ -67,9 +67,9 @@ def app_from_remote(remote: str, cwd: Path | None = None) -> str | None:
     (``dynod@host:shop.git``, ``ssh://dynod@host/shop``, ``/var/lib/dynod/repos/shop.git``).
     None outside a git checkout or without that remote."""
     try:
-        url = run.output(["git", "-C", str(cwd or Path.cwd()), "config", "--get",
+        url = processes.output(["git", "-C", str(cwd or Path.cwd()), "config", "--get",
                           f"remote.{remote}.url"], timeout=10).strip()
-    except run.CommandFailed:
+    except processes.CommandFailed:
         return None
     name = re.split(r"[/:]", url.rstrip("/"))[-1].removesuffix(".git")
     return name or None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dynod import stacks
+from dynod.build import stacks
 from tests.sandbox.machine import Machine
 
 

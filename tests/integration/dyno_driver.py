@@ -1,6 +1,6 @@
 """Runs inside a sandbox machine, as root, in systemd's mount namespace (a transient
-unit): drives dynod.rootfs, dynod.netns and dynod.units against the machine's real
-systemd and prints what it saw as one JSON object for the test to assert on.
+unit): drives dynod.runtime.rootfs, dynod.system.netns and dynod.system.units against the
+machine's real systemd and prints what it saw as one JSON object for the test to assert on.
 
     dyno_driver.py web      start a dyno, probe it, write, restart, probe, tear down
     dyno_driver.py oom      start a dyno with a small MemoryMax= and make it hog memory
@@ -20,9 +20,10 @@ from ipaddress import IPv4Address
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dynod import netns, rootfs, units
-from dynod.rootfs import Bind
-from dynod.units import DynoSpec, Limits
+from dynod.runtime import rootfs
+from dynod.runtime.rootfs import Bind
+from dynod.system import netns, units
+from dynod.system.units import DynoSpec, Limits
 
 PROJECT = Path(__file__).resolve().parents[2]
 WORK = Path("/run/dyno-test")

@@ -1,7 +1,7 @@
 """A real dyno unit in the sandbox: overlay root, own netns, dyno-init as PID 1.
 
 The driver (tests/integration/dyno_driver.py) runs inside the machine as root, calls
-dynod.rootfs, dynod.netns and dynod.units, and reports what it saw as JSON.
+dynod.runtime.rootfs, dynod.system.netns and dynod.system.units, and reports what it saw as JSON.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def test_a_unit_whose_start_job_is_queued_has_not_exited(shared_machine: Machine
 BRIDGE_RACE = """
 import json, threading
 from pathlib import Path
-from dynod import netns
+from dynod.system import netns
 plan = netns.plan_bridge("10.213.0.0/16")
 errors = []
 def go():

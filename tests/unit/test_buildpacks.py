@@ -14,8 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from dynod import run
-from dynod.buildpacks import (
+from dynod.build.buildpacks import (
     NO_LANGUAGE_LINES,
     Buildpack,
     BuildResult,
@@ -29,8 +28,9 @@ from dynod.buildpacks import (
     slugignore_matches,
 )
 from dynod.errors import FailedPrecondition, ResourceExhausted
-from dynod.procfile import parse_procfile
-from dynod.unpack import Limits, unpack_slug
+from dynod.model.procfile import parse_procfile
+from dynod.slug.unpack import Limits, unpack_slug
+from dynod.system import processes
 
 # --- pure parts -------------------------------------------------------------------------
 
@@ -315,10 +315,10 @@ def test_python_buildpack_with_pip_and_cache(tmp_path: Path, dirs: dict[str, Pat
     venv = tree / ".heroku/python"
     assert (venv / "bin/python3").is_symlink()
     # the venv runs from where it was unpacked, not where it was built
-    out = run.output([str(venv / "bin/python"), "-c", "import six, sys; print(sys.prefix)"])
+    out = processes.output([str(venv / "bin/python"), "-c", "import six, sys; print(sys.prefix)"])
     assert out.strip() == str(venv)
     assert "/build/" not in (venv / "bin/pip").read_text()
-    assert run.output([str(venv / "bin/pip"), "--version"]).startswith("pip ")
+    assert processes.output([str(venv / "bin/pip"), "--version"]).startswith("pip ")
     assert (
         'PATH="${HOME}/.heroku/python/bin:${PATH}"' in (tree / ".profile.d/python.sh").read_text()
     )
@@ -338,7 +338,7 @@ def test_python_buildpack_with_pip_and_cache(tmp_path: Path, dirs: dict[str, Pat
 
 
 def python_xy() -> str:
-    out = run.output(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    out = processes.output(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
     return out.strip()
 
 

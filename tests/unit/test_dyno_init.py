@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dynod import run
+from dynod.system import processes
 
 PROJECT = Path(__file__).resolve().parents[2]
 BUILD = PROJECT / "dynod/init/build.sh"
@@ -22,14 +22,14 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.fixture(scope="module")
 def init(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("init") / "dyno-init"
-    run.output([str(BUILD), str(out)], timeout=120)
+    processes.output([str(BUILD), str(out)], timeout=120)
     return out
 
 
 def _userns_works() -> bool:
     try:
-        run.output(["unshare", "--user", "--map-root-user", "true"])
-    except run.CommandFailed:
+        processes.output(["unshare", "--user", "--map-root-user", "true"])
+    except processes.CommandFailed:
         return False
     return True
 

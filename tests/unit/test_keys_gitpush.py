@@ -11,8 +11,11 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from dynod import gitpush, keys, rootfs, units
+from dynod.cli import gitpush
+from dynod.control import keys
 from dynod.errors import InvalidArgument
+from dynod.runtime import rootfs
+from dynod.system import units
 
 
 def blob(kind: str, payload: bytes = b"\x00" * 32) -> str:
@@ -57,14 +60,14 @@ def key(key_id: str = "k0123456789ab", kind: str = "ssh-ed25519", data: str = ED
 def test_render_authorized_keys_forces_the_git_shell_per_key() -> None:
     text = keys.render_authorized_keys(
         [key(), key("kffffffffffff", data=blob("ssh-ed25519", b"\x02" * 32))],
-        ["/usr/lib/dynod/venv/bin/python3", "-m", "dynod.gitpush", "shell"])
+        ["/usr/lib/dynod/venv/bin/python3", "-m", "dynod.cli.gitpush", "shell"])
     lines = text.splitlines()
     assert lines[0].startswith("# Written by dynod")
     assert lines[2] == (
-        'command="/usr/lib/dynod/venv/bin/python3 -m dynod.gitpush shell k0123456789ab",'
+        'command="/usr/lib/dynod/venv/bin/python3 -m dynod.cli.gitpush shell k0123456789ab",'
         "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty,no-user-rc "
         f"ssh-ed25519 {ED}")
-    assert lines[3].startswith('command="/usr/lib/dynod/venv/bin/python3 -m dynod.gitpush '
+    assert lines[3].startswith('command="/usr/lib/dynod/venv/bin/python3 -m dynod.cli.gitpush '
                                'shell kffffffffffff",')
     assert len(lines) == 4 and text.endswith("\n")
     # The comment never reaches the file (it is free text).

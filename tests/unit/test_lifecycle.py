@@ -7,11 +7,13 @@ import time
 
 import pytest
 
-from dynod import journal, reconcile, releases
-from dynod.dynos import DynoMeta, DynoRef
-from dynod.reconcile import CYCLE, CYCLE_JITTER, Desired, Dyno, Reconciler, State
-from dynod.router import parse_server_stat
-from dynod.routing import NullRouter
+from dynod.control import releases
+from dynod.router.haproxy import parse_server_stat
+from dynod.router.protocol import NullRouter
+from dynod.runtime import supervisor
+from dynod.runtime.dynos import DynoMeta, DynoRef
+from dynod.runtime.supervisor import CYCLE, CYCLE_JITTER, Desired, Dyno, Reconciler, State
+from dynod.system import journal
 
 
 def _dyno(n: int, gen: int, state: State, release: int = 1) -> Dyno:
@@ -20,7 +22,7 @@ def _dyno(n: int, gen: int, state: State, release: int = 1) -> Dyno:
 
 
 def test_cycle_is_due_after_a_day_plus_jitter() -> None:
-    dues = [reconcile.cycle_due(1000.0) - 1000.0 for _ in range(200)]
+    dues = [supervisor.cycle_due(1000.0) - 1000.0 for _ in range(200)]
     assert all(CYCLE <= d <= CYCLE + CYCLE_JITTER for d in dues)
     assert len(set(dues)) > 100  # jittered, so dynos do not all cycle at once
 
@@ -43,9 +45,9 @@ def test_a_dyno_past_its_cycle_rolls_the_app_out(monkeypatch: pytest.MonkeyPatch
 
 
 def test_health_path_from_config() -> None:
-    assert reconcile.health_path({"DYNO_HEALTHCHECK_PATH": "/health"}) == "/health"
-    assert reconcile.health_path({"DYNO_HEALTHCHECK_PATH": "health"}) == ""
-    assert reconcile.health_path({}) == ""
+    assert supervisor.health_path({"DYNO_HEALTHCHECK_PATH": "/health"}) == "/health"
+    assert supervisor.health_path({"DYNO_HEALTHCHECK_PATH": "health"}) == ""
+    assert supervisor.health_path({}) == ""
 
 
 def test_release_failed_only_while_an_older_release_serves(

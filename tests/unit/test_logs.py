@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dynod import certs, domains, logs
+from dynod.control import certs, domains, logs
 from dynod.errors import InvalidArgument, NotFound
 
 

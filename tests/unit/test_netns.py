@@ -4,8 +4,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from dynod import netns
 from dynod.errors import InvalidArgument, ResourceExhausted
+from dynod.system import netns
 
 
 def test_plan_bridge() -> None:

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from dynod import apps, config, formation, oneoff, releases, slugs
 from dynod.cli import run as cli_run
 from dynod.cli.client import CliError
+from dynod.control import apps, config_vars, formation, releases, slugs
+from dynod.control.releases import ReleaseStatus
 from dynod.errors import InvalidArgument
-from dynod.releases import ReleaseStatus
+from dynod.runtime import oneoff
 from dynod.settings import load_settings
-from dynod.state import SqliteStore
-from dynod.units import DynoSpec, PidMode, unit_properties
+from dynod.store.sqlite import SqliteStore
+from dynod.system.units import DynoSpec, PidMode, unit_properties
 
 
 @pytest.mark.parametrize(("command", "expected"), [
@@ -107,12 +108,12 @@ def test_a_release_command_makes_pending_releases_and_current_is_the_last_succes
         assert releases.release_command(tx, v3) == "migrate"
         assert releases.release_command(tx, v2) is None
     # A config change is based on the newest release, and runs the command again.
-    v4 = config.set_config(store, "shop", {"A": "1"}, "alice")
+    v4 = config_vars.set_config(store, "shop", {"A": "1"}, "alice")
     assert v4.status is ReleaseStatus.PENDING and v4.slug_id == with_release
     releases.set_status(store, "shop", 3, ReleaseStatus.FAILED)
     releases.set_status(store, "shop", 4, ReleaseStatus.SUCCEEDED)
     assert releases.get_release(store, "shop").version == 4
-    assert config.get_config(store, "shop").config == {"A": "1"}
+    assert config_vars.get_config(store, "shop").config == {"A": "1"}
     assert [r.status for r in releases.list_releases(store, "shop", 3)] == [
         ReleaseStatus.SUCCEEDED, ReleaseStatus.FAILED, ReleaseStatus.SUCCEEDED]
     # A rollback to a release with a release command is pending too.

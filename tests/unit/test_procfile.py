@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from dynod.errors import InvalidArgument
-from dynod.procfile import (
+from dynod.model.procfile import (
     MISCASED_WARNINGS,
     ProcessType,
     load_procfile,

@@ -4,9 +4,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from dynod import rootfs
 from dynod.errors import InvalidArgument
-from dynod.rootfs import Bind
+from dynod.runtime import rootfs
+from dynod.runtime.rootfs import Bind
 
 
 def test_plan_layout_and_overlay_options() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dynod import router
-from dynod.router import RouterPaths, render_config, router_line
-from dynod.routing import Backend
+from dynod.router import haproxy
+from dynod.router.haproxy import RouterPaths, render_config, router_line
+from dynod.router.protocol import Backend
 
 LINE = ('dynod-router1 "shop" "" "GET" "/a?b=1" "shop.dynod.localhost" "rid-1" '
         '"1.2.3.4, 127.0.0.1" "web.2_10.213.0.3_5000" 1 0 0 12 200 717 ---- "http"')
@@ -63,30 +63,30 @@ def test_servers_state_parsing() -> None:
     text = ("1\n# be_id be_name srv_id srv_name ...\n"
             f"4 app_shop 1 web.1_10.0.0.2_5000 10.0.0.2 2 0 1 1 {tail}\n"
             f"4 app_shop 2 web.2_10.0.0.3_5000 10.0.0.3 0 1 1 1 {tail}\n")
-    state = router.parse_servers_state(text)
+    state = haproxy.parse_servers_state(text)
     assert [(s.name, s.maintenance) for s in state["app_shop"]] == [
         ("web.1_10.0.0.2_5000", False), ("web.2_10.0.0.3_5000", True)]
-    assert router.dyno_of("web.12_10.0.0.3_5000") == "web.12"
+    assert haproxy.dyno_of("web.12_10.0.0.3_5000") == "web.12"
 
 
 def test_config_is_valid_haproxy(tmp_path: Path) -> None:
     paths = RouterPaths(tmp_path)
     for p in (paths.hosts_map, paths.maintenance_map, paths.empty_map, paths.crt_list):
         p.write_text("")
-    for name, html in router.PAGES.items():
+    for name, html in haproxy.PAGES.items():
         paths.page(name).write_text(html)
-    (tmp_path / "error.http").write_bytes(router.error_response())
+    (tmp_path / "error.http").write_bytes(haproxy.error_response())
     config = render_config(paths, {"shop": [Backend("web.1", "10.0.0.2", 5000)], "b": []},
                            http_port=18080)
     assert "backend app_shop" in config and "backend app_b" in config
     assert "    server web.1_10.0.0.2_5000 10.0.0.2:5000 " in config
     # Only a change of something other than servers reloads.
     other = render_config(paths, {"shop": [], "b": []}, http_port=18080)
-    assert router._shape(config) == router._shape(other)
-    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    if not Path(haproxy).exists():
+    assert haproxy._shape(config) == haproxy._shape(other)
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(binary).exists():
         pytest.skip("haproxy is not installed")
     (tmp_path / "haproxy.cfg").write_text(config)
-    check = subprocess.run([haproxy, "-c", "-f", str(tmp_path / "haproxy.cfg")],
+    check = subprocess.run([binary, "-c", "-f", str(tmp_path / "haproxy.cfg")],
                            capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dynod import stacks
+from dynod.build import stacks
 from dynod.errors import FailedPrecondition, NotFound, Unavailable
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from dynod import run, units
 from dynod.errors import InvalidArgument
-from dynod.rootfs import Bind
-from dynod.sizes import parse_size
-from dynod.units import DynoName, DynoSpec, Limits, PidMode
+from dynod.model.sizes import parse_size
+from dynod.runtime.rootfs import Bind
+from dynod.system import processes, units
+from dynod.system.units import DynoName, DynoSpec, Limits, PidMode
 
 ESCAPE_CASES = [
     "shop",
@@ -32,7 +32,7 @@ ESCAPE_CASES = [
 @pytest.mark.skipif(shutil.which("systemd-escape") is None, reason="needs systemd-escape")
 @pytest.mark.parametrize("text", ESCAPE_CASES)
 def test_escape_matches_systemd_escape(text: str) -> None:
-    expected = run.output(["systemd-escape", "--", text]).rstrip("\n")
+    expected = processes.output(["systemd-escape", "--", text]).rstrip("\n")
     assert units.escape(text) == expected
     assert units.unescape(expected) == text
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dynod.errors import InvalidArgument, ResourceExhausted
-from dynod.unpack import (
+from dynod.slug.unpack import (
     Limits,
     Unpacked,
     check_slug_size,

@@ -15,7 +15,7 @@ import grpc
 from dynod.api.daemon import Daemon
 from dynod.api.server import make_server
 from dynod.settings import Settings
-from dynod.state import SqliteStore
+from dynod.store.sqlite import SqliteStore
 from dynod.v1 import (
     apps_pb2,
     apps_pb2_grpc,

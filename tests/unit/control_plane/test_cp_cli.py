@@ -20,7 +20,7 @@ from dynod.api.server import start_api
 from dynod.cli import main as dynoctl
 from dynod.cli.output import shell_quote
 from dynod.settings import Settings
-from dynod.state import SqliteStore
+from dynod.store.sqlite import SqliteStore
 from dynod.v1 import apps_pb2, apps_pb2_grpc
 from tests.unit.control_plane.harness import Api, make_slug
 
@@ -167,7 +167,8 @@ def test_daemon_down(capsys: pytest.CaptureFixture[str], tmp_path: Path,
 
 def test_an_unavailable_error_from_dynod_is_shown_not_called_a_dead_daemon(
         cli: Api, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from dynod import apps, errors  # noqa: PLC0415 - patched for this test only
+    from dynod import errors  # noqa: PLC0415 - patched for this test only
+    from dynod.control import apps  # noqa: PLC0415 - patched for this test only
 
     def busy(_store: object) -> None:
         raise errors.Unavailable("systemd did not answer in time; try again")

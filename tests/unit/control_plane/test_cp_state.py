@@ -9,21 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from dynod import apps, config, formation, releases, sizes, slugs, state
+from dynod.control import apps, config_vars, formation, releases, slugs
 from dynod.errors import FailedPrecondition, InvalidArgument
-from dynod.state import SqliteStore
+from dynod.model import sizes
+from dynod.store import sqlite
+from dynod.store.sqlite import SqliteStore
 
 
 def test_fresh_database_is_migrated_with_wal_and_foreign_keys(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path / "a" / "state.db")
-    assert store.schema_version == len(state.MIGRATIONS)
+    assert store.schema_version == len(sqlite.MIGRATIONS)
     with store.read() as tx:
         db = tx.db  # type: ignore[attr-defined]
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     store.close()
     again = SqliteStore.open(tmp_path / "a" / "state.db")  # idempotent
-    assert again.schema_version == len(state.MIGRATIONS)
+    assert again.schema_version == len(sqlite.MIGRATIONS)
     again.close()
 
 
@@ -45,15 +47,15 @@ def test_failed_migration_leaves_previous_version(tmp_path: Path) -> None:
 
     db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
     with pytest.raises(RuntimeError):
-        state.migrate(db, [*state.MIGRATIONS, broken])
-    assert db.execute("SELECT version FROM schema_version").fetchone()[0] == len(state.MIGRATIONS)
+        sqlite.migrate(db, [*sqlite.MIGRATIONS, broken])
+    assert db.execute("SELECT version FROM schema_version").fetchone()[0] == len(sqlite.MIGRATIONS)
     assert db.execute("SELECT name FROM sqlite_master WHERE name='half'").fetchone() is None
 
 
 def test_state_survives_reopen(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path / "state.db")
     apps.create_app(store, "shop", "alice")
-    config.set_config(store, "shop", {"A": "1"}, "bob")
+    config_vars.set_config(store, "shop", {"A": "1"}, "bob")
     store.close()
     store = SqliteStore.open(tmp_path / "state.db")
     got = releases.list_releases(store, "shop")
@@ -90,12 +92,12 @@ def test_random_names_are_valid() -> None:
 
 
 def test_config_size_counts_utf8_bytes() -> None:
-    assert config.size_of({"A": "é"}) == 3
+    assert config_vars.size_of({"A": "é"}) == 3
 
 
 @pytest.mark.parametrize("key", ["FOO", "_x", "a1", "DYNOD", "PORTS", "dyno"])
 def test_config_keys_allowed(key: str) -> None:
-    config.validate_key(key)
+    config_vars.validate_key(key)
 
 
 def test_sizes_table() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from dynod import apps, state
-from dynod.state import FIRST_APP_UID, SqliteStore
+from dynod.control import apps
+from dynod.store import sqlite
+from dynod.store.sqlite import FIRST_APP_UID, SqliteStore
 
 
 def test_uids_are_allocated_in_order_and_never_reused(tmp_path: Path) -> None:
@@ -28,7 +29,7 @@ def test_uids_are_allocated_in_order_and_never_reused(tmp_path: Path) -> None:
 
 def test_a_v1_database_gets_uids_for_its_apps(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
-    state.migrate(db, state.MIGRATIONS[:1])
+    sqlite.migrate(db, sqlite.MIGRATIONS[:1])
     for name in ("one", "two"):
         db.execute("INSERT INTO apps (name, owner, created_at) VALUES (?, 'a', "
                    "'2024-01-01T00:00:00+00:00')", (name,))

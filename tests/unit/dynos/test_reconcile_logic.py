@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dynod import dynos
-from dynod.dynos import DynoMeta, DynoRef
-from dynod.formation import Process
-from dynod.reconcile import Desired, Dyno, Reconciler, State, backoff
-from dynod.routing import Backend, NullRouter
+from dynod.control.formation import Process
+from dynod.router.protocol import Backend, NullRouter
+from dynod.runtime import dynos
+from dynod.runtime.dynos import DynoMeta, DynoRef
+from dynod.runtime.supervisor import Desired, Dyno, Reconciler, State, backoff
 
 
 def test_dyno_key_round_trips_and_names_the_unit() -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from dynod.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
-    from dynod.state import Store
+    from dynod.store.sqlite import Store
 
 # RFC 1123 labels; a leading "*." wildcard is not supported (yet).
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"

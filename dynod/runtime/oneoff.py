@@ -36,12 +36,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynod import apps, journal, releases, rootfs, sizes, units
-from dynod.dynos import DynoMeta, DynoRef, Host, read_meta, ref_of
+from dynod.control import apps, releases
 from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from dynod.reconcile import DynoInfo, State
+from dynod.model import sizes
+from dynod.runtime import rootfs
+from dynod.runtime.dynos import DynoMeta, DynoRef, Host, read_meta, ref_of
+from dynod.runtime.supervisor import DynoInfo, State
 from dynod.settings import Settings
-from dynod.state import Store
+from dynod.store.sqlite import Store
+from dynod.system import journal, units
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
-from dynod.apps import App
-from dynod.domains import Domain
+from dynod.control.apps import App
+from dynod.control.domains import Domain
+from dynod.control.formation import Process
+from dynod.control.releases import Release, ReleaseStatus
+from dynod.control.slugs import Slug
 from dynod.errors import FailedPrecondition, Unavailable
-from dynod.formation import Process
-from dynod.releases import Release, ReleaseStatus
-from dynod.slugs import Slug
 
 
 class Tx(Protocol):
@@ -72,7 +72,7 @@ class Tx(Protocol):
     def remove_domain(self, hostname: str) -> None: ...
     def maintenance(self, name: str) -> bool | None: ...
     def set_maintenance(self, name: str, on: bool) -> None: ...
-    # builds and keys (JSON documents owned by dynod.builds and dynod.keys)
+    # builds and keys (JSON documents owned by dynod.build.pipeline and dynod.control.keys)
     def app_build_settings(self, name: str) -> tuple[str, list[str]] | None: ...
     def set_app_build_settings(self, name: str, stack: str, buildpacks: list[str]) -> None: ...
     def build_doc(self, app: str, build_id: str) -> str | None: ...

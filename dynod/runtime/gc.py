@@ -21,9 +21,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynod import dynos, releases, unpack
+from dynod.control import releases
+from dynod.runtime import dynos
 from dynod.settings import Settings
-from dynod.state import Store
+from dynod.slug import unpack
+from dynod.store.sqlite import Store
 
 log = logging.getLogger(__name__)
 

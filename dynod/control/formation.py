@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dynod import apps, sizes, slugs
+from dynod.control import apps, slugs
 from dynod.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from dynod.model import sizes
 
 if TYPE_CHECKING:
-    from dynod.state import Store, Tx
+    from dynod.store.sqlite import Store, Tx
 
 # Heroku's default limit across all types of an app (dyno-scaling-and-process-limits).
 MAX_DYNOS_PER_APP = 100

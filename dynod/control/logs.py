@@ -2,7 +2,7 @@
 
 Every entry of the stream carries ``DYNOD_APP`` and ``DYNOD_SOURCE`` (``app`` for dyno
 output and API events, ``dynod`` for platform and router events) and ``DYNOD_DYNO``
-(``web.1``, ``api``, ``router``); see :mod:`dynod.journal`. Build output is tagged with
+(``web.1``, ``api``, ``router``); see :mod:`dynod.system.journal`. Build output is tagged with
 the app but no source, so it stays out of the stream (it is in ``builds:output``).
 
 Heroku: ``heroku logs`` prints 100 lines by default, at most 1500, ``-t`` follows,
@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dynod import journal
 from dynod.errors import InvalidArgument
+from dynod.system import journal
 
 DEFAULT_LINES = 100
 MAX_LINES = 1500

@@ -12,12 +12,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from dynod import releases
+from dynod.control import releases
+from dynod.control.releases import Release
 from dynod.errors import InvalidArgument, ResourceExhausted
-from dynod.releases import Release
 
 if TYPE_CHECKING:
-    from dynod.state import Store
+    from dynod.store.sqlite import Store
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by dynod in every dyno; an app-provided value would be silently overridden.

@@ -30,14 +30,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from dynod import apps, dynos, gc, journal, netns, releases, rootfs, units, unpack
-from dynod.dynos import DynoMeta, DynoRef, Host, parse_key, read_meta, ref_of
+from dynod.control import apps, releases
+from dynod.control.formation import Process
 from dynod.errors import DynodError, InvalidArgument, NotFound
-from dynod.formation import Process
-from dynod.routing import Backend, Router
+from dynod.model.sizes import SIZES
+from dynod.router.protocol import Backend, Router
+from dynod.runtime import dynos, gc, rootfs
+from dynod.runtime.dynos import DynoMeta, DynoRef, Host, parse_key, read_meta, ref_of
 from dynod.settings import Settings
-from dynod.sizes import SIZES
-from dynod.state import Store
+from dynod.slug import unpack
+from dynod.store.sqlite import Store
+from dynod.system import journal, netns, units
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +401,7 @@ class Reconciler:
     # --- desired state ------------------------------------------------------------
 
     def desired(self) -> dict[str, Desired]:
-        from dynod import releases  # noqa: PLC0415 - releases imports state
+        from dynod.control import releases  # noqa: PLC0415 - releases imports state
 
         out: dict[str, Desired] = {}
         with self.store.read() as tx:

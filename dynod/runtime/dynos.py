@@ -24,11 +24,15 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from dynod import journal, netns, rootfs, slugs, stacks, units, unpack
+from dynod.build import stacks
+from dynod.control import slugs
 from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
+from dynod.model.sizes import parse_size
+from dynod.runtime import rootfs
 from dynod.settings import Settings
-from dynod.sizes import parse_size
-from dynod.units import DynoSpec, PidMode
+from dynod.slug import unpack
+from dynod.system import journal, netns, units
+from dynod.system.units import DynoSpec, PidMode
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ SPARE = "spare"
 # nss-systemd reads JSON user records here (systemd >= 249): the app's uid resolves
 # without a passwd entry, which systemd 252 needs for User= (it fails with ESRCH).
 USERDB = Path("/run/userdb")
-PROJECT_INIT = Path(__file__).resolve().parents[1] / "build" / "dyno-init"
+PROJECT_INIT = Path(__file__).resolve().parents[2] / "build" / "dyno-init"
 
 
 @dataclass(frozen=True)

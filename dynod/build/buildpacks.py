@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
-from dynod import paths, run
+from dynod import paths
 from dynod.errors import FailedPrecondition, ResourceExhausted
-from dynod.procfile import MISCASED_WARNINGS, Procfile, load_procfile
-from dynod.unpack import Limits, check_slug_size, format_size
+from dynod.model.procfile import MISCASED_WARNINGS, Procfile, load_procfile
+from dynod.slug.unpack import Limits, check_slug_size, format_size
+from dynod.system import processes
 
 # Where the built-in buildpacks are: beside the package in a checkout; the Debian
 # package installs them under /usr/share/dynod (paths.buildpacks_dir).
@@ -102,7 +103,7 @@ def host_runner(
     argv: Sequence[str], env: Mapping[str, str], cwd: Path, on_line: Callable[[str], None]
 ) -> int:
     """Run on this machine, as this user: for tests and for ``dynod`` developers."""
-    return run.stream(argv, on_line, cwd=str(cwd), env=env, timeout=COMPILE_TIMEOUT)
+    return processes.stream(argv, on_line, cwd=str(cwd), env=env, timeout=COMPILE_TIMEOUT)
 
 
 def builtin_buildpacks(root: Path = BUILTIN_DIR) -> tuple[Buildpack, ...]:

@@ -22,11 +22,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from dynod import apps
+from dynod.control import apps
 from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 if TYPE_CHECKING:
-    from dynod.state import Store, Tx
+    from dynod.store.sqlite import Store, Tx
 
 # Heroku: a compressed slug may be at most 500 MB (slug-compiler article).
 MAX_SLUG_BYTES = 500 * 1024 * 1024

@@ -33,10 +33,10 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from dynod import run
 from dynod.errors import InvalidArgument, NotFound, Unavailable
-from dynod.rootfs import INIT_PATH, Bind
-from dynod.sizes import Size
+from dynod.model.sizes import Size
+from dynod.runtime.rootfs import INIT_PATH, Bind
+from dynod.system import processes
 
 ROOT_SLICE = "dynod.slice"
 UNIT_PREFIX = "dynod-"
@@ -769,17 +769,17 @@ def run_build_step(spec: BuildStepSpec, on_line: Callable[[str], None]) -> tuple
     """Run one build step as its transient unit, passing its output to ``on_line`` line
     by line; return (exit status, systemd's Result: success, exit-code, oom-kill,
     timeout, signal ...). The failed unit is reset so nothing is left loaded."""
-    status = run.stream(build_step_argv(spec), on_line,
+    status = processes.stream(build_step_argv(spec), on_line,
                         timeout=spec.runtime_max_sec + 60.0)
     if status == 0:
         return 0, "success"
     try:
-        result = run.output(["systemctl", "show", "--property=Result", "--value",
+        result = processes.output(["systemctl", "show", "--property=Result", "--value",
                              spec.unit], timeout=30).strip()
-    except run.CommandFailed:
+    except processes.CommandFailed:
         result = "unknown"
-    with contextlib.suppress(run.CommandFailed):
-        run.output(["systemctl", "reset-failed", spec.unit], timeout=30)
+    with contextlib.suppress(processes.CommandFailed):
+        processes.output(["systemctl", "reset-failed", spec.unit], timeout=30)
     return status, result or "unknown"
 
 
@@ -788,5 +788,5 @@ def stop_build_steps(app: str, build_id: str) -> None:
     # A backslash escapes in a glob: match the escaped app's "\\" with "?".
     unit = build_unit_name(app, build_id, 0).replace("\\", "?")
     pattern = unit.removesuffix("-0.service") + "-*.service"
-    with contextlib.suppress(run.CommandFailed):
-        run.output(["systemctl", "stop", pattern], timeout=60)
+    with contextlib.suppress(processes.CommandFailed):
+        processes.output(["systemctl", "stop", pattern], timeout=60)

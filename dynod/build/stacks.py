@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dynod import run
 from dynod.errors import FailedPrecondition, NotFound, Unavailable
+from dynod.system import processes
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 MARKER = "etc/dynod-stack.json"
@@ -181,7 +181,7 @@ Runner = Callable[[Sequence[str], Callable[[str], None]], int]
 
 
 def _default_runner(argv: Sequence[str], on_line: Callable[[str], None]) -> int:
-    return run.stream(argv, on_line, timeout=DEBOOTSTRAP_TIMEOUT)
+    return processes.stream(argv, on_line, timeout=DEBOOTSTRAP_TIMEOUT)
 
 
 def _copy_tree(src: Path, dst: Path, runner: Runner, on_line: Callable[[str], None]) -> None:

@@ -13,11 +13,11 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from dynod import apps, formation, slugs
+from dynod.control import apps, formation, slugs
 from dynod.errors import FailedPrecondition, NotFound
 
 if TYPE_CHECKING:
-    from dynod.state import Store, Tx
+    from dynod.store.sqlite import Store, Tx
 
 
 class ReleaseStatus(StrEnum):

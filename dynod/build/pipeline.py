@@ -36,26 +36,16 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from dynod import (
-    apps,
-    buildpacks,
-    dynos,
-    journal,
-    netns,
-    reconcile,
-    release_phase,
-    releases,
-    rootfs,
-    slugs,
-    stacks,
-    units,
-)
+from dynod.build import buildpacks, stacks
+from dynod.control import apps, releases, slugs
 from dynod.errors import DynodError, FailedPrecondition, InvalidArgument, NotFound
-from dynod.unpack import format_size
+from dynod.runtime import dynos, release_phase, rootfs, supervisor
+from dynod.slug.unpack import format_size
+from dynod.system import journal, netns, units
 
 if TYPE_CHECKING:
     from dynod.settings import Settings
-    from dynod.state import Store, Tx
+    from dynod.store.sqlite import Store, Tx
 
 # Heroku: the uncompressed checkout may be at most 1 GB (limits article).
 MAX_SOURCE_BYTES = 1024 * 1024 * 1024
@@ -506,9 +496,9 @@ def _build(
         with store.read() as tx:
             phase_ok = tx.release(app, release.version)
         if (phase_ok is not None and phase_ok.status is releases.ReleaseStatus.SUCCEEDED
-                and reconcile.installed() is not None):
+                and supervisor.installed() is not None):
             emit(f"{buildpacks.STEP}Verifying deploy...")
-            verdict = reconcile.follow_rollout(app, release.version)
+            verdict = supervisor.follow_rollout(app, release.version)
             if verdict is False:
                 emit(f"{buildpacks.ERROR}Release v{release.version} failed: its web dynos did "
                      "not come up (crashed at boot or R10); the previous release keeps "

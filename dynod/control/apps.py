@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from dynod.errors import AlreadyExists, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
-    from dynod.state import Store, Tx
+    from dynod.store.sqlite import Store, Tx
 
 # Heroku: at most 30 characters; lower-case letters, digits and dashes; starts with a
 # letter, ends with a letter or digit (limits page; regex as used by third-party clients).
@@ -74,7 +74,7 @@ def create_app(store: Store, name: str | None, user: str) -> App:
 
     Raises InvalidArgument for a bad name, AlreadyExists if it is taken.
     """
-    from dynod import releases  # noqa: PLC0415 - releases imports apps for require()
+    from dynod.control import releases  # noqa: PLC0415 - releases imports apps for require()
 
     if name is not None:
         validate_name(name)

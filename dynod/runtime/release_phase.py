@@ -25,12 +25,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from dynod import journal, releases
+from dynod.control import releases
+from dynod.control.releases import ReleaseStatus
 from dynod.errors import DynodError, FailedPrecondition, NotFound
-from dynod.oneoff import OneOffs, Stdio
-from dynod.releases import ReleaseStatus
+from dynod.runtime.oneoff import OneOffs, Stdio
 from dynod.settings import Settings
-from dynod.state import Store
+from dynod.store.sqlite import Store
+from dynod.system import journal
 
 log = logging.getLogger(__name__)
 

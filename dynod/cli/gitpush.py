@@ -1,11 +1,11 @@
 """git push: the git user's forced command and the repositories' pre-receive hook.
 
-``python -m dynod.gitpush shell KEY_ID`` is the forced command of every key in the git
+``python -m dynod.cli.gitpush shell KEY_ID`` is the forced command of every key in the git
 user's authorized_keys (``keys.render_authorized_keys``). It accepts only
 ``git-receive-pack``/``git-upload-pack`` of ``<app>.git`` for an existing app, makes
 ``<state_dir>/repos/<app>.git`` on first push, and hands the ssh channel to git.
 
-``python -m dynod.gitpush pre-receive`` is that repository's hook: for a push to
+``python -m dynod.cli.gitpush pre-receive`` is that repository's hook: for a push to
 ``main`` or ``master`` it archives the pushed commit, streams it to the daemon's build
 API and the build output back (git shows it as ``remote:`` lines). A failed build
 exits non-zero, so git answers ``pre-receive hook declined`` and the branch is not
@@ -24,10 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dynod import run
-from dynod.apps import NAME_RE
-from dynod.keys import KEY_ID_RE
+from dynod.control.apps import NAME_RE
+from dynod.control.keys import KEY_ID_RE
 from dynod.settings import DEFAULT_CONFIG, load_settings
+from dynod.system import processes
 
 GIT_USER = "dynod"
 DEPLOY_REFS = ("refs/heads/main", "refs/heads/master")
@@ -37,12 +37,12 @@ SERVICES = ("git-receive-pack", "git-upload-pack")
 
 def shell_command() -> list[str]:
     """The forced command (without the key id), this interpreter running this module."""
-    return [sys.executable, "-m", "dynod.gitpush", "shell"]
+    return [sys.executable, "-m", "dynod.cli.gitpush", "shell"]
 
 
 def hook_script() -> str:
     return ("#!/bin/sh\n# Written by dynod: builds pushes to main or master.\n"
-            f"exec {shlex.quote(sys.executable)} -m dynod.gitpush pre-receive\n")
+            f"exec {shlex.quote(sys.executable)} -m dynod.cli.gitpush pre-receive\n")
 
 
 def repos_dir(state_dir: Path) -> Path:
@@ -110,8 +110,8 @@ def shell(key_id: str) -> int:
     if not (repo / "HEAD").is_file():
         if service == "git-upload-pack":
             return _fail(f"app {app} has no code yet; push to it first")
-        run.output(["git", "init", "--quiet", "--bare", str(repo)])
-        run.output(["git", "-C", str(repo), "symbolic-ref", "HEAD", "refs/heads/main"])
+        processes.output(["git", "init", "--quiet", "--bare", str(repo)])
+        processes.output(["git", "-C", str(repo), "symbolic-ref", "HEAD", "refs/heads/main"])
     hook = repo / "hooks" / "pre-receive"
     hook.parent.mkdir(exist_ok=True)
     if not hook.is_file() or hook.read_text() != hook_script():
@@ -120,7 +120,7 @@ def shell(key_id: str) -> int:
         tmp.chmod(0o755)
         tmp.replace(hook)
     env = {**os.environ, "DYNOD_KEY_ID": key_id, "DYNOD_APP": app}
-    run.replace_process([service, str(repo)], env)
+    processes.replace_process([service, str(repo)], env)
     return 1  # pragma: no cover - replace_process does not return
 
 
@@ -149,13 +149,13 @@ def pre_receive(stdin_text: str) -> int:
         os.close(fd)
         archive = Path(name)
         try:
-            run.output(["git", "archive", "--format=tar", "-o", str(archive), new],
+            processes.output(["git", "archive", "--format=tar", "-o", str(archive), new],
                        timeout=600)
             print("Compressing source files... done.", flush=True)
             build = deploy.stream_build(app, deploy.file_chunks(archive), commit=new,
                                         key_id=key_id,
                                         out=lambda text: print(text, flush=True))
-        except (CliError, run.CommandFailed) as exc:
+        except (CliError, processes.CommandFailed) as exc:
             print(f" !     {exc}", flush=True)
             print(" !     Push failed", flush=True)
             build = None
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return shell(args[1])
     if args == ["pre-receive"]:
         return pre_receive(sys.stdin.read())
-    print("usage: python -m dynod.gitpush shell KEY_ID | pre-receive", file=sys.stderr)
+    print("usage: python -m dynod.cli.gitpush shell KEY_ID | pre-receive", file=sys.stderr)
     return 2
 
 

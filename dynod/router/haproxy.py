@@ -28,10 +28,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynod import formation, journal, run
+from dynod.control import formation
 from dynod.errors import Unavailable
-from dynod.routing import Backend
-from dynod.state import Store
+from dynod.router.protocol import Backend
+from dynod.store.sqlite import Store
+from dynod.system import journal, processes
 
 log = logging.getLogger(__name__)
 
@@ -411,11 +412,11 @@ Systemctl = Callable[[Sequence[str]], str]
 
 
 def _systemctl(argv: Sequence[str]) -> str:
-    return run.output(["systemctl", *argv], timeout=60)
+    return processes.output(["systemctl", *argv], timeout=60)
 
 
 class HaproxyRouter:
-    """:class:`dynod.routing.Router` over HAProxy; also keeps domains and maintenance
+    """:class:`dynod.router.protocol.Router` over HAProxy; also keeps domains and maintenance
     mode (from the store) in HAProxy's maps. Thread-safe."""
 
     def __init__(self, store: Store, runtime_dir: Path, platform_domain: str, *,
@@ -481,7 +482,7 @@ class HaproxyRouter:
     def _active(self) -> bool:
         try:
             return self.systemctl(["is-active", "--quiet", UNIT]) is not None
-        except run.CommandFailed:
+        except processes.CommandFailed:
             return False
 
     # -- the Router protocol
@@ -609,7 +610,7 @@ class HaproxyRouter:
     def _unit(self, verb: str) -> None:
         try:
             self.systemctl([verb, UNIT])
-        except run.CommandFailed as exc:
+        except processes.CommandFailed as exc:
             raise Unavailable(f"router: systemctl {verb} {UNIT} failed: {exc}; see "
                               f"`journalctl -u {UNIT}`") from exc
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from dynod.errors import AlreadyExists, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
-    from dynod.state import Store
+    from dynod.store.sqlite import Store
 
 KEY_TYPES = frozenset({
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",

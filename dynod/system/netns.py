@@ -37,8 +37,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dynod import run
 from dynod.errors import InvalidArgument, ResourceExhausted, Unavailable
+from dynod.system import processes
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -278,8 +278,8 @@ def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
     if forward.read_text().strip() != "1":
         forward.write_text("1\n")
     try:
-        run.output(["nft", "-f", "-"], input=render_nftables(plan))
-    except run.CommandFailed as exc:
+        processes.output(["nft", "-f", "-"], input=render_nftables(plan))
+    except processes.CommandFailed as exc:
         raise Unavailable(f"nftables table ip {NFT_TABLE}: {exc}") from exc
     resolv = runtime_dir / "resolv.conf"
     texts = []
@@ -301,8 +301,9 @@ def remove_bridge(plan: BridgePlan) -> None:
     """Delete the nftables table and the bridge. Idempotent."""
     from pyroute2 import IPRoute  # noqa: PLC0415 - see above
     try:
-        run.output(["nft", "-f", "-"], input=f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
-    except run.CommandFailed as exc:
+        processes.output(["nft", "-f", "-"],
+                         input=f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
+    except processes.CommandFailed as exc:
         raise Unavailable(f"nftables table ip {NFT_TABLE}: {exc}") from exc
     with IPRoute() as ipr:
         idx = _index(ipr, plan.bridge)

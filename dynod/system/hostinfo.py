@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dynod import run
+from dynod.system import processes
 
 
 def cgroup_layout(root: Path = Path("/sys/fs/cgroup")) -> str:
@@ -20,8 +20,8 @@ def cgroup_layout(root: Path = Path("/sys/fs/cgroup")) -> str:
 def systemd_version() -> str:
     """systemd's major version as printed by ``systemctl --version``, or "unknown"."""
     try:
-        out = run.output(["systemctl", "--version"])
-    except run.CommandFailed:
+        out = processes.output(["systemctl", "--version"])
+    except processes.CommandFailed:
         return "unknown"
     match = re.match(r"systemd (\d+)", out)
     return match.group(1) if match else "unknown"

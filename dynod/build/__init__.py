@@ -1,0 +1,1 @@
+"""The build pipeline: source in, buildpacks on a stack, slug out."""

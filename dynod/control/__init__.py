@@ -1,0 +1,1 @@
+"""Control-plane use cases: each commits, then publishes one event."""

@@ -1,0 +1,2 @@
+"""Data types: frozen dataclasses, enums and pure validation. Imports nothing of dynod but errors.
+"""

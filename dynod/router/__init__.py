@@ -1,0 +1,3 @@
+"""Routing: the protocol the runtime drives, HAProxy's configuration and runtime API, router log
+lines.
+"""

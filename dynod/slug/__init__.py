@@ -1,0 +1,1 @@
+"""Slugs: content-addressed blobs and their safe unpack into shared trees."""

@@ -1,0 +1,1 @@
+"""The durable desired state behind the Store protocol; sqlite.py is the embedded default."""

@@ -1,0 +1,3 @@
+"""One module per OS interface (systemd, netlink, mounts, cgroups, journald, processes). Imports
+nothing above it.
+"""
