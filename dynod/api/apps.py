@@ -12,6 +12,7 @@ from dynod.api.peer import caller_of
 from dynod.build import pipeline, stacks
 from dynod.cli import gitpush
 from dynod.control import apps, formation, releases, slugs
+from dynod.model.apps import App
 from dynod.runtime import gc
 from dynod.v1 import apps_pb2, apps_pb2_grpc
 
@@ -34,7 +35,7 @@ def git_url(app: str) -> str:
     return f"{gitpush.GIT_USER}@{git_host()}:{app}.git"
 
 
-def app_to_proto(daemon: Daemon, app: apps.App) -> apps_pb2.App:
+def app_to_proto(daemon: Daemon, app: App) -> apps_pb2.App:
     current = releases.get_release(daemon.store, app.name)
     stack = pipeline.get_settings(daemon.store, app.name).stack
     return apps_pb2.App(name=app.name, owner=app.owner, created_at=timestamp(app.created_at),

@@ -11,10 +11,12 @@ from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.control import apps, certs, domains
 from dynod.errors import Unavailable
+from dynod.model.certs import Cert
+from dynod.model.domains import default_hostname
 from dynod.v1 import domains_pb2, domains_pb2_grpc
 
 
-def cert_to_proto(cert: certs.Cert) -> domains_pb2.Cert:
+def cert_to_proto(cert: Cert) -> domains_pb2.Cert:
     return domains_pb2.Cert(name=cert.name, hostnames=list(cert.hostnames),
                             expires_at=timestamp(cert.expires_at))
 
@@ -40,7 +42,7 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     ) -> domains_pb2.ListDomainsResponse:
         caller_of(context)
         custom = domains.list_domains(self.daemon.store, request.app)
-        default = domains.default_hostname(request.app, self.daemon.settings.domain)
+        default = default_hostname(request.app, self.daemon.settings.domain)
         return domains_pb2.ListDomainsResponse(domains=[
             domains_pb2.Domain(hostname=default, kind="default"),
             *(domains_pb2.Domain(hostname=d.hostname, kind="custom",

@@ -8,18 +8,19 @@ from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
 from dynod.control import formation
 from dynod.model import sizes
+from dynod.model.formation import Process, ScaleChange
 from dynod.system import journal
 from dynod.v1 import formation_pb2, formation_pb2_grpc
 
 
-def process_to_proto(p: formation.Process) -> formation_pb2.Process:
+def process_to_proto(p: Process) -> formation_pb2.Process:
     return formation_pb2.Process(type=p.type, quantity=p.quantity, size=p.size,
                                  command=p.command, memory_mb=sizes.SIZES[p.size].memory_mb)
 
 
-def change_of(update: formation_pb2.ScaleUpdate) -> formation.ScaleChange:
+def change_of(update: formation_pb2.ScaleUpdate) -> ScaleChange:
     which = update.WhichOneof("change")
-    return formation.ScaleChange(
+    return ScaleChange(
         type=update.type,
         quantity=update.quantity if which == "quantity" else None,
         delta=update.delta if which == "delta" else None,

@@ -8,10 +8,11 @@ from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.cli import gitpush
 from dynod.control import keys
+from dynod.model.keys import Key, render_authorized_keys
 from dynod.v1 import keys_pb2, keys_pb2_grpc
 
 
-def key_to_proto(key: keys.Key) -> keys_pb2.Key:
+def key_to_proto(key: Key) -> keys_pb2.Key:
     return keys_pb2.Key(id=key.id, owner=key.owner, fingerprint=key.fingerprint,
                         type=key.type, comment=key.comment,
                         created_at=timestamp(key.created_at), public_key=key.public_key)
@@ -19,7 +20,7 @@ def key_to_proto(key: keys.Key) -> keys_pb2.Key:
 
 def sync_authorized_keys(daemon: Daemon) -> None:
     home = gitpush.git_user_home(daemon.settings.state_dir)
-    keys.write_authorized_keys(home, keys.render_authorized_keys(
+    keys.write_authorized_keys(home, render_authorized_keys(
         keys.list_keys(daemon.store), gitpush.shell_command()))
 
 

@@ -10,8 +10,8 @@ import grpc
 
 from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
-from dynod.control.releases import ReleaseStatus
 from dynod.errors import InvalidArgument, Unavailable
+from dynod.model.releases import ReleaseStatus
 from dynod.runtime.oneoff import OneOffDyno, OneOffs, Stdio, Terminal
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.v1 import oneoff_pb2, oneoff_pb2_grpc

@@ -7,12 +7,13 @@ import grpc
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.control import releases
+from dynod.model.releases import Release, ReleaseStatus
 from dynod.system import journal
 from dynod.v1 import releases_pb2, releases_pb2_grpc
 
 
 def release_to_proto(
-    release: releases.Release, *, current: bool, with_config: bool = True
+    release: Release, *, current: bool, with_config: bool = True
 ) -> releases_pb2.Release:
     return releases_pb2.Release(
         app=release.app, version=release.version, description=release.description,
@@ -55,7 +56,7 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
         journal.release_events(release)
         self.daemon.changed(request.app)
         return releases_pb2.CreateReleaseResponse(release=release_to_proto(
-            release, current=release.status is releases.ReleaseStatus.SUCCEEDED))
+            release, current=release.status is ReleaseStatus.SUCCEEDED))
 
     def Rollback(
         self, request: releases_pb2.RollbackReleaseRequest, context: grpc.ServicerContext
@@ -65,7 +66,7 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
         journal.release_events(release)
         self.daemon.changed(request.app)
         return releases_pb2.RollbackReleaseResponse(release=release_to_proto(
-            release, current=release.status is releases.ReleaseStatus.SUCCEEDED))
+            release, current=release.status is ReleaseStatus.SUCCEEDED))
 
 
 def register(server: grpc.Server, daemon: Daemon) -> str:

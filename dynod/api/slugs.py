@@ -10,10 +10,11 @@ from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.control import slugs
 from dynod.errors import InvalidArgument
+from dynod.model.slugs import Slug
 from dynod.v1 import slugs_pb2, slugs_pb2_grpc
 
 
-def slug_to_proto(slug: slugs.Slug) -> slugs_pb2.Slug:
+def slug_to_proto(slug: Slug) -> slugs_pb2.Slug:
     return slugs_pb2.Slug(
         id=slug.id, app=slug.app, checksum=slug.checksum, size=slug.size,
         process_types=dict(slug.process_types), commit=slug.commit,

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from dynod.build import buildpacks, stacks
 from dynod.control import apps, releases, slugs
 from dynod.errors import DynodError, FailedPrecondition, InvalidArgument, NotFound
+from dynod.model.releases import ReleaseStatus
 from dynod.runtime import dynos, release_phase, rootfs, supervisor
 from dynod.slug.unpack import format_size
 from dynod.system import journal, netns, units
@@ -481,7 +482,7 @@ def _build(
         release = releases.create_release(store, app, slug.id, user)
         journal.api_event(app, f"{release.description} by user {user}")
         journal.api_event(app, f"Release v{release.version} created by user {user}")
-        pending = release.status is releases.ReleaseStatus.PENDING
+        pending = release.status is ReleaseStatus.PENDING
         if pending:
             emit(f"{buildpacks.ERROR}Release command declared: this new release will not be "
                  "available until the command succeeds.")
@@ -495,7 +496,7 @@ def _build(
         # (issue 7), or the release failed to come up and the previous one keeps serving.
         with store.read() as tx:
             phase_ok = tx.release(app, release.version)
-        if (phase_ok is not None and phase_ok.status is releases.ReleaseStatus.SUCCEEDED
+        if (phase_ok is not None and phase_ok.status is ReleaseStatus.SUCCEEDED
                 and supervisor.installed() is not None):
             emit(f"{buildpacks.STEP}Verifying deploy...")
             verdict = supervisor.follow_rollout(app, release.version)

@@ -24,8 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dynod.control.apps import NAME_RE
-from dynod.control.keys import KEY_ID_RE
+from dynod.model.apps import NAME_RE
+from dynod.model.keys import KEY_ID_RE
 from dynod.settings import DEFAULT_CONFIG, load_settings
 from dynod.system import processes
 

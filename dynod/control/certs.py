@@ -11,19 +11,12 @@ import contextlib
 import re
 import ssl
 import tempfile
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dynod.errors import InvalidArgument, NotFound
-
-
-@dataclass(frozen=True)
-class Cert:
-    name: str
-    hostnames: tuple[str, ...]
-    expires_at: datetime
+from dynod.model.certs import Cert
 
 
 def _decode(path: Path) -> dict[str, Any]:

@@ -7,43 +7,21 @@ default ``<app>.herokuapp.com`` cannot be removed. ``maintenance:on`` serves H80
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from dynod.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from dynod.errors import AlreadyExists, FailedPrecondition, NotFound
+from dynod.model.domains import Domain, normalize_hostname
 
 if TYPE_CHECKING:
     from dynod.store.sqlite import Store
 
-# RFC 1123 labels; a leading "*." wildcard is not supported (yet).
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
 
 
-@dataclass(frozen=True)
-class Domain:
-    """A custom host name routed to ``app``."""
-
-    hostname: str
-    app: str
-    created_at: datetime
 
 
-def normalize_hostname(hostname: str) -> str:
-    """Lower-cased, without a trailing dot. Raises InvalidArgument for a bad name."""
-    name = hostname.strip().lower().rstrip(".")
-    if len(name) > 253 or not HOSTNAME_RE.match(name):
-        raise InvalidArgument(
-            f"domain {hostname!r} is not a valid host name; use letters, digits, dashes "
-            "and dots, e.g. www.example.com"
-        )
-    return name
 
 
-def default_hostname(app: str, domain: str) -> str:
-    return f"{app}.{domain}"
 
 
 def add_domain(store: Store, app: str, hostname: str, platform_domain: str) -> Domain:

@@ -9,40 +9,20 @@ declares ``web`` it starts at 1, every other type at 0.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dynod.control import apps, slugs
 from dynod.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from dynod.model import sizes
+from dynod.model.formation import MAX_DYNOS_PER_APP, Process, ScaleChange
 
 if TYPE_CHECKING:
     from dynod.store.sqlite import Store, Tx
 
-# Heroku's default limit across all types of an app (dyno-scaling-and-process-limits).
-MAX_DYNOS_PER_APP = 100
 
 
-@dataclass(frozen=True)
-class Process:
-    """One process type's entry. ``command`` comes from the current release's slug and
-    is empty in the stored row."""
-
-    type: str
-    quantity: int
-    size: str
-    command: str = ""
 
 
-@dataclass(frozen=True)
-class ScaleChange:
-    """One ``ps:scale`` argument: exactly one of ``quantity`` (``web=3``) and ``delta``
-    (``web+1``, ``web-1``), or neither when only ``size`` changes."""
-
-    type: str
-    quantity: int | None = None
-    delta: int | None = None
-    size: str | None = None
 
 
 def declare(tx: Tx, app: str, process_types: Mapping[str, str]) -> None:

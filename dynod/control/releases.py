@@ -7,43 +7,22 @@ makes the next one; a rollback is a new release copying an older one's slug and 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from dynod.control import apps, formation, slugs
 from dynod.errors import FailedPrecondition, NotFound
+from dynod.model.releases import RELEASE_TYPE, Release, ReleaseStatus
 
 if TYPE_CHECKING:
     from dynod.store.sqlite import Store, Tx
 
 
-class ReleaseStatus(StrEnum):
-    # Heroku's release statuses; pending and failed come with the release phase.
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class Release:
-    """Release ``version`` of ``app``: a slug (None before the first deploy) and the
-    full config snapshot the dynos of this release see."""
-
-    app: str
-    version: int
-    description: str
-    user: str
-    created_at: datetime
-    slug_id: str | None
-    config: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    status: ReleaseStatus = ReleaseStatus.SUCCEEDED
 
 
-# Heroku: a slug declaring this process type runs it before its release goes live.
-RELEASE_TYPE = "release"
 
 
 def current(tx: Tx, app: str) -> Release:

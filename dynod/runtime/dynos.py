@@ -25,9 +25,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from dynod.build import stacks
-from dynod.control import slugs
 from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.sizes import parse_size
+from dynod.model.slugs import path_of
 from dynod.runtime import rootfs
 from dynod.settings import Settings
 from dynod.slug import unpack
@@ -134,7 +134,7 @@ def slug_tree(settings: Settings, checksum: str, uid: int,
     final = trees / f"{sha}-{uid}"
     if final.is_dir():
         return final
-    tarball = slugs.path_of(settings.state_dir / "slugs", checksum)
+    tarball = path_of(settings.state_dir / "slugs", checksum)
     if not tarball.is_file():
         raise NotFound(f"slug {checksum} is not stored; deploy it again")
     staging = trees / f".{sha}-{uid}.tmp-{os.getpid()}-{threading.get_ident()}"

@@ -39,6 +39,7 @@ from pathlib import Path
 from dynod.control import apps, releases
 from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model import sizes
+from dynod.model.releases import RELEASE_TYPE
 from dynod.runtime import rootfs
 from dynod.runtime.dynos import DynoMeta, DynoRef, Host, read_meta, ref_of
 from dynod.runtime.supervisor import DynoInfo, State
@@ -49,7 +50,7 @@ from dynod.system import journal, units
 log = logging.getLogger(__name__)
 
 RUN = "run"
-ONEOFF_TYPES = frozenset({RUN, releases.RELEASE_TYPE})
+ONEOFF_TYPES = frozenset({RUN, RELEASE_TYPE})
 # One-off dynos are never part of a rollout: one generation for all of them.
 GENERATION = 1
 # How long a dyno has to exit after SIGHUP before it is an R16 and gets stopped.

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TextIO
 
 from dynod.control import releases
-from dynod.control.releases import ReleaseStatus
 from dynod.errors import DynodError, FailedPrecondition, NotFound
+from dynod.model.releases import RELEASE_TYPE, ReleaseStatus
 from dynod.runtime.oneoff import OneOffs, Stdio
 from dynod.settings import Settings
 from dynod.store.sqlite import Store
@@ -113,7 +113,7 @@ class ReleasePhase:
         journal.api_event(app, f"Running release v{version} commands by user {release.user}")
         try:
             d = self.oneoffs.start(app, command, user=release.user, stdio=Stdio.PIPES,
-                                   process_type=releases.RELEASE_TYPE, version=version,
+                                   process_type=RELEASE_TYPE, version=version,
                                    merge_stderr=True)
         except DynodError as exc:
             out.write(f"release command could not start: {exc.message}\n")

@@ -31,8 +31,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from dynod.control import apps, releases
-from dynod.control.formation import Process
 from dynod.errors import DynodError, InvalidArgument, NotFound
+from dynod.model.formation import Process
+from dynod.model.releases import ReleaseStatus
 from dynod.model.sizes import SIZES
 from dynod.router.protocol import Backend, Router
 from dynod.runtime import dynos, gc, rootfs
@@ -258,7 +259,7 @@ def follow_rollout(app: str, version: int, timeout: float = 150.0) -> bool | Non
         with r.store.read() as tx:
             release = tx.release(app, version)
             latest = tx.latest_release(app)
-        if release is None or release.status is releases.ReleaseStatus.FAILED:
+        if release is None or release.status is ReleaseStatus.FAILED:
             return False
         if latest is not None and latest.version > version:
             return True  # superseded by a newer release
@@ -684,7 +685,7 @@ class Reconciler:
                else "crashed at boot")
         previous = sorted({d.meta.release for d in serving if d.meta is not None})[-1]
         log.warning("release v%d of %s failed: its web dynos %s", want.release, want.app, why)
-        releases.set_status(self.store, want.app, want.release, releases.ReleaseStatus.FAILED)
+        releases.set_status(self.store, want.app, want.release, ReleaseStatus.FAILED)
         journal.api_event(want.app, f"Release v{want.release} failed: its web dynos {why}; "
                                     f"v{previous} keeps serving")
         self.bump_generation(want.app)

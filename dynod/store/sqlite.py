@@ -24,12 +24,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
-from dynod.control.apps import App
-from dynod.control.domains import Domain
-from dynod.control.formation import Process
-from dynod.control.releases import Release, ReleaseStatus
-from dynod.control.slugs import Slug
 from dynod.errors import FailedPrecondition, Unavailable
+from dynod.model.apps import App
+from dynod.model.domains import Domain
+from dynod.model.formation import Process
+from dynod.model.releases import Release, ReleaseStatus
+from dynod.model.slugs import Slug
 
 
 class Tx(Protocol):

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dynod.control.releases import Release
+    from dynod.model.releases import Release
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from dynod.cli import gitpush
-from dynod.control import keys
 from dynod.errors import InvalidArgument
+from dynod.model.keys import OPTIONS, Key, parse_public_key, render_authorized_keys
 from dynod.runtime import rootfs
 from dynod.system import units
 
@@ -27,13 +27,13 @@ ED = blob("ssh-ed25519")
 
 
 def test_parse_public_key_gives_type_blob_comment_and_openssh_fingerprint() -> None:
-    kind, data, comment, fingerprint = keys.parse_public_key(f"  ssh-ed25519 {ED} me@laptop \n")
+    kind, data, comment, fingerprint = parse_public_key(f"  ssh-ed25519 {ED} me@laptop \n")
     assert (kind, data, comment) == ("ssh-ed25519", ED, "me@laptop")
     digest = base64.b64encode(hashlib.sha256(base64.b64decode(ED)).digest()).decode()
     assert fingerprint == "SHA256:" + digest.rstrip("=")
-    assert keys.parse_public_key(f"ssh-ed25519 {ED}")[2] == ""
+    assert parse_public_key(f"ssh-ed25519 {ED}")[2] == ""
     rsa = blob("ssh-rsa", b"\x01" * 64)
-    assert keys.parse_public_key(f"ssh-rsa {rsa} a b c")[2] == "a b c"
+    assert parse_public_key(f"ssh-rsa {rsa} a b c")[2] == "a b c"
 
 
 @pytest.mark.parametrize(("text", "says"), [
@@ -49,16 +49,16 @@ def test_parse_public_key_gives_type_blob_comment_and_openssh_fingerprint() -> N
 ])
 def test_parse_public_key_refuses_with_the_reason(text: str, says: str) -> None:
     with pytest.raises(InvalidArgument, match=says.replace("*", r"\*")):
-        keys.parse_public_key(text)
+        parse_public_key(text)
 
 
-def key(key_id: str = "k0123456789ab", kind: str = "ssh-ed25519", data: str = ED) -> keys.Key:
-    return keys.Key(id=key_id, owner="root", type=kind, blob=data, comment="c",
+def key(key_id: str = "k0123456789ab", kind: str = "ssh-ed25519", data: str = ED) -> Key:
+    return Key(id=key_id, owner="root", type=kind, blob=data, comment="c",
                     fingerprint="SHA256:x", created_at=datetime(2024, 1, 1, tzinfo=UTC))
 
 
 def test_render_authorized_keys_forces_the_git_shell_per_key() -> None:
-    text = keys.render_authorized_keys(
+    text = render_authorized_keys(
         [key(), key("kffffffffffff", data=blob("ssh-ed25519", b"\x02" * 32))],
         ["/usr/lib/dynod/venv/bin/python3", "-m", "dynod.cli.gitpush", "shell"])
     lines = text.splitlines()
@@ -75,11 +75,11 @@ def test_render_authorized_keys_forces_the_git_shell_per_key() -> None:
 
 
 def test_render_authorized_keys_skips_broken_records_and_escapes_quotes() -> None:
-    text = keys.render_authorized_keys(
+    text = render_authorized_keys(
         [key("bad id"), key(kind="ssh-dss"), key()], ['/opt/we"ird\\py', "shell"])
     entries = [line for line in text.splitlines() if not line.startswith("#")]
     assert entries == [
-        'command="/opt/we\\"ird\\\\py shell k0123456789ab",' + keys.OPTIONS + f" ssh-ed25519 {ED}"]
+        'command="/opt/we\\"ird\\\\py shell k0123456789ab",' + OPTIONS + f" ssh-ed25519 {ED}"]
 
 
 @pytest.mark.parametrize(("command", "expected"), [

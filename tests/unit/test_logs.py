@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dynod.control import certs, domains, logs
+from dynod.control import certs, logs
 from dynod.errors import InvalidArgument, NotFound
+from dynod.model.domains import normalize_hostname
 
 
 def entry(usec: int, source: str | None, dyno: str, message: str | list[int]) -> str:
@@ -64,10 +65,10 @@ def test_entries_in_logplex_format_and_filters() -> None:
 
 
 def test_hostnames() -> None:
-    assert domains.normalize_hostname("WWW.Example.com.") == "www.example.com"
+    assert normalize_hostname("WWW.Example.com.") == "www.example.com"
     for bad in ("example", "-a.example.com", "a b.com", "x" * 64 + ".com"):
         with pytest.raises(InvalidArgument, match="not a valid host name"):
-            domains.normalize_hostname(bad)
+            normalize_hostname(bad)
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ import pytest
 from dynod.cli import run as cli_run
 from dynod.cli.client import CliError
 from dynod.control import apps, config_vars, formation, releases, slugs
-from dynod.control.releases import ReleaseStatus
 from dynod.errors import InvalidArgument
+from dynod.model.formation import ScaleChange
+from dynod.model.releases import ReleaseStatus
 from dynod.runtime import oneoff
 from dynod.settings import load_settings
 from dynod.store.sqlite import SqliteStore
@@ -131,6 +132,6 @@ def test_release_cannot_be_scaled(tmp_path: Path) -> None:
     rows = {p.type: p.quantity for p in formation.get_formation(store, "shop")}
     assert rows == {"release": 0, "web": 1}
     with pytest.raises(InvalidArgument, match="cannot be scaled"):
-        formation.scale(store, "shop", [formation.ScaleChange("release", quantity=1)])
+        formation.scale(store, "shop", [ScaleChange("release", quantity=1)])
     formation.resize(store, "shop", {"release": "standard-2x"})
     store.close()

@@ -12,6 +12,8 @@ import pytest
 from dynod.control import apps, config_vars, formation, releases, slugs
 from dynod.errors import FailedPrecondition, InvalidArgument
 from dynod.model import sizes
+from dynod.model.apps import random_name, validate_name
+from dynod.model.config_vars import size_of, validate_key
 from dynod.store import sqlite
 from dynod.store.sqlite import SqliteStore
 
@@ -76,28 +78,28 @@ def test_a_failing_change_writes_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["abc", "my-app-2", "a" * 30, "a1b"])
 def test_valid_names(name: str) -> None:
-    apps.validate_name(name)
+    validate_name(name)
 
 
 @pytest.mark.parametrize("name", ["ab", "a" * 31, "1abc", "abc-", "Abc", "a_bc", "a.bc", ""])
 def test_invalid_names(name: str) -> None:
     with pytest.raises(InvalidArgument):
-        apps.validate_name(name)
+        validate_name(name)
 
 
 def test_random_names_are_valid() -> None:
     rng = random.Random(7)  # noqa: S311 - reproducible names, not secrets
     for _ in range(500):
-        apps.validate_name(apps.random_name(rng))
+        validate_name(random_name(rng))
 
 
 def test_config_size_counts_utf8_bytes() -> None:
-    assert config_vars.size_of({"A": "é"}) == 3
+    assert size_of({"A": "é"}) == 3
 
 
 @pytest.mark.parametrize("key", ["FOO", "_x", "a1", "DYNOD", "PORTS", "dyno"])
 def test_config_keys_allowed(key: str) -> None:
-    config_vars.validate_key(key)
+    validate_key(key)
 
 
 def test_sizes_table() -> None:

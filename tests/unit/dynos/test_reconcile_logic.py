@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dynod.control.formation import Process
+from dynod.model.formation import Process
 from dynod.router.protocol import Backend, NullRouter
 from dynod.runtime import dynos
 from dynod.runtime.dynos import DynoMeta, DynoRef
