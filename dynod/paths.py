@@ -30,3 +30,14 @@ def buildpacks_dir(env: Mapping[str, str] | None = None, tree: Path = SOURCE_TRE
     if in_source_tree(tree) and (tree / "buildpacks").is_dir():
         return tree / "buildpacks"
     return INSTALLED_BUILDPACKS
+
+
+def stacks_dir(state_dir: Path) -> Path:
+    return state_dir / "stacks"
+
+
+def stack_root(state_dir: Path, name: str) -> Path:
+    """Where stack ``name`` lives once built (it may not be built yet)."""
+    return stacks_dir(state_dir) / name
+
+

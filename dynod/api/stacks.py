@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from dynod import paths
 from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
 from dynod.build import pipeline, stacks
@@ -16,7 +17,7 @@ from dynod.v1 import stacks_pb2, stacks_pb2_grpc
 
 def stack_to_proto(daemon: Daemon, name: str) -> stacks_pb2.Stack:
     defn = stacks.get_stack(name)
-    root = stacks.stack_root(daemon.settings.state_dir, name)
+    root = paths.stack_root(daemon.settings.state_dir, name)
     built = stacks.is_current(root, defn)
     return stacks_pb2.Stack(name=name, suite=defn.suite, built=built,
                             default=name == stacks.DEFAULT_STACK,
@@ -40,7 +41,7 @@ class StacksServicer(stacks_pb2_grpc.StacksServicer):
         caller_of(context)
         name = request.name or stacks.DEFAULT_STACK
         defn = stacks.get_stack(name)
-        if stacks.is_current(stacks.stack_root(self.daemon.settings.state_dir, name), defn):
+        if stacks.is_current(paths.stack_root(self.daemon.settings.state_dir, name), defn):
             yield stacks_pb2.BuildStackResponse(
                 line=f"Stack {name} is current ({defn.suite}); nothing to rebuild.")
             yield stacks_pb2.BuildStackResponse(stack=stack_to_proto(self.daemon, name))

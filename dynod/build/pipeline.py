@@ -36,13 +36,15 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from dynod import paths
 from dynod.build import buildpacks, stacks
 from dynod.control import apps, releases, slugs
 from dynod.errors import DynodError, FailedPrecondition, InvalidArgument, NotFound
 from dynod.model.releases import ReleaseStatus
-from dynod.runtime import dynos, release_phase, rootfs, supervisor
+from dynod.runtime import release_phase, supervisor
 from dynod.slug.unpack import format_size
-from dynod.system import journal, netns, units
+from dynod.store import reads
+from dynod.system import journal, mounts, netns, units, users
 
 if TYPE_CHECKING:
     from dynod.settings import Settings
@@ -117,7 +119,7 @@ def _put(tx: Tx, build: Build) -> None:
 def list_builds(store: Store, app: str, limit: int | None = None) -> list[Build]:
     """Newest first. Raises NotFound for the app."""
     with store.read() as tx:
-        apps.require(tx, app)
+        reads.require_app(tx, app)
         return [_from_doc(d) for d in tx.build_docs(app, limit)]
 
 
@@ -125,7 +127,7 @@ def get_build(store: Store, app: str, build_id: str | None = None) -> Build:
     """Build ``build_id`` (a prefix of 8+ characters will do), or the latest one.
     Raises NotFound."""
     with store.read() as tx:
-        apps.require(tx, app)
+        reads.require_app(tx, app)
         if build_id:
             doc = tx.build_doc(app, build_id)
             if doc is not None:
@@ -183,7 +185,7 @@ class BuildSettings:
 
 def get_settings(store: Store, app: str) -> BuildSettings:
     with store.read() as tx:
-        apps.require(tx, app)
+        reads.require_app(tx, app)
         got = tx.app_build_settings(app)
         assert got is not None
         return BuildSettings(got[0], tuple(got[1]))
@@ -216,7 +218,7 @@ def set_buildpacks(store: Store, app: str, urls: Sequence[str]) -> BuildSettings
     if len(set(checked)) != len(checked):
         raise InvalidArgument("a buildpack is listed twice; list each once")
     with store.write() as tx:
-        apps.require(tx, app)
+        reads.require_app(tx, app)
         got = tx.app_build_settings(app)
         assert got is not None
         tx.set_app_build_settings(app, got[0], checked)
@@ -227,7 +229,7 @@ def set_stack(store: Store, app: str, stack: str) -> BuildSettings:
     """Raises NotFound (app, stack)."""
     stacks.get_stack(stack)
     with store.write() as tx:
-        apps.require(tx, app)
+        reads.require_app(tx, app)
         got = tx.app_build_settings(app)
         assert got is not None
         tx.set_app_build_settings(app, stack, got[1])
@@ -275,10 +277,10 @@ class _Context:
         return value.replace(root + "/", "/")
 
     def run(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path,
-            on_line: Callable[[str], None], extra_binds: Sequence[rootfs.Bind] = ()) -> int:
-        binds = [rootfs.Bind(self.cache, CACHE_DIR, read_only=False), *extra_binds]
+            on_line: Callable[[str], None], extra_binds: Sequence[mounts.Bind] = ()) -> int:
+        binds = [mounts.Bind(self.cache, CACHE_DIR, read_only=False), *extra_binds]
         if self.resolv is not None:
-            binds.append(rootfs.Bind(self.resolv, PurePosixPath("/etc/resolv.conf")))
+            binds.append(mounts.Bind(self.resolv, PurePosixPath("/etc/resolv.conf")))
         spec = units.BuildStepSpec(
             app=self.app, build_id=self.build_id, step=self.steps,
             argv=tuple(self.inside(a) for a in argv), root=self.root, uid=self.uid,
@@ -339,7 +341,7 @@ def _receive_source(dest: Path, chunks: Iterable[bytes]) -> int:
 def ensure_stack(settings: Settings, name: str, on_line: Callable[[str], None]) -> Path:
     """The stack's root, built on first need (its output goes to ``on_line``)."""
     defn = stacks.get_stack(name)
-    root = stacks.stack_root(settings.state_dir, name)
+    root = paths.stack_root(settings.state_dir, name)
     if stacks.is_current(root, defn):
         return root
     with _stack_lock:
@@ -366,10 +368,10 @@ def run_build(
     if commit and not COMMIT_RE.match(commit):
         raise InvalidArgument(f"commit {commit!r} is invalid; give a git commit id")
     with store.read() as tx:
-        apps.require(tx, app)
+        reads.require_app(tx, app)
         got = tx.app_build_settings(app)
         uid = tx.app_uid(app)
-        config = releases.current(tx, app).config
+        config = reads.current_release(tx, app).config
     assert got is not None and uid is not None
     settings_ = BuildSettings(got[0], tuple(got[1]))
     with _running_lock:
@@ -401,7 +403,7 @@ def _build(
         on_line(line)
 
     run_dir = settings.state_dir / "builds" / "run" / build.id
-    plan: rootfs.RootfsPlan | None = None
+    plan: mounts.RootfsPlan | None = None
     ctx: _Context | None = None
     net: netns.DynoNetwork | None = None
     said = False
@@ -411,10 +413,10 @@ def _build(
         journal.api_event(app, f"Build started by user {user}")
         stack_root = ensure_stack(settings, bs.stack, emit)
         # Receive the whole source before any output: a cut upload builds nothing.
-        plan = rootfs.RootfsPlan(dyno=f"build-{build.id[:8]}", dyno_dir=run_dir,
+        plan = mounts.RootfsPlan(dyno=f"build-{build.id[:8]}", dyno_dir=run_dir,
                                  lower=(stack_root,), binds=())
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        rootfs.apply_rootfs(plan)
+        mounts.apply_rootfs(plan)
         root = plan.root
         source_bytes = _receive_source(root / str(SOURCE_TAR).lstrip("/"), source)
         build = replace(build, source_bytes=source_bytes)
@@ -423,7 +425,7 @@ def _build(
         emit(f"{buildpacks.STEP}Building on the {bs.stack} stack")
 
         # systemd 252 needs a user record for User= (the dynos' nss-systemd drop-ins).
-        dynos.ensure_user(uid)
+        users.ensure_user(uid)
         cache = cache_path(settings, app)
         cache.mkdir(parents=True, exist_ok=True)
         os.chown(cache, uid, uid)
@@ -531,7 +533,7 @@ def _build(
                 netns.remove_dyno_network(net)
         if plan is not None:
             with contextlib.suppress(Exception):
-                rootfs.remove_rootfs(plan)
+                mounts.remove_rootfs(plan)
         build = replace(build, finished_at=datetime.now(UTC))
         with contextlib.suppress(Exception), store.write() as tx:
             if tx.app(app) is not None:
@@ -557,14 +559,14 @@ def _fetch_buildpack(ctx: _Context, index: int, url: str,
     target.parent.mkdir(parents=True, exist_ok=True)
     os.chown(target.parent, ctx.uid, ctx.uid)
     argv = ["git", "clone", "--quiet", "--depth=1", url, str(target)]
-    binds: list[rootfs.Bind] = []
+    binds: list[mounts.Bind] = []
     if url.startswith("file:///"):
         # A repository on this machine: visible (read-only) inside the build only for
         # the clone; owned by someone else, so git must be told it is safe to read.
         repo = Path(url.removeprefix("file://"))
         if not repo.is_dir():
             raise FailedPrecondition(f"buildpack {url}: no repository at {repo}")
-        binds.append(rootfs.Bind(repo, PurePosixPath(repo), read_only=True))
+        binds.append(mounts.Bind(repo, PurePosixPath(repo), read_only=True))
         # git drops -c and GIT_CONFIG_* for the local upload-pack; the global file stays.
         gitconfig = ctx.root / "tmp" / ".gitconfig"
         gitconfig.write_text("[safe]\n\tdirectory = *\n")

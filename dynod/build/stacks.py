@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dynod.errors import FailedPrecondition, NotFound, Unavailable
+from dynod.paths import stack_root, stacks_dir
 from dynod.system import processes
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -125,13 +126,8 @@ def install_argvs(defn: StackDefinition, target: Path) -> list[list[str]]:
     ]
 
 
-def stacks_dir(state_dir: Path) -> Path:
-    return state_dir / "stacks"
 
 
-def stack_root(state_dir: Path, name: str) -> Path:
-    """Where stack ``name`` lives once built (it may not be built yet)."""
-    return stacks_dir(state_dir) / name
 
 
 def stack_cache_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -5,27 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from dynod.errors import AlreadyExists, NotFound
+from dynod.errors import AlreadyExists
 from dynod.model.apps import App, random_name, validate_name
+from dynod.store import reads
 
 if TYPE_CHECKING:
-    from dynod.store.sqlite import Store, Tx
-
-
-
-
-
-
-
-
-
-
-def require(tx: Tx, name: str) -> App:
-    """The app ``name`` in this transaction. Raises NotFound."""
-    app = tx.app(name)
-    if app is None:
-        raise NotFound(f'app "{name}" not found; list your apps with `dynoctl apps`')
-    return app
+    from dynod.store.sqlite import Store
 
 
 def create_app(store: Store, name: str | None, user: str) -> App:
@@ -57,7 +42,7 @@ def create_app(store: Store, name: str | None, user: str) -> App:
 def get_app(store: Store, name: str) -> App:
     """Raises NotFound."""
     with store.read() as tx:
-        return require(tx, name)
+        return reads.require_app(tx, name)
 
 
 def list_apps(store: Store) -> list[App]:
@@ -73,5 +58,5 @@ def delete_app(store: Store, name: str) -> list[str]:
     remove from disk after the transaction. Raises NotFound.
     """
     with store.write() as tx:
-        require(tx, name)
+        reads.require_app(tx, name)
         return tx.remove_app(name)

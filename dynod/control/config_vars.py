@@ -20,20 +20,16 @@ from dynod.model.config_vars import (
     validate_key,
 )
 from dynod.model.releases import Release
+from dynod.store import reads
 
 if TYPE_CHECKING:
     from dynod.store.sqlite import Store
 
 
-
-
-
-
-
 def get_config(store: Store, app: str) -> Release:
     """The current release, whose ``config`` is the app's config. Raises NotFound."""
     with store.read() as tx:
-        return releases.latest(tx, app)
+        return reads.latest_release(tx, app)
 
 
 def set_config(store: Store, app: str, changes: Mapping[str, str], user: str) -> Release:
@@ -49,7 +45,7 @@ def set_config(store: Store, app: str, changes: Mapping[str, str], user: str) ->
         if "\0" in value:
             raise InvalidArgument(f"config var {key}: a value cannot contain a NUL byte")
     with store.write() as tx:
-        latest = releases.latest(tx, app)
+        latest = reads.latest_release(tx, app)
         config = {**latest.config, **changes}
         size = size_of(config)
         if size > MAX_BYTES:
@@ -74,7 +70,7 @@ def unset_config(store: Store, app: str, keys: Iterable[str], user: str) -> Rele
         if not KEY_RE.match(key):
             validate_key(key)
     with store.write() as tx:
-        latest = releases.latest(tx, app)
+        latest = reads.latest_release(tx, app)
         config = {k: v for k, v in latest.config.items() if k not in wanted}
         return releases.append_release(
             tx, app, description=f"Remove {', '.join(wanted)} config vars",

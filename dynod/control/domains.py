@@ -17,13 +17,6 @@ if TYPE_CHECKING:
     from dynod.store.sqlite import Store
 
 
-
-
-
-
-
-
-
 def add_domain(store: Store, app: str, hostname: str, platform_domain: str) -> Domain:
     """Route ``hostname`` to ``app``.
 

@@ -11,18 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from dynod.control import apps, slugs
+from dynod.control import slugs
 from dynod.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from dynod.model import sizes
 from dynod.model.formation import MAX_DYNOS_PER_APP, Process, ScaleChange
+from dynod.store import reads
 
 if TYPE_CHECKING:
     from dynod.store.sqlite import Store, Tx
-
-
-
-
-
 
 
 def declare(tx: Tx, app: str, process_types: Mapping[str, str]) -> None:
@@ -35,7 +31,7 @@ def declare(tx: Tx, app: str, process_types: Mapping[str, str]) -> None:
 
 def _declared(tx: Tx, app: str) -> tuple[int, dict[str, str]]:
     """The current release's version and process types. Raises NotFound."""
-    apps.require(tx, app)
+    reads.require_app(tx, app)
     release = tx.latest_release(app)
     if release is None or release.slug_id is None:
         return (0 if release is None else release.version), {}

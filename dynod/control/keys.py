@@ -27,11 +27,6 @@ if TYPE_CHECKING:
     from dynod.store.sqlite import Store
 
 
-
-
-
-
-
 def _to_doc(key: Key) -> str:
     doc = asdict(key)
     doc["created_at"] = key.created_at.isoformat()
@@ -83,8 +78,6 @@ def remove_key(store: Store, which: str) -> Key:
             raise InvalidArgument(f"{len(found)} keys match {which!r}; give the key's id")
         tx.remove_key_doc(found[0].id)
         return found[0]
-
-
 
 
 def write_authorized_keys(home: Path, content: str) -> Path:

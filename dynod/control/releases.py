@@ -11,53 +11,19 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from dynod.control import apps, formation, slugs
-from dynod.errors import FailedPrecondition, NotFound
+from dynod.control import formation, slugs
+from dynod.errors import FailedPrecondition
 from dynod.model.releases import RELEASE_TYPE, Release, ReleaseStatus
+from dynod.store import reads
 
 if TYPE_CHECKING:
     from dynod.store.sqlite import Store, Tx
 
 
-
-
-
-
-
-
-def current(tx: Tx, app: str) -> Release:
-    """The app's current release: the latest that succeeded (a release waiting for its
-    release phase, or failed in it, never runs). Every app has v1. Raises NotFound."""
-    apps.require(tx, app)
-    release = tx.latest_succeeded_release(app)
-    if release is None:  # pragma: no cover - create_app always makes v1
-        raise NotFound(f'app "{app}" has no releases')
-    return release
-
-
-def latest(tx: Tx, app: str) -> Release:
-    """The app's newest release whatever its status: the base of the next one (its
-    config is the app's config, even while its release phase runs or after it failed).
-    Raises NotFound."""
-    apps.require(tx, app)
-    release = tx.latest_release(app)
-    if release is None:  # pragma: no cover - create_app always makes v1
-        raise NotFound(f'app "{app}" has no releases')
-    return release
-
-
-def release_command(tx: Tx, release: Release) -> str | None:
-    """The slug's ``release:`` command, None when it declares none."""
-    if release.slug_id is None:
-        return None
-    slug = tx.slug(release.app, release.slug_id)
-    return None if slug is None else slug.process_types.get(RELEASE_TYPE)
-
-
 def set_status(store: Store, app: str, version: int, status: ReleaseStatus) -> None:
     """The release phase's verdict on release ``version``."""
     with store.write() as tx:
-        require(tx, app, version)
+        reads.require_release(tx, app, version)
         tx.set_release_status(app, version, status)
 
 
@@ -97,28 +63,17 @@ def append_release(
 def list_releases(store: Store, app: str, limit: int | None = None) -> list[Release]:
     """Newest first, at most ``limit`` (all if None). Raises NotFound."""
     with store.read() as tx:
-        apps.require(tx, app)
+        reads.require_app(tx, app)
         return tx.releases(app, limit)
-
-
-def require(tx: Tx, app: str, version: int) -> Release:
-    release = tx.release(app, version)
-    if release is None:
-        latest = current(tx, app)
-        raise NotFound(
-            f'app "{app}" has no release v{version} (the current one is v{latest.version}); '
-            "list them with `dynoctl releases`"
-        )
-    return release
 
 
 def get_release(store: Store, app: str, version: int | None = None) -> Release:
     """Release ``version``, or the current one. Raises NotFound."""
     with store.read() as tx:
         if version is None:
-            return current(tx, app)
-        apps.require(tx, app)
-        return require(tx, app, version)
+            return reads.current_release(tx, app)
+        reads.require_app(tx, app)
+        return reads.require_release(tx, app, version)
 
 
 def create_release(
@@ -129,7 +84,7 @@ def create_release(
     Raises NotFound (app, slug), FailedPrecondition (slug not uploaded yet).
     """
     with store.write() as tx:
-        base = latest(tx, app)
+        base = reads.latest_release(tx, app)
         slug = slugs.require(tx, app, slug_id)
         if not slug.uploaded:
             raise FailedPrecondition(
@@ -149,13 +104,13 @@ def rollback(store: Store, app: str, version: int | None, user: str) -> Release:
     Raises NotFound (app, version), FailedPrecondition (nothing before v1).
     """
     with store.write() as tx:
-        running = current(tx, app)
+        running = reads.current_release(tx, app)
         if version is None:
             if running.version <= 1:
                 raise FailedPrecondition(
                     f'app "{app}" has only release v1; there is nothing to roll back to'
                 )
             version = running.version - 1
-        target = require(tx, app, version)
+        target = reads.require_release(tx, app, version)
         return append_release(tx, app, description=f"Rollback to v{target.version}",
                               user=user, slug_id=target.slug_id, config=target.config)

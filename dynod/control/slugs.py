@@ -20,7 +20,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from dynod.control import apps
 from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.slugs import (
     GZIP_MAGIC,
@@ -30,22 +29,14 @@ from dynod.model.slugs import (
     path_of,
     validate_process_types,
 )
+from dynod.store import reads
 
 if TYPE_CHECKING:
     from dynod.store.sqlite import Store, Tx
 
 
-
-
-
-
-
-
-
-
-
 def require(tx: Tx, app: str, slug_id: str) -> Slug:
-    apps.require(tx, app)
+    reads.require_app(tx, app)
     slug = tx.slug(app, slug_id)
     if slug is None:
         raise NotFound(f'app "{app}" has no slug {slug_id!r}; create one first')
@@ -78,7 +69,7 @@ def create_slug(
     if len(commit) > 64:
         raise InvalidArgument("commit is too long; give a git commit id")
     with store.write() as tx:
-        apps.require(tx, app)
+        reads.require_app(tx, app)
         slug = Slug(id=str(uuid.uuid4()), app=app, checksum=checksum, size=size,
                     created_at=datetime.now(UTC),
                     process_types=MappingProxyType(dict(process_types)), commit=commit)

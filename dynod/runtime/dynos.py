@@ -28,11 +28,11 @@ from dynod.build import stacks
 from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.sizes import parse_size
 from dynod.model.slugs import path_of
-from dynod.runtime import rootfs
 from dynod.settings import Settings
 from dynod.slug import unpack
-from dynod.system import journal, netns, units
+from dynod.system import journal, mounts, netns, units
 from dynod.system.units import DynoSpec, PidMode
+from dynod.system.users import ensure_user
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,6 @@ META = "dyno.json"
 # The key of the network made ahead of the next start (not a dyno key: parse_key
 # refuses it, so reconcile removes one that a previous dynod left).
 SPARE = "spare"
-# nss-systemd reads JSON user records here (systemd >= 249): the app's uid resolves
-# without a passwd entry, which systemd 252 needs for User= (it fails with ESRCH).
-USERDB = Path("/run/userdb")
 PROJECT_INIT = Path(__file__).resolve().parents[2] / "build" / "dyno-init"
 
 
@@ -102,7 +99,7 @@ class DynoMeta:
 
 
 def read_meta(settings: Settings, ref: DynoRef) -> DynoMeta | None:
-    path = rootfs.dynos_dir(settings.runtime_dir) / ref.key / META
+    path = mounts.dynos_dir(settings.runtime_dir) / ref.key / META
     try:
         return DynoMeta(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
@@ -161,31 +158,8 @@ def slug_tree(settings: Settings, checksum: str, uid: int,
     return final
 
 
-def user_name(uid: int) -> str:
-    return f"dynod-{uid}"
 
 
-def ensure_user(uid: int, userdb: Path = USERDB) -> None:
-    """Volatile user and group records for an app's uid (nss-systemd drop-ins)."""
-    name = user_name(uid)
-    records = {
-        f"{name}.user": {"userName": name, "uid": uid, "gid": uid, "homeDirectory": "/app",
-                         "shell": "/usr/sbin/nologin", "disposition": "regular",
-                         "locked": True},
-        f"{name}.group": {"groupName": name, "gid": uid, "disposition": "regular"},
-    }
-    if all((userdb / f).exists() for f in records):
-        return
-    userdb.mkdir(mode=0o755, parents=True, exist_ok=True)
-    for filename, record in records.items():
-        tmp = userdb / f".{filename}.tmp"
-        tmp.write_text(json.dumps(record))
-        tmp.chmod(0o644)
-        tmp.replace(userdb / filename)
-    for number, kind in ((uid, "user"), (uid, "group")):
-        link = userdb / f"{number}.{kind}"
-        if not link.is_symlink():
-            link.symlink_to(f"{name}.{kind}")
 
 
 @dataclass(frozen=True)
@@ -225,9 +199,9 @@ class Host:
         self._used = netns.used_addresses()
         self._spare: netns.DynoNetwork | None = None
 
-    def rootfs_plan(self, ref: DynoRef, tree: Path, stack: Path) -> rootfs.RootfsPlan:
-        return rootfs.plan_rootfs(self.settings.runtime_dir, ref.key, tree, stack,
-                                  rootfs.dyno_binds(self.init, self.resolv))
+    def rootfs_plan(self, ref: DynoRef, tree: Path, stack: Path) -> mounts.RootfsPlan:
+        return mounts.plan_rootfs(self.settings.runtime_dir, ref.key, tree, stack,
+                                  mounts.dyno_binds(self.init, self.resolv))
 
     def start(self, ref: DynoRef, *, release: int, command: str, size: str,
               checksum: str, uid: int, config: dict[str, str],
@@ -247,7 +221,7 @@ class Host:
         plan = self.rootfs_plan(ref, tree, stack)
         with self._addresses:
             # Leftovers of an earlier run of the same dyno go first.
-            if (rootfs.dynos_dir(self.settings.runtime_dir) / ref.key).exists() or (
+            if (mounts.dynos_dir(self.settings.runtime_dir) / ref.key).exists() or (
                     netns.NETNS_DIR / (netns.NETNS_PREFIX + ref.key)).exists():
                 self.teardown(ref)
             spare, self._spare = self._spare, None
@@ -261,7 +235,7 @@ class Host:
         meta = DynoMeta(ref.app, ref.process_type, ref.number, ref.generation, release,
                         command, size, str(address), PORT)
         try:
-            rootfs.apply_rootfs(plan)
+            mounts.apply_rootfs(plan)
             (plan.dyno_dir / META).write_text(json.dumps(asdict(meta)))
             spec = DynoSpec(
                 app=ref.app, process_type=ref.process_type, number=ref.number,
@@ -309,9 +283,9 @@ class Host:
         """Unload the unit (it must have stopped), unmount, remove the netns. Idempotent."""
         units.reset_dyno(ref.unit)
         meta = read_meta(self.settings, ref)
-        plan = rootfs.RootfsPlan(ref.key, rootfs.dynos_dir(self.settings.runtime_dir) / ref.key,
+        plan = mounts.RootfsPlan(ref.key, mounts.dynos_dir(self.settings.runtime_dir) / ref.key,
                                  (), ())
-        rootfs.remove_rootfs(plan)
+        mounts.remove_rootfs(plan)
         address = IPv4Address(meta.address) if meta else self.bridge.gateway + 1
         net = netns.DynoNetwork(ref.key, address, self.bridge.gateway,
                                 self.bridge.pool.prefixlen, self.bridge.bridge)

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynod.control import releases
 from dynod.runtime import dynos
 from dynod.settings import Settings
 from dynod.slug import unpack
+from dynod.store import reads
 from dynod.store.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def checksums(store: Store, keep: int = KEEP) -> tuple[set[str], set[str]]:
     with store.read() as tx:
         for app in tx.apps():
             rels = sorted(tx.releases(app.name, None), key=lambda r: r.version, reverse=True)
-            current = releases.current(tx, app.name)
+            current = reads.current_release(tx, app.name)
             for i, r in enumerate(rels):
                 slug = tx.slug(app.name, r.slug_id) if r.slug_id else None
                 if slug is None:

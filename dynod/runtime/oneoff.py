@@ -36,16 +36,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynod.control import apps, releases
 from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model import sizes
 from dynod.model.releases import RELEASE_TYPE
-from dynod.runtime import rootfs
 from dynod.runtime.dynos import DynoMeta, DynoRef, Host, read_meta, ref_of
 from dynod.runtime.supervisor import DynoInfo, State
 from dynod.settings import Settings
+from dynod.store import reads
 from dynod.store.sqlite import Store
-from dynod.system import journal, units
+from dynod.system import journal, mounts, units
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +156,9 @@ class OneOffs:
         if not command.strip():
             raise InvalidArgument("no command given; usage: dynoctl run COMMAND (e.g. bash)")
         with self.store.read() as tx:
-            apps.require(tx, app)
-            release = (releases.require(tx, app, version) if version is not None
-                       else releases.current(tx, app))
+            reads.require_app(tx, app)
+            release = (reads.require_release(tx, app, version) if version is not None
+                       else reads.current_release(tx, app))
             slug = tx.slug(app, release.slug_id) if release.slug_id else None
             uid = tx.app_uid(app)
             rows = {p.type: p for p in tx.processes(app)}
@@ -423,7 +422,7 @@ class OneOffs:
     # --- after a dynod restart ----------------------------------------------------
 
     def _dyno_dir(self, ref: DynoRef) -> Path:
-        return rootfs.dynos_dir(self.settings.runtime_dir) / ref.key
+        return mounts.dynos_dir(self.settings.runtime_dir) / ref.key
 
     def recover(self) -> None:
         """At start, for the one-off units a previous dynod left running (reconcile

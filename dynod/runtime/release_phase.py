@@ -30,6 +30,7 @@ from dynod.errors import DynodError, FailedPrecondition, NotFound
 from dynod.model.releases import RELEASE_TYPE, ReleaseStatus
 from dynod.runtime.oneoff import OneOffs, Stdio
 from dynod.settings import Settings
+from dynod.store import reads
 from dynod.store.sqlite import Store
 from dynod.system import journal
 
@@ -64,7 +65,7 @@ class ReleasePhase:
             with self.store.read() as tx:
                 if tx.app(app) is None:
                     return
-                latest = releases.latest(tx, app)
+                latest = reads.latest_release(tx, app)
         except NotFound:
             return
         if latest.status is not ReleaseStatus.PENDING:
@@ -106,8 +107,8 @@ class ReleasePhase:
 
     def _phase(self, app: str, version: int, out: TextIO) -> ReleaseStatus:
         with self.store.read() as tx:
-            release = releases.require(tx, app, version)
-            command = releases.release_command(tx, release)
+            release = reads.require_release(tx, app, version)
+            command = reads.release_command(tx, release)
         if not command:
             return ReleaseStatus.SUCCEEDED
         journal.api_event(app, f"Running release v{version} commands by user {release.user}")
@@ -156,9 +157,9 @@ class ReleasePhase:
         pending release's phase to end. Raises NotFound, FailedPrecondition (no release
         command in that release's slug)."""
         with self.store.read() as tx:
-            release = (releases.require(tx, app, version) if version is not None
-                       else releases.latest(tx, app))
-            command = releases.release_command(tx, release)
+            release = (reads.require_release(tx, app, version) if version is not None
+                       else reads.latest_release(tx, app))
+            command = reads.release_command(tx, release)
         version = release.version
         if not command:
             raise FailedPrecondition(
@@ -190,7 +191,7 @@ class ReleasePhase:
 
     def _status(self, app: str, version: int) -> ReleaseStatus:
         with self.store.read() as tx:
-            return releases.require(tx, app, version).status
+            return reads.require_release(tx, app, version).status
 
 
 def follow_lines(phase: ReleasePhase | None, app: str, version: int,

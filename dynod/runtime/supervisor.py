@@ -30,18 +30,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from dynod.control import apps, releases
+from dynod.control import releases
 from dynod.errors import DynodError, InvalidArgument, NotFound
 from dynod.model.formation import Process
 from dynod.model.releases import ReleaseStatus
 from dynod.model.sizes import SIZES
 from dynod.router.protocol import Backend, Router
-from dynod.runtime import dynos, gc, rootfs
+from dynod.runtime import dynos, gc
 from dynod.runtime.dynos import DynoMeta, DynoRef, Host, parse_key, read_meta, ref_of
 from dynod.settings import Settings
 from dynod.slug import unpack
+from dynod.store import reads
 from dynod.store.sqlite import Store
-from dynod.system import journal, netns, units
+from dynod.system import journal, mounts, netns, units
 
 log = logging.getLogger(__name__)
 
@@ -402,12 +403,11 @@ class Reconciler:
     # --- desired state ------------------------------------------------------------
 
     def desired(self) -> dict[str, Desired]:
-        from dynod.control import releases  # noqa: PLC0415 - releases imports state
 
         out: dict[str, Desired] = {}
         with self.store.read() as tx:
             for app in tx.apps():
-                release = releases.current(tx, app.name)
+                release = reads.current_release(tx, app.name)
                 uid, gen = tx.app_uid(app.name), tx.generation(app.name)
                 if release.slug_id is None or uid is None or gen is None:
                     out[app.name] = Desired(app.name, release.version, gen or 1, "", 0, {})
@@ -426,7 +426,7 @@ class Reconciler:
     def bump_generation(self, app: str) -> int:
         """A rollout: every dyno of ``app`` is replaced (new release, restart)."""
         with self.store.write() as tx:
-            apps.require(tx, app)
+            reads.require_app(tx, app)
             gen = (tx.generation(app) or 1) + 1
             tx.set_generation(app, gen)
         return gen
@@ -458,7 +458,7 @@ class Reconciler:
                 self._dynos[ref] = Dyno(ref, meta, State.UP if up else State.STARTING, since,
                                         launched=time.monotonic(), cycle_at=cycle_due(since))
             log.info("adopted %s (%s)", unit.name, "up" if up else "starting")
-        orphans = set(rootfs.list_dyno_dirs(self.settings.runtime_dir))
+        orphans = set(mounts.list_dyno_dirs(self.settings.runtime_dir))
         orphans |= set(netns.list_dyno_netns())
         for key in sorted(orphans - owned):
             orphan = parse_key(key)
@@ -810,7 +810,7 @@ class Reconciler:
     def dynos(self, app: str) -> list[DynoInfo]:
         """The app's dynos for ``ps``, sorted by type and number. Raises NotFound."""
         with self.store.read() as tx:
-            apps.require(tx, app)
+            reads.require_app(tx, app)
         with self._lock:
             found = [d for d in self._dynos.values() if d.ref.app == app]
         out = []
@@ -837,7 +837,7 @@ class Reconciler:
         (``web.1``); the crash back-off is reset. Returns the dyno names restarted.
         Raises NotFound for an unknown app or a target with no dyno."""
         with self.store.read() as tx:
-            apps.require(tx, app)
+            reads.require_app(tx, app)
         if not target:
             self.bump_generation(app)
             with self._lock:
@@ -864,7 +864,7 @@ class Reconciler:
 
     def _select(self, app: str, target: str) -> list[Dyno]:
         with self.store.read() as tx:
-            apps.require(tx, app)
+            reads.require_app(tx, app)
         with self._lock:
             found = [d for d in self._dynos.values() if d.ref.app == app and not d.stopping
                      and target in (d.ref.dyno, d.ref.process_type)]

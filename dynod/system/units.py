@@ -35,8 +35,8 @@ from typing import Any
 
 from dynod.errors import InvalidArgument, NotFound, Unavailable
 from dynod.model.sizes import Size
-from dynod.runtime.rootfs import INIT_PATH, Bind
 from dynod.system import processes
+from dynod.system.mounts import INIT_PATH, Bind
 
 ROOT_SLICE = "dynod.slice"
 UNIT_PREFIX = "dynod-"

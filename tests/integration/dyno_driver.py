@@ -1,5 +1,5 @@
 """Runs inside a sandbox machine, as root, in systemd's mount namespace (a transient
-unit): drives dynod.runtime.rootfs, dynod.system.netns and dynod.system.units against the
+unit): drives dynod.system.mounts, dynod.system.netns and dynod.system.units against the
 machine's real systemd and prints what it saw as one JSON object for the test to assert on.
 
     dyno_driver.py web      start a dyno, probe it, write, restart, probe, tear down
@@ -20,9 +20,8 @@ from ipaddress import IPv4Address
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dynod.runtime import rootfs
-from dynod.runtime.rootfs import Bind
-from dynod.system import netns, units
+from dynod.system import mounts, netns, units
+from dynod.system.mounts import Bind
 from dynod.system.units import DynoSpec, Limits
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -86,10 +85,10 @@ class Dyno:
         resolv = netns.ensure_bridge(self.bridge, RUNTIME)
         key = f"{app}-web.{number}"
         binds = (
-            *rootfs.dyno_binds(init, resolv),
+            *mounts.dyno_binds(init, resolv),
             Bind(Path("/usr"), PurePosixPath("/usr")),
         )
-        self.rootfs = rootfs.plan_rootfs(RUNTIME, key, slug, stack, binds)
+        self.rootfs = mounts.plan_rootfs(RUNTIME, key, slug, stack, binds)
         address = netns.allocate_address(self.bridge, netns.used_addresses())
         self.net = netns.plan_dyno_network(self.bridge, key, address)
         self.spec = DynoSpec(
@@ -116,7 +115,7 @@ class Dyno:
 
     def start(self) -> None:
         t0 = time.monotonic()
-        rootfs.apply_rootfs(self.rootfs)
+        mounts.apply_rootfs(self.rootfs)
         netns.create_dyno_network(self.net)
         t1 = time.monotonic()
         units.start_dyno(self.spec)
@@ -150,7 +149,7 @@ class Dyno:
     def stop(self) -> bool:
         units.stop_dyno(self.unit)
         gone = units.wait_gone(self.unit)
-        rootfs.remove_rootfs(self.rootfs)
+        mounts.remove_rootfs(self.rootfs)
         netns.remove_dyno_network(self.net)
         return gone
 
@@ -166,17 +165,17 @@ class Dyno:
 
 
 def residue() -> dict[str, list[str]]:
-    mounts = [
+    points = [
         m
-        for m in rootfs.mount_points(Path("/proc/self/mountinfo").read_text())
+        for m in mounts.mount_points(Path("/proc/self/mountinfo").read_text())
         if m.startswith(str(RUNTIME / "dynos")) or m.startswith("/run/netns/dynod-")
     ]
     links = [ln for ln in sh("ip", "-o", "link").splitlines() if ": dv" in ln]
     return {
-        "mounts": mounts,
+        "mounts": points,
         "netns": netns.list_dyno_netns(),
         "links": links,
-        "dyno_dirs": rootfs.list_dyno_dirs(RUNTIME),
+        "dyno_dirs": mounts.list_dyno_dirs(RUNTIME),
     }
 
 

@@ -1,7 +1,7 @@
 """A real dyno unit in the sandbox: overlay root, own netns, dyno-init as PID 1.
 
 The driver (tests/integration/dyno_driver.py) runs inside the machine as root, calls
-dynod.runtime.rootfs, dynod.system.netns and dynod.system.units, and reports what it saw as JSON.
+dynod.system.mounts, dynod.system.netns and dynod.system.units, and reports what it saw as JSON.
 """
 
 from __future__ import annotations

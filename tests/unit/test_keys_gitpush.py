@@ -14,8 +14,7 @@ import pytest
 from dynod.cli import gitpush
 from dynod.errors import InvalidArgument
 from dynod.model.keys import OPTIONS, Key, parse_public_key, render_authorized_keys
-from dynod.runtime import rootfs
-from dynod.system import units
+from dynod.system import mounts, units
 
 
 def blob(kind: str, payload: bytes = b"\x00" * 32) -> str:
@@ -115,7 +114,7 @@ def test_build_step_argv() -> None:
         app="shop", build_id="0123456789abcdef", step=2,
         argv=("/tmp/bp/bin/compile", "/tmp/build", "$HOME"), root=Path("/var/lib/dynod/r"),
         uid=70001, cwd="/tmp/build", env=(("PATH", "/usr/bin"), ("STACK", "debian-13")),
-        binds=(rootfs.Bind(Path("/var/lib/dynod/cache/shop"), PurePosixPath("/tmp/cache"),
+        binds=(mounts.Bind(Path("/var/lib/dynod/cache/shop"), PurePosixPath("/tmp/cache"),
                            read_only=False),),
         netns_path=Path("/run/netns/build-01234567"), memory_max=512 << 20, tasks_max=4096,
         runtime_max_sec=900)

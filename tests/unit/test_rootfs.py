@@ -5,13 +5,13 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from dynod.errors import InvalidArgument
-from dynod.runtime import rootfs
-from dynod.runtime.rootfs import Bind
+from dynod.system import mounts
+from dynod.system.mounts import Bind
 
 
 def test_plan_layout_and_overlay_options() -> None:
-    binds = rootfs.dyno_binds(Path("/usr/lib/dynod/dyno-init"), Path("/run/dynod/resolv.conf"))
-    plan = rootfs.plan_rootfs(
+    binds = mounts.dyno_binds(Path("/usr/lib/dynod/dyno-init"), Path("/run/dynod/resolv.conf"))
+    plan = mounts.plan_rootfs(
         Path("/run/dynod"),
         "shop-web.1",
         Path("/var/lib/dynod/slugs/ab12/tree"),
@@ -31,7 +31,7 @@ def test_plan_layout_and_overlay_options() -> None:
         Bind(Path("/usr/lib/dynod/dyno-init"), PurePosixPath("/dyno-init")),
         Bind(Path("/run/dynod/resolv.conf"), PurePosixPath("/etc/resolv.conf")),
     )
-    assert rootfs.dyno_binds(Path("/i"), None) == (Bind(Path("/i"), rootfs.INIT_PATH),)
+    assert mounts.dyno_binds(Path("/i"), None) == (Bind(Path("/i"), mounts.INIT_PATH),)
 
 
 @pytest.mark.parametrize(
@@ -47,12 +47,12 @@ def test_plan_layout_and_overlay_options() -> None:
 )
 def test_plan_rejects_bad_input(dyno: str, slug: str, stack: str) -> None:
     with pytest.raises(InvalidArgument):
-        rootfs.plan_rootfs(Path("/run/dynod"), dyno, Path(slug), Path(stack))
+        mounts.plan_rootfs(Path("/run/dynod"), dyno, Path(slug), Path(stack))
 
 
 def test_plan_rejects_relative_bind() -> None:
     with pytest.raises(InvalidArgument, match="absolute"):
-        rootfs.plan_rootfs(
+        mounts.plan_rootfs(
             Path("/r"), "x", Path("/s"), Path("/t"), (Bind(Path("/a"), PurePosixPath("etc/x")),)
         )
 
@@ -63,28 +63,28 @@ def test_mount_points_unescapes_octal() -> None:
         "99 22 0:50 / /run/dynod/dynos/a\\040b/root rw - overlay overlay rw,lowerdir=/x\n"
         "100 22 0:51 / /tmp/back\\134slash rw - tmpfs tmpfs rw\n"
     )
-    assert rootfs.mount_points(text) == ["/", "/run/dynod/dynos/a b/root", "/tmp/back\\slash"]
+    assert mounts.mount_points(text) == ["/", "/run/dynod/dynos/a b/root", "/tmp/back\\slash"]
 
 
 def test_list_dyno_dirs(tmp_path: Path) -> None:
-    assert rootfs.list_dyno_dirs(tmp_path) == []
+    assert mounts.list_dyno_dirs(tmp_path) == []
     (tmp_path / "dynos" / "b-web.1").mkdir(parents=True)
     (tmp_path / "dynos" / "a-web.1").mkdir()
     (tmp_path / "dynos" / "stray-file").touch()
-    assert rootfs.list_dyno_dirs(tmp_path) == ["a-web.1", "b-web.1"]
+    assert mounts.list_dyno_dirs(tmp_path) == ["a-web.1", "b-web.1"]
 
 
 def test_remove_of_unmounted_plan_is_idempotent(tmp_path: Path) -> None:
-    plan = rootfs.plan_rootfs(tmp_path, "shop-web.1", Path("/s"), Path("/t"))
-    rootfs.remove_rootfs(plan)  # nothing there: no error
+    plan = mounts.plan_rootfs(tmp_path, "shop-web.1", Path("/s"), Path("/t"))
+    mounts.remove_rootfs(plan)  # nothing there: no error
     plan.upper.mkdir(parents=True)
     (plan.upper / "written-by-app").write_text("x")
-    rootfs.remove_rootfs(plan)
+    mounts.remove_rootfs(plan)
     assert not plan.dyno_dir.exists()
 
 
 def test_apply_requires_lower_layers(tmp_path: Path) -> None:
-    plan = rootfs.plan_rootfs(tmp_path, "x", tmp_path / "missing", tmp_path)
+    plan = mounts.plan_rootfs(tmp_path, "x", tmp_path / "missing", tmp_path)
     with pytest.raises(InvalidArgument, match="not a directory"):
-        rootfs.apply_rootfs(plan)
+        mounts.apply_rootfs(plan)
     assert not plan.dyno_dir.exists()

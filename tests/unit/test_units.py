@@ -9,8 +9,8 @@ import pytest
 
 from dynod.errors import InvalidArgument
 from dynod.model.sizes import parse_size
-from dynod.runtime.rootfs import Bind
 from dynod.system import processes, units
+from dynod.system.mounts import Bind
 from dynod.system.units import DynoName, DynoSpec, Limits, PidMode
 
 ESCAPE_CASES = [

@@ -12,6 +12,7 @@ from dynod.router.protocol import Backend, NullRouter
 from dynod.runtime import dynos
 from dynod.runtime.dynos import DynoMeta, DynoRef
 from dynod.runtime.supervisor import Desired, Dyno, Reconciler, State, backoff
+from dynod.system import users
 
 
 def test_dyno_key_round_trips_and_names_the_unit() -> None:
@@ -78,11 +79,11 @@ def test_rollout_stops_an_old_web_dyno_once_its_replacement_is_routed_and_ready(
 
 
 def test_user_records_for_nss_systemd(tmp_path: Path) -> None:
-    dynos.ensure_user(70001, tmp_path)
+    users.ensure_user(70001, tmp_path)
     user = json.loads((tmp_path / "dynod-70001.user").read_text())
     assert (user["userName"], user["uid"], user["gid"]) == ("dynod-70001", 70001, 70001)
     assert json.loads((tmp_path / "70001.group").read_text())["gid"] == 70001
-    dynos.ensure_user(70001, tmp_path)  # idempotent
+    users.ensure_user(70001, tmp_path)  # idempotent
 
 
 def test_missing_dyno_init_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
