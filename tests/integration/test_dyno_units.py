@@ -122,7 +122,7 @@ def test_a_unit_whose_start_job_is_queued_has_not_exited(shared_machine: Machine
             "sleep", "60"])
     try:
         seen = m.exec([VENV_PY, "-c", (
-            "import json; from dynod import units\n"
+            "import json; from dynod.system import units\n"
             f"u = [u for u in units.list_dynos() if u.name == {unit!r}][0]\n"
             "print(json.dumps([u.active_state, u.job, u.exited]))")]).stdout
         assert json.loads(seen) == ["inactive", "start", False], seen
@@ -131,7 +131,7 @@ def test_a_unit_whose_start_job_is_queued_has_not_exited(shared_machine: Machine
                timeout=10)
         m.exec(["systemctl", "stop", unit])
         seen = m.exec([VENV_PY, "-c", (
-            "import json; from dynod import units\n"
+            "import json; from dynod.system import units\n"
             f"print(json.dumps([u.exited for u in units.list_dynos() if u.name == {unit!r}]))"
         )]).stdout
         assert json.loads(seen) in ([], [True]), seen  # stopped: unloaded, or inactive
