@@ -271,7 +271,7 @@ def remove_rootfs(plan: RootfsPlan) -> None:
 
 
 def list_dyno_dirs(runtime_dir: Path) -> list[str]:
-    """Dyno keys that have a directory under the runtime dir (for reconcile)."""
+    """Dyno keys that have a directory under the runtime dir (for the supervisor)."""
     try:
         return sorted(p.name for p in dynos_dir(runtime_dir).iterdir() if p.is_dir())
     except FileNotFoundError:

@@ -319,7 +319,7 @@ def used_addresses(bridge: str = BRIDGE) -> set[IPv4Address]:
 
 
 def list_dyno_netns() -> list[str]:
-    """Dyno keys that have a ``dynod-*`` network namespace (for reconcile)."""
+    """Dyno keys that have a ``dynod-*`` network namespace (for the supervisor)."""
     try:
         names = [p.name for p in NETNS_DIR.iterdir()]
     except FileNotFoundError:
@@ -396,7 +396,7 @@ def create_dyno_network(net: DynoNetwork) -> None:
 
     The bridge must exist (``ensure_bridge``). On failure everything made so far is
     removed and Unavailable is raised; an existing netns of that name is an error
-    (AlreadyExists would hide a leak: reconcile removes stale ones first).
+    (AlreadyExists would hide a leak: the supervisor removes stale ones first).
     """
     from pyroute2 import NetlinkError  # noqa: PLC0415 - see above
     if len(net.host_veth) > IFNAMSIZ:
