@@ -32,7 +32,7 @@ def machine_description() -> dict[str, str]:
     mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal:"))
     return {"cores": str(os.cpu_count()), "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
-            "kernel": platform.release(), "systemd": hostinfo.systemd_version(),
+            "kernel": platform.release(), "systemd": str(hostinfo.systemd_version()),
             "cgroup": hostinfo.cgroup_layout(), "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 

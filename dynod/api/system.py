@@ -12,7 +12,7 @@ from dynod.v1 import system_pb2, system_pb2_grpc
 
 class SystemServicer(system_pb2_grpc.SystemServicer):
     def __init__(self) -> None:
-        self._systemd = hostinfo.systemd_version()
+        self._systemd = str(hostinfo.systemd_version())
         self._layout = hostinfo.cgroup_layout()
 
     def Version(

@@ -7,7 +7,7 @@ the app's own uid):
    tar of a directory) is written into the build's root filesystem: an overlay of the
    app's stack with a writable upper layer under ``<state_dir>/builds/run/<id>``;
 2. every untrusted command (unpacking the source, each buildpack's detect, compile and
-   release) runs as a transient unit (``units.run_build_step``) chrooted into that
+   release) runs as a transient unit (``systemctl.run_build_step``) chrooted into that
    overlay, as the app's uid, in its own network namespace with egress, with memory,
    task and 15-minute limits; the app's build cache is bound at ``/tmp/cache``, its
    config vars are files in ``ENV_DIR`` (``/tmp/env``);
@@ -44,7 +44,8 @@ from dynod.model.releases import ReleaseStatus
 from dynod.runtime import release_phase, supervisor
 from dynod.slug.unpack import format_size
 from dynod.store import reads
-from dynod.system import journal, mounts, netns, units, users
+from dynod.system import journal, mounts, netns, systemctl, users
+from dynod.system.unit_properties import DEFAULT_PATH
 
 if TYPE_CHECKING:
     from dynod.settings import Settings
@@ -281,7 +282,7 @@ class _Context:
         binds = [mounts.Bind(self.cache, CACHE_DIR, read_only=False), *extra_binds]
         if self.resolv is not None:
             binds.append(mounts.Bind(self.resolv, PurePosixPath("/etc/resolv.conf")))
-        spec = units.BuildStepSpec(
+        spec = systemctl.BuildStepSpec(
             app=self.app, build_id=self.build_id, step=self.steps,
             argv=tuple(self.inside(a) for a in argv), root=self.root, uid=self.uid,
             cwd=self.inside(str(cwd)),
@@ -291,7 +292,7 @@ class _Context:
             runtime_max_sec=int(buildpacks.COMPILE_TIMEOUT),
         )
         self.steps += 1
-        status, result = units.run_build_step(spec, on_line)
+        status, result = systemctl.run_build_step(spec, on_line)
         # A child killed by the OOM killer shows as its parent exiting 137 (SIGKILL)
         # before systemd can record oom-kill; nothing else SIGKILLs a build step.
         if result == "oom-kill" or (status == 137 and result != "timeout"):
@@ -451,7 +452,7 @@ def _build(
         build_dir = root / str(BUILD_DIR).lstrip("/")
         status = ctx.run(["tar", "-x", "--no-same-owner", "--no-same-permissions",
                           "-f", str(root / str(SOURCE_TAR).lstrip("/")), "-C", str(build_dir)],
-                         {"PATH": units.DEFAULT_PATH}, build_dir, emit)
+                         {"PATH": DEFAULT_PATH}, build_dir, emit)
         if status != 0:
             raise FailedPrecondition("the source archive could not be unpacked")
         (root / str(SOURCE_TAR).lstrip("/")).unlink()
@@ -459,7 +460,7 @@ def _build(
         packs = None
         if bs.buildpacks:
             packs = [_fetch_buildpack(ctx, i, url, emit) for i, url in enumerate(bs.buildpacks)]
-        base_env = {"PATH": units.DEFAULT_PATH, "LANG": "C.UTF-8",
+        base_env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8",
                     "CURL_CONNECT_TIMEOUT": "30", "CURL_TIMEOUT": "180"}
         if (root / str(CA_BUNDLE).lstrip("/")).is_file():
             # Node.js has its own CA list; let it trust the stack's (local CAs included).
@@ -527,7 +528,7 @@ def _build(
             raise
     finally:
         if ctx is not None:
-            units.stop_build_steps(app, build.id)
+            systemctl.stop_build_steps(app, build.id)
         if net is not None:
             with contextlib.suppress(Exception):
                 netns.remove_dyno_network(net)
@@ -571,7 +572,7 @@ def _fetch_buildpack(ctx: _Context, index: int, url: str,
         gitconfig = ctx.root / "tmp" / ".gitconfig"
         gitconfig.write_text("[safe]\n\tdirectory = *\n")
         os.chown(gitconfig, ctx.uid, ctx.uid)
-    status = ctx.run(argv, {"PATH": units.DEFAULT_PATH, "HOME": str(ctx.root / "tmp")},
+    status = ctx.run(argv, {"PATH": DEFAULT_PATH, "HOME": str(ctx.root / "tmp")},
                      ctx.root / "tmp", on_line, binds)
     if status != 0:
         raise FailedPrecondition(f"buildpack {url} could not be cloned (git exit {status})")

@@ -1,14 +1,14 @@
-"""The seam between reconcile and the HTTP router.
+"""The seam between the dyno runtime's supervisor and the HTTP router.
 
-Reconcile owns which web dynos are *up*; the router only routes. Whenever the set of up
-web dynos of an app changes, reconcile calls ``set_backends(app, backends)`` with the
-whole set (not a delta), so a router can be restarted or swapped and catch up on the
-next call. ``remove_app(app)`` follows an app's deletion. Calls come from one thread
-(the reconciler's) and must not block for long; errors are logged by the caller and the
-call is repeated on the next change or periodic pass.
+The supervisor owns which web dynos are *up*; the router only routes. Whenever the set
+of up web dynos of an app changes, the supervisor calls ``set_backends(app, backends)``
+with the whole set (not a delta), so a router can be restarted or swapped and catch up
+on the next call. ``remove_app(app)`` follows an app's deletion. Calls come from one
+thread (the supervisor's) and must not block for long; errors are logged by the caller
+and the call is repeated on the next change or periodic pass.
 
-``dynod/router.py`` (HAProxy) implements this protocol; ``NullRouter`` is the default
-until it is swapped in.
+``dynod/router/haproxy.py`` (``HaproxyRouter``) implements this protocol; ``NullRouter``
+is the default until it is swapped in.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Router(Protocol):
 
 
 class Draining(Protocol):
-    """Optional (reconcile uses it when the router has it): rollouts without a dropped
+    """Optional (the supervisor uses it when the router has it): rollouts without a dropped
     request. ``ready``: the backend takes requests now (an old dyno may leave);
     ``in_flight``: requests it is still busy with (0 when gone), before its SIGTERM."""
 

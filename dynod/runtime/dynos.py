@@ -28,10 +28,11 @@ from dynod.build import stacks
 from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.sizes import parse_size
 from dynod.model.slugs import path_of
+from dynod.runtime.limits import limits_for_size
 from dynod.settings import Settings
 from dynod.slug import unpack
-from dynod.system import journal, mounts, netns, units
-from dynod.system.units import DynoSpec, PidMode
+from dynod.system import hostinfo, journal, mounts, netns, unit_names, unit_properties, units
+from dynod.system.unit_properties import DynoSpec, PidMode
 from dynod.system.users import ensure_user
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class DynoRef:
 
     @property
     def unit(self) -> str:
-        return units.unit_name(self.app, self.process_type, self.number, self.generation)
+        return unit_names.unit_name(self.app, self.process_type, self.number, self.generation)
 
     @property
     def key(self) -> str:
@@ -75,7 +76,7 @@ def parse_key(key: str) -> DynoRef | None:
     return DynoRef(parts[0], parts[1], int(parts[2]), int(parts[3]))
 
 
-def ref_of(name: units.DynoName) -> DynoRef:
+def ref_of(name: unit_names.DynoName) -> DynoRef:
     return DynoRef(name.app, name.process_type, name.number, name.generation)
 
 
@@ -192,7 +193,7 @@ class Host:
         self.bridge = netns.plan_bridge(settings.address_pool)
         self.resolv = netns.ensure_bridge(self.bridge, settings.runtime_dir)
         self.init = find_init(settings)
-        self.mode = mode or units.pid_mode_for(units.systemd_version())
+        self.mode = mode or unit_properties.pid_mode_for(hostinfo.systemd_version())
         self._addresses = threading.RLock()
         # Addresses in use, read from the veths once and kept up to date here (reading
         # every link on each start costs ~10 ms).
@@ -240,9 +241,9 @@ class Host:
             spec = DynoSpec(
                 app=ref.app, process_type=ref.process_type, number=ref.number,
                 release=release, command=command, root=plan.root,
-                env=units.make_env(config), binds=plan.binds, netns_path=net.netns_path,
+                env=unit_properties.make_env(config), binds=plan.binds, netns_path=net.netns_path,
                 ip_allow=tuple(netns.ip_allow_list(net, self.bridge.pool)),
-                limits=units.limits_for_size(parse_size(size)),
+                limits=limits_for_size(parse_size(size)),
                 user=str(uid), group=str(uid), port=PORT, generation=ref.generation,
                 stdio=stdio,
             )

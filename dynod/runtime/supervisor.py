@@ -42,7 +42,7 @@ from dynod.settings import Settings
 from dynod.slug import unpack
 from dynod.store import reads
 from dynod.store.sqlite import Store
-from dynod.system import journal, mounts, netns, units
+from dynod.system import journal, mounts, netns, unit_names, units
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def health_path(config: dict[str, str]) -> str:
 
 
 def cgroup_path(ref: DynoRef) -> Path:
-    return Path(units.ROOT_SLICE) / units.slice_name(ref.app) / ref.unit
+    return Path(unit_names.ROOT_SLICE) / unit_names.slice_name(ref.app) / ref.unit
 
 
 def memory_current(ref: DynoRef) -> int | None:

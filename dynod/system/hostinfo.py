@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from dynod.errors import Unavailable
 from dynod.system import processes
+from dynod.system.systemctl import systemctl
 
 
 def cgroup_layout(root: Path = Path("/sys/fs/cgroup")) -> str:
@@ -17,11 +19,19 @@ def cgroup_layout(root: Path = Path("/sys/fs/cgroup")) -> str:
     return "v1"
 
 
-def systemd_version() -> str:
-    """systemd's major version as printed by ``systemctl --version``, or "unknown"."""
+def systemd_version() -> int:
+    """The major version of the host's systemd, as ``systemctl --version`` prints it
+    (``systemd 252 (252.39-1~deb12u2)``). The installed tools, not the running manager
+    over D-Bus: it also answers where no systemd runs (the benchmarks' host), and
+    Debian re-executes the manager when it upgrades systemd, so the two agree.
+
+    Raises Unavailable when there is no systemctl or it prints no version.
+    """
     try:
-        out = processes.output(["systemctl", "--version"])
-    except processes.CommandFailed:
-        return "unknown"
+        out = systemctl(["--version"])
+    except processes.CommandFailed as exc:
+        raise Unavailable(f"systemd version: {exc}") from exc
     match = re.match(r"systemd (\d+)", out)
-    return match.group(1) if match else "unknown"
+    if match is None:
+        raise Unavailable(f"systemd version: systemctl --version printed {out[:80]!r}")
+    return int(match.group(1))

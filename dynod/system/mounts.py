@@ -18,19 +18,13 @@ entries: systemd bind-mounts them in the unit's own mount namespace
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from dynod.errors import InvalidArgument, Unavailable
-
-# mount(2) flags, <sys/mount.h>
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MNT_DETACH = 0x2
+from dynod.system import libc
 
 # Characters overlayfs's option parser treats specially in a lowerdir list.
 _OVERLAY_SPECIAL = frozenset(":,\\\n")
@@ -144,46 +138,84 @@ def unescape_mountinfo(field: str) -> str:
     return "".join(out)
 
 
-def mount_points(mountinfo: str) -> list[str]:
-    """Mount points listed in a /proc/<pid>/mountinfo text, in order (field 5)."""
-    points = []
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/<pid>/mountinfo (proc(5)), the fields dynod reads."""
+
+    mount_point: str  # unescaped
+    fstype: str
+    super_options: str  # the filesystem's own options, still escaped (lowerdir=...)
+
+    def option(self, name: str) -> str | None:
+        """A superblock option's value (``lowerdir``), unescaped; None when absent."""
+        for opt in self.super_options.split(","):
+            key, eq, value = opt.partition("=")
+            if key == name and eq:
+                return unescape_mountinfo(value)
+        return None
+
+
+def parse_mountinfo(mountinfo: str) -> list[MountEntry]:
+    """The entries of a /proc/<pid>/mountinfo text, in order. The optional fields
+    between field 6 and the ``-`` separator vary in number, so the separator anchors
+    the filesystem type and options."""
+    entries = []
     for line in mountinfo.splitlines():
         fields = line.split(" ")
-        if len(fields) > 4:
-            points.append(unescape_mountinfo(fields[4]))
-    return points
+        if len(fields) <= 4:
+            continue
+        try:
+            sep = fields.index("-", 6)
+        except ValueError:
+            sep = len(fields)
+        fstype = fields[sep + 1] if sep + 1 < len(fields) else ""
+        options = fields[sep + 3] if sep + 3 < len(fields) else ""
+        entries.append(MountEntry(unescape_mountinfo(fields[4]), fstype, options))
+    return entries
 
 
-def _own_mount_points() -> list[str]:
-    return mount_points(Path("/proc/self/mountinfo").read_text())
+def mount_points(mountinfo: str) -> list[str]:
+    """Mount points listed in a /proc/<pid>/mountinfo text, in order (field 5)."""
+    return [e.mount_point for e in parse_mountinfo(mountinfo)]
+
+
+def own_mounts() -> list[MountEntry]:
+    """The mounts of dynod's own mount namespace."""
+    return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
 
 
 def is_mounted(path: Path) -> bool:
-    return str(path) in _own_mount_points()
+    return str(path) in (e.mount_point for e in own_mounts())
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_ulong,
-    ctypes.c_char_p,
-]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+def overlay_lowers(entries: list[MountEntry]) -> set[str]:
+    """Every lower layer of the overlays among ``entries`` (a dyno's slug tree and stack)."""
+    lowers: set[str] = set()
+    for entry in entries:
+        if entry.fstype == "overlay":
+            lowers.update(filter(None, (entry.option("lowerdir") or "").split(":")))
+    return lowers
+
+
+def is_overlay_lower(path: Path) -> bool:
+    """Is ``path`` still a lower layer of a mounted overlay (a dyno root)? A tree in use
+    must not be deleted under a running or stopping dyno."""
+    return str(path) in overlay_lowers(own_mounts())
 
 
 def _mount(source: str, target: Path, fstype: str, flags: int, data: str) -> None:
-    if _libc.mount(source.encode(), os.fsencode(target), fstype.encode(), flags, data.encode()):
-        err = ctypes.get_errno()
-        raise Unavailable(f"mount {fstype} on {target}: {os.strerror(err)} ({data})")
+    try:
+        libc.mount(source, target, fstype, flags, data)
+    except OSError as exc:
+        raise Unavailable(f"mount {fstype} on {target}: {exc.strerror} ({data})") from exc
 
 
 def _umount_detach(target: Path) -> None:
-    if _libc.umount2(os.fsencode(target), MNT_DETACH):
-        err = ctypes.get_errno()
-        if err not in {errno.EINVAL, errno.ENOENT}:  # not mounted / gone: already done
-            raise Unavailable(f"umount {target}: {os.strerror(err)}")
+    try:
+        libc.umount(target, libc.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in {errno.EINVAL, errno.ENOENT}:  # not mounted / gone: already done
+            raise Unavailable(f"umount {target}: {exc.strerror}") from exc
 
 
 def _ensure_bind_target(root: Path, bind: Bind) -> None:
@@ -214,7 +246,8 @@ def apply_rootfs(plan: RootfsPlan) -> None:
     plan.dyno_dir.mkdir(mode=0o700, exist_ok=True)
     for d in (plan.upper, plan.work, plan.root):
         d.mkdir(mode=0o755, exist_ok=True)
-    _mount("overlay", plan.root, "overlay", MS_NOSUID | MS_NODEV, plan.overlay_options)
+    _mount("overlay", plan.root, "overlay", libc.MS_NOSUID | libc.MS_NODEV,
+           plan.overlay_options)
     try:
         for bind in plan.binds:
             _ensure_bind_target(plan.root, bind)
@@ -238,7 +271,7 @@ def remove_rootfs(plan: RootfsPlan) -> None:
 
 
 def list_dyno_dirs(runtime_dir: Path) -> list[str]:
-    """Dyno keys that have a directory under the runtime dir (for reconcile)."""
+    """Dyno keys that have a directory under the runtime dir (for the supervisor)."""
     try:
         return sorted(p.name for p in dynos_dir(runtime_dir).iterdir() if p.is_dir())
     except FileNotFoundError:

@@ -26,7 +26,6 @@ Shape of the network::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import ipaddress
 import os
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dynod.errors import InvalidArgument, ResourceExhausted, Unavailable
-from dynod.system import processes
+from dynod.system import libc, processes
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -320,7 +319,7 @@ def used_addresses(bridge: str = BRIDGE) -> set[IPv4Address]:
 
 
 def list_dyno_netns() -> list[str]:
-    """Dyno keys that have a ``dynod-*`` network namespace (for reconcile)."""
+    """Dyno keys that have a ``dynod-*`` network namespace (for the supervisor)."""
     try:
         names = [p.name for p in NETNS_DIR.iterdir()]
     except FileNotFoundError:
@@ -328,8 +327,6 @@ def list_dyno_netns() -> list[str]:
     return sorted(n.removeprefix(NETNS_PREFIX) for n in names if n.startswith(NETNS_PREFIX))
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 NUD_REACHABLE = 0x02  # <linux/neighbour.h>
 
 
@@ -361,8 +358,10 @@ def _build_dyno_network(net: DynoNetwork) -> None:
         bridge = _index(ipr, net.bridge)
         if bridge is None:
             raise Unavailable(f"bridge {net.bridge} is missing; ensure_bridge first")
-        if _libc.unshare(CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+        try:
+            libc.unshare(libc.CLONE_NEWNET)
+        except OSError as exc:
+            raise OSError(exc.errno, "unshare(CLONE_NEWNET) failed") from exc
         netns.attach(net.netns, "thread-self")
         with IPRoute() as inner:  # in the dyno's netns
             ipr.link(
@@ -397,7 +396,7 @@ def create_dyno_network(net: DynoNetwork) -> None:
 
     The bridge must exist (``ensure_bridge``). On failure everything made so far is
     removed and Unavailable is raised; an existing netns of that name is an error
-    (AlreadyExists would hide a leak: reconcile removes stale ones first).
+    (AlreadyExists would hide a leak: the supervisor removes stale ones first).
     """
     from pyroute2 import NetlinkError  # noqa: PLC0415 - see above
     if len(net.host_veth) > IFNAMSIZ:
@@ -414,10 +413,6 @@ def create_dyno_network(net: DynoNetwork) -> None:
         raise
 
 
-MS_BIND = 4096
-MNT_DETACH = 2
-
-
 def rename_dyno_network(net: DynoNetwork, dyno: str) -> DynoNetwork:
     """Give a ready network (a spare made ahead of time) to dyno ``dyno``: the netns is
     bound at its new name and unbound from the old one; the veth and addresses stay.
@@ -427,13 +422,16 @@ def rename_dyno_network(net: DynoNetwork, dyno: str) -> DynoNetwork:
         raise Unavailable(f"dyno {dyno}: network namespace {new.netns} exists; remove it")
     try:
         os.close(os.open(new.netns_path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-        if _libc.mount(bytes(net.netns_path), bytes(new.netns_path), b"none", MS_BIND, None):
-            raise OSError(ctypes.get_errno(), "bind mount failed")
+        try:
+            libc.mount(net.netns_path, new.netns_path, "none", libc.MS_BIND)
+        except OSError as exc:
+            raise OSError(exc.errno, "bind mount failed") from exc
     except OSError as exc:
         with contextlib.suppress(OSError):
             new.netns_path.unlink()
         raise Unavailable(f"dyno {dyno}: network namespace: {exc}") from exc
-    _libc.umount2(bytes(net.netns_path), MNT_DETACH)
+    with contextlib.suppress(OSError):
+        libc.umount(net.netns_path, libc.MNT_DETACH)
     with contextlib.suppress(OSError):
         net.netns_path.unlink()
     return new

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -126,8 +127,6 @@ class Lines:
 def replace_process(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
     """Replace this process with argv (execvp): for the git user's forced command, which
     hands its ssh channel to git-receive-pack. Returns only by raising CommandFailed."""
-    import os  # noqa: PLC0415 - only this exec path needs it
-
     try:
         if env is None:
             os.execvp(argv[0], list(argv))  # noqa: S606 - argv, never a shell

@@ -20,9 +20,9 @@ from ipaddress import IPv4Address
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dynod.system import mounts, netns, units
+from dynod.system import mounts, netns, unit_names, unit_properties, units
 from dynod.system.mounts import Bind
-from dynod.system.units import DynoSpec, Limits
+from dynod.system.unit_properties import DynoSpec, Limits
 
 PROJECT = Path(__file__).resolve().parents[2]
 WORK = Path("/run/dyno-test")
@@ -98,7 +98,7 @@ class Dyno:
             release=3,
             command="exec python3 -u server.py",
             root=self.rootfs.root,
-            env=units.make_env({"GREETING": "it's $HOME"}),
+            env=unit_properties.make_env({"GREETING": "it's $HOME"}),
             binds=self.rootfs.binds,
             netns_path=self.net.netns_path,
             ip_allow=tuple(netns.ip_allow_list(self.net, self.bridge.pool)),
@@ -106,7 +106,7 @@ class Dyno:
             user=USER,
             port=PORT,
         )
-        self.unit = units.unit_name(app, "web", number)
+        self.unit = unit_names.unit_name(app, "web", number)
         self.timings: dict[str, float] = {}
 
     @property

@@ -14,7 +14,7 @@ import pytest
 from dynod.cli import gitpush
 from dynod.errors import InvalidArgument
 from dynod.model.keys import OPTIONS, Key, parse_public_key, render_authorized_keys
-from dynod.system import mounts, units
+from dynod.system import mounts, systemctl
 
 
 def blob(kind: str, payload: bytes = b"\x00" * 32) -> str:
@@ -110,7 +110,7 @@ def test_parse_original_command_refuses(command: str, says: str) -> None:
 
 
 def test_build_step_argv() -> None:
-    spec = units.BuildStepSpec(
+    spec = systemctl.BuildStepSpec(
         app="shop", build_id="0123456789abcdef", step=2,
         argv=("/tmp/bp/bin/compile", "/tmp/build", "$HOME"), root=Path("/var/lib/dynod/r"),
         uid=70001, cwd="/tmp/build", env=(("PATH", "/usr/bin"), ("STACK", "debian-13")),
@@ -118,10 +118,10 @@ def test_build_step_argv() -> None:
                            read_only=False),),
         netns_path=Path("/run/netns/build-01234567"), memory_max=512 << 20, tasks_max=4096,
         runtime_max_sec=900)
-    argv = units.build_step_argv(spec)
+    argv = systemctl.build_step_argv(spec)
     assert argv[:6] == ["systemd-run", "--pipe", "--wait", "--quiet",
                         "--unit=dynod-build-shop-01234567-2.service",
-                        f"--slice={units.BUILDS_SLICE}"]
+                        f"--slice={systemctl.BUILDS_SLICE}"]
     props = [argv[i + 1] for i, a in enumerate(argv) if a == "-p"]
     for prop in ("RootDirectory=/var/lib/dynod/r", "WorkingDirectory=/tmp/build", "User=70001",
                  "Group=70001", "NoNewPrivileges=yes", "CapabilityBoundingSet=",
@@ -136,7 +136,7 @@ def test_build_step_argv() -> None:
 
 
 def test_build_step_argv_refuses_a_bad_variable_name() -> None:
-    spec = units.BuildStepSpec(app="shop", build_id="0123456789abcdef", step=0, argv=("true",),
+    spec = systemctl.BuildStepSpec(app="shop", build_id="0123456789abcdef", step=0, argv=("true",),
                                root=Path("/r"), uid=70001, cwd="/", env=(("A=B", "x"),))
     with pytest.raises(InvalidArgument, match="not a valid name"):
-        units.build_step_argv(spec)
+        systemctl.build_step_argv(spec)

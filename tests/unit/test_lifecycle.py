@@ -8,7 +8,7 @@ import time
 import pytest
 
 from dynod.control import releases
-from dynod.router.haproxy import parse_server_stat
+from dynod.router.admin_socket import parse_server_stat
 from dynod.router.protocol import NullRouter
 from dynod.runtime import supervisor
 from dynod.runtime.dynos import DynoMeta, DynoRef

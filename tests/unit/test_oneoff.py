@@ -22,7 +22,7 @@ from dynod.runtime import oneoff
 from dynod.settings import load_settings
 from dynod.store import reads
 from dynod.store.sqlite import SqliteStore
-from dynod.system.units import DynoSpec, PidMode, unit_properties
+from dynod.system.unit_properties import DynoSpec, PidMode, unit_properties
 
 
 @pytest.mark.parametrize(("command", "expected"), [

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import errno
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from dynod.errors import InvalidArgument
-from dynod.system import mounts
+from dynod.system import libc, mounts
 from dynod.system.mounts import Bind
 
 
@@ -66,6 +67,24 @@ def test_mount_points_unescapes_octal() -> None:
     assert mounts.mount_points(text) == ["/", "/run/dynod/dynos/a b/root", "/tmp/back\\slash"]
 
 
+def test_mountinfo_entries_and_overlay_lowers() -> None:
+    text = (
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        "99 22 0:50 / /run/dynod/dynos/a/root rw shared:5 master:2 - overlay overlay "
+        "rw,lowerdir=/var/lib/dynod/slugs/t\\040x:/var/lib/dynod/stacks/s,"
+        "upperdir=/run/dynod/dynos/a/upper,workdir=/run/dynod/dynos/a/work\n"
+        "100 22 0:51 / /tmp rw - tmpfs tmpfs rw,lowerdir=/not/an/overlay\n"
+    )
+    entries = mounts.parse_mountinfo(text)
+    assert [(e.mount_point, e.fstype) for e in entries] == [
+        ("/", "ext4"), ("/run/dynod/dynos/a/root", "overlay"), ("/tmp", "tmpfs")]
+    assert entries[1].option("upperdir") == "/run/dynod/dynos/a/upper"
+    assert entries[0].option("lowerdir") is None
+    # Only overlays count, each lower layer whole (never a prefix of a longer path).
+    assert mounts.overlay_lowers(entries) == {"/var/lib/dynod/slugs/t x",
+                                              "/var/lib/dynod/stacks/s"}
+
+
 def test_list_dyno_dirs(tmp_path: Path) -> None:
     assert mounts.list_dyno_dirs(tmp_path) == []
     (tmp_path / "dynos" / "b-web.1").mkdir(parents=True)
@@ -88,3 +107,14 @@ def test_apply_requires_lower_layers(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="not a directory"):
         mounts.apply_rootfs(plan)
     assert not plan.dyno_dir.exists()
+
+
+def test_libc_failures_raise_oserror_with_errno(tmp_path: Path) -> None:
+    # Neither call changes anything: tmp_path is no mount point, the type does not exist.
+    with pytest.raises(OSError) as umount:
+        libc.umount(tmp_path, libc.MNT_DETACH)
+    assert umount.value.errno in {errno.EINVAL, errno.EPERM}
+    assert umount.value.filename == str(tmp_path)
+    with pytest.raises(OSError) as mount:
+        libc.mount("none", tmp_path, "dynod-no-such-fs", 0)
+    assert mount.value.errno in {errno.ENODEV, errno.EPERM}

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dynod.router import haproxy
-from dynod.router.haproxy import RouterPaths, render_config, router_line
+from dynod.router import admin_socket, haproxy_config
+from dynod.router.haproxy_config import RouterPaths, render_config
+from dynod.router.log_lines import router_line
 from dynod.router.protocol import Backend
 
 LINE = ('dynod-router1 "shop" "" "GET" "/a?b=1" "shop.dynod.localhost" "rid-1" '
@@ -63,26 +64,26 @@ def test_servers_state_parsing() -> None:
     text = ("1\n# be_id be_name srv_id srv_name ...\n"
             f"4 app_shop 1 web.1_10.0.0.2_5000 10.0.0.2 2 0 1 1 {tail}\n"
             f"4 app_shop 2 web.2_10.0.0.3_5000 10.0.0.3 0 1 1 1 {tail}\n")
-    state = haproxy.parse_servers_state(text)
+    state = admin_socket.parse_servers_state(text)
     assert [(s.name, s.maintenance) for s in state["app_shop"]] == [
         ("web.1_10.0.0.2_5000", False), ("web.2_10.0.0.3_5000", True)]
-    assert haproxy.dyno_of("web.12_10.0.0.3_5000") == "web.12"
+    assert haproxy_config.dyno_of("web.12_10.0.0.3_5000") == "web.12"
 
 
 def test_config_is_valid_haproxy(tmp_path: Path) -> None:
     paths = RouterPaths(tmp_path)
     for p in (paths.hosts_map, paths.maintenance_map, paths.empty_map, paths.crt_list):
         p.write_text("")
-    for name, html in haproxy.PAGES.items():
+    for name, html in haproxy_config.PAGES.items():
         paths.page(name).write_text(html)
-    (tmp_path / "error.http").write_bytes(haproxy.error_response())
+    (tmp_path / "error.http").write_bytes(haproxy_config.error_response())
     config = render_config(paths, {"shop": [Backend("web.1", "10.0.0.2", 5000)], "b": []},
                            http_port=18080)
     assert "backend app_shop" in config and "backend app_b" in config
     assert "    server web.1_10.0.0.2_5000 10.0.0.2:5000 " in config
     # Only a change of something other than servers reloads.
     other = render_config(paths, {"shop": [], "b": []}, http_port=18080)
-    assert haproxy._shape(config) == haproxy._shape(other)
+    assert haproxy_config.config_shape(config) == haproxy_config.config_shape(other)
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(binary).exists():
         pytest.skip("haproxy is not installed")

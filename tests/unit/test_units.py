@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 
-from dynod.errors import InvalidArgument
+from dynod.errors import InvalidArgument, Unavailable
 from dynod.model.sizes import parse_size
-from dynod.system import processes, units
+from dynod.runtime.limits import limits_for_size
+from dynod.system import hostinfo, processes, unit_names, unit_properties, units
 from dynod.system.mounts import Bind
-from dynod.system.units import DynoName, DynoSpec, Limits, PidMode
+from dynod.system.unit_names import DynoName
+from dynod.system.unit_properties import DynoSpec, Limits, PidMode
 
 ESCAPE_CASES = [
     "shop",
@@ -33,37 +35,38 @@ ESCAPE_CASES = [
 @pytest.mark.parametrize("text", ESCAPE_CASES)
 def test_escape_matches_systemd_escape(text: str) -> None:
     expected = processes.output(["systemd-escape", "--", text]).rstrip("\n")
-    assert units.escape(text) == expected
-    assert units.unescape(expected) == text
+    assert unit_names.escape(text) == expected
+    assert unit_names.unescape(expected) == text
 
 
 def test_escape_without_systemd() -> None:
-    assert units.escape("my-shop") == "my\\x2dshop"
-    assert units.escape(".a.b") == "\\x2ea.b"
-    assert units.escape("a/b") == "a-b"
-    assert units.unescape("my\\x2dshop") == "my-shop"
+    assert unit_names.escape("my-shop") == "my\\x2dshop"
+    assert unit_names.escape(".a.b") == "\\x2ea.b"
+    assert unit_names.escape("a/b") == "a-b"
+    assert unit_names.unescape("my\\x2dshop") == "my-shop"
 
 
 def test_names_follow_the_design() -> None:
-    assert units.unit_name("shop", "web", 1) == "dynod-shop-web.1-1.service"
-    assert units.unit_name("shop", "web", 1, 7) == "dynod-shop-web.1-7.service"
-    assert units.slice_name("shop") == "dynod-shop.slice"
+    assert unit_names.unit_name("shop", "web", 1) == "dynod-shop-web.1-1.service"
+    assert unit_names.unit_name("shop", "web", 1, 7) == "dynod-shop-web.1-7.service"
+    assert unit_names.slice_name("shop") == "dynod-shop.slice"
     # A dash in the app name must not move the dyno into another app's slice.
-    assert units.slice_name("my-shop") == "dynod-my\\x2dshop.slice"
-    assert units.unit_name("my-shop", "long-worker", 12) == (
+    assert unit_names.slice_name("my-shop") == "dynod-my\\x2dshop.slice"
+    assert unit_names.unit_name("my-shop", "long-worker", 12) == (
         "dynod-my\\x2dshop-long\\x2dworker.12-1.service"
     )
     with pytest.raises(InvalidArgument):
-        units.unit_name("shop", "web", 0)
+        unit_names.unit_name("shop", "web", 0)
     with pytest.raises(InvalidArgument):
-        units.unit_name("", "web", 1)
+        unit_names.unit_name("", "web", 1)
 
 
 @pytest.mark.parametrize(
     ("app", "ptype", "n"), [("shop", "web", 1), ("my-shop", "long-worker", 12), ("a", "run", 4520)]
 )
 def test_parse_unit_name_round_trips(app: str, ptype: str, n: int) -> None:
-    assert units.parse_unit_name(units.unit_name(app, ptype, n, 3)) == DynoName(app, ptype, n, 3)
+    name = unit_names.unit_name(app, ptype, n, 3)
+    assert unit_names.parse_unit_name(name) == DynoName(app, ptype, n, 3)
 
 
 @pytest.mark.parametrize(
@@ -79,13 +82,13 @@ def test_parse_unit_name_round_trips(app: str, ptype: str, n: int) -> None:
     ],
 )
 def test_parse_unit_name_ignores_other_units(name: str) -> None:
-    assert units.parse_unit_name(name) is None
+    assert unit_names.parse_unit_name(name) is None
 
 
 def test_pid_mode_by_systemd_version() -> None:
-    assert units.pid_mode_for(252) is PidMode.WRAPPER
-    assert units.pid_mode_for(256) is PidMode.WRAPPER
-    assert units.pid_mode_for(257) is PidMode.PRIVATE_PIDS
+    assert unit_properties.pid_mode_for(252) is PidMode.WRAPPER
+    assert unit_properties.pid_mode_for(256) is PidMode.WRAPPER
+    assert unit_properties.pid_mode_for(257) is PidMode.PRIVATE_PIDS
 
 
 def _spec(**kw: Any) -> DynoSpec:
@@ -96,7 +99,7 @@ def _spec(**kw: Any) -> DynoSpec:
         "release": 7,
         "command": "python3 -m http.server $PORT",
         "root": Path("/run/dynod/dynos/shop-web.2/root"),
-        "env": units.make_env({"DATABASE_URL": "postgres://x", "PORT": "1"}),
+        "env": unit_properties.make_env({"DATABASE_URL": "postgres://x", "PORT": "1"}),
         "binds": (Bind(Path("/usr/lib/dynod/dyno-init"), PurePosixPath("/dyno-init")),),
         "netns_path": Path("/run/netns/dynod-shop-web.2"),
         "ip_allow": (IPv4Network("127.0.0.0/8"), IPv4Network("10.213.0.2/32")),
@@ -109,22 +112,22 @@ def _spec(**kw: Any) -> DynoSpec:
 
 def _props(spec: DynoSpec, mode: PidMode) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
-    for name, value in units.unit_properties(spec, mode):
+    for name, value in unit_properties.unit_properties(spec, mode):
         out.setdefault(name, []).append(value)
     return out
 
 
 def test_environment_platform_wins_and_path_default() -> None:
-    env = units.environment(_spec())
+    env = unit_properties.environment(_spec())
     assert "PORT=5000" in env and "PORT=1" not in env
     assert "DYNO=web.2" in env and "HOME=/app" in env
     assert "PATH=/usr/local/bin:/usr/bin:/bin" in env
     assert "DATABASE_URL=postgres://x" in env
-    custom = units.environment(_spec(env=(("PATH", "/app/bin:/usr/bin"),), port=None))
+    custom = unit_properties.environment(_spec(env=(("PATH", "/app/bin:/usr/bin"),), port=None))
     assert "PATH=/app/bin:/usr/bin" in custom
     assert not any(e.startswith("PORT=") for e in custom)
     with pytest.raises(InvalidArgument, match="not a valid environment variable name"):
-        units.environment(_spec(env=(("BAD-NAME", "x"),)))
+        unit_properties.environment(_spec(env=(("BAD-NAME", "x"),)))
 
 
 def test_properties_wrapper_mode() -> None:
@@ -170,7 +173,7 @@ def test_properties_wrapper_mode() -> None:
 def test_no_empty_list_property(mode: PidMode) -> None:
     """systemd treats an empty array as "reset the setting": an empty BindPaths= once
     dropped dyno-init's BindReadOnlyPaths= and the unit failed with 203/EXEC."""
-    for name, value in units.unit_properties(_spec(), mode):
+    for name, value in unit_properties.unit_properties(_spec(), mode):
         assert value != [], name
     props = _props(_spec(binds=(Bind(Path("/a"), PurePosixPath("/b"), read_only=False),)), mode)
     assert "BindReadOnlyPaths" not in props
@@ -199,7 +202,7 @@ def test_no_netns_means_no_network_at_all() -> None:
 
 
 def test_limits_for_size_heroku_memory_model() -> None:
-    lim = units.limits_for_size(parse_size("standard-2x"))
+    lim = limits_for_size(parse_size("standard-2x"))
     assert lim.memory_high == 1024 << 20
     assert lim.memory_max == 2048 << 20
     assert (lim.cpu_weight, lim.tasks_max) == (200, 512)
@@ -212,8 +215,23 @@ def test_every_property_encodes_with_pystemd(mode: PidMode) -> None:
     sd = units._pystemd()
     from pystemd.systemd1.unit_signatures import signature_array  # noqa: PLC0415
 
-    props = [(k.encode(), units._dbus_value(v)) for k, v in units.unit_properties(_spec(), mode)]
+    props = [(k.encode(), units._dbus_value(v))
+             for k, v in unit_properties.unit_properties(_spec(), mode)]
     args = signature_array(units._Props(props))
     assert sd is not None
     names = [a[1] for a in args if a[0] == ord("s")]
     assert names.count(b"SystemCallFilter") == 2
+
+
+def test_systemd_version_is_the_major_number_systemctl_prints(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostinfo, "systemctl", lambda argv, timeout=60.0: (
+        "systemd 252 (252.39-1~deb12u2)\n+PAM +AUDIT +SELINUX\n"))
+    assert hostinfo.systemd_version() == 252
+
+    def missing(argv: list[str], timeout: float = 60.0) -> str:
+        raise processes.CommandFailed(["systemctl", *argv], None, "No such file")
+
+    monkeypatch.setattr(hostinfo, "systemctl", missing)
+    with pytest.raises(Unavailable, match="systemd version"):
+        hostinfo.systemd_version()
