@@ -146,7 +146,7 @@ def pre_receive(stdin_text: str) -> int:
         archive = Path(name)
         try:
             processes.output(["git", "archive", "--format=tar", "-o", str(archive), new],
-                       timeout=600)
+                             timeout=600)
             print("Compressing source files... done.", flush=True)
             build = deploy.stream_build(app, deploy.file_chunks(archive), commit=new,
                                         key_id=key_id,
