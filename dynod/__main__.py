@@ -1,4 +1,9 @@
-"""``dynod``: the daemon. Start, tell systemd READY, ping the watchdog, stop on SIGTERM."""
+"""``dynod``: the daemon and its composition root. Build every long-lived object, hand
+each its collaborators, start, tell systemd READY, ping the watchdog, stop on SIGTERM.
+
+No other module keeps a process-wide instance: what one subsystem needs of another it is
+given here (DESIGN.md, "Code layout").
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -16,9 +22,11 @@ import sdnotify
 from dynod import __version__
 from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
+from dynod.build.pipeline import Builder
 from dynod.errors import DynodError
+from dynod.model.releases import ReleaseStatus
 from dynod.router.haproxy import HaproxyRouter
-from dynod.runtime import release_phase
+from dynod.runtime import release_phase, supervisor
 from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Reconciler
@@ -26,6 +34,24 @@ from dynod.settings import DEFAULT_CONFIG, load_settings
 from dynod.store.sqlite import SqliteStore
 
 log = logging.getLogger("dynod")
+
+
+# Shims until the runtime's part of issue 13 lands (Supervisor.follow_rollout and
+# ReleasePhase.follow_lines as methods): they give the builder the protocols it takes
+# (build/watchers.py) over today's module functions. Then the builder gets the
+# supervisor and the release phase themselves, and these go.
+class _RolloutShim:
+    def follow_rollout(self, app: str, version: int, timeout: float = 150.0) -> bool | None:
+        return supervisor.follow_rollout(app, version, timeout)
+
+
+class _ReleasePhaseShim:
+    def __init__(self, phase: ReleasePhase) -> None:
+        self.phase = phase
+
+    def follow_lines(self, app: str, version: int, on_line: Callable[[str], None],
+                     indent: str = "") -> ReleaseStatus:
+        return release_phase.follow_lines(self.phase, app, version, on_line, indent)
 
 
 def _watchdog_interval() -> float | None:
@@ -61,7 +87,9 @@ def serve(config: Path) -> int:
     reconciler = Reconciler(store, settings, router)
     oneoffs = OneOffs(store, settings, lambda: reconciler.host)
     phase = ReleasePhase(store, settings, oneoffs, reconciler.changed)
-    release_phase.install(phase)
+    # A push reports on the release phase and the rollout it started.
+    builder = Builder(store, settings, rollout=_RolloutShim(),
+                      release_phase=_ReleasePhaseShim(phase))
     daemon = Daemon(store, settings, router=router, reconciler=reconciler, oneoffs=oneoffs,
                     release_phase=phase)
     # Dynos before READY: running ones are adopted (never restarted), the formation is
@@ -69,7 +97,7 @@ def serve(config: Path) -> int:
     reconciler.start()
     oneoffs.recover()
     phase.kick_all()
-    api = start_api(settings.socket_path, settings.api_group, daemon)
+    api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder)
     router_started.join()
     log.info("dynod %s listening on %s", __version__, settings.socket_path)
     # READY only now: the socket accepts calls and the router answers, so `systemctl start`

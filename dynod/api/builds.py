@@ -31,8 +31,9 @@ def build_to_proto(build: pipeline.Build) -> builds_pb2.Build:
 
 
 class BuildsServicer(builds_pb2_grpc.BuildsServicer):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, builder: pipeline.Builder) -> None:
         self.daemon = daemon
+        self.builder = builder
 
     def Create(
         self, request_iterator: Iterator[builds_pb2.CreateBuildRequest],
@@ -57,9 +58,9 @@ class BuildsServicer(builds_pb2_grpc.BuildsServicer):
 
         def work() -> None:
             try:
-                lines.put(pipeline.run_build(
-                    self.daemon.store, self.daemon.settings, first.app, user=user,
-                    source=chunks(), commit=first.commit, on_line=lines.put))
+                lines.put(self.builder.run_build(
+                    first.app, user=user, source=chunks(), commit=first.commit,
+                    on_line=lines.put))
             except BaseException as exc:  # handed to the RPC thread
                 lines.put(exc)
 
@@ -120,6 +121,6 @@ class BuildsServicer(builds_pb2_grpc.BuildsServicer):
         return builds_pb2.BuildpacksResponse(buildpacks=list(got.buildpacks), stack=got.stack)
 
 
-def register(server: grpc.Server, daemon: Daemon) -> str:
-    builds_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(daemon), server)
+def register(server: grpc.Server, daemon: Daemon, builder: pipeline.Builder) -> str:
+    builds_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(daemon, builder), server)
     return str(builds_pb2.DESCRIPTOR.services_by_name["Builds"].full_name)

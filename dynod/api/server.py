@@ -20,13 +20,14 @@ from dynod.api import logs as logs_api
 from dynod.api import stacks as stacks_api
 from dynod.api.daemon import Daemon
 from dynod.api.errors import ErrorInterceptor
+from dynod.build.pipeline import Builder
 
-# Each resource module exposes register(server, daemon) -> full service name.
+# Each resource module exposes register(server, daemon) -> full service name; builds and
+# stacks also take the builder (register(server, daemon, builder)).
 Registrar = Callable[[grpc.Server, Daemon], str]
 REGISTRARS: list[Registrar] = [
     system.register, apps.register, config.register, releases.register, formation.register,
-    slugs.register, dynos.register,
-    builds_api.register, keys_api.register, stacks_api.register,
+    slugs.register, dynos.register, keys_api.register,
     logs_api.register, domains_api.register, oneoff.register,
 ]
 
@@ -44,14 +45,20 @@ class ApiServer:
 
 
 def make_server(
-    daemon: Daemon, max_workers: int = 32
+    daemon: Daemon, max_workers: int = 32, *, builder: Builder | None = None
 ) -> tuple[grpc.Server, health.HealthServicer]:
-    """Every servicer, health and reflection on a server with no port yet."""
+    """Every servicer, health and reflection on a server with no port yet. ``builder``
+    is the daemon's (its composition root makes it); without one (servicer tests, no
+    dynos) the server gets a builder of its own that reports on no rollout."""
+    if builder is None:
+        builder = Builder(daemon.store, daemon.settings)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="api"),
         interceptors=[ErrorInterceptor()],
     )
     names = [register(server, daemon) for register in REGISTRARS]
+    names += [builds_api.register(server, daemon, builder),
+              stacks_api.register(server, daemon, builder)]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in [*names, ""]:
@@ -65,7 +72,8 @@ def make_server(
 
 
 def start_api(
-    public_socket: Path, group: str, daemon: Daemon, max_workers: int = 32
+    public_socket: Path, group: str, daemon: Daemon, max_workers: int = 32, *,
+    builder: Builder | None = None,
 ) -> ApiServer:
     """Listen on ``public_socket`` (0660 root:group) and return once it accepts calls."""
     private_dir = public_socket.parent / "private"
@@ -74,7 +82,7 @@ def start_api(
     backend = private_dir / "grpc.sock"
     with contextlib.suppress(FileNotFoundError):
         backend.unlink()
-    server, health_servicer = make_server(daemon, max_workers)
+    server, health_servicer = make_server(daemon, max_workers, builder=builder)
     server.add_insecure_port(f"unix:{backend}")
     server.start()
     backend.chmod(0o600)

@@ -25,8 +25,9 @@ def stack_to_proto(daemon: Daemon, name: str) -> stacks_pb2.Stack:
 
 
 class StacksServicer(stacks_pb2_grpc.StacksServicer):
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, builder: pipeline.Builder) -> None:
         self.daemon = daemon
+        self.builder = builder  # builds a stack, one at a time with the builds' own
 
     def List(
         self, request: stacks_pb2.ListStacksRequest, context: grpc.ServicerContext
@@ -50,7 +51,7 @@ class StacksServicer(stacks_pb2_grpc.StacksServicer):
 
         def work() -> None:
             try:
-                pipeline.ensure_stack(self.daemon.settings, name, lines.put)
+                self.builder.ensure_stack(name, lines.put)
                 lines.put(None)
             except BaseException as exc:
                 lines.put(exc)
@@ -73,6 +74,6 @@ class StacksServicer(stacks_pb2_grpc.StacksServicer):
         return stacks_pb2.SetAppStackResponse(stack=got.stack)
 
 
-def register(server: grpc.Server, daemon: Daemon) -> str:
-    stacks_pb2_grpc.add_StacksServicer_to_server(StacksServicer(daemon), server)
+def register(server: grpc.Server, daemon: Daemon, builder: pipeline.Builder) -> str:
+    stacks_pb2_grpc.add_StacksServicer_to_server(StacksServicer(daemon, builder), server)
     return str(stacks_pb2.DESCRIPTOR.services_by_name["Stacks"].full_name)

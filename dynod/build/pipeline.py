@@ -7,14 +7,13 @@ the app's own uid):
    tar of a directory) is written into the build's root filesystem: an overlay of the
    app's stack with a writable upper layer under ``<state_dir>/builds/run/<id>``;
 2. every untrusted command (unpacking the source, each buildpack's detect, compile and
-   release) runs as a transient unit (``systemctl.run_build_step``) chrooted into that
-   overlay, as the app's uid, in its own network namespace with egress, with memory,
-   task and 15-minute limits; the app's build cache is bound at ``/tmp/cache``, its
-   config vars are files in ``ENV_DIR`` (``/tmp/env``);
+   release) runs as a transient unit chrooted into that overlay (``steps.py``);
 3. ``buildpacks.compile_app`` drives the classic buildpack API over those units and
    packs the slug; the slug is stored once by sha256 (``slugs``) and release vN
    ``Deploy <sha8>`` is made with its process types;
-4. the overlay and the network namespace are removed, whatever happened.
+4. the push waits for the release phase and the rollout, when this dynod runs dynos
+   (``watchers.py``: the build never imports the runtime);
+5. the overlay and the network namespace are removed, whatever happened.
 
 A failed build changes nothing but its own record: no slug, no release.
 """
@@ -26,11 +25,10 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -38,11 +36,22 @@ from typing import TYPE_CHECKING
 
 from dynod import paths
 from dynod.build import buildpacks, stacks
+from dynod.build.fetch import fetch_buildpack
+from dynod.build.source import receive_source
+from dynod.build.steps import (
+    BUILD_DIR,
+    CA_BUNDLE,
+    ENV_DIR,
+    SOURCE_TAR,
+    WORK_DIR,
+    BuildContext,
+    parse_memory,
+    write_env_dir,
+)
+from dynod.build.watchers import ReleasePhaseWatcher, RolloutWatcher
 from dynod.control import apps, releases, slugs
 from dynod.errors import DynodError, FailedPrecondition, InvalidArgument, NotFound
 from dynod.model.releases import ReleaseStatus
-from dynod.runtime import release_phase, supervisor
-from dynod.slug.unpack import format_size
 from dynod.store import reads
 from dynod.system import journal, mounts, netns, systemctl, users
 from dynod.system.unit_properties import DEFAULT_PATH
@@ -51,18 +60,6 @@ if TYPE_CHECKING:
     from dynod.settings import Settings
     from dynod.store.sqlite import Store, Tx
 
-# Heroku: the uncompressed checkout may be at most 1 GB (limits article).
-MAX_SOURCE_BYTES = 1024 * 1024 * 1024
-BUILD_TASKS_MAX = 4096
-# Inside the build's root.
-BUILD_DIR = PurePosixPath("/tmp/build")
-CACHE_DIR = PurePosixPath("/tmp/cache")
-ENV_DIR = PurePosixPath("/tmp/env")
-WORK_DIR = PurePosixPath("/tmp/dynod")
-SOURCE_TAR = PurePosixPath("/tmp/source.tar")
-CA_BUNDLE = PurePosixPath("/etc/ssl/certs/ca-certificates.crt")
-# Config vars never passed to a build (Heroku's export_env_dir blacklist).
-ENV_DENY = re.compile(r"^(PATH|GIT_DIR|CPATH|CPPATH|LD_PRELOAD|LIBRARY_PATH)$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
 
 
@@ -239,341 +236,239 @@ def set_stack(store: Store, app: str, stack: str) -> BuildSettings:
 
 # --- running a build --------------------------------------------------------------------
 
-_running: set[str] = set()
-_running_lock = threading.Lock()
-_stack_lock = threading.Lock()
+
+def _in_root(root: Path, path: PurePosixPath) -> Path:
+    """A path inside the build's root (``/tmp/build``) on the host."""
+    return root / str(path).lstrip("/")
 
 
-def parse_memory(text: str) -> int:
-    """systemd's size syntax (``2G``, ``512M``, bytes) as bytes. Raises InvalidArgument."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)\s*", text.upper())
-    if m is None:
-        raise InvalidArgument(f"memory size {text!r} is invalid; write e.g. 2G or 512M")
-    return int(m.group(1)) * int(1024 ** " KMGT".index(m.group(2) or " "))
+class Builder:
+    """Runs builds, at most one per app at a time, and builds stacks, one at a time.
+    Made once by the composition root; ``run_build`` and ``ensure_stack`` are safe from
+    any thread.
 
+    ``rollout`` and ``release_phase`` are what a push reports on after the release is
+    made (the runtime's supervisor and release phase); None where no dynos run."""
 
-@dataclass
-class _Context:
-    """What one build has set up, for the runner and for the clean-up."""
+    def __init__(self, store: Store, settings: Settings, *,
+                 rollout: RolloutWatcher | None = None,
+                 release_phase: ReleasePhaseWatcher | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.rollout = rollout
+        self.release_phase = release_phase
+        self._running: set[str] = set()  # apps with a build in progress
+        self._running_lock = threading.Lock()
+        self._stack_lock = threading.Lock()  # two builds of one stack would collide
 
-    app: str
-    build_id: str
-    uid: int
-    root: Path
-    cache: Path
-    memory_max: int
-    netns_path: Path | None = None
-    resolv: Path | None = None
-    steps: int = 0
-    notes: list[str] = field(default_factory=list)
+    def ensure_stack(self, name: str, on_line: Callable[[str], None]) -> Path:
+        """The stack's root, built on first need (its output goes to ``on_line``).
+        Raises NotFound (no such stack)."""
+        defn = stacks.get_stack(name)
+        root = paths.stack_root(self.settings.state_dir, name)
+        if stacks.is_current(root, defn):
+            return root
+        with self._stack_lock:
+            return stacks.build_stack(defn, self.settings.state_dir,
+                                      cache=stacks.stack_cache_dir(), on_line=on_line)
 
-    def inside(self, value: str) -> str:
-        """A host path under the root or the cache as the build sees it."""
-        root = str(self.root)
-        cache = str(self.cache)
-        if value == cache or value.startswith(cache + "/"):
-            return str(CACHE_DIR) + value[len(cache):]
-        if value == root:
-            return "/"
-        return value.replace(root + "/", "/")
+    def run_build(
+        self,
+        app: str,
+        *,
+        user: str,
+        source: Iterable[bytes],
+        commit: str = "",
+        on_line: Callable[[str], None],
+    ) -> Build:
+        """Build ``source`` (tar chunks) for ``app`` and release it; ``on_line`` gets the
+        output as it comes. Returns the finished build (succeeded or failed); a failure
+        of the app's own making (no language, a failed compile, a slug too large) is a
+        failed build, not an exception. Raises NotFound (app), InvalidArgument (commit,
+        source), FailedPrecondition (a build of this app is already running)."""
+        store = self.store
+        commit = commit.strip().lower()
+        if commit and not COMMIT_RE.match(commit):
+            raise InvalidArgument(f"commit {commit!r} is invalid; give a git commit id")
+        with store.read() as tx:
+            reads.require_app(tx, app)
+            got = tx.app_build_settings(app)
+            uid = tx.app_uid(app)
+            config = reads.current_release(tx, app).config
+        assert got is not None and uid is not None
+        settings_ = BuildSettings(got[0], tuple(got[1]))
+        with self._running_lock:
+            if app in self._running:
+                raise FailedPrecondition(
+                    f'a build of app "{app}" is running; wait for it to finish, then push '
+                    "again")
+            self._running.add(app)
+        try:
+            return self._build(app, uid=int(uid), bs=settings_, config=dict(config),
+                               user=user, source=source, commit=commit, on_line=on_line)
+        finally:
+            with self._running_lock:
+                self._running.discard(app)
 
-    def run(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path,
-            on_line: Callable[[str], None], extra_binds: Sequence[mounts.Bind] = ()) -> int:
-        binds = [mounts.Bind(self.cache, CACHE_DIR, read_only=False), *extra_binds]
-        if self.resolv is not None:
-            binds.append(mounts.Bind(self.resolv, PurePosixPath("/etc/resolv.conf")))
-        spec = systemctl.BuildStepSpec(
-            app=self.app, build_id=self.build_id, step=self.steps,
-            argv=tuple(self.inside(a) for a in argv), root=self.root, uid=self.uid,
-            cwd=self.inside(str(cwd)),
-            env=tuple((k, self.inside(v)) for k, v in env.items()),
-            binds=tuple(binds), netns_path=self.netns_path, memory_max=self.memory_max,
-            tasks_max=BUILD_TASKS_MAX,
-            runtime_max_sec=int(buildpacks.COMPILE_TIMEOUT),
-        )
-        self.steps += 1
-        status, result = systemctl.run_build_step(spec, on_line)
-        # A child killed by the OOM killer shows as its parent exiting 137 (SIGKILL)
-        # before systemd can record oom-kill; nothing else SIGKILLs a build step.
-        if result == "oom-kill" or (status == 137 and result != "timeout"):
-            on_line(f"{buildpacks.ERROR}Build exceeded its memory limit "
-                    f"({format_size(self.memory_max)}) and was killed.")
-        elif result == "timeout":
-            on_line(f"{buildpacks.ERROR}Build exceeded the 15 minute limit and was killed.")
-        elif status != 0 and result not in ("exit-code", "success"):
-            on_line(f"{buildpacks.ERROR}Build step {spec.unit} failed: {result} "
-                    f"(exit status {status})")
-        return status
+    def _build(
+        self, app: str, *, uid: int, bs: BuildSettings, config: dict[str, str], user: str,
+        source: Iterable[bytes], commit: str, on_line: Callable[[str], None],
+    ) -> Build:
+        store, settings = self.store, self.settings
+        build = Build(id=str(uuid.uuid4()), app=app, status=BuildStatus.PENDING, user=user,
+                      created_at=datetime.now(UTC), stack=bs.stack, commit=commit)
+        log = log_path(settings, build.id)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log.open("w", buffering=1)
 
+        def emit(line: str) -> None:
+            log_file.write(line + "\n")
+            on_line(line)
 
-def _write_env_dir(path: Path, config: Mapping[str, str], uid: int) -> None:
-    """Heroku's ENV_DIR: one file per config var, named by the key, holding its value."""
-    path.mkdir(mode=0o700)
-    for key, value in config.items():
-        if ENV_DENY.match(key) or "/" in key or key in {".", ".."}:
-            continue
-        (path / key).write_text(value)
-        os.chown(path / key, uid, uid)
-    os.chown(path, uid, uid)
-
-
-def _receive_source(dest: Path, chunks: Iterable[bytes]) -> int:
-    received = 0
-    with dest.open("wb") as f:
-        for chunk in chunks:
-            received += len(chunk)
-            if received > MAX_SOURCE_BYTES:
-                raise InvalidArgument(
-                    "source is larger than 1 GB; leave big files out (.slugignore does not "
-                    "apply to the upload: use .gitignore, or a smaller directory)"
-                )
-            f.write(chunk)
-    if received == 0:
-        raise InvalidArgument("source is empty; send a tar (or tar.gz) of the app's files")
-    try:
-        with tarfile.open(dest) as tar:
-            tar.next()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise InvalidArgument(f"source is not a tar archive ({exc}); send a tar of the "
-                              "app's files") from exc
-    return received
-
-
-def ensure_stack(settings: Settings, name: str, on_line: Callable[[str], None]) -> Path:
-    """The stack's root, built on first need (its output goes to ``on_line``)."""
-    defn = stacks.get_stack(name)
-    root = paths.stack_root(settings.state_dir, name)
-    if stacks.is_current(root, defn):
-        return root
-    with _stack_lock:
-        return stacks.build_stack(defn, settings.state_dir, cache=stacks.stack_cache_dir(),
-                                  on_line=on_line)
-
-
-def run_build(
-    store: Store,
-    settings: Settings,
-    app: str,
-    *,
-    user: str,
-    source: Iterable[bytes],
-    commit: str = "",
-    on_line: Callable[[str], None],
-) -> Build:
-    """Build ``source`` (tar chunks) for ``app`` and release it; ``on_line`` gets the
-    output as it comes. Returns the finished build (succeeded or failed); a failure of
-    the app's own making (no language, a failed compile, a slug too large) is a failed
-    build, not an exception. Raises NotFound (app), InvalidArgument (commit, source),
-    FailedPrecondition (a build of this app is already running)."""
-    commit = commit.strip().lower()
-    if commit and not COMMIT_RE.match(commit):
-        raise InvalidArgument(f"commit {commit!r} is invalid; give a git commit id")
-    with store.read() as tx:
-        reads.require_app(tx, app)
-        got = tx.app_build_settings(app)
-        uid = tx.app_uid(app)
-        config = reads.current_release(tx, app).config
-    assert got is not None and uid is not None
-    settings_ = BuildSettings(got[0], tuple(got[1]))
-    with _running_lock:
-        if app in _running:
-            raise FailedPrecondition(
-                f'a build of app "{app}" is running; wait for it to finish, then push again')
-        _running.add(app)
-    try:
-        return _build(store, settings, app, uid=int(uid), bs=settings_, config=dict(config),
-                      user=user, source=source, commit=commit, on_line=on_line)
-    finally:
-        with _running_lock:
-            _running.discard(app)
-
-
-def _build(
-    store: Store, settings: Settings, app: str, *, uid: int, bs: BuildSettings,
-    config: dict[str, str], user: str, source: Iterable[bytes], commit: str,
-    on_line: Callable[[str], None],
-) -> Build:
-    build = Build(id=str(uuid.uuid4()), app=app, status=BuildStatus.PENDING, user=user,
-                  created_at=datetime.now(UTC), stack=bs.stack, commit=commit)
-    log = log_path(settings, build.id)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log_file = log.open("w", buffering=1)
-
-    def emit(line: str) -> None:
-        log_file.write(line + "\n")
-        on_line(line)
-
-    run_dir = settings.state_dir / "builds" / "run" / build.id
-    plan: mounts.RootfsPlan | None = None
-    ctx: _Context | None = None
-    net: netns.DynoNetwork | None = None
-    said = False
-    try:
-        with store.write() as tx:
-            _put(tx, build)
-        journal.api_event(app, f"Build started by user {user}")
-        stack_root = ensure_stack(settings, bs.stack, emit)
-        # Receive the whole source before any output: a cut upload builds nothing.
-        plan = mounts.RootfsPlan(dyno=f"build-{build.id[:8]}", dyno_dir=run_dir,
-                                 lower=(stack_root,), binds=())
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        mounts.apply_rootfs(plan)
-        root = plan.root
-        source_bytes = _receive_source(root / str(SOURCE_TAR).lstrip("/"), source)
-        build = replace(build, source_bytes=source_bytes)
-        emit("Building source:")
-        emit("")
-        emit(f"{buildpacks.STEP}Building on the {bs.stack} stack")
-
-        # systemd 252 needs a user record for User= (the dynos' nss-systemd drop-ins).
-        users.ensure_user(uid)
-        cache = cache_path(settings, app)
-        cache.mkdir(parents=True, exist_ok=True)
-        os.chown(cache, uid, uid)
-        cache.chmod(0o700)
-        for sub in (BUILD_DIR, WORK_DIR):
-            d = root / str(sub).lstrip("/")
-            d.mkdir(mode=0o755, parents=True, exist_ok=True)
-            os.chown(d, uid, uid)
-        os.chown(root / str(SOURCE_TAR).lstrip("/"), uid, uid)
-        _write_env_dir(root / str(ENV_DIR).lstrip("/"), config, uid)
-
-        bridge = netns.plan_bridge(settings.address_pool)
-        resolv = netns.ensure_bridge(bridge, settings.runtime_dir)
-        address = netns.allocate_address(bridge, netns.used_addresses())
-        net = netns.plan_dyno_network(bridge, f"build-{build.id[:8]}", address)
-        netns.create_dyno_network(net)
-        ctx = _Context(app=app, build_id=build.id, uid=uid, root=root, cache=cache,
-                       memory_max=parse_memory(settings.build_memory_max),
-                       netns_path=net.netns_path, resolv=resolv)
-
-        # Unpack as the app's uid, inside the build's root: whatever the archive holds
-        # (links out, absolute names) lands in the throw-away overlay at worst.
-        build_dir = root / str(BUILD_DIR).lstrip("/")
-        status = ctx.run(["tar", "-x", "--no-same-owner", "--no-same-permissions",
-                          "-f", str(root / str(SOURCE_TAR).lstrip("/")), "-C", str(build_dir)],
-                         {"PATH": DEFAULT_PATH}, build_dir, emit)
-        if status != 0:
-            raise FailedPrecondition("the source archive could not be unpacked")
-        (root / str(SOURCE_TAR).lstrip("/")).unlink()
-
-        packs = None
-        if bs.buildpacks:
-            packs = [_fetch_buildpack(ctx, i, url, emit) for i, url in enumerate(bs.buildpacks)]
-        base_env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8",
-                    "CURL_CONNECT_TIMEOUT": "30", "CURL_TIMEOUT": "180"}
-        if (root / str(CA_BUNDLE).lstrip("/")).is_file():
-            # Node.js has its own CA list; let it trust the stack's (local CAs included).
-            base_env["NODE_EXTRA_CA_CERTS"] = str(CA_BUNDLE)
-        said = True  # compile_app prints its own failures as its last lines
-        result = buildpacks.compile_app(
-            build_dir, cache, root / str(ENV_DIR).lstrip("/"),
-            root / str(WORK_DIR).lstrip("/"), stack=bs.stack, on_line=emit, runner=ctx.run,
-            buildpacks=packs, base_env=base_env, owner=uid,
-        )
+        run_dir = settings.state_dir / "builds" / "run" / build.id
+        plan: mounts.RootfsPlan | None = None
+        ctx: BuildContext | None = None
+        net: netns.DynoNetwork | None = None
         said = False
-        emit(f"{buildpacks.STEP}Launching...")
-        slug = slugs.create_slug(store, app, checksum=result.checksum, size=result.size,
-                                 process_types=dict(result.process_types), commit=commit)
+        try:
+            with store.write() as tx:
+                _put(tx, build)
+            journal.api_event(app, f"Build started by user {user}")
+            stack_root = self.ensure_stack(bs.stack, emit)
+            # Receive the whole source before any output: a cut upload builds nothing.
+            plan = mounts.RootfsPlan(dyno=f"build-{build.id[:8]}", dyno_dir=run_dir,
+                                     lower=(stack_root,), binds=())
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            mounts.apply_rootfs(plan)
+            root = plan.root
+            source_bytes = receive_source(_in_root(root, SOURCE_TAR), source)
+            build = replace(build, source_bytes=source_bytes)
+            emit("Building source:")
+            emit("")
+            emit(f"{buildpacks.STEP}Building on the {bs.stack} stack")
 
-        def chunks() -> Iterable[bytes]:
-            with result.slug.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    yield chunk
+            # systemd 252 needs a user record for User= (the dynos' nss-systemd drop-ins).
+            users.ensure_user(uid)
+            cache = cache_path(settings, app)
+            cache.mkdir(parents=True, exist_ok=True)
+            os.chown(cache, uid, uid)
+            cache.chmod(0o700)
+            for sub in (BUILD_DIR, WORK_DIR):
+                d = _in_root(root, sub)
+                d.mkdir(mode=0o755, parents=True, exist_ok=True)
+                os.chown(d, uid, uid)
+            os.chown(_in_root(root, SOURCE_TAR), uid, uid)
+            write_env_dir(_in_root(root, ENV_DIR), config, uid)
 
-        slugs.upload_slug(store, settings.state_dir / "slugs", app, slug.id, chunks())
-        release = releases.create_release(store, app, slug.id, user)
-        journal.api_event(app, f"{release.description} by user {user}")
-        journal.api_event(app, f"Release v{release.version} created by user {user}")
-        pending = release.status is ReleaseStatus.PENDING
+            bridge = netns.plan_bridge(settings.address_pool)
+            resolv = netns.ensure_bridge(bridge, settings.runtime_dir)
+            address = netns.allocate_address(bridge, netns.used_addresses())
+            net = netns.plan_dyno_network(bridge, f"build-{build.id[:8]}", address)
+            netns.create_dyno_network(net)
+            ctx = BuildContext(app=app, build_id=build.id, uid=uid, root=root, cache=cache,
+                               memory_max=parse_memory(settings.build_memory_max),
+                               netns_path=net.netns_path, resolv=resolv)
+
+            # Unpack as the app's uid, inside the build's root: whatever the archive holds
+            # (links out, absolute names) lands in the throw-away overlay at worst.
+            build_dir = _in_root(root, BUILD_DIR)
+            status = ctx.run(["tar", "-x", "--no-same-owner", "--no-same-permissions",
+                              "-f", str(_in_root(root, SOURCE_TAR)), "-C", str(build_dir)],
+                             {"PATH": DEFAULT_PATH}, build_dir, emit)
+            if status != 0:
+                raise FailedPrecondition("the source archive could not be unpacked")
+            _in_root(root, SOURCE_TAR).unlink()
+
+            packs = None
+            if bs.buildpacks:
+                packs = [fetch_buildpack(ctx, i, url, emit)
+                         for i, url in enumerate(bs.buildpacks)]
+            base_env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8",
+                        "CURL_CONNECT_TIMEOUT": "30", "CURL_TIMEOUT": "180"}
+            if _in_root(root, CA_BUNDLE).is_file():
+                # Node.js has its own CA list; let it trust the stack's (local CAs included).
+                base_env["NODE_EXTRA_CA_CERTS"] = str(CA_BUNDLE)
+            said = True  # compile_app prints its own failures as its last lines
+            result = buildpacks.compile_app(
+                build_dir, cache, _in_root(root, ENV_DIR), _in_root(root, WORK_DIR),
+                stack=bs.stack, on_line=emit, runner=ctx.run, buildpacks=packs,
+                base_env=base_env, owner=uid,
+            )
+            said = False
+            emit(f"{buildpacks.STEP}Launching...")
+            slug = slugs.create_slug(store, app, checksum=result.checksum, size=result.size,
+                                     process_types=dict(result.process_types), commit=commit)
+
+            def chunks() -> Iterable[bytes]:
+                with result.slug.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        yield chunk
+
+            slugs.upload_slug(store, settings.state_dir / "slugs", app, slug.id, chunks())
+            release = releases.create_release(store, app, slug.id, user)
+            journal.api_event(app, f"{release.description} by user {user}")
+            journal.api_event(app, f"Release v{release.version} created by user {user}")
+            self._report_release(app, release.version, release.status, emit)
+            build = replace(build, status=BuildStatus.SUCCEEDED, slug_id=slug.id,
+                            release=release.version, buildpacks=result.buildpacks)
+            journal.api_event(app, "Build succeeded")
+        except DynodError as exc:
+            if not said:
+                emit(f"{buildpacks.ERROR}{exc.message}")
+            emit(f"{buildpacks.ERROR}Push failed")
+            build = replace(build, status=BuildStatus.FAILED, error=exc.message)
+            journal.api_event(app, "Build failed")
+        except BaseException as exc:
+            emit(f"{buildpacks.ERROR}Internal error: {exc}")
+            emit(f"{buildpacks.ERROR}Push failed")
+            build = replace(build, status=BuildStatus.FAILED, error=f"internal error: {exc}")
+            journal.api_event(app, "Build failed")
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if ctx is not None:
+                systemctl.stop_build_steps(app, build.id)
+            if net is not None:
+                with contextlib.suppress(Exception):
+                    netns.remove_dyno_network(net)
+            if plan is not None:
+                with contextlib.suppress(Exception):
+                    mounts.remove_rootfs(plan)
+            build = replace(build, finished_at=datetime.now(UTC))
+            with contextlib.suppress(Exception), store.write() as tx:
+                if tx.app(app) is not None:
+                    _put(tx, build)
+            log_file.close()
+        return build
+
+    def _report_release(self, app: str, version: int, status: ReleaseStatus,
+                        emit: Callable[[str], None]) -> None:
+        """The end of a push's output: the release made, its release phase, and Heroku's
+        "Verifying deploy" (the new web dynos up and routed, the old ones gone: issue 7;
+        or the release failed to come up and the previous one keeps serving)."""
+        pending = status is ReleaseStatus.PENDING
         if pending:
             emit(f"{buildpacks.ERROR}Release command declared: this new release will not be "
                  "available until the command succeeds.")
-        emit(f"{buildpacks.INDENT}Released v{release.version}")
-        emit(f"{buildpacks.INDENT}http://{app}.{settings.domain}/ deployed to dynod")
+        emit(f"{buildpacks.INDENT}Released v{version}")
+        emit(f"{buildpacks.INDENT}http://{app}.{self.settings.domain}/ deployed to dynod")
         emit("")
         if pending:
-            # Heroku's git push waits for the release phase (release_phase.py).
-            release_phase.follow_lines(release_phase.installed(), app, release.version, emit)
-        # Heroku's "Verifying deploy": the new web dynos up and routed, the old ones gone
-        # (issue 7), or the release failed to come up and the previous one keeps serving.
-        with store.read() as tx:
-            phase_ok = tx.release(app, release.version)
+            # Heroku's git push waits for the release phase.
+            if self.release_phase is None:
+                emit("Release command declared, but this dynod runs no release phase")
+            else:
+                self.release_phase.follow_lines(app, version, emit)
+        with self.store.read() as tx:
+            phase_ok = tx.release(app, version)
         if (phase_ok is not None and phase_ok.status is ReleaseStatus.SUCCEEDED
-                and supervisor.installed() is not None):
+                and self.rollout is not None):
             emit(f"{buildpacks.STEP}Verifying deploy...")
-            verdict = supervisor.follow_rollout(app, release.version)
+            verdict = self.rollout.follow_rollout(app, version)
             if verdict is False:
-                emit(f"{buildpacks.ERROR}Release v{release.version} failed: its web dynos did "
+                emit(f"{buildpacks.ERROR}Release v{version} failed: its web dynos did "
                      "not come up (crashed at boot or R10); the previous release keeps "
                      "serving. See dynoctl logs")
             else:
                 emit(f"{buildpacks.INDENT}done." if verdict else
                      f"{buildpacks.INDENT}still rolling out; see dynoctl ps")
-        build = replace(build, status=BuildStatus.SUCCEEDED, slug_id=slug.id,
-                        release=release.version, buildpacks=result.buildpacks)
-        journal.api_event(app, "Build succeeded")
-    except DynodError as exc:
-        if not said:
-            emit(f"{buildpacks.ERROR}{exc.message}")
-        emit(f"{buildpacks.ERROR}Push failed")
-        build = replace(build, status=BuildStatus.FAILED, error=exc.message)
-        journal.api_event(app, "Build failed")
-    except BaseException as exc:
-        emit(f"{buildpacks.ERROR}Internal error: {exc}")
-        emit(f"{buildpacks.ERROR}Push failed")
-        build = replace(build, status=BuildStatus.FAILED, error=f"internal error: {exc}")
-        journal.api_event(app, "Build failed")
-        if not isinstance(exc, Exception):
-            raise
-    finally:
-        if ctx is not None:
-            systemctl.stop_build_steps(app, build.id)
-        if net is not None:
-            with contextlib.suppress(Exception):
-                netns.remove_dyno_network(net)
-        if plan is not None:
-            with contextlib.suppress(Exception):
-                mounts.remove_rootfs(plan)
-        build = replace(build, finished_at=datetime.now(UTC))
-        with contextlib.suppress(Exception), store.write() as tx:
-            if tx.app(app) is not None:
-                _put(tx, build)
-        log_file.close()
-    return build
-
-
-def _fetch_buildpack(ctx: _Context, index: int, url: str,
-                     on_line: Callable[[str], None]) -> buildpacks.Buildpack:
-    """A set buildpack as a local directory: built-in by name, a local path as is (it is
-    copied into the build before it runs), a git URL cloned inside the build unit."""
-    if url in buildpacks.BUILTIN_ORDER:
-        return buildpacks.Buildpack(url, buildpacks.BUILTIN_DIR / url)
-    if url.startswith("/"):
-        path = Path(url)
-        if not (path / "bin" / "compile").is_file():
-            raise FailedPrecondition(
-                f"buildpack {url}: no bin/compile there; give a directory with "
-                "bin/detect and bin/compile")
-        return buildpacks.Buildpack(url, path)
-    target = ctx.root / "tmp" / "buildpack-src" / str(index)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.chown(target.parent, ctx.uid, ctx.uid)
-    argv = ["git", "clone", "--quiet", "--depth=1", url, str(target)]
-    binds: list[mounts.Bind] = []
-    if url.startswith("file:///"):
-        # A repository on this machine: visible (read-only) inside the build only for
-        # the clone; owned by someone else, so git must be told it is safe to read.
-        repo = Path(url.removeprefix("file://"))
-        if not repo.is_dir():
-            raise FailedPrecondition(f"buildpack {url}: no repository at {repo}")
-        binds.append(mounts.Bind(repo, PurePosixPath(repo), read_only=True))
-        # git drops -c and GIT_CONFIG_* for the local upload-pack; the global file stays.
-        gitconfig = ctx.root / "tmp" / ".gitconfig"
-        gitconfig.write_text("[safe]\n\tdirectory = *\n")
-        os.chown(gitconfig, ctx.uid, ctx.uid)
-    status = ctx.run(argv, {"PATH": DEFAULT_PATH, "HOME": str(ctx.root / "tmp")},
-                     ctx.root / "tmp", on_line, binds)
-    if status != 0:
-        raise FailedPrecondition(f"buildpack {url} could not be cloned (git exit {status})")
-    return buildpacks.Buildpack(url, target)

@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dynod.cli import deploy
+from dynod.cli.client import CliError
 from dynod.model.apps import NAME_RE
 from dynod.model.keys import KEY_ID_RE
 from dynod.settings import DEFAULT_CONFIG, load_settings
@@ -91,9 +93,6 @@ def _fail(message: str) -> int:
 
 
 def shell(key_id: str) -> int:
-    from dynod.cli import deploy  # noqa: PLC0415 - the API client, only for pushes
-    from dynod.cli.client import CliError  # noqa: PLC0415
-
     if not KEY_ID_RE.match(key_id):
         return _fail("this key's entry is broken; re-add it with `dynoctl keys:add`")
     try:
@@ -125,9 +124,6 @@ def shell(key_id: str) -> int:
 
 
 def pre_receive(stdin_text: str) -> int:
-    from dynod.cli import deploy  # noqa: PLC0415
-    from dynod.cli.client import CliError  # noqa: PLC0415
-
     app = os.environ.get("DYNOD_APP") or Path.cwd().name.removesuffix(".git")
     key_id = os.environ.get("DYNOD_KEY_ID", "")
     status = 0
@@ -150,7 +146,7 @@ def pre_receive(stdin_text: str) -> int:
         archive = Path(name)
         try:
             processes.output(["git", "archive", "--format=tar", "-o", str(archive), new],
-                       timeout=600)
+                             timeout=600)
             print("Compressing source files... done.", flush=True)
             build = deploy.stream_build(app, deploy.file_chunks(archive), commit=new,
                                         key_id=key_id,
