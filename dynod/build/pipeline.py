@@ -22,7 +22,6 @@ A failed build changes nothing but its own record: no slug, no release.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -30,16 +29,17 @@ import tarfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from dynod import paths
 from dynod.build import buildpacks, stacks
 from dynod.control import apps, releases, slugs
-from dynod.errors import DynodError, FailedPrecondition, InvalidArgument, NotFound
+from dynod.errors import DynodError, FailedPrecondition, InvalidArgument
+from dynod.model.builds import Build, BuildSettings, BuildStatus
+from dynod.model.events import EventBus
 from dynod.model.releases import ReleaseStatus
 from dynod.runtime import release_phase, supervisor
 from dynod.slug.unpack import format_size
@@ -48,7 +48,7 @@ from dynod.system import journal, mounts, netns, units, users
 
 if TYPE_CHECKING:
     from dynod.settings import Settings
-    from dynod.store.sqlite import Store, Tx
+    from dynod.store.protocol import Store
 
 # Heroku: the uncompressed checkout may be at most 1 GB (limits article).
 MAX_SOURCE_BYTES = 1024 * 1024 * 1024
@@ -63,86 +63,6 @@ CA_BUNDLE = PurePosixPath("/etc/ssl/certs/ca-certificates.crt")
 # Config vars never passed to a build (Heroku's export_env_dir blacklist).
 ENV_DENY = re.compile(r"^(PATH|GIT_DIR|CPATH|CPPATH|LD_PRELOAD|LIBRARY_PATH)$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
-
-
-class BuildStatus(StrEnum):
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class Build:
-    """One build of ``app``. ``release`` is the version it made (succeeded builds)."""
-
-    id: str
-    app: str
-    status: BuildStatus
-    user: str
-    created_at: datetime
-    stack: str
-    commit: str = ""
-    buildpacks: tuple[str, ...] = ()
-    slug_id: str = ""
-    release: int = 0
-    error: str = ""
-    finished_at: datetime | None = None
-    source_bytes: int = 0
-
-
-def _to_doc(build: Build) -> str:
-    doc = asdict(build)
-    doc["created_at"] = build.created_at.isoformat()
-    doc["finished_at"] = build.finished_at.isoformat() if build.finished_at else None
-    doc["status"] = str(build.status)
-    doc["buildpacks"] = list(build.buildpacks)
-    return json.dumps(doc, sort_keys=True)
-
-
-def _from_doc(text: str) -> Build:
-    doc = json.loads(text)
-    doc["created_at"] = datetime.fromisoformat(doc["created_at"])
-    doc["finished_at"] = (datetime.fromisoformat(doc["finished_at"])
-                          if doc.get("finished_at") else None)
-    doc["status"] = BuildStatus(doc["status"])
-    doc["buildpacks"] = tuple(doc.get("buildpacks", ()))
-    return Build(**doc)
-
-
-# --- records ----------------------------------------------------------------------------
-
-
-def _put(tx: Tx, build: Build) -> None:
-    tx.put_build_doc(build.app, build.id, build.created_at.isoformat(), _to_doc(build))
-
-
-def list_builds(store: Store, app: str, limit: int | None = None) -> list[Build]:
-    """Newest first. Raises NotFound for the app."""
-    with store.read() as tx:
-        reads.require_app(tx, app)
-        return [_from_doc(d) for d in tx.build_docs(app, limit)]
-
-
-def get_build(store: Store, app: str, build_id: str | None = None) -> Build:
-    """Build ``build_id`` (a prefix of 8+ characters will do), or the latest one.
-    Raises NotFound."""
-    with store.read() as tx:
-        reads.require_app(tx, app)
-        if build_id:
-            doc = tx.build_doc(app, build_id)
-            if doc is not None:
-                return _from_doc(doc)
-            matches = [b for b in map(_from_doc, tx.build_docs(app, None))
-                       if len(build_id) >= 8 and b.id.startswith(build_id)]
-            if len(matches) == 1:
-                return matches[0]
-            raise NotFound(f'app "{app}" has no build {build_id!r}; list them with '
-                           "`dynoctl builds`")
-        docs = tx.build_docs(app, 1)
-        if not docs:
-            raise NotFound(f'app "{app}" has no builds yet; push to it with git, or '
-                           "`dynoctl deploy`")
-        return _from_doc(docs[0])
 
 
 def log_path(settings: Settings, build_id: str) -> Path:
@@ -172,68 +92,6 @@ def purge_cache(store: Store, settings: Settings, app: str) -> int:
                 size += (Path(directory) / name).lstat().st_size
     shutil.rmtree(path, ignore_errors=True)
     return size
-
-
-# --- app build settings: stack and buildpacks -----------------------------------------
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    stack: str
-    buildpacks: tuple[str, ...]
-
-
-def get_settings(store: Store, app: str) -> BuildSettings:
-    with store.read() as tx:
-        reads.require_app(tx, app)
-        got = tx.app_build_settings(app)
-        assert got is not None
-        return BuildSettings(got[0], tuple(got[1]))
-
-
-def validate_buildpack(url: str) -> str:
-    """A buildpack is a built-in name (python, nodejs, procfile, also as heroku/python),
-    a git URL or an absolute local path. Raises InvalidArgument."""
-    url = url.strip()
-    name = url.removeprefix("heroku/")
-    if name in buildpacks.BUILTIN_ORDER:
-        return name
-    if url.startswith(("https://", "http://", "git://", "ssh://", "git@", "file:///")) or \
-            url.endswith(".git"):
-        if any(c.isspace() for c in url) or url.startswith("-"):
-            raise InvalidArgument(f"buildpack URL {url!r} is invalid")
-        return url
-    if url.startswith("/") and "\0" not in url and "\n" not in url:
-        return url
-    raise InvalidArgument(
-        f"buildpack {url!r} is not a built-in one ({', '.join(buildpacks.BUILTIN_ORDER)}), "
-        "a git URL or an absolute path; give one of those"
-    )
-
-
-def set_buildpacks(store: Store, app: str, urls: Sequence[str]) -> BuildSettings:
-    """Replace the app's buildpack list (empty: detection). Raises NotFound,
-    InvalidArgument."""
-    checked = [validate_buildpack(u) for u in urls]
-    if len(set(checked)) != len(checked):
-        raise InvalidArgument("a buildpack is listed twice; list each once")
-    with store.write() as tx:
-        reads.require_app(tx, app)
-        got = tx.app_build_settings(app)
-        assert got is not None
-        tx.set_app_build_settings(app, got[0], checked)
-        return BuildSettings(got[0], tuple(checked))
-
-
-def set_stack(store: Store, app: str, stack: str) -> BuildSettings:
-    """Raises NotFound (app, stack)."""
-    stacks.get_stack(stack)
-    with store.write() as tx:
-        reads.require_app(tx, app)
-        got = tx.app_build_settings(app)
-        assert got is not None
-        tx.set_app_build_settings(app, stack, got[1])
-        return BuildSettings(stack, tuple(got[1]))
 
 
 # --- running a build --------------------------------------------------------------------
@@ -358,6 +216,7 @@ def run_build(
     source: Iterable[bytes],
     commit: str = "",
     on_line: Callable[[str], None],
+    events: EventBus,
 ) -> Build:
     """Build ``source`` (tar chunks) for ``app`` and release it; ``on_line`` gets the
     output as it comes. Returns the finished build (succeeded or failed); a failure of
@@ -369,11 +228,10 @@ def run_build(
         raise InvalidArgument(f"commit {commit!r} is invalid; give a git commit id")
     with store.read() as tx:
         reads.require_app(tx, app)
-        got = tx.app_build_settings(app)
+        settings_ = tx.app_build_settings(app)
         uid = tx.app_uid(app)
         config = reads.current_release(tx, app).config
-    assert got is not None and uid is not None
-    settings_ = BuildSettings(got[0], tuple(got[1]))
+    assert settings_ is not None and uid is not None
     with _running_lock:
         if app in _running:
             raise FailedPrecondition(
@@ -381,7 +239,8 @@ def run_build(
         _running.add(app)
     try:
         return _build(store, settings, app, uid=int(uid), bs=settings_, config=dict(config),
-                      user=user, source=source, commit=commit, on_line=on_line)
+                      user=user, source=source, commit=commit, on_line=on_line,
+                      events=events)
     finally:
         with _running_lock:
             _running.discard(app)
@@ -390,7 +249,7 @@ def run_build(
 def _build(
     store: Store, settings: Settings, app: str, *, uid: int, bs: BuildSettings,
     config: dict[str, str], user: str, source: Iterable[bytes], commit: str,
-    on_line: Callable[[str], None],
+    on_line: Callable[[str], None], events: EventBus,
 ) -> Build:
     build = Build(id=str(uuid.uuid4()), app=app, status=BuildStatus.PENDING, user=user,
                   created_at=datetime.now(UTC), stack=bs.stack, commit=commit)
@@ -409,7 +268,7 @@ def _build(
     said = False
     try:
         with store.write() as tx:
-            _put(tx, build)
+            tx.put_build(build)
         journal.api_event(app, f"Build started by user {user}")
         stack_root = ensure_stack(settings, bs.stack, emit)
         # Receive the whole source before any output: a cut upload builds nothing.
@@ -481,9 +340,8 @@ def _build(
                     yield chunk
 
         slugs.upload_slug(store, settings.state_dir / "slugs", app, slug.id, chunks())
-        release = releases.create_release(store, app, slug.id, user)
-        journal.api_event(app, f"{release.description} by user {user}")
-        journal.api_event(app, f"Release v{release.version} created by user {user}")
+        # ReleaseCreated: its app[api] lines, the supervisor and the release phase.
+        release = releases.create_release(store, events, app, slug.id, user)
         pending = release.status is ReleaseStatus.PENDING
         if pending:
             emit(f"{buildpacks.ERROR}Release command declared: this new release will not be "
@@ -537,7 +395,7 @@ def _build(
         build = replace(build, finished_at=datetime.now(UTC))
         with contextlib.suppress(Exception), store.write() as tx:
             if tx.app(app) is not None:
-                _put(tx, build)
+                tx.put_build(build)
         log_file.close()
     return build
 

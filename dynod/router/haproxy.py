@@ -31,7 +31,7 @@ from pathlib import Path
 from dynod.control import formation
 from dynod.errors import Unavailable
 from dynod.router.protocol import Backend
-from dynod.store.sqlite import Store
+from dynod.store.protocol import Store
 from dynod.system import journal, processes
 
 log = logging.getLogger(__name__)
