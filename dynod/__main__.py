@@ -23,7 +23,11 @@ from dynod import __version__
 from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
 from dynod.build.pipeline import Builder
+from dynod.cli import gitpush
+from dynod.control.audit import Audit
+from dynod.control.keys import AuthorizedKeys
 from dynod.errors import DynodError
+from dynod.model.events import DYNOS_CHANGED, ROUTES_CHANGED, EventBus, KeysChanged
 from dynod.model.releases import ReleaseStatus
 from dynod.router.haproxy import HaproxyRouter
 from dynod.runtime import release_phase, supervisor
@@ -87,10 +91,26 @@ def serve(config: Path) -> int:
     reconciler = Reconciler(store, settings, router)
     oneoffs = OneOffs(store, settings, lambda: reconciler.host)
     phase = ReleasePhase(store, settings, oneoffs, reconciler.changed)
+    release_phase.install(phase)
+    # The control plane's events: after a committed change, its app[api] lines first,
+    # then whatever follows the desired state.
+    events = EventBus()
+    events.subscribe(Audit.EVENTS, Audit())
+    events.subscribe(DYNOS_CHANGED, lambda e: reconciler.changed(e.app))
+    events.subscribe(DYNOS_CHANGED, lambda e: phase.kick(e.app))
+    # The router also catches up with the store on its own within seconds, so a change
+    # is kept (and reported done) even while it is down.
+    events.subscribe(ROUTES_CHANGED, lambda _e: router.refresh())
+    # At start too: the git user's files follow the state (a restore, a reinstall).
+    authorized_keys = AuthorizedKeys(store, gitpush.git_user_home(settings.state_dir),
+                                     gitpush.shell_command())
+    gitpush.ensure_layout(settings.state_dir)
+    authorized_keys.sync()
+    events.subscribe(KeysChanged, authorized_keys.sync)
     # A push reports on the release phase and the rollout it started.
-    builder = Builder(store, settings, rollout=_RolloutShim(),
+    builder = Builder(store, settings, events, rollout=_RolloutShim(),
                       release_phase=_ReleasePhaseShim(phase))
-    daemon = Daemon(store, settings, router=router, reconciler=reconciler, oneoffs=oneoffs,
+    daemon = Daemon(store, settings, events=events, reconciler=reconciler, oneoffs=oneoffs,
                     release_phase=phase)
     # Dynos before READY: running ones are adopted (never restarted), the formation is
     # started; a dyno that fails to start is retried by the reconciler's own thread.

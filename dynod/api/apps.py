@@ -9,9 +9,9 @@ import grpc
 
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
-from dynod.build import pipeline, stacks
+from dynod.build import stacks
 from dynod.cli import gitpush
-from dynod.control import apps, formation, releases, slugs
+from dynod.control import apps, builds, formation, releases
 from dynod.model.apps import App
 from dynod.runtime import gc
 from dynod.v1 import apps_pb2, apps_pb2_grpc
@@ -37,7 +37,7 @@ def git_url(app: str) -> str:
 
 def app_to_proto(daemon: Daemon, app: App) -> apps_pb2.App:
     current = releases.get_release(daemon.store, app.name)
-    stack = pipeline.get_settings(daemon.store, app.name).stack
+    stack = builds.get_settings(daemon.store, app.name).stack
     return apps_pb2.App(name=app.name, owner=app.owner, created_at=timestamp(app.created_at),
                         current_release=current.version, web_url=daemon.web_url(app.name),
                         git_url=git_url(app.name), stack=stack)
@@ -53,9 +53,8 @@ class AppsServicer(apps_pb2_grpc.AppsServicer):
         user = caller_of(context).name
         if request.stack:
             stacks.get_stack(request.stack)  # NotFound before anything is created
-        app = apps.create_app(self.daemon.store, request.name or None, user)
-        if request.stack:
-            pipeline.set_stack(self.daemon.store, app.name, request.stack)
+        app = apps.create_app(self.daemon.store, self.daemon.events, request.name or None,
+                              user, stack=request.stack or None)
         return apps_pb2.CreateAppResponse(app=app_to_proto(self.daemon, app))
 
     def Get(
@@ -88,9 +87,8 @@ class AppsServicer(apps_pb2_grpc.AppsServicer):
         self, request: apps_pb2.DeleteAppRequest, context: grpc.ServicerContext
     ) -> apps_pb2.DeleteAppResponse:
         caller_of(context)
-        unused = apps.delete_app(self.daemon.store, request.name)
-        slugs.remove_blobs(self.daemon.slugs_dir, unused)
-        self.daemon.changed(request.name)
+        apps.delete_app(self.daemon.store, self.daemon.events, self.daemon.slugs_dir,
+                        request.name)
         return apps_pb2.DeleteAppResponse()
 
 

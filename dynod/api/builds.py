@@ -11,15 +11,16 @@ import grpc
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.build import pipeline
-from dynod.control import keys
+from dynod.control import builds, keys
 from dynod.errors import DynodError, InvalidArgument
+from dynod.model.builds import Build
 from dynod.v1 import builds_pb2, builds_pb2_grpc
 
 # Callers that may say which ssh key pushed: dynod's git user (the hook) and root.
 KEY_TRUSTED = frozenset({"dynod", "root"})
 
 
-def build_to_proto(build: pipeline.Build) -> builds_pb2.Build:
+def build_to_proto(build: Build) -> builds_pb2.Build:
     msg = builds_pb2.Build(
         id=build.id, app=build.app, status=str(build.status), user=build.user,
         created_at=timestamp(build.created_at), stack=build.stack, commit=build.commit,
@@ -54,7 +55,7 @@ class BuildsServicer(builds_pb2_grpc.BuildsServicer):
             for message in request_iterator:
                 yield message.data
 
-        lines: queue.Queue[str | pipeline.Build | DynodError | BaseException] = queue.Queue()
+        lines: queue.Queue[str | Build | DynodError | BaseException] = queue.Queue()
 
         def work() -> None:
             try:
@@ -69,9 +70,7 @@ class BuildsServicer(builds_pb2_grpc.BuildsServicer):
             item = lines.get()
             if isinstance(item, str):
                 yield builds_pb2.CreateBuildResponse(line=item)
-            elif isinstance(item, pipeline.Build):
-                if item.status is pipeline.BuildStatus.SUCCEEDED:
-                    self.daemon.changed(item.app)
+            elif isinstance(item, Build):
                 yield builds_pb2.CreateBuildResponse(build=build_to_proto(item))
                 return
             else:
@@ -81,21 +80,21 @@ class BuildsServicer(builds_pb2_grpc.BuildsServicer):
         self, request: builds_pb2.ListBuildsRequest, context: grpc.ServicerContext
     ) -> builds_pb2.ListBuildsResponse:
         caller_of(context)
-        found = pipeline.list_builds(self.daemon.store, request.app, request.limit or None)
+        found = builds.list_builds(self.daemon.store, request.app, request.limit or None)
         return builds_pb2.ListBuildsResponse(builds=[build_to_proto(b) for b in found])
 
     def Get(
         self, request: builds_pb2.GetBuildRequest, context: grpc.ServicerContext
     ) -> builds_pb2.GetBuildResponse:
         caller_of(context)
-        build = pipeline.get_build(self.daemon.store, request.app, request.id or None)
+        build = builds.get_build(self.daemon.store, request.app, request.id or None)
         return builds_pb2.GetBuildResponse(build=build_to_proto(build))
 
     def Output(
         self, request: builds_pb2.GetBuildRequest, context: grpc.ServicerContext
     ) -> builds_pb2.BuildOutputResponse:
         caller_of(context)
-        build = pipeline.get_build(self.daemon.store, request.app, request.id or None)
+        build = builds.get_build(self.daemon.store, request.app, request.id or None)
         return builds_pb2.BuildOutputResponse(
             build=build_to_proto(build), lines=pipeline.read_output(self.daemon.settings, build))
 
@@ -110,14 +109,14 @@ class BuildsServicer(builds_pb2_grpc.BuildsServicer):
         self, request: builds_pb2.GetBuildpacksRequest, context: grpc.ServicerContext
     ) -> builds_pb2.BuildpacksResponse:
         caller_of(context)
-        got = pipeline.get_settings(self.daemon.store, request.app)
+        got = builds.get_settings(self.daemon.store, request.app)
         return builds_pb2.BuildpacksResponse(buildpacks=list(got.buildpacks), stack=got.stack)
 
     def SetBuildpacks(
         self, request: builds_pb2.SetBuildpacksRequest, context: grpc.ServicerContext
     ) -> builds_pb2.BuildpacksResponse:
         caller_of(context)
-        got = pipeline.set_buildpacks(self.daemon.store, request.app, list(request.buildpacks))
+        got = builds.set_buildpacks(self.daemon.store, request.app, list(request.buildpacks))
         return builds_pb2.BuildpacksResponse(buildpacks=list(got.buildpacks), stack=got.stack)
 
 

@@ -8,7 +8,6 @@ from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
 from dynod.api.releases import release_to_proto
 from dynod.control import config_vars
-from dynod.system import journal
 from dynod.v1 import config_pb2, config_pb2_grpc
 
 
@@ -28,18 +27,16 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):
         self, request: config_pb2.SetConfigRequest, context: grpc.ServicerContext
     ) -> config_pb2.SetConfigResponse:
         user = caller_of(context).name
-        release = config_vars.set_config(self.store, request.app, dict(request.vars), user)
-        journal.release_events(release)
-        self.daemon.changed(request.app)
+        release = config_vars.set_config(self.store, self.daemon.events, request.app,
+                                         dict(request.vars), user)
         return config_pb2.SetConfigResponse(release=release_to_proto(release, current=True))
 
     def Unset(
         self, request: config_pb2.UnsetConfigRequest, context: grpc.ServicerContext
     ) -> config_pb2.UnsetConfigResponse:
         user = caller_of(context).name
-        release = config_vars.unset_config(self.store, request.app, list(request.keys), user)
-        journal.release_events(release)
-        self.daemon.changed(request.app)
+        release = config_vars.unset_config(self.store, self.daemon.events, request.app,
+                                           list(request.keys), user)
         return config_pb2.UnsetConfigResponse(release=release_to_proto(release, current=True))
 
 

@@ -1,4 +1,4 @@
-"""What every servicer shares: the store and the settings of this daemon."""
+"""What every servicer shares: the store, the settings and the event bus of this daemon."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from dynod.router.protocol import NullRouter, Router
+from dynod.model.events import EventBus
 from dynod.settings import Settings
-from dynod.store.sqlite import Store
+from dynod.store.protocol import Store
 
 if TYPE_CHECKING:
     from dynod.runtime.oneoff import OneOffs
@@ -23,27 +23,24 @@ if TYPE_CHECKING:
 class Daemon:
     store: Store
     settings: Settings
-    # The HTTP router reconcile tells about up web dynos (dynod/routing.py).
-    router: Router = field(default_factory=NullRouter)
+    # The control plane's use cases publish here after each change; the composition
+    # root subscribes the supervisor, the release phase, the router and the git user's
+    # authorized_keys. Servicer tests get a bus nobody listens to.
+    events: EventBus = field(default_factory=EventBus)
     # Owns the dynos; None in servicer tests that run no dynos.
     reconciler: Reconciler | None = None
     # One-off dynos (run, run:detached, release.N); None where no dynos run.
     oneoffs: OneOffs | None = None
-    # Runs a pending release's release command (dynod/release_phase.py).
+    # Runs a pending release's release command (dynod/runtime/release_phase.py).
     release_phase: ReleasePhase | None = None
-
-    def changed(self, app: str) -> None:
-        """Servicers call this after a write that changes ``app``'s desired dynos
-        (scale, config, release, rollback, delete): reconcile runs soon, and a new
-        pending release gets its release phase."""
-        if self.reconciler is not None:
-            self.reconciler.changed(app)
-        if self.release_phase is not None:
-            self.release_phase.kick(app)
 
     @property
     def slugs_dir(self) -> Path:
         return self.settings.state_dir / "slugs"
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.settings.state_dir / "certs"
 
     def web_url(self, app: str) -> str:
         return f"http://{app}.{self.settings.domain}/"

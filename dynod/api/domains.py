@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
-
 import grpc
 
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.control import apps, certs, domains
-from dynod.errors import Unavailable
 from dynod.model.certs import Cert
 from dynod.model.domains import default_hostname
 from dynod.v1 import domains_pb2, domains_pb2_grpc
@@ -24,18 +20,6 @@ def cert_to_proto(cert: Cert) -> domains_pb2.Cert:
 class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-
-    @property
-    def certs_dir(self) -> Path:
-        return self.daemon.settings.state_dir / "certs"
-
-    def _refresh(self) -> None:
-        """Tell the router now; it also catches up on its own within seconds, so the
-        change is kept (and reported done) even if the router is down."""
-        refresh = getattr(self.daemon.router, "refresh", None)
-        if refresh is not None:
-            with contextlib.suppress(Unavailable):
-                refresh()
 
     def List(
         self, request: domains_pb2.ListDomainsRequest, context: grpc.ServicerContext
@@ -53,9 +37,8 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
         self, request: domains_pb2.AddDomainRequest, context: grpc.ServicerContext
     ) -> domains_pb2.AddDomainResponse:
         caller_of(context)
-        d = domains.add_domain(self.daemon.store, request.app, request.hostname,
-                               self.daemon.settings.domain)
-        self._refresh()
+        d = domains.add_domain(self.daemon.store, self.daemon.events, request.app,
+                               request.hostname, self.daemon.settings.domain)
         return domains_pb2.AddDomainResponse(domain=domains_pb2.Domain(
             hostname=d.hostname, kind="custom", created_at=timestamp(d.created_at)))
 
@@ -63,16 +46,16 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
         self, request: domains_pb2.RemoveDomainRequest, context: grpc.ServicerContext
     ) -> domains_pb2.RemoveDomainResponse:
         caller_of(context)
-        domains.remove_domain(self.daemon.store, request.app, request.hostname)
-        self._refresh()
+        domains.remove_domain(self.daemon.store, self.daemon.events, request.app,
+                              request.hostname)
         return domains_pb2.RemoveDomainResponse()
 
     def SetMaintenance(
         self, request: domains_pb2.SetMaintenanceRequest, context: grpc.ServicerContext
     ) -> domains_pb2.SetMaintenanceResponse:
         caller_of(context)
-        domains.set_maintenance(self.daemon.store, request.app, request.on)
-        self._refresh()
+        domains.set_maintenance(self.daemon.store, self.daemon.events, request.app,
+                                request.on)
         return domains_pb2.SetMaintenanceResponse()
 
     def GetMaintenance(
@@ -87,8 +70,8 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
         self, request: domains_pb2.AddCertRequest, context: grpc.ServicerContext
     ) -> domains_pb2.AddCertResponse:
         caller_of(context)
-        cert = certs.add_cert(self.certs_dir, request.certificate_pem, request.key_pem)
-        self._refresh()
+        cert = certs.add_cert(self.daemon.certs_dir, self.daemon.events,
+                              request.certificate_pem, request.key_pem)
         return domains_pb2.AddCertResponse(cert=cert_to_proto(cert))
 
     def ListCerts(
@@ -96,14 +79,13 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     ) -> domains_pb2.ListCertsResponse:
         caller_of(context)
         return domains_pb2.ListCertsResponse(
-            certs=[cert_to_proto(c) for c in certs.list_certs(self.certs_dir)])
+            certs=[cert_to_proto(c) for c in certs.list_certs(self.daemon.certs_dir)])
 
     def RemoveCert(
         self, request: domains_pb2.RemoveCertRequest, context: grpc.ServicerContext
     ) -> domains_pb2.RemoveCertResponse:
         caller_of(context)
-        certs.remove_cert(self.certs_dir, request.name)
-        self._refresh()
+        certs.remove_cert(self.daemon.certs_dir, self.daemon.events, request.name)
         return domains_pb2.RemoveCertResponse()
 
 

@@ -9,7 +9,6 @@ from dynod.api.peer import caller_of
 from dynod.control import formation
 from dynod.model import sizes
 from dynod.model.formation import Process, ScaleChange
-from dynod.system import journal
 from dynod.v1 import formation_pb2, formation_pb2_grpc
 
 
@@ -44,21 +43,16 @@ class FormationServicer(formation_pb2_grpc.FormationServicer):
         self, request: formation_pb2.ScaleFormationRequest, context: grpc.ServicerContext
     ) -> formation_pb2.ScaleFormationResponse:
         user = caller_of(context).name
-        found = formation.scale(self.store, request.app, [change_of(u) for u in request.updates])
-        # Heroku: "Scaled to web@3:Standard-1X worker@1:Standard-1X by user jane"
-        scaled = " ".join(f"{p.type}@{p.quantity}:{sizes.parse_size(p.size).label}"
-                          for p in found)
-        journal.api_event(request.app, f"Scaled to {scaled} by user {user}")
-        self.daemon.changed(request.app)
+        found = formation.scale(self.store, self.daemon.events, request.app,
+                                [change_of(u) for u in request.updates], user)
         return formation_pb2.ScaleFormationResponse(processes=[process_to_proto(p) for p in found])
 
     def Resize(
         self, request: formation_pb2.ResizeFormationRequest, context: grpc.ServicerContext
     ) -> formation_pb2.ResizeFormationResponse:
-        caller_of(context)
-        found = formation.resize(self.store, request.app,
-                                 {u.type: u.size for u in request.updates})
-        self.daemon.changed(request.app)
+        user = caller_of(context).name
+        found = formation.resize(self.store, self.daemon.events, request.app,
+                                 {u.type: u.size for u in request.updates}, user)
         return formation_pb2.ResizeFormationResponse(processes=[process_to_proto(p) for p in found])
 
 

@@ -1,4 +1,5 @@
-"""The Keys service; every change rewrites the git user's authorized_keys."""
+"""The Keys service (every change rewrites the git user's authorized_keys: a subscriber
+of KeysChanged, see dynod.control.keys.AuthorizedKeys)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import grpc
 
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
-from dynod.cli import gitpush
 from dynod.control import keys
-from dynod.model.keys import Key, render_authorized_keys
+from dynod.model.keys import Key
 from dynod.v1 import keys_pb2, keys_pb2_grpc
 
 
@@ -16,12 +16,6 @@ def key_to_proto(key: Key) -> keys_pb2.Key:
     return keys_pb2.Key(id=key.id, owner=key.owner, fingerprint=key.fingerprint,
                         type=key.type, comment=key.comment,
                         created_at=timestamp(key.created_at), public_key=key.public_key)
-
-
-def sync_authorized_keys(daemon: Daemon) -> None:
-    home = gitpush.git_user_home(daemon.settings.state_dir)
-    keys.write_authorized_keys(home, render_authorized_keys(
-        keys.list_keys(daemon.store), gitpush.shell_command()))
 
 
 class KeysServicer(keys_pb2_grpc.KeysServicer):
@@ -39,16 +33,14 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
         self, request: keys_pb2.AddKeyRequest, context: grpc.ServicerContext
     ) -> keys_pb2.AddKeyResponse:
         owner = caller_of(context).name
-        key = keys.add_key(self.daemon.store, request.public_key, owner)
-        sync_authorized_keys(self.daemon)
+        key = keys.add_key(self.daemon.store, self.daemon.events, request.public_key, owner)
         return keys_pb2.AddKeyResponse(key=key_to_proto(key))
 
     def Remove(
         self, request: keys_pb2.RemoveKeyRequest, context: grpc.ServicerContext
     ) -> keys_pb2.RemoveKeyResponse:
         caller_of(context)
-        key = keys.remove_key(self.daemon.store, request.key)
-        sync_authorized_keys(self.daemon)
+        key = keys.remove_key(self.daemon.store, self.daemon.events, request.key)
         return keys_pb2.RemoveKeyResponse(key=key_to_proto(key))
 
     def Get(
@@ -61,7 +53,4 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
 
 def register(server: grpc.Server, daemon: Daemon) -> str:
     keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(daemon), server)
-    # At start: the git user's files follow the state (a restore, a reinstall).
-    gitpush.ensure_layout(daemon.settings.state_dir)
-    sync_authorized_keys(daemon)
     return str(keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name)

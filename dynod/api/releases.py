@@ -8,7 +8,6 @@ from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.control import releases
 from dynod.model.releases import Release, ReleaseStatus
-from dynod.system import journal
 from dynod.v1 import releases_pb2, releases_pb2_grpc
 
 
@@ -51,10 +50,9 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
         self, request: releases_pb2.CreateReleaseRequest, context: grpc.ServicerContext
     ) -> releases_pb2.CreateReleaseResponse:
         user = caller_of(context).name
-        release = releases.create_release(self.store, request.app, request.slug_id, user,
-                                          request.description or None)
-        journal.release_events(release)
-        self.daemon.changed(request.app)
+        release = releases.create_release(self.store, self.daemon.events, request.app,
+                                          request.slug_id, user,
+                                          description=request.description or None)
         return releases_pb2.CreateReleaseResponse(release=release_to_proto(
             release, current=release.status is ReleaseStatus.SUCCEEDED))
 
@@ -62,9 +60,8 @@ class ReleasesServicer(releases_pb2_grpc.ReleasesServicer):
         self, request: releases_pb2.RollbackReleaseRequest, context: grpc.ServicerContext
     ) -> releases_pb2.RollbackReleaseResponse:
         user = caller_of(context).name
-        release = releases.rollback(self.store, request.app, request.version or None, user)
-        journal.release_events(release)
-        self.daemon.changed(request.app)
+        release = releases.rollback(self.store, self.daemon.events, request.app,
+                                    request.version or None, user)
         return releases_pb2.RollbackReleaseResponse(release=release_to_proto(
             release, current=release.status is ReleaseStatus.SUCCEEDED))
 

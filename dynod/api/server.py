@@ -51,7 +51,7 @@ def make_server(
     is the daemon's (its composition root makes it); without one (servicer tests, no
     dynos) the server gets a builder of its own that reports on no rollout."""
     if builder is None:
-        builder = Builder(daemon.store, daemon.settings)
+        builder = Builder(daemon.store, daemon.settings, daemon.events)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="api"),
         interceptors=[ErrorInterceptor()],

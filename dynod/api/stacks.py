@@ -12,6 +12,7 @@ from dynod import paths
 from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
 from dynod.build import pipeline, stacks
+from dynod.control import builds
 from dynod.v1 import stacks_pb2, stacks_pb2_grpc
 
 
@@ -70,7 +71,8 @@ class StacksServicer(stacks_pb2_grpc.StacksServicer):
         self, request: stacks_pb2.SetAppStackRequest, context: grpc.ServicerContext
     ) -> stacks_pb2.SetAppStackResponse:
         caller_of(context)
-        got = pipeline.set_stack(self.daemon.store, request.app, request.stack)
+        got = builds.set_stack(self.daemon.store, request.app,
+                               stacks.get_stack(request.stack).name)
         return stacks_pb2.SetAppStackResponse(stack=got.stack)
 
 

@@ -27,6 +27,7 @@ from types import MappingProxyType
 
 from dynod import paths
 from dynod.errors import FailedPrecondition, ResourceExhausted
+from dynod.model.builds import BUILTIN_BUILDPACKS
 from dynod.model.procfile import MISCASED_WARNINGS, Procfile, load_procfile
 from dynod.slug.unpack import Limits, check_slug_size, format_size
 from dynod.system import processes
@@ -36,7 +37,7 @@ from dynod.system import processes
 BUILTIN_DIR = paths.buildpacks_dir()
 # Detection order when the app sets no buildpack: languages first, the Procfile-only
 # buildpack last, as it matches nearly everything.
-BUILTIN_ORDER = ("python", "nodejs", "procfile")
+BUILTIN_ORDER = BUILTIN_BUILDPACKS  # defined in the model: buildpacks:set checks the names
 # Heroku: slug compilation is limited to 15 minutes.
 COMPILE_TIMEOUT = 15 * 60.0
 

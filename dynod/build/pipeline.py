@@ -21,16 +21,14 @@ A failed build changes nothing but its own record: no slug, no release.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -50,7 +48,9 @@ from dynod.build.steps import (
 )
 from dynod.build.watchers import ReleasePhaseWatcher, RolloutWatcher
 from dynod.control import apps, releases, slugs
-from dynod.errors import DynodError, FailedPrecondition, InvalidArgument, NotFound
+from dynod.errors import DynodError, FailedPrecondition, InvalidArgument
+from dynod.model.builds import Build, BuildSettings, BuildStatus
+from dynod.model.events import EventBus
 from dynod.model.releases import ReleaseStatus
 from dynod.store import reads
 from dynod.system import journal, mounts, netns, systemctl, users
@@ -58,89 +58,9 @@ from dynod.system.unit_properties import DEFAULT_PATH
 
 if TYPE_CHECKING:
     from dynod.settings import Settings
-    from dynod.store.sqlite import Store, Tx
+    from dynod.store.protocol import Store
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
-
-
-class BuildStatus(StrEnum):
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class Build:
-    """One build of ``app``. ``release`` is the version it made (succeeded builds)."""
-
-    id: str
-    app: str
-    status: BuildStatus
-    user: str
-    created_at: datetime
-    stack: str
-    commit: str = ""
-    buildpacks: tuple[str, ...] = ()
-    slug_id: str = ""
-    release: int = 0
-    error: str = ""
-    finished_at: datetime | None = None
-    source_bytes: int = 0
-
-
-def _to_doc(build: Build) -> str:
-    doc = asdict(build)
-    doc["created_at"] = build.created_at.isoformat()
-    doc["finished_at"] = build.finished_at.isoformat() if build.finished_at else None
-    doc["status"] = str(build.status)
-    doc["buildpacks"] = list(build.buildpacks)
-    return json.dumps(doc, sort_keys=True)
-
-
-def _from_doc(text: str) -> Build:
-    doc = json.loads(text)
-    doc["created_at"] = datetime.fromisoformat(doc["created_at"])
-    doc["finished_at"] = (datetime.fromisoformat(doc["finished_at"])
-                          if doc.get("finished_at") else None)
-    doc["status"] = BuildStatus(doc["status"])
-    doc["buildpacks"] = tuple(doc.get("buildpacks", ()))
-    return Build(**doc)
-
-
-# --- records ----------------------------------------------------------------------------
-
-
-def _put(tx: Tx, build: Build) -> None:
-    tx.put_build_doc(build.app, build.id, build.created_at.isoformat(), _to_doc(build))
-
-
-def list_builds(store: Store, app: str, limit: int | None = None) -> list[Build]:
-    """Newest first. Raises NotFound for the app."""
-    with store.read() as tx:
-        reads.require_app(tx, app)
-        return [_from_doc(d) for d in tx.build_docs(app, limit)]
-
-
-def get_build(store: Store, app: str, build_id: str | None = None) -> Build:
-    """Build ``build_id`` (a prefix of 8+ characters will do), or the latest one.
-    Raises NotFound."""
-    with store.read() as tx:
-        reads.require_app(tx, app)
-        if build_id:
-            doc = tx.build_doc(app, build_id)
-            if doc is not None:
-                return _from_doc(doc)
-            matches = [b for b in map(_from_doc, tx.build_docs(app, None))
-                       if len(build_id) >= 8 and b.id.startswith(build_id)]
-            if len(matches) == 1:
-                return matches[0]
-            raise NotFound(f'app "{app}" has no build {build_id!r}; list them with '
-                           "`dynoctl builds`")
-        docs = tx.build_docs(app, 1)
-        if not docs:
-            raise NotFound(f'app "{app}" has no builds yet; push to it with git, or '
-                           "`dynoctl deploy`")
-        return _from_doc(docs[0])
 
 
 def log_path(settings: Settings, build_id: str) -> Path:
@@ -175,63 +95,6 @@ def purge_cache(store: Store, settings: Settings, app: str) -> int:
 # --- app build settings: stack and buildpacks -----------------------------------------
 
 
-@dataclass(frozen=True)
-class BuildSettings:
-    stack: str
-    buildpacks: tuple[str, ...]
-
-
-def get_settings(store: Store, app: str) -> BuildSettings:
-    with store.read() as tx:
-        reads.require_app(tx, app)
-        got = tx.app_build_settings(app)
-        assert got is not None
-        return BuildSettings(got[0], tuple(got[1]))
-
-
-def validate_buildpack(url: str) -> str:
-    """A buildpack is a built-in name (python, nodejs, procfile, also as heroku/python),
-    a git URL or an absolute local path. Raises InvalidArgument."""
-    url = url.strip()
-    name = url.removeprefix("heroku/")
-    if name in buildpacks.BUILTIN_ORDER:
-        return name
-    if url.startswith(("https://", "http://", "git://", "ssh://", "git@", "file:///")) or \
-            url.endswith(".git"):
-        if any(c.isspace() for c in url) or url.startswith("-"):
-            raise InvalidArgument(f"buildpack URL {url!r} is invalid")
-        return url
-    if url.startswith("/") and "\0" not in url and "\n" not in url:
-        return url
-    raise InvalidArgument(
-        f"buildpack {url!r} is not a built-in one ({', '.join(buildpacks.BUILTIN_ORDER)}), "
-        "a git URL or an absolute path; give one of those"
-    )
-
-
-def set_buildpacks(store: Store, app: str, urls: Sequence[str]) -> BuildSettings:
-    """Replace the app's buildpack list (empty: detection). Raises NotFound,
-    InvalidArgument."""
-    checked = [validate_buildpack(u) for u in urls]
-    if len(set(checked)) != len(checked):
-        raise InvalidArgument("a buildpack is listed twice; list each once")
-    with store.write() as tx:
-        reads.require_app(tx, app)
-        got = tx.app_build_settings(app)
-        assert got is not None
-        tx.set_app_build_settings(app, got[0], checked)
-        return BuildSettings(got[0], tuple(checked))
-
-
-def set_stack(store: Store, app: str, stack: str) -> BuildSettings:
-    """Raises NotFound (app, stack)."""
-    stacks.get_stack(stack)
-    with store.write() as tx:
-        reads.require_app(tx, app)
-        got = tx.app_build_settings(app)
-        assert got is not None
-        tx.set_app_build_settings(app, stack, got[1])
-        return BuildSettings(stack, tuple(got[1]))
 
 
 # --- running a build --------------------------------------------------------------------
@@ -250,11 +113,12 @@ class Builder:
     ``rollout`` and ``release_phase`` are what a push reports on after the release is
     made (the runtime's supervisor and release phase); None where no dynos run."""
 
-    def __init__(self, store: Store, settings: Settings, *,
+    def __init__(self, store: Store, settings: Settings, events: EventBus, *,
                  rollout: RolloutWatcher | None = None,
                  release_phase: ReleasePhaseWatcher | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.events = events
         self.rollout = rollout
         self.release_phase = release_phase
         self._running: set[str] = set()  # apps with a build in progress
@@ -292,11 +156,10 @@ class Builder:
             raise InvalidArgument(f"commit {commit!r} is invalid; give a git commit id")
         with store.read() as tx:
             reads.require_app(tx, app)
-            got = tx.app_build_settings(app)
+            settings_ = tx.app_build_settings(app)
             uid = tx.app_uid(app)
             config = reads.current_release(tx, app).config
-        assert got is not None and uid is not None
-        settings_ = BuildSettings(got[0], tuple(got[1]))
+        assert settings_ is not None and uid is not None
         with self._running_lock:
             if app in self._running:
                 raise FailedPrecondition(
@@ -332,7 +195,7 @@ class Builder:
         said = False
         try:
             with store.write() as tx:
-                _put(tx, build)
+                tx.put_build(build)
             journal.api_event(app, f"Build started by user {user}")
             stack_root = self.ensure_stack(bs.stack, emit)
             # Receive the whole source before any output: a cut upload builds nothing.
@@ -405,9 +268,8 @@ class Builder:
                         yield chunk
 
             slugs.upload_slug(store, settings.state_dir / "slugs", app, slug.id, chunks())
-            release = releases.create_release(store, app, slug.id, user)
-            journal.api_event(app, f"{release.description} by user {user}")
-            journal.api_event(app, f"Release v{release.version} created by user {user}")
+            # ReleaseCreated: its app[api] lines, the supervisor and the release phase.
+            release = releases.create_release(store, self.events, app, slug.id, user)
             self._report_release(app, release.version, release.status, emit)
             build = replace(build, status=BuildStatus.SUCCEEDED, slug_id=slug.id,
                             release=release.version, buildpacks=result.buildpacks)
@@ -437,7 +299,7 @@ class Builder:
             build = replace(build, finished_at=datetime.now(UTC))
             with contextlib.suppress(Exception), store.write() as tx:
                 if tx.app(app) is not None:
-                    _put(tx, build)
+                    tx.put_build(build)
             log_file.close()
         return build
 

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
 
+from dynod.control import releases, slugs
 from dynod.errors import AlreadyExists
 from dynod.model.apps import App, random_name, validate_name
+from dynod.model.events import AppCreated, AppDestroyed, EventBus
 from dynod.store import reads
-
-if TYPE_CHECKING:
-    from dynod.store.sqlite import Store
+from dynod.store.protocol import Store
 
 
-def create_app(store: Store, name: str | None, user: str) -> App:
-    """Create an app named ``name`` (a random one if None) with release v1.
+def create_app(store: Store, events: EventBus, name: str | None, user: str,
+               stack: str | None = None) -> App:
+    """Create an app named ``name`` (a random one if None) with release v1, building on
+    ``stack`` (the default if None; the caller checks that it exists), in one
+    transaction; publishes AppCreated.
 
     Raises InvalidArgument for a bad name, AlreadyExists if it is taken.
     """
-    from dynod.control import releases  # noqa: PLC0415 - releases imports apps for require()
-
     if name is not None:
         validate_name(name)
     with store.write() as tx:
@@ -33,10 +35,16 @@ def create_app(store: Store, name: str | None, user: str) -> App:
             )
         app = App(name=name, owner=user, created_at=datetime.now(UTC))
         tx.add_app(app)
-        # Heroku: every app starts with v1 "Initial release" (releases article).
+        if stack is not None:
+            default = tx.app_build_settings(app.name)
+            assert default is not None  # just added
+            tx.set_app_build_settings(app.name, replace(default, stack=stack))
+        # Heroku: every app starts with v1 "Initial release" (releases article). It has
+        # no slug, so the formation stays empty until the first deploy declares types.
         releases.append_release(tx, app.name, description="Initial release", user=user,
                                 slug_id=None, config={})
-        return app
+    events.publish(AppCreated(app.name, user))
+    return app
 
 
 def get_app(store: Store, name: str) -> App:
@@ -51,12 +59,14 @@ def list_apps(store: Store) -> list[App]:
         return tx.apps()
 
 
-def delete_app(store: Store, name: str) -> list[str]:
-    """Delete the app and everything it owns (releases, formation, slugs).
-
-    Returns the checksums of slug tarballs no app uses any more, for the caller to
-    remove from disk after the transaction. Raises NotFound.
-    """
+def delete_app(store: Store, events: EventBus, slugs_dir: Path, name: str) -> None:
+    """Delete the app and everything it owns (releases, formation, slugs, builds,
+    domains), then the slug tarballs in ``slugs_dir`` no other app uses; publishes
+    AppDestroyed. Raises NotFound."""
     with store.write() as tx:
         reads.require_app(tx, name)
-        return tx.remove_app(name)
+        unused = tx.remove_app(name)
+    # After the commit: a crash in between leaves an unused file (gc removes it), never
+    # a slug without its tarball.
+    slugs.remove_blobs(slugs_dir, unused)
+    events.publish(AppDestroyed(name))

@@ -17,6 +17,7 @@ from typing import Any
 
 from dynod.errors import InvalidArgument, NotFound
 from dynod.model.certs import Cert
+from dynod.model.events import CertsChanged, EventBus
 
 
 def _decode(path: Path) -> dict[str, Any]:
@@ -39,8 +40,9 @@ def cert_name(hostnames: tuple[str, ...]) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", first.lower().replace("*", "wildcard")).strip("-")
 
 
-def add_cert(certs_dir: Path, certificate_pem: str, key_pem: str) -> Cert:
-    """Raises InvalidArgument (not PEM, key does not match, no host name)."""
+def add_cert(certs_dir: Path, events: EventBus, certificate_pem: str, key_pem: str) -> Cert:
+    """Store the pair (replacing a certificate of the same name); publishes CertsChanged.
+    Raises InvalidArgument (not PEM, key does not match, no host name)."""
     if "BEGIN CERTIFICATE" not in certificate_pem:
         raise InvalidArgument("the certificate is not PEM (-----BEGIN CERTIFICATE-----); "
                               "give the certificate file first, then the key")
@@ -69,6 +71,7 @@ def add_cert(certs_dir: Path, certificate_pem: str, key_pem: str) -> Cert:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+    events.publish(CertsChanged(cert.name))
     return cert
 
 
@@ -82,9 +85,10 @@ def list_certs(certs_dir: Path) -> list[Cert]:
     return out
 
 
-def remove_cert(certs_dir: Path, name: str) -> None:
-    """Raises NotFound."""
+def remove_cert(certs_dir: Path, events: EventBus, name: str) -> None:
+    """Publishes CertsChanged. Raises NotFound."""
     path = certs_dir / f"{name}.pem"
     if not re.fullmatch(r"[a-z0-9-]+", name) or not path.exists():
         raise NotFound(f"certificate {name!r} not found; see `dynoctl certs`")
     path.unlink()
+    events.publish(CertsChanged(name))

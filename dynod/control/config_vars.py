@@ -9,7 +9,6 @@ vars``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from dynod.control import releases
 from dynod.errors import InvalidArgument, ResourceExhausted
@@ -19,11 +18,10 @@ from dynod.model.config_vars import (
     size_of,
     validate_key,
 )
+from dynod.model.events import ConfigChanged, EventBus
 from dynod.model.releases import Release
 from dynod.store import reads
-
-if TYPE_CHECKING:
-    from dynod.store.sqlite import Store
+from dynod.store.protocol import Store
 
 
 def get_config(store: Store, app: str) -> Release:
@@ -32,8 +30,10 @@ def get_config(store: Store, app: str) -> Release:
         return reads.latest_release(tx, app)
 
 
-def set_config(store: Store, app: str, changes: Mapping[str, str], user: str) -> Release:
-    """Set ``changes`` on top of the current config; returns the new release.
+def set_config(store: Store, events: EventBus, app: str, changes: Mapping[str, str],
+               user: str) -> Release:
+    """Set ``changes`` on top of the current config; returns the new release and
+    publishes ConfigChanged.
 
     Raises InvalidArgument (no keys, bad or reserved key, NUL in a value), NotFound,
     ResourceExhausted (over 64 KB).
@@ -53,13 +53,17 @@ def set_config(store: Store, app: str, changes: Mapping[str, str], user: str) ->
                 f'app "{app}": config vars would take {size} bytes, over the limit of '
                 f"{MAX_BYTES} (64 KB) per app; unset some, or keep large values elsewhere"
             )
-        return releases.append_release(
+        release = releases.append_release(
             tx, app, description=f"Set {', '.join(sorted(changes))} config vars",
             user=user, slug_id=latest.slug_id, config=config)
+    events.publish(ConfigChanged(app, release))
+    return release
 
 
-def unset_config(store: Store, app: str, keys: Iterable[str], user: str) -> Release:
-    """Remove ``keys`` (absent ones are ignored); returns the new release.
+def unset_config(store: Store, events: EventBus, app: str, keys: Iterable[str],
+                 user: str) -> Release:
+    """Remove ``keys`` (absent ones are ignored); returns the new release and publishes
+    ConfigChanged.
 
     Raises InvalidArgument (no keys, malformed key), NotFound.
     """
@@ -72,6 +76,8 @@ def unset_config(store: Store, app: str, keys: Iterable[str], user: str) -> Rele
     with store.write() as tx:
         latest = reads.latest_release(tx, app)
         config = {k: v for k, v in latest.config.items() if k not in wanted}
-        return releases.append_release(
+        release = releases.append_release(
             tx, app, description=f"Remove {', '.join(wanted)} config vars",
             user=user, slug_id=latest.slug_id, config=config)
+    events.publish(ConfigChanged(app, release))
+    return release

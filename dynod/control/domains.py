@@ -8,17 +8,16 @@ default ``<app>.herokuapp.com`` cannot be removed. ``maintenance:on`` serves H80
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from dynod.errors import AlreadyExists, FailedPrecondition, NotFound
 from dynod.model.domains import Domain, normalize_hostname
+from dynod.model.events import DomainsChanged, EventBus, MaintenanceChanged
+from dynod.store.protocol import Store
 
-if TYPE_CHECKING:
-    from dynod.store.sqlite import Store
 
-
-def add_domain(store: Store, app: str, hostname: str, platform_domain: str) -> Domain:
-    """Route ``hostname`` to ``app``.
+def add_domain(store: Store, events: EventBus, app: str, hostname: str,
+               platform_domain: str) -> Domain:
+    """Route ``hostname`` to ``app``; publishes DomainsChanged.
 
     Raises InvalidArgument, NotFound (app), AlreadyExists (taken by this or another app),
     FailedPrecondition (a name under the platform domain).
@@ -40,11 +39,13 @@ def add_domain(store: Store, app: str, hostname: str, platform_domain: str) -> D
                 "first with `dynoctl domains:remove`"
             )
         tx.add_domain(domain)
+    events.publish(DomainsChanged(app, name))
     return domain
 
 
-def remove_domain(store: Store, app: str, hostname: str) -> None:
-    """Raises InvalidArgument, NotFound (app, or the name is not one of its domains)."""
+def remove_domain(store: Store, events: EventBus, app: str, hostname: str) -> None:
+    """Publishes DomainsChanged. Raises InvalidArgument, NotFound (app, or the name is
+    not one of its domains)."""
     name = normalize_hostname(hostname)
     with store.write() as tx:
         if tx.app(app) is None:
@@ -54,6 +55,7 @@ def remove_domain(store: Store, app: str, hostname: str) -> None:
             raise NotFound(f'domain {name!r} is not a domain of app "{app}"; see '
                            "`dynoctl domains`")
         tx.remove_domain(name)
+    events.publish(DomainsChanged(app, name))
 
 
 def list_domains(store: Store, app: str | None = None) -> list[Domain]:
@@ -64,12 +66,13 @@ def list_domains(store: Store, app: str | None = None) -> list[Domain]:
         return tx.domains(app)
 
 
-def set_maintenance(store: Store, app: str, on: bool) -> None:
-    """Raises NotFound."""
+def set_maintenance(store: Store, events: EventBus, app: str, on: bool) -> None:
+    """Publishes MaintenanceChanged. Raises NotFound."""
     with store.write() as tx:
         if tx.app(app) is None:
             raise NotFound(f'app "{app}" not found; see `dynoctl apps`')
         tx.set_maintenance(app, on)
+    events.publish(MaintenanceChanged(app, on))
 
 
 def maintenance(store: Store, app: str) -> bool:

@@ -9,16 +9,14 @@ declares ``web`` it starts at 1, every other type at 0.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from dynod.control import slugs
 from dynod.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from dynod.model import sizes
+from dynod.model.events import EventBus, FormationChanged
 from dynod.model.formation import MAX_DYNOS_PER_APP, Process, ScaleChange
 from dynod.store import reads
-
-if TYPE_CHECKING:
-    from dynod.store.sqlite import Store, Tx
+from dynod.store.protocol import Store, Tx
 
 
 def declare(tx: Tx, app: str, process_types: Mapping[str, str]) -> None:
@@ -71,8 +69,10 @@ def get_formation(store: Store, app: str) -> list[Process]:
         return _entries(tx, app, declared)
 
 
-def scale(store: Store, app: str, changes: Sequence[ScaleChange]) -> list[Process]:
-    """Apply ``changes`` atomically (all or none); returns the whole formation.
+def scale(store: Store, events: EventBus, app: str, changes: Sequence[ScaleChange],
+          user: str) -> list[Process]:
+    """Apply ``changes`` atomically (all or none); returns the whole formation and
+    publishes FormationChanged.
 
     Raises InvalidArgument (empty, duplicate type, negative count, unknown size),
     FailedPrecondition (undeclared type, a decrease below zero), ResourceExhausted
@@ -129,11 +129,15 @@ def scale(store: Store, app: str, changes: Sequence[ScaleChange]) -> list[Proces
         for c in changes:
             p = rows[c.type]
             tx.put_process(app, Process(p.type, p.quantity, p.size))
-        return _entries(tx, app, declared)
+        found = _entries(tx, app, declared)
+    events.publish(FormationChanged(app, user, tuple(found), scaled=True))
+    return found
 
 
-def resize(store: Store, app: str, new_sizes: Mapping[str, str]) -> list[Process]:
-    """Set the size of each named type (counts unchanged); returns the whole formation.
+def resize(store: Store, events: EventBus, app: str, new_sizes: Mapping[str, str],
+           user: str) -> list[Process]:
+    """Set the size of each named type (counts unchanged); returns the whole formation
+    and publishes FormationChanged.
 
     Raises InvalidArgument (empty, unknown size), FailedPrecondition (undeclared type),
     NotFound.
@@ -147,4 +151,6 @@ def resize(store: Store, app: str, new_sizes: Mapping[str, str]) -> list[Process
         for name, size in parsed.items():
             _check_declared(app, version, declared, name)
             tx.put_process(app, Process(name, rows[name].quantity, size))
-        return _entries(tx, app, declared)
+        found = _entries(tx, app, declared)
+    events.publish(FormationChanged(app, user, tuple(found), scaled=False))
+    return found

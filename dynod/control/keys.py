@@ -9,39 +9,23 @@ is by that key's owner.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dynod.errors import AlreadyExists, InvalidArgument, NotFound
-from dynod.model.keys import (
-    Key,
-    parse_public_key,
-)
-
-if TYPE_CHECKING:
-    from dynod.store.sqlite import Store
-
-
-def _to_doc(key: Key) -> str:
-    doc = asdict(key)
-    doc["created_at"] = key.created_at.isoformat()
-    return json.dumps(doc, sort_keys=True)
-
-
-def _from_doc(text: str) -> Key:
-    doc = json.loads(text)
-    doc["created_at"] = datetime.fromisoformat(doc["created_at"])
-    return Key(**doc)
+from dynod.model.events import EventBus, KeysChanged
+from dynod.model.keys import Key, parse_public_key, render_authorized_keys
+from dynod.store.protocol import Store
 
 
 def list_keys(store: Store) -> list[Key]:
+    """By id."""
     with store.read() as tx:
-        return [_from_doc(d) for d in tx.key_docs()]
+        return tx.ssh_keys()
 
 
 def get_key(store: Store, key_id: str) -> Key:
@@ -52,32 +36,33 @@ def get_key(store: Store, key_id: str) -> Key:
     raise NotFound(f"key {key_id!r} is not known; add it with `dynoctl keys:add`")
 
 
-def add_key(store: Store, text: str, owner: str) -> Key:
-    """Raises InvalidArgument, AlreadyExists."""
+def add_key(store: Store, events: EventBus, text: str, owner: str) -> Key:
+    """Publishes KeysChanged. Raises InvalidArgument, AlreadyExists."""
     kind, blob, comment, fingerprint = parse_public_key(text)
     key_id = "k" + hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
     key = Key(id=key_id, owner=owner, type=kind, blob=blob, comment=comment,
               fingerprint=fingerprint, created_at=datetime.now(UTC))
     with store.write() as tx:
-        for other in map(_from_doc, tx.key_docs()):
+        for other in tx.ssh_keys():
             if other.fingerprint == fingerprint:
                 raise AlreadyExists(f"key {fingerprint} is already added (by {other.owner})")
-        tx.put_key_doc(key.id, owner, fingerprint, _to_doc(key))
+        tx.add_key(key)
+    events.publish(KeysChanged(key.id))
     return key
 
 
-def remove_key(store: Store, which: str) -> Key:
-    """Remove the key whose id, fingerprint or comment is ``which``. Raises NotFound,
-    InvalidArgument when a comment matches several keys."""
+def remove_key(store: Store, events: EventBus, which: str) -> Key:
+    """Remove the key whose id, fingerprint or comment is ``which``; publishes
+    KeysChanged. Raises NotFound, InvalidArgument when a comment matches several keys."""
     with store.write() as tx:
-        found = [k for k in map(_from_doc, tx.key_docs())
-                 if which in (k.id, k.fingerprint, k.comment)]
+        found = [k for k in tx.ssh_keys() if which in (k.id, k.fingerprint, k.comment)]
         if not found:
             raise NotFound(f"no key matches {which!r}; list them with `dynoctl keys`")
         if len(found) > 1:
             raise InvalidArgument(f"{len(found)} keys match {which!r}; give the key's id")
-        tx.remove_key_doc(found[0].id)
-        return found[0]
+        tx.remove_key(found[0].id)
+    events.publish(KeysChanged(found[0].id))
+    return found[0]
 
 
 def write_authorized_keys(home: Path, content: str) -> Path:
@@ -93,3 +78,20 @@ def write_authorized_keys(home: Path, content: str) -> Path:
     target = ssh / "authorized_keys"
     Path(tmp).replace(target)
     return target
+
+
+@dataclass(frozen=True)
+class AuthorizedKeys:
+    """The git user's authorized_keys, following the stored keys: the composition root
+    syncs it at start (a restore, a reinstall) and after every KeysChanged.
+
+    ``shell`` is the forced command without the key id (``dynod.cli.gitpush``'s).
+    """
+
+    store: Store
+    home: Path
+    shell: Sequence[str]
+
+    def sync(self, _event: KeysChanged | None = None) -> None:
+        write_authorized_keys(self.home, render_authorized_keys(
+            list_keys(self.store), list(self.shell)))

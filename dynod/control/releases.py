@@ -9,19 +9,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from dynod.control import formation, slugs
 from dynod.errors import FailedPrecondition
+from dynod.model.events import EventBus, ReleaseCreated, RolledBack
 from dynod.model.releases import RELEASE_TYPE, Release, ReleaseStatus
 from dynod.store import reads
-
-if TYPE_CHECKING:
-    from dynod.store.sqlite import Store, Tx
+from dynod.store.protocol import Store, Tx
 
 
 def set_status(store: Store, app: str, version: int, status: ReleaseStatus) -> None:
-    """The release phase's verdict on release ``version``."""
+    """The release phase's verdict on release ``version`` (it tells the supervisor
+    itself, so no event)."""
     with store.write() as tx:
         reads.require_release(tx, app, version)
         tx.set_release_status(app, version, status)
@@ -40,7 +39,8 @@ def append_release(
     the formation. The version is the latest plus one, read in the same write
     transaction, so two writers can never make the same version. A slug with a
     ``release:`` process type makes a pending release: the release phase
-    (``release_phase``) runs that command and marks it succeeded or failed."""
+    (``release_phase``) runs that command and marks it succeeded or failed. The
+    caller publishes the event once the transaction has committed."""
     newest = tx.latest_release(app)
     slug = tx.slug(app, slug_id) if slug_id is not None else None
     pending = slug is not None and RELEASE_TYPE in slug.process_types
@@ -77,9 +77,11 @@ def get_release(store: Store, app: str, version: int | None = None) -> Release:
 
 
 def create_release(
-    store: Store, app: str, slug_id: str, user: str, description: str | None = None
+    store: Store, events: EventBus, app: str, slug_id: str, user: str, *,
+    description: str | None = None,
 ) -> Release:
-    """A new release of an uploaded slug with the current config.
+    """A new release of an uploaded slug with the current config; publishes
+    ReleaseCreated.
 
     Raises NotFound (app, slug), FailedPrecondition (slug not uploaded yet).
     """
@@ -93,13 +95,16 @@ def create_release(
             )
         # Heroku: "Deploy <8-hex commit>"; a slug without a commit gets its checksum's.
         ref = (slug.commit or slug.checksum.removeprefix("sha256:"))[:8]
-        return append_release(tx, app, description=description or f"Deploy {ref}", user=user,
-                              slug_id=slug.id, config=base.config)
+        release = append_release(tx, app, description=description or f"Deploy {ref}",
+                                 user=user, slug_id=slug.id, config=base.config)
+    events.publish(ReleaseCreated(app, release))
+    return release
 
 
-def rollback(store: Store, app: str, version: int | None, user: str) -> Release:
+def rollback(store: Store, events: EventBus, app: str, version: int | None,
+             user: str) -> Release:
     """A new release copying release ``version``'s slug and config (default: the one
-    before the current release), described ``Rollback to vN``.
+    before the current release), described ``Rollback to vN``; publishes RolledBack.
 
     Raises NotFound (app, version), FailedPrecondition (nothing before v1).
     """
@@ -112,5 +117,7 @@ def rollback(store: Store, app: str, version: int | None, user: str) -> Release:
                 )
             version = running.version - 1
         target = reads.require_release(tx, app, version)
-        return append_release(tx, app, description=f"Rollback to v{target.version}",
-                              user=user, slug_id=target.slug_id, config=target.config)
+        release = append_release(tx, app, description=f"Rollback to v{target.version}",
+                                 user=user, slug_id=target.slug_id, config=target.config)
+    events.publish(RolledBack(app, release))
+    return release

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.slugs import (
@@ -30,9 +29,7 @@ from dynod.model.slugs import (
     validate_process_types,
 )
 from dynod.store import reads
-
-if TYPE_CHECKING:
-    from dynod.store.sqlite import Store, Tx
+from dynod.store.protocol import Store, Tx
 
 
 def require(tx: Tx, app: str, slug_id: str) -> Slug:

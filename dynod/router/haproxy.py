@@ -36,7 +36,7 @@ from dynod.router.haproxy_config import (
 )
 from dynod.router.log_lines import LogReader
 from dynod.router.protocol import Backend
-from dynod.store.sqlite import Store
+from dynod.store.protocol import Store
 from dynod.system import processes
 from dynod.system.systemctl import systemctl as call_systemctl
 

@@ -25,7 +25,7 @@ from dynod.runtime import dynos
 from dynod.settings import Settings
 from dynod.slug import unpack
 from dynod.store import reads
-from dynod.store.sqlite import Store
+from dynod.store.protocol import Store
 
 log = logging.getLogger(__name__)
 

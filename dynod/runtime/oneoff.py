@@ -43,7 +43,7 @@ from dynod.runtime.dynos import DynoMeta, DynoRef, Host, read_meta, ref_of
 from dynod.runtime.supervisor import DynoInfo, State
 from dynod.settings import Settings
 from dynod.store import reads
-from dynod.store.sqlite import Store
+from dynod.store.protocol import Store
 from dynod.system import journal, mounts, units
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from dynod.model.releases import RELEASE_TYPE, ReleaseStatus
 from dynod.runtime.oneoff import OneOffs, Stdio
 from dynod.settings import Settings
 from dynod.store import reads
-from dynod.store.sqlite import Store
+from dynod.store.protocol import Store
 from dynod.system import journal
 
 log = logging.getLogger(__name__)

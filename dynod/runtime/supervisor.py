@@ -41,7 +41,7 @@ from dynod.runtime.dynos import DynoMeta, DynoRef, Host, parse_key, read_meta, r
 from dynod.settings import Settings
 from dynod.slug import unpack
 from dynod.store import reads
-from dynod.store.sqlite import Store
+from dynod.store.protocol import Store
 from dynod.system import journal, mounts, netns, unit_names, units
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from dynod.model.apps import App
 from dynod.model.releases import RELEASE_TYPE, Release
 
 if TYPE_CHECKING:
-    from dynod.store.sqlite import Tx
+    from dynod.store.protocol import Tx
 
 
 def require_app(tx: Tx, name: str) -> App:

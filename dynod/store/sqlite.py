@@ -1,14 +1,10 @@
-"""The durable desired state: the only truth that survives a restart or a reboot.
+"""The SQLite store: the embedded default backend of :mod:`dynod.store.protocol`.
 
-The domain modules (apps, config, releases, formation, slugs) see two small protocols:
-:class:`Store` hands out transactions, :class:`Tx` reads and writes whole records as
-frozen dataclasses. Nothing outside this module writes SQL, so a different backend (etcd,
-when dynod spans machines) implements these two protocols and nothing else changes.
-
-The SQLite backend: WAL (readers never block the writer), foreign keys on, FULL sync
-(a committed change survives a power cut), one ``BEGIN IMMEDIATE`` transaction per
-change, so a crash leaves the state before or after a change, never between. The schema
-evolves through the ordered :data:`MIGRATIONS`; ``schema_version`` records how many ran.
+WAL (readers never block the writer), foreign keys on, FULL sync (a committed change
+survives a power cut), one ``BEGIN IMMEDIATE`` transaction per change, so a crash leaves
+the state before or after a change, never between. The schema is
+:mod:`dynod.store.migrations`. Only the composition root (``dynod.__main__``) and tests
+import this module; everyone else types against the protocol.
 """
 
 from __future__ import annotations
@@ -17,206 +13,21 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
 
-from dynod.errors import FailedPrecondition, Unavailable
+from dynod.errors import Unavailable
 from dynod.model.apps import App
+from dynod.model.builds import Build, BuildSettings, BuildStatus
 from dynod.model.domains import Domain
 from dynod.model.formation import Process
+from dynod.model.keys import Key
 from dynod.model.releases import Release, ReleaseStatus
 from dynod.model.slugs import Slug
-
-
-class Tx(Protocol):
-    """One transaction. Records are keyed by app name; reads see this transaction's
-    own writes. Methods never check domain rules; the domain modules do."""
-
-    def app(self, name: str) -> App | None: ...
-    def apps(self) -> list[App]: ...
-    def add_app(self, app: App) -> None: ...
-    def remove_app(self, name: str) -> list[str]:
-        """Delete the app and all it owns; return checksums no slug uses any more."""
-        ...
-
-    def release(self, app: str, version: int) -> Release | None: ...
-    def latest_release(self, app: str) -> Release | None: ...
-    def latest_succeeded_release(self, app: str) -> Release | None: ...
-    def set_release_status(self, app: str, version: int, status: ReleaseStatus) -> None: ...
-    def releases(self, app: str, limit: int | None) -> list[Release]:
-        """Newest first."""
-        ...
-
-    def add_release(self, release: Release) -> None: ...
-
-    def processes(self, app: str) -> list[Process]: ...
-    def put_process(self, app: str, process: Process) -> None: ...
-
-    def slug(self, app: str, slug_id: str) -> Slug | None: ...
-    def put_slug(self, slug: Slug) -> None: ...
-    # dynos: the app's own uid/gid and its rollout generation
-    def app_uid(self, name: str) -> int | None: ...
-    def generation(self, name: str) -> int | None: ...
-    def set_generation(self, name: str, generation: int) -> None: ...
-    # router: custom domains and maintenance mode
-    def domain(self, hostname: str) -> Domain | None: ...
-    def domains(self, app: str | None) -> list[Domain]:
-        """By host name; every app's if ``app`` is None."""
-        ...
-
-    def add_domain(self, domain: Domain) -> None: ...
-    def remove_domain(self, hostname: str) -> None: ...
-    def maintenance(self, name: str) -> bool | None: ...
-    def set_maintenance(self, name: str, on: bool) -> None: ...
-    # builds and keys (JSON documents owned by dynod.build.pipeline and dynod.control.keys)
-    def app_build_settings(self, name: str) -> tuple[str, list[str]] | None: ...
-    def set_app_build_settings(self, name: str, stack: str, buildpacks: list[str]) -> None: ...
-    def build_doc(self, app: str, build_id: str) -> str | None: ...
-    def build_docs(self, app: str, limit: int | None) -> list[str]: ...
-    def put_build_doc(self, app: str, build_id: str, created_at: str, doc: str) -> None: ...
-    def key_docs(self) -> list[str]: ...
-    def put_key_doc(self, key_id: str, owner: str, fingerprint: str, doc: str) -> None: ...
-    def remove_key_doc(self, key_id: str) -> bool: ...
-
-
-class Store(Protocol):
-    def read(self) -> AbstractContextManager[Tx]:
-        """A consistent snapshot for reading."""
-        ...
-
-    def write(self) -> AbstractContextManager[Tx]:
-        """Exclusive: committed if the block returns, rolled back if it raises."""
-        ...
-
-    def close(self) -> None: ...
-
-
-Migration = Callable[[sqlite3.Connection], None]
-
-
-def _v1(db: sqlite3.Connection) -> None:
-    for statement in (
-        """CREATE TABLE apps (
-            id         INTEGER PRIMARY KEY,
-            name       TEXT NOT NULL UNIQUE,
-            owner      TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        )""",
-        """CREATE TABLE slugs (
-            id            TEXT PRIMARY KEY,
-            app_id        INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
-            checksum      TEXT NOT NULL,
-            size          INTEGER NOT NULL,
-            process_types TEXT NOT NULL,
-            commit_id     TEXT NOT NULL,
-            created_at    TEXT NOT NULL,
-            uploaded      INTEGER NOT NULL DEFAULT 0
-        )""",
-        "CREATE INDEX slugs_app ON slugs(app_id)",
-        "CREATE INDEX slugs_checksum ON slugs(checksum)",
-        """CREATE TABLE releases (
-            app_id      INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
-            version     INTEGER NOT NULL CHECK (version >= 1),
-            description TEXT NOT NULL,
-            user        TEXT NOT NULL,
-            created_at  TEXT NOT NULL,
-            slug_id     TEXT REFERENCES slugs(id) DEFERRABLE INITIALLY DEFERRED,
-            config      TEXT NOT NULL,
-            status      TEXT NOT NULL,
-            PRIMARY KEY (app_id, version)
-        ) WITHOUT ROWID""",
-        """CREATE TABLE formation (
-            app_id   INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
-            type     TEXT NOT NULL,
-            quantity INTEGER NOT NULL CHECK (quantity >= 0),
-            size     TEXT NOT NULL,
-            PRIMARY KEY (app_id, type)
-        ) WITHOUT ROWID""",
-    ):
-        db.execute(statement)
-
-
-# Apps get their own unprivileged uid (= gid), never reused after a delete, so a new app
-# can never own an old app's files; and a rollout generation (unit names carry it, so
-# old and new dynos of one app can run side by side during a rollout).
-FIRST_APP_UID = 70000
-
-
-def _v2(db: sqlite3.Connection) -> None:
-    db.execute("ALTER TABLE apps ADD COLUMN uid INTEGER")
-    db.execute("ALTER TABLE apps ADD COLUMN generation INTEGER NOT NULL DEFAULT 1")
-    db.execute("UPDATE apps SET uid = ? + id - 1", (FIRST_APP_UID,))
-    db.execute("CREATE UNIQUE INDEX apps_uid ON apps(uid)")
-    db.execute("CREATE TABLE app_uids (next INTEGER NOT NULL)")
-    db.execute("INSERT INTO app_uids (next) SELECT COALESCE(MAX(uid) + 1, ?) FROM apps",
-               (FIRST_APP_UID,))
-
-
-def _v3(db: sqlite3.Connection) -> None:
-    # Builds (issue 4): an app's stack and buildpack list, its builds, and the ssh keys
-    # that may push (git user dynod).
-    db.execute("ALTER TABLE apps ADD COLUMN stack TEXT NOT NULL DEFAULT 'debian-13'")
-    db.execute("ALTER TABLE apps ADD COLUMN buildpacks TEXT NOT NULL DEFAULT '[]'")
-    db.execute("""CREATE TABLE builds (
-        id         TEXT PRIMARY KEY,
-        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
-        doc        TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    )""")
-    db.execute("CREATE INDEX builds_app ON builds(app_id, created_at)")
-    db.execute("""CREATE TABLE ssh_keys (
-        id          TEXT PRIMARY KEY,
-        owner       TEXT NOT NULL,
-        fingerprint TEXT NOT NULL UNIQUE,
-        doc         TEXT NOT NULL
-    )""")
-
-
-def _v4(db: sqlite3.Connection) -> None:
-    # Router (issue 6): maintenance mode and custom domains.
-    db.execute("ALTER TABLE apps ADD COLUMN maintenance INTEGER NOT NULL DEFAULT 0")
-    db.execute("""CREATE TABLE domains (
-        hostname   TEXT PRIMARY KEY,
-        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
-        created_at TEXT NOT NULL
-    )""")
-
-
-# Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4]
-
-
-def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:
-    """Run the migrations not yet applied, each in its own transaction; return the
-    schema version. Raises FailedPrecondition for a database newer than this code."""
-    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    while True:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                db.execute("INSERT INTO schema_version (version) VALUES (0)")
-                version = 0
-            else:
-                version = int(row[0])
-            if version > len(migrations):
-                raise FailedPrecondition(
-                    f"state database has schema version {version}, newer than this dynod "
-                    f"knows ({len(migrations)}); upgrade dynod"
-                )
-            if version == len(migrations):
-                db.execute("COMMIT")
-                return version
-            migrations[version](db)
-            db.execute("UPDATE schema_version SET version = ?", (version + 1,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+from dynod.store.migrations import migrate
+from dynod.store.protocol import Tx
 
 
 def _time(text: str) -> datetime:
@@ -224,7 +35,8 @@ def _time(text: str) -> datetime:
 
 
 class SqliteTx:
-    """:class:`Tx` over one SQLite connection inside an open transaction."""
+    """:class:`~dynod.store.protocol.Tx` over one SQLite connection inside an open
+    transaction; its methods are grouped by the protocol's aggregates."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -348,8 +160,7 @@ class SqliteTx:
              slug.commit, slug.created_at.isoformat(), int(slug.uploaded), slug.app),
         )
 
-
-    # dynos
+    # apps: uid; settings: rollout generation
     def app_uid(self, name: str) -> int | None:
         row = self.db.execute("SELECT uid FROM apps WHERE name = ?", (name,)).fetchone()
         return None if row is None else int(row[0])
@@ -361,7 +172,7 @@ class SqliteTx:
     def set_generation(self, name: str, generation: int) -> None:
         self.db.execute("UPDATE apps SET generation = ? WHERE name = ?", (generation, name))
 
-    # router
+    # domains; settings: maintenance mode
     _DOMAIN = ("SELECT d.hostname, a.name, d.created_at FROM domains d "
                "JOIN apps a ON a.id = d.app_id")
 
@@ -393,45 +204,70 @@ class SqliteTx:
     def set_maintenance(self, name: str, on: bool) -> None:
         self.db.execute("UPDATE apps SET maintenance = ? WHERE name = ?", (int(on), name))
 
-    # builds (issue 4): records are JSON documents the builds and keys modules own.
-    def app_build_settings(self, name: str) -> tuple[str, list[str]] | None:
-        """The app's (stack, buildpack list)."""
+    # builds and the app's build settings
+    def app_build_settings(self, name: str) -> BuildSettings | None:
         row = self.db.execute("SELECT stack, buildpacks FROM apps WHERE name = ?",
                               (name,)).fetchone()
-        return None if row is None else (str(row[0]), list(json.loads(row[1])))
+        return None if row is None else BuildSettings(str(row[0]), tuple(json.loads(row[1])))
 
-    def set_app_build_settings(self, name: str, stack: str, buildpacks: list[str]) -> None:
+    def set_app_build_settings(self, name: str, settings: BuildSettings) -> None:
         self.db.execute("UPDATE apps SET stack = ?, buildpacks = ? WHERE name = ?",
-                        (stack, json.dumps(buildpacks), name))
+                        (settings.stack, json.dumps(list(settings.buildpacks)), name))
 
-    def build_doc(self, app: str, build_id: str) -> str | None:
-        row = self.db.execute(
-            "SELECT b.doc FROM builds b JOIN apps a ON a.id = b.app_id"
-            " WHERE a.name = ? AND b.id = ?", (app, build_id)).fetchone()
-        return None if row is None else str(row[0])
+    _BUILD = ("SELECT b.id, b.status, b.user, b.created_at, b.finished_at, b.stack,"
+              " b.commit_id, b.buildpacks, b.slug_id, b.release, b.error, b.source_bytes"
+              " FROM builds b JOIN apps a ON a.id = b.app_id WHERE a.name = ?")
 
-    def build_docs(self, app: str, limit: int | None) -> list[str]:
-        """Newest first."""
+    @staticmethod
+    def _build(app: str, row: tuple[object, ...]) -> Build:
+        return Build(
+            id=str(row[0]), app=app, status=BuildStatus(str(row[1])), user=str(row[2]),
+            created_at=_time(str(row[3])),
+            finished_at=None if row[4] is None else _time(str(row[4])),
+            stack=str(row[5]), commit=str(row[6]), buildpacks=tuple(json.loads(str(row[7]))),
+            slug_id=str(row[8]), release=int(str(row[9])), error=str(row[10]),
+            source_bytes=int(str(row[11])),
+        )
+
+    def build(self, app: str, build_id: str) -> Build | None:
+        row = self.db.execute(self._BUILD + " AND b.id = ?", (app, build_id)).fetchone()
+        return None if row is None else self._build(app, row)
+
+    def builds(self, app: str, limit: int | None) -> list[Build]:
         rows = self.db.execute(
-            "SELECT b.doc FROM builds b JOIN apps a ON a.id = b.app_id WHERE a.name = ?"
-            " ORDER BY b.created_at DESC, b.rowid DESC LIMIT ?",
+            self._BUILD + " ORDER BY b.created_at DESC, b.rowid DESC LIMIT ?",
             (app, -1 if limit is None else limit))
-        return [str(r[0]) for r in rows]
+        return [self._build(app, r) for r in rows]
 
-    def put_build_doc(self, app: str, build_id: str, created_at: str, doc: str) -> None:
+    def put_build(self, build: Build) -> None:
         self.db.execute(
-            "INSERT INTO builds (id, app_id, doc, created_at) SELECT ?, id, ?, ? FROM apps"
-            " WHERE name = ? ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-            (build_id, doc, created_at, app))
+            "INSERT INTO builds (id, app_id, status, user, created_at, finished_at, stack,"
+            " commit_id, buildpacks, slug_id, release, error, source_bytes)"
+            " SELECT ?, id, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM apps WHERE name = ?"
+            " ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
+            " finished_at = excluded.finished_at, buildpacks = excluded.buildpacks,"
+            " slug_id = excluded.slug_id, release = excluded.release,"
+            " error = excluded.error, source_bytes = excluded.source_bytes",
+            (build.id, str(build.status), build.user, build.created_at.isoformat(),
+             None if build.finished_at is None else build.finished_at.isoformat(),
+             build.stack, build.commit, json.dumps(list(build.buildpacks)), build.slug_id,
+             build.release, build.error, build.source_bytes, build.app))
 
-    def key_docs(self) -> list[str]:
-        return [str(r[0]) for r in self.db.execute("SELECT doc FROM ssh_keys ORDER BY id")]
+    # keys
+    def ssh_keys(self) -> list[Key]:
+        rows = self.db.execute("SELECT id, owner, type, blob, comment, fingerprint, created_at"
+                               " FROM ssh_keys ORDER BY id")
+        return [Key(id=r[0], owner=r[1], type=r[2], blob=r[3], comment=r[4],
+                    fingerprint=r[5], created_at=_time(r[6])) for r in rows]
 
-    def put_key_doc(self, key_id: str, owner: str, fingerprint: str, doc: str) -> None:
-        self.db.execute("INSERT INTO ssh_keys (id, owner, fingerprint, doc) VALUES (?, ?, ?, ?)",
-                        (key_id, owner, fingerprint, doc))
+    def add_key(self, key: Key) -> None:
+        self.db.execute(
+            "INSERT INTO ssh_keys (id, owner, type, blob, comment, fingerprint, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.id, key.owner, key.type, key.blob, key.comment, key.fingerprint,
+             key.created_at.isoformat()))
 
-    def remove_key_doc(self, key_id: str) -> bool:
+    def remove_key(self, key_id: str) -> bool:
         return self.db.execute("DELETE FROM ssh_keys WHERE id = ?", (key_id,)).rowcount > 0
 
 

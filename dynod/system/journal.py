@@ -14,10 +14,6 @@ import logging
 import socket
 import struct
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from dynod.model.releases import Release
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +63,3 @@ def api_event(app: str, message: str) -> None:
     """``app[api]: Release v5 created by user jane`` (Heroku prints API events as app)."""
     app_event(app, "api", message, source="app")
 
-
-def release_events(release: Release) -> None:
-    """Heroku's pair for a new release: ``Set FOO config vars by user jane`` (the
-    release's description) and ``Release v5 created by user jane``."""
-    api_event(release.app, f"{release.description} by user {release.user}")
-    api_event(release.app, f"Release v{release.version} created by user {release.user}")

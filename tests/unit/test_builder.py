@@ -12,13 +12,15 @@ from typing import Any, cast
 
 import pytest
 
-from dynod.build.pipeline import Build, Builder
+from dynod.build.pipeline import Builder
 from dynod.build.watchers import ReleasePhaseWatcher, RolloutWatcher
 from dynod.errors import FailedPrecondition
 from dynod.model.apps import App
+from dynod.model.builds import Build, BuildSettings
+from dynod.model.events import EventBus
 from dynod.model.releases import Release, ReleaseStatus
 from dynod.settings import Settings
-from dynod.store.sqlite import Store
+from dynod.store.protocol import Store
 
 
 class _Tx:
@@ -28,8 +30,8 @@ class _Tx:
     def app(self, name: str) -> App | None:
         return cast(App, object()) if name in ("shop", "blog") else None
 
-    def app_build_settings(self, app: str) -> tuple[str, list[str]]:
-        return ("debian-13", [])
+    def app_build_settings(self, app: str) -> BuildSettings:
+        return BuildSettings("debian-13", ())
 
     def app_uid(self, app: str) -> int:
         return 70000
@@ -57,7 +59,7 @@ def _release(app: str, version: int, status: ReleaseStatus) -> Release:
 
 def _builder(store: _Store, **watchers: Any) -> Builder:
     settings = Settings(state_dir=Path("/nonexistent/state"))
-    return Builder(cast(Store, store), settings, **watchers)
+    return Builder(cast(Store, store), settings, EventBus(), **watchers)
 
 
 class _Rollout:

@@ -53,10 +53,6 @@ ALLOWED: frozenset[tuple[str, str, str]] = frozenset({
     ("dynod.runtime.release_phase", "dynod.control.releases", "layer"),
     ("dynod.runtime.supervisor", "dynod.control.releases", "layer"),
     ("dynod.runtime.dynos", "dynod.build.stacks", "layer"),
-    # system/ still imports model types (the control part: release events).
-    ("dynod.system.journal", "dynod.model.releases", "layer"),
-    # create_app imports releases late (the control plane's part).
-    ("dynod.control.apps", "dynod.control.releases", "function-local"),
     # Being split in their own parts.
     ("dynod.runtime.supervisor", "", "size"),
 })

@@ -16,6 +16,7 @@ from dynod.cli import run as cli_run
 from dynod.cli.client import CliError
 from dynod.control import apps, config_vars, formation, releases, slugs
 from dynod.errors import InvalidArgument
+from dynod.model.events import EventBus
 from dynod.model.formation import ScaleChange
 from dynod.model.releases import ReleaseStatus
 from dynod.runtime import oneoff
@@ -98,19 +99,19 @@ def _slug(store: SqliteStore, tmp_path: Path, app: str, types: dict[str, str]) -
 def test_a_release_command_makes_pending_releases_and_current_is_the_last_success(
         tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path / "state.db")
-    apps.create_app(store, "shop", "alice")
+    apps.create_app(store, EventBus(), "shop", "alice")
     plain = _slug(store, tmp_path, "shop", {"web": "serve"})
-    v2 = releases.create_release(store, "shop", plain, "alice")
+    v2 = releases.create_release(store, EventBus(), "shop", plain, "alice")
     assert v2.status is ReleaseStatus.SUCCEEDED
     with_release = _slug(store, tmp_path, "shop", {"web": "serve", "release": "migrate"})
-    v3 = releases.create_release(store, "shop", with_release, "alice")
+    v3 = releases.create_release(store, EventBus(), "shop", with_release, "alice")
     assert v3.status is ReleaseStatus.PENDING
     assert releases.get_release(store, "shop").version == 2  # pending never runs
     with store.read() as tx:
         assert reads.release_command(tx, v3) == "migrate"
         assert reads.release_command(tx, v2) is None
     # A config change is based on the newest release, and runs the command again.
-    v4 = config_vars.set_config(store, "shop", {"A": "1"}, "alice")
+    v4 = config_vars.set_config(store, EventBus(), "shop", {"A": "1"}, "alice")
     assert v4.status is ReleaseStatus.PENDING and v4.slug_id == with_release
     releases.set_status(store, "shop", 3, ReleaseStatus.FAILED)
     releases.set_status(store, "shop", 4, ReleaseStatus.SUCCEEDED)
@@ -119,20 +120,20 @@ def test_a_release_command_makes_pending_releases_and_current_is_the_last_succes
     assert [r.status for r in releases.list_releases(store, "shop", 3)] == [
         ReleaseStatus.SUCCEEDED, ReleaseStatus.FAILED, ReleaseStatus.SUCCEEDED]
     # A rollback to a release with a release command is pending too.
-    v5 = releases.rollback(store, "shop", 3, "alice")
+    v5 = releases.rollback(store, EventBus(), "shop", 3, "alice")
     assert v5.status is ReleaseStatus.PENDING
     store.close()
 
 
 def test_release_cannot_be_scaled(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path / "state.db")
-    apps.create_app(store, "shop", "alice")
-    releases.create_release(store, "shop", _slug(store, tmp_path, "shop",
+    apps.create_app(store, EventBus(), "shop", "alice")
+    releases.create_release(store, EventBus(), "shop", _slug(store, tmp_path, "shop",
                                                  {"web": "serve", "release": "migrate"}),
                             "alice")
     rows = {p.type: p.quantity for p in formation.get_formation(store, "shop")}
     assert rows == {"release": 0, "web": 1}
     with pytest.raises(InvalidArgument, match="cannot be scaled"):
-        formation.scale(store, "shop", [ScaleChange("release", quantity=1)])
-    formation.resize(store, "shop", {"release": "standard-2x"})
+        formation.scale(store, EventBus(), "shop", [ScaleChange("release", quantity=1)], "alice")
+    formation.resize(store, EventBus(), "shop", {"release": "standard-2x"}, "alice")
     store.close()

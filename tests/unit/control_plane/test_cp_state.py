@@ -14,20 +14,21 @@ from dynod.errors import FailedPrecondition, InvalidArgument
 from dynod.model import sizes
 from dynod.model.apps import random_name, validate_name
 from dynod.model.config_vars import size_of, validate_key
-from dynod.store import sqlite
+from dynod.model.events import EventBus
+from dynod.store import migrations
 from dynod.store.sqlite import SqliteStore
 
 
 def test_fresh_database_is_migrated_with_wal_and_foreign_keys(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path / "a" / "state.db")
-    assert store.schema_version == len(sqlite.MIGRATIONS)
+    assert store.schema_version == len(migrations.MIGRATIONS)
     with store.read() as tx:
         db = tx.db  # type: ignore[attr-defined]
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     store.close()
     again = SqliteStore.open(tmp_path / "a" / "state.db")  # idempotent
-    assert again.schema_version == len(sqlite.MIGRATIONS)
+    assert again.schema_version == len(migrations.MIGRATIONS)
     again.close()
 
 
@@ -49,15 +50,16 @@ def test_failed_migration_leaves_previous_version(tmp_path: Path) -> None:
 
     db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
     with pytest.raises(RuntimeError):
-        sqlite.migrate(db, [*sqlite.MIGRATIONS, broken])
-    assert db.execute("SELECT version FROM schema_version").fetchone()[0] == len(sqlite.MIGRATIONS)
+        migrations.migrate(db, [*migrations.MIGRATIONS, broken])
+    assert db.execute("SELECT version FROM schema_version").fetchone()[0] == len(
+        migrations.MIGRATIONS)
     assert db.execute("SELECT name FROM sqlite_master WHERE name='half'").fetchone() is None
 
 
 def test_state_survives_reopen(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path / "state.db")
-    apps.create_app(store, "shop", "alice")
-    config_vars.set_config(store, "shop", {"A": "1"}, "bob")
+    apps.create_app(store, EventBus(), "shop", "alice")
+    config_vars.set_config(store, EventBus(), "shop", {"A": "1"}, "bob")
     store.close()
     store = SqliteStore.open(tmp_path / "state.db")
     got = releases.list_releases(store, "shop")
@@ -68,7 +70,7 @@ def test_state_survives_reopen(tmp_path: Path) -> None:
 
 def test_a_failing_change_writes_nothing(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path / "state.db")
-    apps.create_app(store, "shop", "alice")
+    apps.create_app(store, EventBus(), "shop", "alice")
     with pytest.raises(RuntimeError), store.write() as tx:
         releases.append_release(tx, "shop", description="x", user="u", slug_id=None, config={})
         raise RuntimeError("crash in the middle")
@@ -113,7 +115,7 @@ def test_sizes_table() -> None:
 
 def test_declare_starts_web_at_one(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path / "state.db")
-    apps.create_app(store, "shop", "alice")
+    apps.create_app(store, EventBus(), "shop", "alice")
     with store.write() as tx:
         formation.declare(tx, "shop", {"web": "a", "worker": "b"})
         assert [(p.type, p.quantity) for p in tx.processes("shop")] == [("web", 1),

@@ -1,0 +1,71 @@
+"""Builds: one record per push or ``dynoctl deploy``, and an app's build settings.
+
+Heroku: ``buildpacks:set heroku/python`` (a built-in name, with or without ``heroku/``),
+a git URL or a local path; an empty list means detection over the built-in ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from dynod.errors import InvalidArgument
+
+# The built-in buildpacks (dynod/build/buildpacks.py runs them), in detection order when
+# the app sets none: languages first, the Procfile-only one last, as it matches nearly
+# everything.
+BUILTIN_BUILDPACKS = ("python", "nodejs", "procfile")
+
+
+class BuildStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Build:
+    """One build of ``app``. ``release`` is the version it made (succeeded builds)."""
+
+    id: str
+    app: str
+    status: BuildStatus
+    user: str
+    created_at: datetime
+    stack: str
+    commit: str = ""
+    buildpacks: tuple[str, ...] = ()
+    slug_id: str = ""
+    release: int = 0
+    error: str = ""
+    finished_at: datetime | None = None
+    source_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What an app builds with: its stack and buildpack list (empty: detection)."""
+
+    stack: str
+    buildpacks: tuple[str, ...]
+
+
+def validate_buildpack(url: str) -> str:
+    """A buildpack is a built-in name (python, nodejs, procfile, also as heroku/python),
+    a git URL or an absolute local path; returns it normalized. Raises InvalidArgument."""
+    url = url.strip()
+    name = url.removeprefix("heroku/")
+    if name in BUILTIN_BUILDPACKS:
+        return name
+    if url.startswith(("https://", "http://", "git://", "ssh://", "git@", "file:///")) or \
+            url.endswith(".git"):
+        if any(c.isspace() for c in url) or url.startswith("-"):
+            raise InvalidArgument(f"buildpack URL {url!r} is invalid")
+        return url
+    if url.startswith("/") and "\0" not in url and "\n" not in url:
+        return url
+    raise InvalidArgument(
+        f"buildpack {url!r} is not a built-in one ({', '.join(BUILTIN_BUILDPACKS)}), "
+        "a git URL or an absolute path; give one of those"
+    )

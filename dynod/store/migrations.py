@@ -1,0 +1,192 @@
+"""The SQLite store's schema, as the ordered list of migrations that make it.
+
+``schema_version`` records how many ran; each runs in its own transaction, so a crash
+leaves the schema at one version or the next. Append only: never edit a migration that
+has shipped, add the next one (an installed dynod upgrades its database in place).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+
+from dynod.errors import FailedPrecondition
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    for statement in (
+        """CREATE TABLE apps (
+            id         INTEGER PRIMARY KEY,
+            name       TEXT NOT NULL UNIQUE,
+            owner      TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE slugs (
+            id            TEXT PRIMARY KEY,
+            app_id        INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+            checksum      TEXT NOT NULL,
+            size          INTEGER NOT NULL,
+            process_types TEXT NOT NULL,
+            commit_id     TEXT NOT NULL,
+            created_at    TEXT NOT NULL,
+            uploaded      INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX slugs_app ON slugs(app_id)",
+        "CREATE INDEX slugs_checksum ON slugs(checksum)",
+        """CREATE TABLE releases (
+            app_id      INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+            version     INTEGER NOT NULL CHECK (version >= 1),
+            description TEXT NOT NULL,
+            user        TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            slug_id     TEXT REFERENCES slugs(id) DEFERRABLE INITIALLY DEFERRED,
+            config      TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            PRIMARY KEY (app_id, version)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE formation (
+            app_id   INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+            type     TEXT NOT NULL,
+            quantity INTEGER NOT NULL CHECK (quantity >= 0),
+            size     TEXT NOT NULL,
+            PRIMARY KEY (app_id, type)
+        ) WITHOUT ROWID""",
+    ):
+        db.execute(statement)
+
+
+# Apps get their own unprivileged uid (= gid), never reused after a delete, so a new app
+# can never own an old app's files; and a rollout generation (unit names carry it, so
+# old and new dynos of one app can run side by side during a rollout).
+FIRST_APP_UID = 70000
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE apps ADD COLUMN uid INTEGER")
+    db.execute("ALTER TABLE apps ADD COLUMN generation INTEGER NOT NULL DEFAULT 1")
+    db.execute("UPDATE apps SET uid = ? + id - 1", (FIRST_APP_UID,))
+    db.execute("CREATE UNIQUE INDEX apps_uid ON apps(uid)")
+    db.execute("CREATE TABLE app_uids (next INTEGER NOT NULL)")
+    db.execute("INSERT INTO app_uids (next) SELECT COALESCE(MAX(uid) + 1, ?) FROM apps",
+               (FIRST_APP_UID,))
+
+
+def _v3(db: sqlite3.Connection) -> None:
+    # Builds (issue 4): an app's stack and buildpack list, its builds, and the ssh keys
+    # that may push (git user dynod).
+    db.execute("ALTER TABLE apps ADD COLUMN stack TEXT NOT NULL DEFAULT 'debian-13'")
+    db.execute("ALTER TABLE apps ADD COLUMN buildpacks TEXT NOT NULL DEFAULT '[]'")
+    db.execute("""CREATE TABLE builds (
+        id         TEXT PRIMARY KEY,
+        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        doc        TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""")
+    db.execute("CREATE INDEX builds_app ON builds(app_id, created_at)")
+    db.execute("""CREATE TABLE ssh_keys (
+        id          TEXT PRIMARY KEY,
+        owner       TEXT NOT NULL,
+        fingerprint TEXT NOT NULL UNIQUE,
+        doc         TEXT NOT NULL
+    )""")
+
+
+def _v4(db: sqlite3.Connection) -> None:
+    # Router (issue 6): maintenance mode and custom domains.
+    db.execute("ALTER TABLE apps ADD COLUMN maintenance INTEGER NOT NULL DEFAULT 0")
+    db.execute("""CREATE TABLE domains (
+        hostname   TEXT PRIMARY KEY,
+        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL
+    )""")
+
+
+def _v5(db: sqlite3.Connection) -> None:
+    # Builds and ssh keys as typed rows (issue 13): until v4 each was a JSON document
+    # owned by the module that wrote it. Existing rows are converted, so an upgraded
+    # install keeps its builds and keys; rowids are kept, they order builds made in the
+    # same instant.
+    db.execute("""CREATE TABLE builds_v5 (
+        id           TEXT PRIMARY KEY,
+        app_id       INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        status       TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+        user         TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        finished_at  TEXT,
+        stack        TEXT NOT NULL,
+        commit_id    TEXT NOT NULL DEFAULT '',
+        buildpacks   TEXT NOT NULL DEFAULT '[]',
+        slug_id      TEXT NOT NULL DEFAULT '',
+        release      INTEGER NOT NULL DEFAULT 0,
+        error        TEXT NOT NULL DEFAULT '',
+        source_bytes INTEGER NOT NULL DEFAULT 0
+    )""")
+    rows = db.execute("SELECT rowid, id, app_id, doc, created_at FROM builds ORDER BY rowid")
+    for rowid, build_id, app_id, text, created_at in rows.fetchall():
+        doc = json.loads(text)
+        db.execute(
+            "INSERT INTO builds_v5 (rowid, id, app_id, status, user, created_at, finished_at,"
+            " stack, commit_id, buildpacks, slug_id, release, error, source_bytes)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (rowid, build_id, app_id, doc["status"], doc["user"], created_at,
+             doc.get("finished_at"), doc["stack"], doc.get("commit", ""),
+             json.dumps(list(doc.get("buildpacks", ()))), doc.get("slug_id", ""),
+             int(doc.get("release", 0)), doc.get("error", ""),
+             int(doc.get("source_bytes", 0))))
+    db.execute("DROP TABLE builds")
+    db.execute("ALTER TABLE builds_v5 RENAME TO builds")
+    db.execute("CREATE INDEX builds_app ON builds(app_id, created_at)")
+    db.execute("""CREATE TABLE ssh_keys_v5 (
+        id          TEXT PRIMARY KEY,
+        owner       TEXT NOT NULL,
+        type        TEXT NOT NULL,
+        blob        TEXT NOT NULL,
+        comment     TEXT NOT NULL DEFAULT '',
+        fingerprint TEXT NOT NULL UNIQUE,
+        created_at  TEXT NOT NULL
+    )""")
+    for (text,) in db.execute("SELECT doc FROM ssh_keys ORDER BY id").fetchall():
+        doc = json.loads(text)
+        db.execute(
+            "INSERT INTO ssh_keys_v5 (id, owner, type, blob, comment, fingerprint, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (doc["id"], doc["owner"], doc["type"], doc["blob"], doc.get("comment", ""),
+             doc["fingerprint"], doc["created_at"]))
+    db.execute("DROP TABLE ssh_keys")
+    db.execute("ALTER TABLE ssh_keys_v5 RENAME TO ssh_keys")
+
+
+# Append only: never edit a migration that has shipped; add the next one.
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5]
+
+
+def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:
+    """Run the migrations not yet applied, each in its own transaction; return the
+    schema version. Raises FailedPrecondition for a database newer than this code."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                db.execute("INSERT INTO schema_version (version) VALUES (0)")
+                version = 0
+            else:
+                version = int(row[0])
+            if version > len(migrations):
+                raise FailedPrecondition(
+                    f"state database has schema version {version}, newer than this dynod "
+                    f"knows ({len(migrations)}); upgrade dynod"
+                )
+            if version == len(migrations):
+                db.execute("COMMIT")
+                return version
+            migrations[version](db)
+            db.execute("UPDATE schema_version SET version = ?", (version + 1,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise

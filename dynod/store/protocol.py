@@ -1,0 +1,144 @@
+"""The durable desired state as two protocols: :class:`Store` hands out transactions,
+:class:`Tx` reads and writes whole records as the frozen dataclasses of ``dynod.model``.
+
+:class:`Tx` is the union of one protocol per aggregate, so a reader finds what the
+store keeps about releases in :class:`ReleasesTx` and a backend implements them one by
+one. Nothing outside ``dynod.store`` writes SQL or imports a backend but the
+composition root: SQLite (``sqlite.py``) is the embedded default, an etcd backend (when
+dynod spans machines) implements these protocols and nothing else changes.
+
+Records are keyed by app name; reads see the transaction's own writes. Methods never
+check domain rules (``dynod.control`` does), and a write for an app that does not exist
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from dynod.model.apps import App
+from dynod.model.builds import Build, BuildSettings
+from dynod.model.domains import Domain
+from dynod.model.formation import Process
+from dynod.model.keys import Key
+from dynod.model.releases import Release, ReleaseStatus
+from dynod.model.slugs import Slug
+
+
+class AppsTx(Protocol):
+    """Apps, each with its own unprivileged uid (= gid), never reused after a delete."""
+
+    def app(self, name: str) -> App | None: ...
+    def apps(self) -> list[App]:
+        """By name."""
+        ...
+
+    def add_app(self, app: App) -> None:
+        """Add the app with the next uid and the default build settings."""
+        ...
+
+    def remove_app(self, name: str) -> list[str]:
+        """Delete the app and all it owns; return checksums no slug uses any more."""
+        ...
+
+    def app_uid(self, name: str) -> int | None: ...
+
+
+class AppSettingsTx(Protocol):
+    """What an app's owner or its dynos set on it beside its records."""
+
+    # The rollout generation: unit names carry it, so old and new dynos of one app run
+    # side by side during a rollout.
+    def generation(self, name: str) -> int | None: ...
+    def set_generation(self, name: str, generation: int) -> None: ...
+    # Maintenance mode: the router answers H80 (503).
+    def maintenance(self, name: str) -> bool | None: ...
+    def set_maintenance(self, name: str, on: bool) -> None: ...
+    # Stack and buildpacks of the app's builds.
+    def app_build_settings(self, name: str) -> BuildSettings | None: ...
+    def set_app_build_settings(self, name: str, settings: BuildSettings) -> None: ...
+
+
+class ReleasesTx(Protocol):
+    """The append-only ledger of (slug, config) pairs; only the status ever changes."""
+
+    def release(self, app: str, version: int) -> Release | None: ...
+    def latest_release(self, app: str) -> Release | None: ...
+    def latest_succeeded_release(self, app: str) -> Release | None: ...
+    def releases(self, app: str, limit: int | None) -> list[Release]:
+        """Newest first."""
+        ...
+
+    def add_release(self, release: Release) -> None: ...
+    def set_release_status(self, app: str, version: int, status: ReleaseStatus) -> None: ...
+
+
+class FormationTx(Protocol):
+    """How many dynos of each process type, at which size (``command`` is not stored)."""
+
+    def processes(self, app: str) -> list[Process]:
+        """By type."""
+        ...
+
+    def put_process(self, app: str, process: Process) -> None: ...
+
+
+class SlugsTx(Protocol):
+    def slug(self, app: str, slug_id: str) -> Slug | None: ...
+    def put_slug(self, slug: Slug) -> None:
+        """Add it, or mark it uploaded."""
+        ...
+
+
+class DomainsTx(Protocol):
+    """Custom host names; a host name belongs to at most one app."""
+
+    def domain(self, hostname: str) -> Domain | None: ...
+    def domains(self, app: str | None) -> list[Domain]:
+        """By host name; every app's if ``app`` is None."""
+        ...
+
+    def add_domain(self, domain: Domain) -> None: ...
+    def remove_domain(self, hostname: str) -> None: ...
+
+
+class BuildsTx(Protocol):
+    def build(self, app: str, build_id: str) -> Build | None: ...
+    def builds(self, app: str, limit: int | None) -> list[Build]:
+        """Newest first."""
+        ...
+
+    def put_build(self, build: Build) -> None:
+        """Add it, or replace it (a build's record changes once, when it finishes)."""
+        ...
+
+
+class KeysTx(Protocol):
+    """The ssh keys that may push (as dynod's git user); fingerprints are unique."""
+
+    def ssh_keys(self) -> list[Key]:
+        """By id."""
+        ...
+
+    def add_key(self, key: Key) -> None: ...
+    def remove_key(self, key_id: str) -> bool:
+        """False if there was no such key."""
+        ...
+
+
+class Tx(AppsTx, AppSettingsTx, ReleasesTx, FormationTx, SlugsTx, DomainsTx, BuildsTx,
+         KeysTx, Protocol):
+    """One transaction over every aggregate."""
+
+
+class Store(Protocol):
+    def read(self) -> AbstractContextManager[Tx]:
+        """A consistent snapshot for reading."""
+        ...
+
+    def write(self) -> AbstractContextManager[Tx]:
+        """Exclusive: committed if the block returns, rolled back if it raises."""
+        ...
+
+    def close(self) -> None: ...
