@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from dynod.router import admin_socket, haproxy_config
 from dynod.router.haproxy_config import RouterPaths, render_config
-from dynod.router.log_lines import router_line
+from dynod.router.log_lines import LogReader, router_line
 from dynod.router.protocol import Backend
+from dynod.system import journal
 
 LINE = ('dynod-router1 "shop" "" "GET" "/a?b=1" "shop.dynod.localhost" "rid-1" '
         '"1.2.3.4, 127.0.0.1" "web.2_10.213.0.3_5000" 1 0 0 12 200 717 ---- "http"')
@@ -91,3 +94,30 @@ def test_config_is_valid_haproxy(tmp_path: Path) -> None:
     check = subprocess.run([binary, "-c", "-f", str(tmp_path / "haproxy.cfg")],
                            capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_log_reader_writes_router_lines_to_the_apps_journal_stream(tmp_path: Path) -> None:
+    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journald.bind(str(tmp_path / "journal.sock"))
+    journald.settimeout(10)
+    reader = LogReader(tmp_path / "log.sock", journal_socket=str(tmp_path / "journal.sock"))
+    reader.open()
+    stop = threading.Event()
+    thread = threading.Thread(target=reader.run, args=(stop,))
+    thread.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as haproxy:
+            haproxy.sendto(b"Server app_shop/web.1 is UP\n", str(tmp_path / "log.sock"))
+            haproxy.sendto(LINE.encode() + b"\n", str(tmp_path / "log.sock"))
+        entry = journald.recv(65536)  # the first line is not a router line: not sent
+    finally:
+        stop.set()
+        reader.close()
+        thread.join(timeout=5)
+        journald.close()
+    line = router_line(LINE)
+    assert line is not None
+    assert entry == journal.encode({
+        "MESSAGE": line.message, "PRIORITY": "6", "SYSLOG_IDENTIFIER": "dynod",
+        "DYNOD_APP": "shop", "DYNOD_SOURCE": "dynod", "DYNOD_DYNO": "router"})
+    assert not thread.is_alive()
