@@ -6,13 +6,17 @@ import grpc
 
 from dynod import __version__
 from dynod.api.daemon import Daemon
+from dynod.errors import Unavailable
 from dynod.system import hostinfo
 from dynod.v1 import system_pb2, system_pb2_grpc
 
 
 class SystemServicer(system_pb2_grpc.SystemServicer):
     def __init__(self) -> None:
-        self._systemd = str(hostinfo.systemd_version())
+        try:
+            self._systemd = str(hostinfo.systemd_version())
+        except Unavailable:  # as before the split: the version is information only
+            self._systemd = "unknown"
         self._layout = hostinfo.cgroup_layout()
 
     def Version(
