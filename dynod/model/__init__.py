@@ -1,2 +1,3 @@
-"""Data types: frozen dataclasses, enums and pure validation. Imports nothing of dynod but errors.
-"""
+"""Data types: frozen dataclasses, enums and pure validation. Imports nothing of dynod but
+errors. events.py also holds the small synchronous EventBus the control plane publishes
+its committed changes on."""

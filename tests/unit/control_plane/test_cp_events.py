@@ -14,8 +14,9 @@ from types import MappingProxyType
 import grpc
 import pytest
 
-from dynod.control import apps, builds, config_vars, releases
+from dynod.control import apps, builds, config_vars, keys, releases
 from dynod.control.audit import Audit
+from dynod.control.keys import AuthorizedKeys
 from dynod.errors import Unavailable
 from dynod.model.builds import Build, BuildStatus
 from dynod.model.events import (
@@ -67,7 +68,7 @@ def test_each_change_publishes_one_event_after_its_commit(api: Api) -> None:
 
     api.daemon.events.subscribe(Event, record)
     domains = domains_pb2_grpc.DomainsStub(api.channel)
-    keys = keys_pb2_grpc.KeysStub(api.channel)
+    keys_api = keys_pb2_grpc.KeysStub(api.channel)
 
     api.create_app("shop")
     assert seen == [AppCreated("shop", "root")]
@@ -83,8 +84,8 @@ def test_each_change_publishes_one_event_after_its_commit(api: Api) -> None:
     domains.Add(domains_pb2.AddDomainRequest(app="shop", hostname="www.example.test"))
     domains.Remove(domains_pb2.RemoveDomainRequest(app="shop", hostname="www.example.test"))
     domains.SetMaintenance(domains_pb2.SetMaintenanceRequest(app="shop", on=True))
-    key = keys.Add(keys_pb2.AddKeyRequest(public_key=public_key())).key
-    keys.Remove(keys_pb2.RemoveKeyRequest(key=key.id))
+    key = keys_api.Add(keys_pb2.AddKeyRequest(public_key=public_key())).key
+    keys_api.Remove(keys_pb2.RemoveKeyRequest(key=key.id))
     api.apps.Delete(apps_pb2.DeleteAppRequest(name="shop"))
 
     assert [type(e) for e in seen] == [
@@ -247,3 +248,23 @@ def test_a_v4_database_keeps_its_builds_and_keys(tmp_path: Path) -> None:
     store.close()
     columns = {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(builds)")}
     assert "doc" not in columns and {"status", "stack", "buildpacks"} <= columns
+
+
+def test_authorized_keys_follow_the_keys(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "state.db")
+    bus = EventBus()
+    authorized = AuthorizedKeys(store, tmp_path / "home", ["/usr/bin/python3", "-m",
+                                                            "dynod.cli.gitpush", "shell"])
+    bus.subscribe(KeysChanged, authorized.sync)
+    authorized.sync()  # at start: no keys, a file that says so
+    path = tmp_path / "home" / ".ssh" / "authorized_keys"
+    assert [line for line in path.read_text().splitlines() if not line.startswith("#")] == []
+    key = keys.add_key(store, bus, public_key(), "alice")
+    entries = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    assert len(entries) == 1
+    assert entries[0].startswith(
+        f'command="/usr/bin/python3 -m dynod.cli.gitpush shell {key.id}",no-port-forwarding')
+    assert path.stat().st_mode & 0o777 == 0o644
+    keys.remove_key(store, bus, key.id)
+    assert [line for line in path.read_text().splitlines() if not line.startswith("#")] == []
+    store.close()
