@@ -237,7 +237,7 @@ def set_stack(store: Store, app: str, stack: str) -> BuildSettings:
 
 
 def _in_root(root: Path, path: PurePosixPath) -> Path:
-    """A path inside the build's root (``/tmp/build``) on the host."""
+    """Where ``path`` as the build sees it (``/tmp/build``) is on the host."""
     return root / str(path).lstrip("/")
 
 
