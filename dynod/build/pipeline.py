@@ -101,7 +101,7 @@ def purge_cache(store: Store, settings: Settings, app: str) -> int:
 
 
 def _in_root(root: Path, path: PurePosixPath) -> Path:
-    """A path inside the build's root (``/tmp/build``) on the host."""
+    """Where ``path`` as the build sees it (``/tmp/build``) is on the host."""
     return root / str(path).lstrip("/")
 
 

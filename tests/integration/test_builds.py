@@ -81,6 +81,9 @@ def test_flask_push_builds_releases_and_reuses_the_cache(stack_machine: Machine)
                  "remote: -----> Compressing...",
                  "remote:        Released v2",
                  "remote:        http://flask.dynod.localhost/ deployed to dynod",
+                 # The builder follows the supervisor's rollout (given by __main__).
+                 "remote: -----> Verifying deploy...",
+                 "remote:        done.",
                  "remote: Verifying deploy... done."):
         assert line in out, out
     assert re.search(r"remote:        Procfile declares types\s+-> web, worker", out), out

@@ -3,7 +3,9 @@
 Read from the source with ast (nothing is imported): no import cycle between dynod
 modules; the layer directions; no function-local import of a dynod module; each OS
 library imported by its one module in system/; the generated gRPC code (dynod.v1) only in
-api/ and cli/; no module over 600 lines. Imports under ``if TYPE_CHECKING:`` count: a
+api/ and cli/; no module over 600 lines; no process-wide instance (a ``global``
+statement, or module-level state: an empty container or a lock filled and taken at run
+time). Imports under ``if TYPE_CHECKING:`` count: a
 layer a module may not use at run time is one it should not need for its types either.
 
 A failing rule prints the offending import (file and line) and the rule. The tests after
@@ -43,6 +45,10 @@ FORBIDDEN = {
 # The layers only the composition root (and they themselves) may import.
 TOP = frozenset({"api", "cli"})
 ROOT_MODULE = "dynod.__main__"
+# Made with no arguments at module level, these are state, not constants.
+STATE_TYPES = frozenset({"set", "dict", "list", "defaultdict", "OrderedDict", "deque",
+                         "Lock", "RLock", "Event", "Condition", "Semaphore",
+                         "BoundedSemaphore"})
 
 # Violations other parts of issue 13 are removing in their own branches. Exact: one entry
 # per offending import (module, what it imports, rule), never a pattern. Once those
@@ -53,6 +59,11 @@ ALLOWED: frozenset[tuple[str, str, str]] = frozenset({
     ("dynod.runtime.release_phase", "dynod.control.releases", "layer"),
     ("dynod.runtime.supervisor", "dynod.control.releases", "layer"),
     ("dynod.runtime.dynos", "dynod.build.stacks", "layer"),
+    # The singletons the runtime's part removes, and the system part's D-Bus manager.
+    ("dynod.runtime.release_phase", "_installed", "process-wide"),
+    ("dynod.runtime.supervisor", "_installed", "process-wide"),
+    ("dynod.system.units", "_MANAGER", "process-wide"),
+    ("dynod.system.units", "_MANAGER_LOCK", "process-wide"),
     # Being split in their own parts.
     ("dynod.runtime.supervisor", "", "size"),
 })
@@ -225,6 +236,42 @@ def _cycles(modules: dict[str, Path], imports: list[Import]) -> list[list[Import
     return cycles
 
 
+def _is_state(value: ast.expr) -> bool:
+    if isinstance(value, ast.List | ast.Set):
+        return not value.elts
+    if isinstance(value, ast.Dict):
+        return not value.keys
+    if isinstance(value, ast.Call) and not value.args and not value.keywords:
+        func = value.func
+        name = func.id if isinstance(func, ast.Name) else (
+            func.attr if isinstance(func, ast.Attribute) else "")
+        return name in STATE_TYPES
+    return False
+
+
+def process_wide(modules: dict[str, Path], root: Path) -> list[Violation]:
+    """Names a module keeps for the whole process: rebound with ``global``, or module
+    state made empty at import to be filled (or a lock to be taken) at run time."""
+    out = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        found: list[tuple[str, int]] = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Global):
+                found += [(n, node.lineno) for n in node.names]
+        for node in tree.body:
+            if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None \
+                    and _is_state(node.value):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                found += [(t.id, node.lineno) for t in targets if isinstance(t, ast.Name)]
+        for var, line in found:
+            out.append(Violation(name, var, "process-wide", (
+                f"{path.relative_to(root)}:{line}: {name} keeps {var} for the whole "
+                "process: no module keeps a process-wide instance (the composition root "
+                "makes it and hands it to who needs it)")))
+    return out
+
+
 def check(root: Path) -> list[Violation]:
     """Every rule broken in root/dynod, one Violation per offending import."""
     modules = find_modules(root)
@@ -265,6 +312,7 @@ def check(root: Path) -> list[Violation]:
         lines = "; ".join(_where(modules, root, imp) for imp in cycle)
         out.append(Violation(cycle[0].module, cycle[0].target, "cycle",
                              f"import cycle {names} ({lines})"))
+    out += process_wide(modules, root)
     for name, path in modules.items():
         count = len(path.read_text().splitlines())
         if count > MAX_LINES:
@@ -407,6 +455,18 @@ def test_generated_code_only_in_api_and_cli(tmp_path: Path) -> None:
         "dynod/cli/apps.py": "from dynod.v1.apps_pb2 import App\n",
     })
     assert [(v.module, v.rule) for v in check(root)] == [("dynod.control.apps", "generated")]
+
+
+def test_a_process_wide_instance_is_reported(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "dynod/build/pipeline.py": (
+            "import threading\n\n"
+            "TYPES = {'web': 1}\nORDER = ('a', 'b')\n_running: set[str] = set()\n"
+            "_lock = threading.Lock()\n_installed = None\n\n\n"
+            "def install(x: object) -> None:\n    global _installed\n    _installed = x\n"),
+    })
+    assert sorted((v.target, v.text.split(":")[1]) for v in check(root)) == [
+        ("_installed", "11"), ("_lock", "6"), ("_running", "5")]
 
 
 def test_a_long_module_is_reported(tmp_path: Path) -> None:
