@@ -6,10 +6,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dynod.control import releases, slugs
+from dynod.control import releases
 from dynod.errors import AlreadyExists
 from dynod.model.apps import App, random_name, validate_name
 from dynod.model.events import AppCreated, AppDestroyed, EventBus
+from dynod.slug import blobs
 from dynod.store import reads
 from dynod.store.protocol import Store
 
@@ -68,5 +69,5 @@ def delete_app(store: Store, events: EventBus, slugs_dir: Path, name: str) -> No
         unused = tx.remove_app(name)
     # After the commit: a crash in between leaves an unused file (gc removes it), never
     # a slug without its tarball.
-    slugs.remove_blobs(slugs_dir, unused)
+    blobs.remove_blobs(slugs_dir, unused)
     events.publish(AppDestroyed(name))

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from dynod.control import apps, config_vars, formation, releases, slugs
+from dynod.control import apps, config_vars, formation, releases
 from dynod.errors import FailedPrecondition, InvalidArgument
 from dynod.model import sizes
 from dynod.model.apps import random_name, validate_name
 from dynod.model.config_vars import size_of, validate_key
 from dynod.model.events import EventBus
+from dynod.slug import blobs
 from dynod.store import migrations
 from dynod.store.sqlite import SqliteStore
 
@@ -126,10 +127,10 @@ def test_declare_starts_web_at_one(tmp_path: Path) -> None:
 def test_blob_write_is_verified_and_atomic(tmp_path: Path) -> None:
     data = b"\x1f\x8b" + b"rest"
     checksum = "sha256:" + hashlib.sha256(data).hexdigest()
-    path = slugs.write_blob(tmp_path, iter([data[:3], data[3:]]), checksum, len(data))
+    path = blobs.write_blob(tmp_path, iter([data[:3], data[3:]]), checksum, len(data))
     assert path.read_bytes() == data
     with pytest.raises(InvalidArgument, match="larger than the declared"):
-        slugs.write_blob(tmp_path, iter([data, b"x"]), checksum, len(data))
+        blobs.write_blob(tmp_path, iter([data, b"x"]), checksum, len(data))
     with pytest.raises(InvalidArgument, match="has 3 bytes, not the declared"):
-        slugs.write_blob(tmp_path, iter([data[:3]]), checksum, len(data))
+        blobs.write_blob(tmp_path, iter([data[:3]]), checksum, len(data))
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
