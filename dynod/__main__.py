@@ -22,8 +22,8 @@ import sdnotify
 from dynod import __version__
 from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
+from dynod.build import gitrepos
 from dynod.build.pipeline import Builder
-from dynod.cli import gitpush
 from dynod.control.audit import Audit
 from dynod.control.keys import AuthorizedKeys
 from dynod.errors import DynodError
@@ -102,9 +102,9 @@ def serve(config: Path) -> int:
     # is kept (and reported done) even while it is down.
     events.subscribe(ROUTES_CHANGED, lambda _e: router.refresh())
     # At start too: the git user's files follow the state (a restore, a reinstall).
-    authorized_keys = AuthorizedKeys(store, gitpush.git_user_home(settings.state_dir),
-                                     gitpush.shell_command())
-    gitpush.ensure_layout(settings.state_dir)
+    authorized_keys = AuthorizedKeys(store, gitrepos.git_user_home(settings.state_dir),
+                                     gitrepos.shell_command())
+    gitrepos.ensure_layout(settings.state_dir)
     authorized_keys.sync()
     events.subscribe(KeysChanged, authorized_keys.sync)
     # A push reports on the release phase and the rollout it started.

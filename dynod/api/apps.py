@@ -9,8 +9,7 @@ import grpc
 
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
-from dynod.build import stacks
-from dynod.cli import gitpush
+from dynod.build import gitrepos, stacks
 from dynod.control import apps, builds, formation, releases
 from dynod.model.apps import App
 from dynod.runtime import gc
@@ -32,7 +31,7 @@ def git_host() -> str:
 def git_url(app: str) -> str:
     """scp-style, as ``git remote add`` takes it; the git user's forced command
     (gitpush.py) accepts ``<app>.git``."""
-    return f"{gitpush.GIT_USER}@{git_host()}:{app}.git"
+    return f"{gitrepos.GIT_USER}@{git_host()}:{app}.git"
 
 
 def app_to_proto(daemon: Daemon, app: App) -> apps_pb2.App:

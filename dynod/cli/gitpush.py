@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
 import shlex
 import sys
 import tempfile
 from pathlib import Path
 
+from dynod.build.gitrepos import (
+    hook_script,
+    repos_dir,
+)
 from dynod.cli import deploy
 from dynod.cli.client import CliError
 from dynod.model.apps import NAME_RE
@@ -31,42 +34,19 @@ from dynod.model.keys import KEY_ID_RE
 from dynod.settings import DEFAULT_CONFIG, load_settings
 from dynod.system import processes
 
-GIT_USER = "dynod"
 DEPLOY_REFS = ("refs/heads/main", "refs/heads/master")
 ZERO = "0" * 40
 SERVICES = ("git-receive-pack", "git-upload-pack")
 
 
-def shell_command() -> list[str]:
-    """The forced command (without the key id), this interpreter running this module."""
-    return [sys.executable, "-m", "dynod.cli.gitpush", "shell"]
 
 
-def hook_script() -> str:
-    return ("#!/bin/sh\n# Written by dynod: builds pushes to main or master.\n"
-            f"exec {shlex.quote(sys.executable)} -m dynod.cli.gitpush pre-receive\n")
 
 
-def repos_dir(state_dir: Path) -> Path:
-    return state_dir / "repos"
 
 
-def git_user_home(default: Path) -> Path:
-    try:
-        return Path(pwd.getpwnam(GIT_USER).pw_dir)
-    except KeyError:
-        return default
 
 
-def ensure_layout(state_dir: Path) -> None:
-    """The repositories' directory, owned by the git user (the daemon runs as root)."""
-    repos = repos_dir(state_dir)
-    repos.mkdir(mode=0o750, parents=True, exist_ok=True)
-    try:
-        user = pwd.getpwnam(GIT_USER)
-    except KeyError:
-        return
-    os.chown(repos, user.pw_uid, user.pw_gid)
 
 
 def parse_original_command(command: str) -> tuple[str, str]:
