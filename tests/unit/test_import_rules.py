@@ -298,9 +298,10 @@ def check(root: Path) -> list[Violation]:
         if imp.local:
             broken(imp, "function-local", "no function-local imports of dynod modules "
                    "(import at the top; a cycle it hides is a layout defect)")
-        if target in TOP and source not in TOP and imp.module != ROOT_MODULE:
+        # api/ (the servicers) and cli/ (a gRPC client) do not import each other either.
+        if target in TOP and source != target and imp.module != ROOT_MODULE:
             broken(imp, "layer", f"nothing imports dynod.{target} but {ROOT_MODULE} "
-                   "(and api/, cli/ themselves)")
+                   f"(and {target}/ itself)")
         # The package dynod itself holds only __version__: anyone may read it.
         if source in ONLY and target not in ONLY[source] and imp.target != "dynod":
             allowed = ", ".join(sorted(ONLY[source]))
@@ -390,7 +391,17 @@ def test_only_the_root_imports_api(tmp_path: Path) -> None:
     })
     texts = list(_texts(check(root)))
     assert texts == ["dynod/control/apps.py:1: dynod.control.apps imports dynod.api.server: "
-                     "nothing imports dynod.api but dynod.__main__ (and api/, cli/ themselves)"]
+                     "nothing imports dynod.api but dynod.__main__ (and api/ itself)"]
+
+
+def test_api_and_cli_do_not_import_each_other(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "dynod/api/apps.py": "from dynod.cli import gitpush\n",
+        "dynod/cli/gitpush.py": "",
+    })
+    texts = list(_texts(check(root)))
+    assert texts == ["dynod/api/apps.py:1: dynod.api.apps imports dynod.cli.gitpush: "
+                     "nothing imports dynod.cli but dynod.__main__ (and cli/ itself)"]
 
 
 def test_system_and_model_import_only_below_them(tmp_path: Path) -> None:
