@@ -32,8 +32,9 @@ integration: prereqs
 lint: prereqs
 	@.venv/bin/python -m pytest -q tests/unit/test_lint.py
 
-# The Debian package for this host's release: dist/dynod_<version>_<arch>.deb (needs
-# debhelper, help2man and the build deps in packaging/debian/control; lintian if present).
+# The Debian package for this host's release: dist/dynod_<version>_<arch>.deb. As root it
+# installs what it needs first (git, dpkg-dev, packaging/debian/control's Build-Depends);
+# lintian runs if present.
 # DYNOD_DEB_VERSION=... overrides the version. Skipped when dist/ has it from this tree.
 deb:
 	@packaging/build-deb dist

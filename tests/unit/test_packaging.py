@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -50,3 +51,31 @@ def test_conffile_documents_every_setting_with_its_default(tmp_path: Path) -> No
     uncommented = tmp_path / "dynod.toml"
     uncommented.write_text(re.sub(r"^#(\w+ = )", r"\1", text, flags=re.M))
     assert load_settings(uncommented) == Settings()
+
+
+def test_make_deb_installs_its_build_dependencies(tmp_path: Path) -> None:
+    """On a fresh machine `make deb` first installs what debian/control's Build-Depends
+    names (apt-get build-dep), as `make up` and `make test` install theirs. Fakes of
+    dpkg-checkbuilddeps, apt-get and dpkg-buildpackage record what the script asks."""
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    calls = tmp_path / "calls"
+    scripts = {
+        "dpkg-checkbuilddeps": "echo 'dpkg-checkbuilddeps: error: Unmet build dependencies: "
+                               "debhelper-compat (= 13) help2man' >&2; exit 1",
+        "apt-get": f'echo "apt-get $*" >> {calls}',
+        "dpkg-buildpackage": "exit 3",  # stop there: the build itself is not the point
+    }
+    for name, body in scripts.items():
+        (fakes / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fakes / name).chmod(0o755)
+    proc = subprocess.run(
+        [str(ROOT / "packaging/build-deb"), str(tmp_path / "out")],
+        env={"PATH": f"{fakes}:/usr/bin:/bin", "TMPDIR": str(tmp_path)},
+        capture_output=True, text=True, check=False)
+    assert "-----> Installing the build dependencies (debhelper-compat (= 13) help2man)" \
+        in proc.stdout
+    assert calls.read_text().splitlines() == [
+        "apt-get update -qq",
+        f"apt-get build-dep -y -qq --no-install-recommends {ROOT}/packaging"]
+    assert proc.returncode == 1 and "dpkg-buildpackage failed" in proc.stderr
