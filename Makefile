@@ -15,12 +15,13 @@ up: prereqs
 	@.ci/up
 
 # The whole suite: linters, unit tests, and integration tests in sandbox machines; then
-# a check that the host's netns, overlay mounts, cgroups, processes, links and iptables
-# rules are as they were before it.
+# a check that what the suite may create on the host (netns, overlay mounts, cgroups,
+# processes in its cgroups or marked DYNOD_SUITE, links, iptables rules of its names) is
+# as it was before it; other processes on the host meanwhile are not its business.
 test: prereqs
 	@tests/sandbox/run --purge >/dev/null
 	@tests/sandbox/hostcheck save .state/hostcheck.json
-	@rc=0; .venv/bin/python -m pytest -n $(PYTEST_WORKERS) -rfE --durations=25 tests || rc=$$?; \
+	@export DYNOD_SUITE=$$$$; rc=0; .venv/bin/python -m pytest -n $(PYTEST_WORKERS) -rfE --durations=25 tests || rc=$$?; \
 	  tests/sandbox/hostcheck compare .state/hostcheck.json || rc=$${rc/#0/1}; exit $$rc
 
 unit: prereqs
