@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -16,12 +17,13 @@ import sdnotify
 from dynod import __version__
 from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
+from dynod.build import stacks
 from dynod.errors import DynodError
 from dynod.router.haproxy import HaproxyRouter
-from dynod.runtime import release_phase
+from dynod.runtime.dynos import Host
 from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
-from dynod.runtime.supervisor import Reconciler
+from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, load_settings
 from dynod.store.sqlite import SqliteStore
 
@@ -58,10 +60,11 @@ def serve(config: Path) -> int:
     router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
                            state_dir=settings.state_dir)
     router_started = router.start()
-    reconciler = Reconciler(store, settings, router)
+    # The dyno host lays every dyno's root over the stack the build pipeline made.
+    require_stack = partial(stacks.require_stack, settings.state_dir, stacks.DEFAULT_STACK)
+    reconciler = Supervisor(store, settings, router, partial(Host, settings, require_stack))
     oneoffs = OneOffs(store, settings, lambda: reconciler.host)
     phase = ReleasePhase(store, settings, oneoffs, reconciler.changed)
-    release_phase.install(phase)
     daemon = Daemon(store, settings, router=router, reconciler=reconciler, oneoffs=oneoffs,
                     release_phase=phase)
     # Dynos before READY: running ones are adopted (never restarted), the formation is

@@ -59,7 +59,8 @@ class BuildsServicer(builds_pb2_grpc.BuildsServicer):
             try:
                 lines.put(pipeline.run_build(
                     self.daemon.store, self.daemon.settings, first.app, user=user,
-                    source=chunks(), commit=first.commit, on_line=lines.put))
+                    source=chunks(), commit=first.commit, on_line=lines.put,
+                    rollouts=self.daemon.reconciler, phase=self.daemon.release_phase))
             except BaseException as exc:  # handed to the RPC thread
                 lines.put(exc)
 

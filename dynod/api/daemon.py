@@ -16,7 +16,7 @@ from dynod.store.sqlite import Store
 if TYPE_CHECKING:
     from dynod.runtime.oneoff import OneOffs
     from dynod.runtime.release_phase import ReleasePhase
-    from dynod.runtime.supervisor import Reconciler
+    from dynod.runtime.supervisor import Supervisor as Reconciler
 
 
 @dataclass(frozen=True)

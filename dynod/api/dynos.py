@@ -1,4 +1,4 @@
-"""The Dynos service: ps, ps:restart, ps:stop over the reconciler."""
+"""The Dynos service: ps, ps:restart, ps:stop over the supervisor."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import grpc
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.errors import Unavailable
-from dynod.runtime.supervisor import DynoInfo, Reconciler
+from dynod.model.dynos import DynoInfo
+from dynod.runtime.supervisor import Supervisor
 from dynod.v1 import dynos_pb2, dynos_pb2_grpc
 
 
@@ -31,7 +32,7 @@ class DynosServicer(dynos_pb2_grpc.DynosServicer):
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
-    def _reconciler(self) -> Reconciler:
+    def _reconciler(self) -> Supervisor:
         if self.daemon.reconciler is None:
             raise Unavailable("this dynod runs no dynos")
         return self.daemon.reconciler

@@ -34,14 +34,13 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from dynod import paths
 from dynod.build import buildpacks, stacks
 from dynod.control import apps, releases, slugs
 from dynod.errors import DynodError, FailedPrecondition, InvalidArgument, NotFound
 from dynod.model.releases import ReleaseStatus
-from dynod.runtime import release_phase, supervisor
 from dynod.slug.unpack import format_size
 from dynod.store import reads
 from dynod.system import journal, mounts, netns, units, users
@@ -238,6 +237,16 @@ def set_stack(store: Store, app: str, stack: str) -> BuildSettings:
 
 # --- running a build --------------------------------------------------------------------
 
+
+class RolloutWatcher(Protocol):
+    def follow_rollout(self, app: str, version: int, timeout: float = 150.0) -> bool | None: ...
+
+
+class ReleasePhaseFollower(Protocol):
+    def follow_lines(self, app: str, version: int, on_line: Callable[[str], None],
+                     indent: str = "") -> ReleaseStatus: ...
+
+
 _running: set[str] = set()
 _running_lock = threading.Lock()
 _stack_lock = threading.Lock()
@@ -358,6 +367,8 @@ def run_build(
     source: Iterable[bytes],
     commit: str = "",
     on_line: Callable[[str], None],
+    rollouts: RolloutWatcher | None = None,
+    phase: ReleasePhaseFollower | None = None,
 ) -> Build:
     """Build ``source`` (tar chunks) for ``app`` and release it; ``on_line`` gets the
     output as it comes. Returns the finished build (succeeded or failed); a failure of
@@ -381,7 +392,8 @@ def run_build(
         _running.add(app)
     try:
         return _build(store, settings, app, uid=int(uid), bs=settings_, config=dict(config),
-                      user=user, source=source, commit=commit, on_line=on_line)
+                      user=user, source=source, commit=commit, on_line=on_line,
+                      rollouts=rollouts, phase=phase)
     finally:
         with _running_lock:
             _running.discard(app)
@@ -390,7 +402,8 @@ def run_build(
 def _build(
     store: Store, settings: Settings, app: str, *, uid: int, bs: BuildSettings,
     config: dict[str, str], user: str, source: Iterable[bytes], commit: str,
-    on_line: Callable[[str], None],
+    on_line: Callable[[str], None], rollouts: RolloutWatcher | None = None,
+    phase: ReleasePhaseFollower | None = None,
 ) -> Build:
     build = Build(id=str(uuid.uuid4()), app=app, status=BuildStatus.PENDING, user=user,
                   created_at=datetime.now(UTC), stack=bs.stack, commit=commit)
@@ -493,15 +506,18 @@ def _build(
         emit("")
         if pending:
             # Heroku's git push waits for the release phase (release_phase.py).
-            release_phase.follow_lines(release_phase.installed(), app, release.version, emit)
+            if phase is None:
+                emit("Release command declared, but this dynod runs no release phase")
+            else:
+                phase.follow_lines(app, release.version, emit)
         # Heroku's "Verifying deploy": the new web dynos up and routed, the old ones gone
         # (issue 7), or the release failed to come up and the previous one keeps serving.
         with store.read() as tx:
             phase_ok = tx.release(app, release.version)
         if (phase_ok is not None and phase_ok.status is ReleaseStatus.SUCCEEDED
-                and supervisor.installed() is not None):
+                and rollouts is not None):
             emit(f"{buildpacks.STEP}Verifying deploy...")
-            verdict = supervisor.follow_rollout(app, release.version)
+            verdict = rollouts.follow_rollout(app, release.version)
             if verdict is False:
                 emit(f"{buildpacks.ERROR}Release v{release.version} failed: its web dynos did "
                      "not come up (crashed at boot or R10); the previous release keeps "
