@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PORT = 5000
 META = "dyno.json"
 # The key of the network made ahead of the next start (not a dyno key: parse_key
-# refuses it, so reconcile removes one that a previous dynod left).
+# refuses it, so adoption removes one that a previous dynod left).
 SPARE = "spare"
 PROJECT_INIT = Path(__file__).resolve().parents[2] / "build" / "dyno-init"
 

@@ -15,7 +15,8 @@ Its stdio is one of:
 Heroku (one-off-dynos): when the client's connection closes the dyno gets SIGHUP
 (``Client connection closed. Sending SIGHUP to all processes``); a process that keeps
 running is an ``Error R16 (Detached)`` and the dyno is stopped. One-off dynos do not
-survive a dynod restart: reconcile adopts and stops them as not wanted.
+survive a dynod restart: ``recover`` hangs up the attached ones (the supervisor
+never tracks one-offs).
 """
 
 from __future__ import annotations
@@ -429,7 +430,7 @@ class OneOffs:
         return mounts.dynos_dir(self.settings.runtime_dir) / ref.key
 
     def recover(self) -> None:
-        """At start, for the one-off units a previous dynod left running (reconcile
+        """At start, for the one-off units a previous dynod left running (the supervisor
         leaves them alone): a detached one is tracked again and finished when it exits;
         an attached one or a release phase has lost its client or runner, so it is hung
         up (SIGHUP, R16 if ignored, stop). Returns at once; the work is in threads."""
