@@ -4,6 +4,7 @@ actions out; and the executor over fake effects (the app's log lines, in order).
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -341,3 +342,26 @@ def test_a_one_off_has_exited_once_its_command_ran_and_ended(
                           (None, True)]:  # unloaded: gone
         monkeypatch.setattr(units, "dyno_status", lambda name, s=given: s)
         assert oneoffs._exited(d) is exited, given
+
+
+def test_executor_drains_a_web_dyno_before_sigterm() -> None:
+    fx = FakeEffects()
+    ex = Executor(fx, lambda: None)
+    ref = DynoRef("shop", "web", 1, 1)
+    ex.apply([plan.Start(ref, 1, "python app.py", "basic", "sha", 70000, {}),
+              plan.MarkUp(ref)])
+    d = ex.dynos[ref]
+    ex.apply(plan.plan_routes(ex.records(), ["shop"], ex.routed_view()))
+    assert ex.routed == {"shop": [d.backend()]}
+    fx.log.clear()
+    ex.apply([plan.Stop(ref, "rollout")])
+    time.sleep(0.2)
+    assert "kill SIGTERM" not in fx.log  # still routed: no SIGTERM yet
+    # The next pass takes it out of the router (it is stopping); then it stops.
+    ex.apply(plan.plan_routes(ex.records(), ["shop"], ex.routed_view()))
+    deadline = time.monotonic() + 5
+    while ref in ex.dynos and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fx.log == ["route []", "web.1: Stopping all processes with SIGTERM", "kill SIGTERM",
+                      "web.1: Process exited with status 143", "removed",
+                      "web.1: State changed from up to down"]
