@@ -26,10 +26,14 @@ from dynod.system import mounts, netns, units
 log = logging.getLogger(__name__)
 
 
-def adopt(settings: Settings, host: Host, listening: Callable[[str, int], bool],
+def adopt(settings: Settings, host: Callable[[], Host], listening: Callable[[str, int], bool],
           now: float, monotonic: float) -> dict[DynoRef, Dyno]:
     """The formation's running dynos as records (never restarting one); units without
-    a dyno.json are stopped; dyno directories and netns no unit owns are removed."""
+    a dyno.json are stopped; dyno directories and netns no unit owns are removed.
+
+    ``host`` is asked for only when there is something to tear down: the dyno host
+    reads the addresses in use when it is made, so making it before the first dyno
+    starts would miss the network of a build running by then."""
     found: dict[DynoRef, Dyno] = {}
     owned: set[str] = set()
     for unit in units.list_dynos():
@@ -42,7 +46,7 @@ def adopt(settings: Settings, host: Host, listening: Callable[[str, int], bool],
             log.warning("unit %s has no dyno.json; stopping it", unit.name)
             units.stop_dyno(unit.name)
             units.wait_gone(unit.name, timeout=STOP_TIMEOUT + 5)
-            host.teardown(ref)
+            host().teardown(ref)
             continue
         status = units.dyno_status(unit.name)
         since = status.main_started_usec / 1e6 if status and status.main_started_usec else now
@@ -58,7 +62,7 @@ def adopt(settings: Settings, host: Host, listening: Callable[[str, int], bool],
             netns.remove_netns(netns.NETNS_PREFIX + key)
             continue
         log.info("removing leftovers of %s", key)
-        host.teardown(orphan)
+        host().teardown(orphan)
     return found
 
 

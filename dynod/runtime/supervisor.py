@@ -109,7 +109,7 @@ class Supervisor:
         """Adopt running dynos, clean up what nobody owns, run a first pass, then keep
         supervising in a thread. Returns once settled (at most READY_WAIT)."""
         try:
-            adopted = adoption.adopt(self.settings, self.host, listening, time.time(),
+            adopted = adoption.adopt(self.settings, lambda: self.host, listening, time.time(),
                                      time.monotonic())
             with self.executor.lock:
                 self.executor.dynos.update(adopted)

@@ -204,7 +204,7 @@ def test_adopt_tracks_running_units_and_skips_one_offs(
         def teardown(self, ref: DynoRef) -> None:
             raise AssertionError(f"tore down {ref}")
 
-    found = adoption.adopt(settings, NoHost(), lambda a, p: True,  # type: ignore[arg-type]
+    found = adoption.adopt(settings, NoHost, lambda a, p: True,  # type: ignore[arg-type]
                            NOW, NOW)
     assert list(found) == [web] and found[web].meta == meta
     assert found[web].state is DynoState.UP and not stopped
