@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -22,40 +22,21 @@ import sdnotify
 from dynod import __version__
 from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
-from dynod.build import gitrepos
+from dynod.build import gitrepos, stacks
 from dynod.build.pipeline import Builder
 from dynod.control.audit import Audit
 from dynod.control.keys import AuthorizedKeys
 from dynod.errors import DynodError
 from dynod.model.events import DYNOS_CHANGED, ROUTES_CHANGED, EventBus, KeysChanged
-from dynod.model.releases import ReleaseStatus
 from dynod.router.haproxy import HaproxyRouter
-from dynod.runtime import release_phase, supervisor
+from dynod.runtime.dynos import Host
 from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
-from dynod.runtime.supervisor import Reconciler
+from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, load_settings
 from dynod.store.sqlite import SqliteStore
 
 log = logging.getLogger("dynod")
-
-
-# Shims until the runtime's part of issue 13 lands (Supervisor.follow_rollout and
-# ReleasePhase.follow_lines as methods): they give the builder the protocols it takes
-# (build/watchers.py) over today's module functions. Then the builder gets the
-# supervisor and the release phase themselves, and these go.
-class _RolloutShim:
-    def follow_rollout(self, app: str, version: int, timeout: float = 150.0) -> bool | None:
-        return supervisor.follow_rollout(app, version, timeout)
-
-
-class _ReleasePhaseShim:
-    def __init__(self, phase: ReleasePhase) -> None:
-        self.phase = phase
-
-    def follow_lines(self, app: str, version: int, on_line: Callable[[str], None],
-                     indent: str = "") -> ReleaseStatus:
-        return release_phase.follow_lines(self.phase, app, version, on_line, indent)
 
 
 def _watchdog_interval() -> float | None:
@@ -88,15 +69,16 @@ def serve(config: Path) -> int:
     router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
                            state_dir=settings.state_dir)
     router_started = router.start()
-    reconciler = Reconciler(store, settings, router)
-    oneoffs = OneOffs(store, settings, lambda: reconciler.host)
-    phase = ReleasePhase(store, settings, oneoffs, reconciler.changed)
-    release_phase.install(phase)
+    # The dyno host lays every dyno's root over the stack the build pipeline made.
+    require_stack = partial(stacks.require_stack, settings.state_dir, stacks.DEFAULT_STACK)
+    supervisor = Supervisor(store, settings, router, partial(Host, settings, require_stack))
+    oneoffs = OneOffs(store, settings, lambda: supervisor.host)
+    phase = ReleasePhase(store, settings, oneoffs, supervisor.changed)
     # The control plane's events: after a committed change, its app[api] lines first,
     # then whatever follows the desired state.
     events = EventBus()
     events.subscribe(Audit.EVENTS, Audit())
-    events.subscribe(DYNOS_CHANGED, lambda e: reconciler.changed(e.app))
+    events.subscribe(DYNOS_CHANGED, lambda e: supervisor.changed(e.app))
     events.subscribe(DYNOS_CHANGED, lambda e: phase.kick(e.app))
     # The router also catches up with the store on its own within seconds, so a change
     # is kept (and reported done) even while it is down.
@@ -108,13 +90,12 @@ def serve(config: Path) -> int:
     authorized_keys.sync()
     events.subscribe(KeysChanged, authorized_keys.sync)
     # A push reports on the release phase and the rollout it started.
-    builder = Builder(store, settings, events, rollout=_RolloutShim(),
-                      release_phase=_ReleasePhaseShim(phase))
-    daemon = Daemon(store, settings, events=events, reconciler=reconciler, oneoffs=oneoffs,
+    builder = Builder(store, settings, events, rollout=supervisor, release_phase=phase)
+    daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
                     release_phase=phase)
     # Dynos before READY: running ones are adopted (never restarted), the formation is
-    # started; a dyno that fails to start is retried by the reconciler's own thread.
-    reconciler.start()
+    # started; a dyno that fails to start is retried by the supervisor's own thread.
+    supervisor.start()
     oneoffs.recover()
     phase.kick_all()
     api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder)
@@ -131,7 +112,7 @@ def serve(config: Path) -> int:
 
     notify.notify("STOPPING=1\nSTATUS=stopping")
     api.stop(grace=5.0)
-    reconciler.stop()
+    supervisor.stop()
     router.stop()
     store.close()
     log.info("dynod stopped")

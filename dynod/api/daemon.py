@@ -16,7 +16,7 @@ from dynod.store.protocol import Store
 if TYPE_CHECKING:
     from dynod.runtime.oneoff import OneOffs
     from dynod.runtime.release_phase import ReleasePhase
-    from dynod.runtime.supervisor import Reconciler
+    from dynod.runtime.supervisor import Supervisor
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Daemon:
     # authorized_keys. Servicer tests get a bus nobody listens to.
     events: EventBus = field(default_factory=EventBus)
     # Owns the dynos; None in servicer tests that run no dynos.
-    reconciler: Reconciler | None = None
+    supervisor: Supervisor | None = None
     # One-off dynos (run, run:detached, release.N); None where no dynos run.
     oneoffs: OneOffs | None = None
     # Runs a pending release's release command (dynod/runtime/release_phase.py).

@@ -1,4 +1,4 @@
-"""The Dynos service: ps, ps:restart, ps:stop over the reconciler."""
+"""The Dynos service: ps, ps:restart, ps:stop over the supervisor."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import grpc
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.errors import Unavailable
-from dynod.runtime.supervisor import DynoInfo, Reconciler
+from dynod.model.dynos import DynoInfo
+from dynod.runtime.supervisor import Supervisor
 from dynod.v1 import dynos_pb2, dynos_pb2_grpc
 
 
@@ -31,16 +32,16 @@ class DynosServicer(dynos_pb2_grpc.DynosServicer):
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
-    def _reconciler(self) -> Reconciler:
-        if self.daemon.reconciler is None:
+    def _supervisor(self) -> Supervisor:
+        if self.daemon.supervisor is None:
             raise Unavailable("this dynod runs no dynos")
-        return self.daemon.reconciler
+        return self.daemon.supervisor
 
     def List(
         self, request: dynos_pb2.ListDynosRequest, context: grpc.ServicerContext
     ) -> dynos_pb2.ListDynosResponse:
         caller_of(context)
-        found = self._reconciler().dynos(request.app)
+        found = self._supervisor().dynos(request.app)
         if self.daemon.oneoffs is not None:  # one-offs first, as Heroku's ps lists them
             found = self.daemon.oneoffs.dynos(request.app) + found
         return dynos_pb2.ListDynosResponse(dynos=[
@@ -51,7 +52,7 @@ class DynosServicer(dynos_pb2_grpc.DynosServicer):
         self, request: dynos_pb2.RestartDynosRequest, context: grpc.ServicerContext
     ) -> dynos_pb2.RestartDynosResponse:
         caller_of(context)
-        names = self._reconciler().restart(request.app, request.target)
+        names = self._supervisor().restart(request.app, request.target)
         return dynos_pb2.RestartDynosResponse(dynos=names)
 
     def Stop(
@@ -61,7 +62,7 @@ class DynosServicer(dynos_pb2_grpc.DynosServicer):
         if self.daemon.oneoffs is not None and self.daemon.oneoffs.stop(request.app,
                                                                        request.dyno):
             return dynos_pb2.StopDynoResponse(dynos=[request.dyno])
-        names = self._reconciler().stop_dyno(request.app, request.dyno)
+        names = self._supervisor().stop_dyno(request.app, request.dyno)
         return dynos_pb2.StopDynoResponse(dynos=names)
 
 

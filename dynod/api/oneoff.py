@@ -12,6 +12,7 @@ from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
 from dynod.errors import InvalidArgument, Unavailable
 from dynod.model.releases import ReleaseStatus
+from dynod.runtime.dynos import unit_of
 from dynod.runtime.oneoff import OneOffDyno, OneOffs, Stdio, Terminal
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.v1 import oneoff_pb2, oneoff_pb2_grpc
@@ -56,7 +57,7 @@ class OneOffServicer(oneoff_pb2_grpc.OneOffServicer):
             # The call ended: normally (the dyno exited) or the client went away.
             if not d.finished.is_set():
                 threading.Thread(target=oneoffs.hang_up, args=(d,), daemon=True,
-                                 name=f"hangup {d.ref.unit}").start()
+                                 name=f"hangup {unit_of(d.ref)}").start()
 
         context.add_callback(on_done)
 
@@ -73,7 +74,7 @@ class OneOffServicer(oneoff_pb2_grpc.OneOffServicer):
             except Exception as exc:  # the client went away: on_done hangs up
                 log.debug("run %s: requests ended: %s", d.name, exc)
 
-        threading.Thread(target=pump, daemon=True, name=f"stdin {d.ref.unit}").start()
+        threading.Thread(target=pump, daemon=True, name=f"stdin {unit_of(d.ref)}").start()
         yield oneoff_pb2.RunResponse(started=started(d))
         for name, data in oneoffs.output(d):
             if not context.is_active():

@@ -8,7 +8,7 @@ A dyno is (app, release, process type, number, generation). Starting one:
 3. its network namespace (``netns``: an address from the pool, a veth on dynod0);
 4. its transient unit (``units.start_dyno``) running as the app's uid.
 
-What reconcile needs to adopt a running dyno after dynod restarts (its address, port,
+What the supervisor needs to adopt a running dyno after dynod restarts (its address, port,
 release, command) is written next to its root as ``dyno.json`` in the runtime
 directory: it is derived, volatile state, gone with the dyno (and with a reboot).
 """
@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from dynod.build import stacks
 from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
+from dynod.model.dynos import DynoMeta, DynoRef
 from dynod.model.sizes import parse_size
 from dynod.model.slugs import path_of
 from dynod.runtime.limits import limits_for_size
@@ -41,62 +41,23 @@ log = logging.getLogger(__name__)
 PORT = 5000
 META = "dyno.json"
 # The key of the network made ahead of the next start (not a dyno key: parse_key
-# refuses it, so reconcile removes one that a previous dynod left).
+# refuses it, so adoption removes one that a previous dynod left).
 SPARE = "spare"
 PROJECT_INIT = Path(__file__).resolve().parents[2] / "build" / "dyno-init"
 
 
-@dataclass(frozen=True)
-class DynoRef:
-    """Which dyno: the unit name is derived from it."""
-
-    app: str
-    process_type: str
-    number: int
-    generation: int
-
-    @property
-    def dyno(self) -> str:
-        return f"{self.process_type}.{self.number}"
-
-    @property
-    def unit(self) -> str:
-        return unit_names.unit_name(self.app, self.process_type, self.number, self.generation)
-
-    @property
-    def key(self) -> str:
-        """Directory and netns name. Apps are [a-z0-9-], types [A-Za-z0-9_-]: '.' is free."""
-        return f"{self.app}.{self.process_type}.{self.number}.{self.generation}"
+def unit_of(ref: DynoRef) -> str:
+    """The dyno's transient unit: ``dynod-<app>-<type>.<n>-<gen>.service``."""
+    return unit_names.unit_name(ref.app, ref.process_type, ref.number, ref.generation)
 
 
-def parse_key(key: str) -> DynoRef | None:
-    parts = key.split(".")
-    if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
-        return None
-    return DynoRef(parts[0], parts[1], int(parts[2]), int(parts[3]))
+def cgroup_of(ref: DynoRef) -> Path:
+    """The dyno's cgroup, relative to the hierarchy root."""
+    return Path(unit_names.ROOT_SLICE) / unit_names.slice_name(ref.app) / unit_of(ref)
 
 
 def ref_of(name: unit_names.DynoName) -> DynoRef:
     return DynoRef(name.app, name.process_type, name.number, name.generation)
-
-
-@dataclass(frozen=True)
-class DynoMeta:
-    """A started dyno, as written to its ``dyno.json``."""
-
-    app: str
-    process_type: str
-    number: int
-    generation: int
-    release: int
-    command: str
-    size: str
-    address: str
-    port: int
-
-    @property
-    def ref(self) -> DynoRef:
-        return DynoRef(self.app, self.process_type, self.number, self.generation)
 
 
 def read_meta(settings: Settings, ref: DynoRef) -> DynoMeta | None:
@@ -158,11 +119,6 @@ def slug_tree(settings: Settings, checksum: str, uid: int,
         raise
     return final
 
-
-
-
-
-
 @dataclass(frozen=True)
 class SlugTree:
     path: Path
@@ -188,8 +144,11 @@ class Host:
     """The machine-wide parts every dyno shares: the bridge, dyno-init, the PID mode.
     ``start`` and ``teardown`` are safe to call from several threads."""
 
-    def __init__(self, settings: Settings, mode: PidMode | None = None) -> None:
+    def __init__(self, settings: Settings, require_stack: Callable[[], Path],
+                 mode: PidMode | None = None) -> None:
         self.settings = settings
+        # The stack every dyno's root is laid over (the build owns stacks: injected).
+        self.require_stack = require_stack
         self.bridge = netns.plan_bridge(settings.address_pool)
         self.resolv = netns.ensure_bridge(self.bridge, settings.runtime_dir)
         self.init = find_init(settings)
@@ -218,7 +177,7 @@ class Host:
                          lambda message: journal.app_event(ref.app, ref.dyno, message,
                                                            priority=4))
         ensure_user(uid)
-        stack = stacks.require_stack(self.settings.state_dir, stacks.DEFAULT_STACK)
+        stack = self.require_stack()
         plan = self.rootfs_plan(ref, tree, stack)
         with self._addresses:
             # Leftovers of an earlier run of the same dyno go first.
@@ -282,7 +241,7 @@ class Host:
 
     def teardown(self, ref: DynoRef) -> None:
         """Unload the unit (it must have stopped), unmount, remove the netns. Idempotent."""
-        units.reset_dyno(ref.unit)
+        units.reset_dyno(unit_of(ref))
         meta = read_meta(self.settings, ref)
         plan = mounts.RootfsPlan(ref.key, mounts.dynos_dir(self.settings.runtime_dir) / ref.key,
                                  (), ())

@@ -15,7 +15,8 @@ Its stdio is one of:
 Heroku (one-off-dynos): when the client's connection closes the dyno gets SIGHUP
 (``Client connection closed. Sending SIGHUP to all processes``); a process that keeps
 running is an ``Error R16 (Detached)`` and the dyno is stopped. One-off dynos do not
-survive a dynod restart: reconcile adopts and stops them as not wanted.
+survive a dynod restart: ``recover`` hangs up the attached ones (the supervisor
+never tracks one-offs).
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ from pathlib import Path
 
 from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model import sizes
-from dynod.model.releases import RELEASE_TYPE
-from dynod.runtime.dynos import DynoMeta, DynoRef, Host, read_meta, ref_of
-from dynod.runtime.supervisor import DynoInfo, State
+from dynod.model.dynos import (
+    ONE_OFF_TYPE,
+    ONE_OFF_TYPES,
+    DynoInfo,
+    DynoMeta,
+    DynoRef,
+    DynoState,
+)
+from dynod.runtime.dynos import Host, read_meta, ref_of, unit_of
 from dynod.settings import Settings
 from dynod.store import reads
 from dynod.store.protocol import Store
@@ -48,8 +55,6 @@ from dynod.system import journal, mounts, units
 
 log = logging.getLogger(__name__)
 
-RUN = "run"
-ONEOFF_TYPES = frozenset({RUN, RELEASE_TYPE})
 # One-off dynos are never part of a rollout: one generation for all of them.
 GENERATION = 1
 # How long a dyno has to exit after SIGHUP before it is an R16 and gets stopped.
@@ -147,7 +152,7 @@ class OneOffs:
 
     def start(self, app: str, command: str, *, user: str, size: str = "",
               env: Mapping[str, str] | None = None, stdio: str = Stdio.TTY,
-              terminal: Terminal | None = None, process_type: str = RUN,
+              terminal: Terminal | None = None, process_type: str = ONE_OFF_TYPE,
               version: int | None = None, merge_stderr: bool = False) -> OneOffDyno:
         """Start a one-off dyno of ``app``'s current release (or release ``version``,
         for the release phase). Raises NotFound (app, release), FailedPrecondition (no
@@ -168,7 +173,7 @@ class OneOffs:
                 "slug); push code first (git push, or dynoctl slugs:deploy)")
         size = sizes.parse_size(size).name if size else (
             rows[process_type].size if process_type in rows else sizes.DEFAULT_SIZE)
-        if process_type == RUN:
+        if process_type == ONE_OFF_TYPE:
             command = resolve_command(command, slug.process_types)
         config = {**release.config, **(env or {})}
         terminal = terminal or Terminal()
@@ -177,8 +182,8 @@ class OneOffs:
                            "COLUMNS": str(terminal.columns), "LINES": str(terminal.lines)})
         with self._lock:
             live = [d for d in self._dynos.values() if d.app == app]
-            if process_type == RUN and sum(
-                    d.ref.process_type == RUN for d in live) >= self.settings.oneoff_limit:
+            if process_type == ONE_OFF_TYPE and sum(
+                    d.ref.process_type == ONE_OFF_TYPE for d in live) >= self.settings.oneoff_limit:
                 raise ResourceExhausted(
                     f'app "{app}" has {self.settings.oneoff_limit} one-off dynos running, the '
                     "limit (oneoff_limit in /etc/dynod/dynod.toml); stop one with "
@@ -237,7 +242,7 @@ class OneOffs:
         log.info("one-off %s of %s started: %s", ref.dyno, app, command)
         if stdio == Stdio.JOURNAL:
             threading.Thread(target=self._watch, args=(placeholder,), daemon=True,
-                             name=f"watch {ref.unit}").start()
+                             name=f"watch {unit_of(ref)}").start()
         return placeholder
 
     # --- attached I/O -------------------------------------------------------------
@@ -319,7 +324,7 @@ class OneOffs:
     def _exited(self, d: OneOffDyno) -> bool:
         """Ran and ended (or is gone). StartTransientUnit returns with the start job
         queued: a unit still inactive that never started its command has not exited."""
-        status = units.dyno_status(d.ref.unit)
+        status = units.dyno_status(unit_of(d.ref))
         if status is None:
             return True
         if status.active_state == "failed" or status.sub_state == "exited":
@@ -340,17 +345,17 @@ class OneOffs:
         with d._lock:
             if d.finished.is_set():
                 return d.exit_status if d.exit_status is not None else 1
-            status = units.dyno_status(d.ref.unit)
+            status = units.dyno_status(unit_of(d.ref))
             code = status.exit_status if status is not None else None
             d.exit_status = code if code is not None else 1
             journal.app_event(d.app, d.name, f"Process exited with status {d.exit_status}")
             journal.app_event(d.app, d.name, "State changed from up to complete")
             try:
-                units.stop_dyno(d.ref.unit)
-                units.wait_gone(d.ref.unit, timeout=STOP_TIMEOUT + 10)
+                units.stop_dyno(unit_of(d.ref))
+                units.wait_gone(unit_of(d.ref), timeout=STOP_TIMEOUT + 10)
                 self._host().teardown(d.ref)
             except Exception:
-                log.exception("tearing down %s", d.ref.unit)
+                log.exception("tearing down %s", unit_of(d.ref))
             for fd in (d.master, d.stdin, d.stdout, d.stderr):
                 _close(fd)
             d.master = d.stdin = d.stdout = d.stderr = None
@@ -372,17 +377,17 @@ class OneOffs:
             journal.app_event(d.app, d.name,
                               "Client connection closed. Sending SIGHUP to all processes")
             with contextlib.suppress(Exception):
-                units.kill_dyno(d.ref.unit, signal.SIGHUP)
+                units.kill_dyno(unit_of(d.ref), signal.SIGHUP)
             if not self.wait_exit(d, HUP_GRACE):
                 journal.app_event(d.app, d.name, R16, priority=3)
                 journal.app_event(d.app, d.name, "Stopping all processes with SIGTERM")
                 with contextlib.suppress(Exception):
-                    units.kill_dyno(d.ref.unit, signal.SIGTERM)
+                    units.kill_dyno(unit_of(d.ref), signal.SIGTERM)
                 if not self.wait_exit(d, STOP_TIMEOUT):
                     journal.app_event(d.app, d.name,
                                       "Stopping remaining processes with SIGKILL")
                     with contextlib.suppress(Exception):
-                        units.kill_dyno(d.ref.unit, signal.SIGKILL)
+                        units.kill_dyno(unit_of(d.ref), signal.SIGKILL)
                     self.wait_exit(d, 10.0)
         self.finish(d)
 
@@ -397,15 +402,15 @@ class OneOffs:
         def stop_it() -> None:
             journal.app_event(d.app, d.name, "Stopping all processes with SIGTERM")
             with contextlib.suppress(Exception):
-                units.kill_dyno(d.ref.unit, signal.SIGTERM)
+                units.kill_dyno(unit_of(d.ref), signal.SIGTERM)
             if not self.wait_exit(d, STOP_TIMEOUT):
                 with contextlib.suppress(Exception):
-                    units.kill_dyno(d.ref.unit, signal.SIGKILL)
+                    units.kill_dyno(unit_of(d.ref), signal.SIGKILL)
                 self.wait_exit(d, 10.0)
             if d.stdio == Stdio.JOURNAL:
                 self.finish(d)
 
-        threading.Thread(target=stop_it, daemon=True, name=f"stop {d.ref.unit}").start()
+        threading.Thread(target=stop_it, daemon=True, name=f"stop {unit_of(d.ref)}").start()
         return True
 
     def _watch(self, d: OneOffDyno) -> None:
@@ -416,7 +421,7 @@ class OneOffs:
                     self.finish(d)
                     return
             except Exception:
-                log.exception("watching %s", d.ref.unit)
+                log.exception("watching %s", unit_of(d.ref))
             time.sleep(0.5)
 
     # --- after a dynod restart ----------------------------------------------------
@@ -425,13 +430,13 @@ class OneOffs:
         return mounts.dynos_dir(self.settings.runtime_dir) / ref.key
 
     def recover(self) -> None:
-        """At start, for the one-off units a previous dynod left running (reconcile
+        """At start, for the one-off units a previous dynod left running (the supervisor
         leaves them alone): a detached one is tracked again and finished when it exits;
         an attached one or a release phase has lost its client or runner, so it is hung
         up (SIGHUP, R16 if ignored, stop). Returns at once; the work is in threads."""
         for unit in units.list_dynos():
             ref = ref_of(unit.dyno)
-            if ref.process_type not in ONEOFF_TYPES:
+            if ref.process_type not in ONE_OFF_TYPES:
                 continue
             with self._lock:
                 if ref in self._dynos:
@@ -454,7 +459,7 @@ class OneOffs:
                      "detached, watching" if detached else "attached, hanging up")
             target = self._watch if detached else self.hang_up
             threading.Thread(target=target, args=(d,), daemon=True,
-                             name=f"recover {ref.unit}").start()
+                             name=f"recover {unit_of(ref)}").start()
 
     # --- ps -----------------------------------------------------------------------
 
@@ -473,13 +478,13 @@ class OneOffs:
                            key=lambda d: (d.ref.process_type, d.ref.number))
         out = []
         for d in found:
-            status = units.dyno_status(d.ref.unit) if d.meta.address else None
+            status = units.dyno_status(unit_of(d.ref)) if d.meta.address else None
             size = sizes.SIZES.get(d.meta.size)
             out.append(DynoInfo(
                 app=app, name=d.name, process_type=d.ref.process_type,
-                state=State.UP if d.meta.address else State.STARTING, since=d.since,
+                state=DynoState.UP if d.meta.address else DynoState.STARTING, since=d.since,
                 command=d.meta.command, size=d.meta.size, release=d.meta.release,
-                unit=d.ref.unit, address=d.meta.address, port=d.meta.port,
+                unit=unit_of(d.ref), address=d.meta.address, port=d.meta.port,
                 memory_bytes=status.memory_bytes if status else None,
                 memory_quota=size.memory_mb * 1024 * 1024 if size else 0,
                 cpu_nsec=status.cpu_nsec if status else None,

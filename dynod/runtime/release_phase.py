@@ -6,7 +6,7 @@ rollback) and its slug declares ``release``, that command runs in a one-off dyno
 release phase finishes successfully": the release stays ``pending`` (``releases``
 shows ``release command executing``) and the formation keeps running the current
 release (``releases.current``: the latest succeeded one). Exit 0 marks it
-``succeeded`` and the reconciler rolls the formation to it; anything else (or being
+``succeeded`` and the supervisor rolls the formation to it; anything else (or being
 stopped, or the 1-hour timeout) marks it ``failed`` (``release command failed``) and
 nothing else changes.
 
@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from dynod.control import releases
 from dynod.errors import DynodError, FailedPrecondition, NotFound
 from dynod.model.releases import RELEASE_TYPE, ReleaseStatus
 from dynod.runtime.oneoff import OneOffs, Stdio
@@ -94,8 +93,9 @@ class ReleasePhase:
                 status = self._phase(app, version, out)
         except Exception:
             log.exception("release phase of %s v%d", app, version)
-        with contextlib.suppress(NotFound):  # the app was deleted meanwhile
-            releases.set_status(self.store, app, version, status)
+        with contextlib.suppress(NotFound), self.store.write() as tx:  # app deleted meanwhile
+            reads.require_release(tx, app, version)
+            tx.set_release_status(app, version, status)
         if status is ReleaseStatus.FAILED:
             journal.app_event(app, "api", f"Release v{version} failed: the release command "
                                           "did not succeed", source="app")
@@ -189,40 +189,23 @@ class ReleasePhase:
                 return
             time.sleep(POLL)
 
+    def follow_lines(self, app: str, version: int, on_line: Callable[[str], None],
+                     indent: str = "") -> ReleaseStatus:
+        """What a deploy prints while its release phase runs (Heroku's git push):
+        ``Running release command...``, the output, ``Waiting for release.... done.``
+        (or ``failed.``). Returns the release's final status."""
+        on_line(f"{indent}Running release command...")
+        on_line("")
+        status: ReleaseStatus = ReleaseStatus.PENDING
+        for _, item in self.follow(app, version):
+            if isinstance(item, ReleaseStatus):
+                status = item
+            else:
+                on_line(f"{indent}{item}")
+        word = "done." if status is ReleaseStatus.SUCCEEDED else "failed."
+        on_line(f"{indent}Waiting for release.... {word}")
+        return status
+
     def _status(self, app: str, version: int) -> ReleaseStatus:
         with self.store.read() as tx:
             return reads.require_release(tx, app, version).status
-
-
-def follow_lines(phase: ReleasePhase | None, app: str, version: int,
-                 on_line: Callable[[str], None], indent: str = "") -> ReleaseStatus:
-    """What a deploy prints while its release phase runs (Heroku's git push):
-    ``Running release command...``, the output, ``Waiting for release.... done.`` (or
-    ``failed.``). Returns the release's final status."""
-    if phase is None:
-        on_line(f"{indent}Release command declared, but this dynod runs no release phase")
-        return ReleaseStatus.PENDING
-    on_line(f"{indent}Running release command...")
-    on_line("")
-    status: ReleaseStatus = ReleaseStatus.PENDING
-    for _, item in phase.follow(app, version):
-        if isinstance(item, ReleaseStatus):
-            status = item
-        else:
-            on_line(f"{indent}{item}")
-    word = "done." if status is ReleaseStatus.SUCCEEDED else "failed."
-    on_line(f"{indent}Waiting for release.... {word}")
-    return status
-
-
-# The daemon's runner, for callers without the Daemon at hand (builds.py's git push).
-_installed: ReleasePhase | None = None
-
-
-def install(phase: ReleasePhase | None) -> None:
-    global _installed  # noqa: PLW0603 - one runner per daemon process
-    _installed = phase
-
-
-def installed() -> ReleasePhase | None:
-    return _installed

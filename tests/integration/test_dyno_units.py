@@ -160,7 +160,7 @@ print(json.dumps(errors))
 
 
 def test_the_bridge_is_made_once_when_several_ask_at_once(machine: Machine) -> None:
-    """A one-off, the reconciler and a build may all be first to need the bridge (CI:
+    """A one-off, the supervisor and a build may all be first to need the bridge (CI:
     'bridge dynod0: (17, File exists)' failed a `dynoctl run` right after boot)."""
     assert machine.exec(["ip", "link", "show", "dynod0"], check=False).returncode != 0
     errors = json.loads(machine.exec([VENV_PY, "-c", BRIDGE_RACE]).stdout)

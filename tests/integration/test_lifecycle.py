@@ -84,17 +84,18 @@ def trouble(m: Machine, app: str) -> str:
 class Load:
     """load_client.py in its own unit: kept-alive connections through the router."""
 
-    def __init__(self, m: Machine, host: str, conns: int = 8) -> None:
+    def __init__(self, m: Machine, host: str, conns: int = 8, name: str = "load") -> None:
         self.m = m
-        m.exec(["systemd-run", "--unit=load", "--collect", "-p",
-                "StandardOutput=file:/tmp/load.json", "python3", str(LOAD), host,
-                "/tmp/load.stop", str(conns)])
+        self.name = name  # the unit, /tmp/NAME.json and /tmp/NAME.stop (several loads)
+        m.exec(["systemd-run", f"--unit={name}", "--collect", "-p",
+                f"StandardOutput=file:/tmp/{name}.json", "python3", str(LOAD), host,
+                f"/tmp/{name}.stop", str(conns)])
 
     def finish(self) -> dict[str, Any]:
-        self.m.exec(["touch", "/tmp/load.stop"])
+        self.m.exec(["touch", f"/tmp/{self.name}.stop"])
         wait_for("the load to stop", lambda: self.m.exec(
-            ["systemctl", "is-active", "load"], check=False).stdout.strip() != "active")
-        return dict(json.loads(self.m.exec(["cat", "/tmp/load.json"]).stdout))
+            ["systemctl", "is-active", self.name], check=False).stdout.strip() != "active")
+        return dict(json.loads(self.m.exec(["cat", f"/tmp/{self.name}.json"]).stdout))
 
 
 @pytest.mark.slow

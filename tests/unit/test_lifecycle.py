@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
-from dynod.control import releases
+from dynod.model.dynos import DynoMeta, DynoRef
+from dynod.model.dynos import DynoState as State
 from dynod.router.admin_socket import parse_server_stat
-from dynod.router.protocol import NullRouter
-from dynod.runtime import supervisor
-from dynod.runtime.dynos import DynoMeta, DynoRef
-from dynod.runtime.supervisor import CYCLE, CYCLE_JITTER, Desired, Dyno, Reconciler, State
-from dynod.system import journal
+from dynod.runtime import plan
+from dynod.runtime.plan import CYCLE, CYCLE_JITTER, Desired, Dyno, Observed
 
 
 def _dyno(n: int, gen: int, state: State, release: int = 1) -> Dyno:
@@ -22,53 +18,52 @@ def _dyno(n: int, gen: int, state: State, release: int = 1) -> Dyno:
 
 
 def test_cycle_is_due_after_a_day_plus_jitter() -> None:
-    dues = [supervisor.cycle_due(1000.0) - 1000.0 for _ in range(200)]
+    dues = [plan.cycle_due(1000.0) - 1000.0 for _ in range(200)]
     assert all(CYCLE <= d <= CYCLE + CYCLE_JITTER for d in dues)
     assert len(set(dues)) > 100  # jittered, so dynos do not all cycle at once
 
 
-def test_a_dyno_past_its_cycle_rolls_the_app_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    r = Reconciler(None, None, NullRouter())  # type: ignore[arg-type]
-    bumped: list[str] = []
-    def bump(app: str) -> int:
-        bumped.append(app)
-        return 3
+def _bumped(actions: list[plan.Action]) -> list[str]:
+    return [a.app for a in actions if isinstance(a, plan.SetGeneration)]
 
-    monkeypatch.setattr(r, "bump_generation", bump)
-    monkeypatch.setattr(r, "_event", lambda d, message: None)
+
+def test_a_dyno_past_its_cycle_rolls_the_app_out() -> None:
     want = Desired("shop", 1, 2, "sha", 70000, {})
     young, old = _dyno(1, 2, State.UP), _dyno(2, 2, State.UP)
     young.cycle_at, old.cycle_at = time.time() + 60, time.time() + 60
-    assert not r._cycle_due(want, [young, old]) and not bumped
+    seen = Observed(time.monotonic(), time.time())
+    assert not plan.plan_cycle(want, [young, old], seen)
+    assert not _bumped(plan.plan_cycle(want, [young, old], seen))
     old.cycle_at = time.time() - 1
-    assert r._cycle_due(want, [young, old]) and bumped == ["shop"]
+    seen = Observed(time.monotonic(), time.time())
+    actions = plan.plan_cycle(want, [young, old], seen)
+    assert actions and _bumped(actions) == ["shop"]
+    assert plan.Cycle(old.ref) in actions and plan.SetGeneration("shop", 3) in actions
 
 
 def test_health_path_from_config() -> None:
-    assert supervisor.health_path({"DYNO_HEALTHCHECK_PATH": "/health"}) == "/health"
-    assert supervisor.health_path({"DYNO_HEALTHCHECK_PATH": "health"}) == ""
-    assert supervisor.health_path({}) == ""
+    assert plan.health_path({"DYNO_HEALTHCHECK_PATH": "/health"}) == "/health"
+    assert plan.health_path({"DYNO_HEALTHCHECK_PATH": "health"}) == ""
+    assert plan.health_path({}) == ""
 
 
-def test_release_failed_only_while_an_older_release_serves(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    r = Reconciler(None, None, NullRouter())  # type: ignore[arg-type]
-    failed: list[int] = []
-    monkeypatch.setattr(releases, "set_status",
-                        lambda store, app, version, status: failed.append(version))
-    monkeypatch.setattr(journal, "api_event", lambda app, message: None)
-    monkeypatch.setattr(r, "bump_generation", lambda app: 3)
-    monkeypatch.setattr(r, "_stop_many", lambda dynos, why: None)
+def _failed(actions: list[plan.Action]) -> list[int]:
+    return [a.version for a in actions if isinstance(a, plan.MarkReleaseFailed)]
+
+
+def test_release_failed_only_while_an_older_release_serves() -> None:
     want = Desired("shop", 2, 2, "sha", 70000, {})
     crashed = _dyno(1, 2, State.CRASHED, release=2)
     crashed.meta, crashed.crashes = None, 2
     # A first release that crashes: nothing else serves, so it just crash-loops.
-    assert not r._release_failed(want, [crashed]) and not failed
+    assert not plan.plan_release_failed(want, [crashed])
+    assert not _failed(plan.plan_release_failed(want, [crashed]))
     serving = _dyno(1, 1, State.UP, release=1)
     once = _dyno(2, 2, State.CRASHED, release=2)
     once.crashes = 1
-    assert not r._release_failed(want, [serving, once])  # restarted once at once first
-    assert r._release_failed(want, [serving, crashed]) and failed == [2]
+    assert not plan.plan_release_failed(want, [serving, once])  # restarted once at once first
+    actions = plan.plan_release_failed(want, [serving, crashed])
+    assert actions and _failed(actions) == [2]
 
 
 def test_server_stat() -> None:

@@ -7,21 +7,24 @@ from pathlib import Path
 
 import pytest
 
+from dynod.model import dynos as model_dynos
+from dynod.model.dynos import DynoMeta, DynoRef
+from dynod.model.dynos import DynoState as State
 from dynod.model.formation import Process
 from dynod.router.protocol import Backend, NullRouter
-from dynod.runtime import dynos
-from dynod.runtime.dynos import DynoMeta, DynoRef
-from dynod.runtime.supervisor import Desired, Dyno, Reconciler, State, backoff
+from dynod.runtime import dynos, plan
+from dynod.runtime.plan import Desired, Dyno, Observed, backoff
+from dynod.runtime.supervisor import Supervisor
 from dynod.system import users
 
 
 def test_dyno_key_round_trips_and_names_the_unit() -> None:
     ref = DynoRef("my-shop", "long_worker", 12, 3)
     assert ref.key == "my-shop.long_worker.12.3"
-    assert dynos.parse_key(ref.key) == ref
-    assert ref.unit == "dynod-my\\x2dshop-long_worker.12-3.service"
+    assert model_dynos.parse_key(ref.key) == ref
+    assert dynos.unit_of(ref) == "dynod-my\\x2dshop-long_worker.12-3.service"
     assert ref.dyno == "long_worker.12"
-    assert dynos.parse_key("shop-web.1") is None
+    assert model_dynos.parse_key("shop-web.1") is None
 
 
 def test_backoff_first_restart_at_once_then_grows_to_twenty_minutes() -> None:
@@ -48,11 +51,11 @@ def _backend(d: Dyno) -> Backend:
 
 
 def test_rollout_stops_an_old_worker_once_its_replacement_settled() -> None:
-    r = Reconciler(None, None, NullRouter())  # type: ignore[arg-type]
     old = [_dyno(n, 1, State.UP, "worker") for n in (1, 2, 3)]
     new = [_dyno(1, 2, State.UP, "worker"), _dyno(2, 2, State.STARTING, "worker")]
     # worker.1 replaced and up; worker.2 still starting; worker.3 has no replacement.
-    assert [d.ref.number for d in r.rollout("shop", old, new)] == [1, 3]
+    seen = Observed(0.0, 0.0)
+    assert [d.ref.number for d in plan.rollout("shop", old, new, seen)] == [1, 3]
 
 
 def test_rollout_stops_an_old_web_dyno_once_its_replacement_is_routed_and_ready() -> None:
@@ -65,17 +68,23 @@ def test_rollout_stops_an_old_web_dyno_once_its_replacement_is_routed_and_ready(
             return backend not in self.not_ready
 
     router = Router()
-    r = Reconciler(None, None, router)  # type: ignore[arg-type]
+    r = Supervisor(None, None, router, lambda: None)  # type: ignore[arg-type, return-value]
     old = [_dyno(n, 1, State.UP) for n in (1, 2, 3, 4)]
     new = [_dyno(1, 2, State.UP), _dyno(2, 2, State.UP), _dyno(3, 2, State.CRASHED)]
+
+    def seen(routed: list[Backend]) -> Observed:
+        """What a pass observes: the router's view and (asked of it) readiness."""
+        view = {"shop": tuple(routed)}
+        return Observed(0.0, 0.0, routed=view, ready=r._ready(old + new, view))
+
     # Up but not yet given to the router: nothing leaves but the one not wanted.
-    assert [d.ref.number for d in r.rollout("shop", old, new)] == [4]
-    r._backends["shop"] = [_backend(d) for d in old + new[:2]]
+    assert [d.ref.number for d in plan.rollout("shop", old, new, seen([]))] == [4]
+    routed = [_backend(d) for d in old + new[:2]]
     router.not_ready = {_backend(new[1])}  # the router has not seen web.2 up yet
     # web.1 goes; web.2 waits for the router; web.3's replacement crashed: it stays.
-    assert [d.ref.number for d in r.rollout("shop", old, new)] == [1, 4]
+    assert [d.ref.number for d in plan.rollout("shop", old, new, seen(routed))] == [1, 4]
     router.not_ready = set()
-    assert [d.ref.number for d in r.rollout("shop", old, new)] == [1, 2, 4]
+    assert [d.ref.number for d in plan.rollout("shop", old, new, seen(routed))] == [1, 2, 4]
 
 
 def test_user_records_for_nss_systemd(tmp_path: Path) -> None:
