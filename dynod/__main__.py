@@ -71,13 +71,14 @@ def serve(config: Path) -> int:
     router_started = router.start()
     # The dyno host lays every dyno's root over the stack the build pipeline made.
     require_stack = partial(stacks.require_stack, settings.state_dir, stacks.DEFAULT_STACK)
-    supervisor = Supervisor(store, settings, router, partial(Host, settings, require_stack))
-    oneoffs = OneOffs(store, settings, lambda: supervisor.host)
-    phase = ReleasePhase(store, settings, oneoffs, supervisor.changed)
-    # The control plane's events: after a committed change, its app[api] lines first,
-    # then whatever follows the desired state.
+    # The control plane's events (and the platform's verdicts): after a committed change,
+    # its app[api] lines first, then whatever follows the desired state.
     events = EventBus()
     events.subscribe(Audit.EVENTS, Audit())
+    supervisor = Supervisor(store, settings, router, partial(Host, settings, require_stack),
+                            events)
+    oneoffs = OneOffs(store, settings, lambda: supervisor.host)
+    phase = ReleasePhase(store, settings, oneoffs, supervisor.changed, events)
     events.subscribe(DYNOS_CHANGED, lambda e: supervisor.changed(e.app))
     events.subscribe(DYNOS_CHANGED, lambda e: phase.kick(e.app))
     # The router also catches up with the store on its own within seconds, so a change

@@ -50,10 +50,10 @@ from dynod.build.watchers import ReleasePhaseWatcher, RolloutWatcher
 from dynod.control import apps, releases, slugs
 from dynod.errors import DynodError, FailedPrecondition, InvalidArgument
 from dynod.model.builds import Build, BuildSettings, BuildStatus
-from dynod.model.events import EventBus
+from dynod.model.events import BuildFinished, BuildStarted, EventBus
 from dynod.model.releases import ReleaseStatus
 from dynod.store import reads
-from dynod.system import journal, mounts, netns, systemctl, users
+from dynod.system import mounts, netns, systemctl, users
 from dynod.system.unit_properties import DEFAULT_PATH
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ class Builder:
         try:
             with store.write() as tx:
                 tx.put_build(build)
-            journal.api_event(app, f"Build started by user {user}")
+            self.events.publish(BuildStarted(app, user))
             stack_root = self.ensure_stack(bs.stack, emit)
             # Receive the whole source before any output: a cut upload builds nothing.
             plan = mounts.RootfsPlan(dyno=f"build-{build.id[:8]}", dyno_dir=run_dir,
@@ -273,18 +273,18 @@ class Builder:
             self._report_release(app, release.version, release.status, emit)
             build = replace(build, status=BuildStatus.SUCCEEDED, slug_id=slug.id,
                             release=release.version, buildpacks=result.buildpacks)
-            journal.api_event(app, "Build succeeded")
+            self.events.publish(BuildFinished(app, succeeded=True))
         except DynodError as exc:
             if not said:
                 emit(f"{buildpacks.ERROR}{exc.message}")
             emit(f"{buildpacks.ERROR}Push failed")
             build = replace(build, status=BuildStatus.FAILED, error=exc.message)
-            journal.api_event(app, "Build failed")
+            self.events.publish(BuildFinished(app, succeeded=False))
         except BaseException as exc:
             emit(f"{buildpacks.ERROR}Internal error: {exc}")
             emit(f"{buildpacks.ERROR}Push failed")
             build = replace(build, status=BuildStatus.FAILED, error=f"internal error: {exc}")
-            journal.api_event(app, "Build failed")
+            self.events.publish(BuildFinished(app, succeeded=False))
             if not isinstance(exc, Exception):
                 raise
         finally:

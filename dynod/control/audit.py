@@ -9,6 +9,10 @@ from ``dynoctl``, a git push or a rollback. Heroku's lines (logging article):
     app[api]: Deploy 1a2b3c4d by user jane
     app[api]: Rollback to v3 by user jane
     app[api]: Scaled to web@3:Standard-1X worker@1:Standard-1X by user jane
+
+and the platform's verdicts, published by the build pipeline and the runtime:
+``Build started by user jane``, ``Build succeeded``/``Build failed``, ``Running release
+v5 commands by user jane``, ``Release v5 failed: ...``.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ from collections.abc import Callable
 from dynod.model import sizes
 from dynod.model.events import (
     AppEvent,
+    BuildFinished,
+    BuildStarted,
     ConfigChanged,
     FormationChanged,
     ReleaseCreated,
+    ReleaseFailed,
+    ReleasePhaseStarted,
     RolledBack,
 )
 from dynod.model.releases import Release
@@ -47,6 +55,14 @@ def lines_of(event: AppEvent) -> list[str]:
         return release_lines(event.release)
     if isinstance(event, FormationChanged) and event.scaled:
         return [scale_line(event)]
+    if isinstance(event, BuildStarted):
+        return [f"Build started by user {event.user}"]
+    if isinstance(event, BuildFinished):
+        return ["Build succeeded" if event.succeeded else "Build failed"]
+    if isinstance(event, ReleasePhaseStarted):
+        return [f"Running release v{event.version} commands by user {event.user}"]
+    if isinstance(event, ReleaseFailed):
+        return [event.message]
     return []
 
 
@@ -55,7 +71,8 @@ class Audit:
     ``api_event`` in the daemon, a list in tests)."""
 
     EVENTS: tuple[type[AppEvent], ...] = (ConfigChanged, ReleaseCreated, RolledBack,
-                                          FormationChanged)
+                                          FormationChanged, BuildStarted, BuildFinished,
+                                          ReleasePhaseStarted, ReleaseFailed)
 
     def __init__(self, write: Callable[[str, str], None] = journal.api_event) -> None:
         self.write = write

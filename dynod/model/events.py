@@ -1,7 +1,10 @@
 """What the control plane tells the rest of dynod after a change has been committed.
 
 Every use case in ``dynod.control`` that changes the desired state commits, then
-publishes exactly one event on the daemon's :class:`EventBus`. The composition root
+publishes exactly one event on the daemon's :class:`EventBus`; the build pipeline and
+the runtime publish the platform's own verdicts on the same bus (a build started or
+finished, a release phase started, a release failed), so that every ``app[api]`` line
+is written in one place. The composition root
 (``dynod.__main__``) subscribes the parts that follow the state: the supervisor and the
 release phase (:data:`DYNOS_CHANGED`), the router (:data:`ROUTES_CHANGED`), the git
 user's authorized_keys (:class:`KeysChanged`) and the ``app[api]`` lines of the app's
@@ -105,6 +108,35 @@ class KeysChanged(Event):
     """An ssh key that may push was added or removed."""
 
     key_id: str
+
+
+@dataclass(frozen=True)
+class BuildStarted(AppEvent):
+    """A build of the app began (a push, ``dynoctl deploy``)."""
+
+    user: str
+
+
+@dataclass(frozen=True)
+class BuildFinished(AppEvent):
+    succeeded: bool
+
+
+@dataclass(frozen=True)
+class ReleasePhaseStarted(AppEvent):
+    """Release ``version``'s release command is starting as a one-off dyno."""
+
+    version: int
+    user: str
+
+
+@dataclass(frozen=True)
+class ReleaseFailed(AppEvent):
+    """Release ``version`` was marked failed (its release command, or web dynos that
+    never came up); ``message`` is the line that says so, why, and what keeps serving."""
+
+    version: int
+    message: str
 
 
 # Changes after which an app's dynos may differ (counts, sizes, release, config, the app

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from dynod.errors import DynodError, NotFound
 from dynod.model.dynos import DynoMeta, DynoRef, DynoState
+from dynod.model.events import EventBus, ReleaseFailed
 from dynod.model.releases import ReleaseStatus
 from dynod.router.protocol import Backend, Router
 from dynod.runtime import plan
@@ -56,10 +57,12 @@ class Effects(Protocol):
 class SystemEffects:
     """Effects on this machine: systemd units, the dyno host, the router, the store."""
 
-    def __init__(self, store: Store, host: Callable[[], Host], router: Router) -> None:
+    def __init__(self, store: Store, host: Callable[[], Host], router: Router,
+                 events: EventBus) -> None:
         self.store = store
         self.host = host
         self.router = router
+        self.events = events
 
     def event(self, ref: DynoRef, message: str) -> None:
         journal.app_event(ref.app, ref.dyno, message)
@@ -111,7 +114,7 @@ class SystemEffects:
         with self.store.write() as tx:
             reads.require_release(tx, app, version)
             tx.set_release_status(app, version, ReleaseStatus.FAILED)
-        journal.api_event(app, message)
+        self.events.publish(ReleaseFailed(app, version, message))
 
 
 def _mb(size: int) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dynod.errors import DynodError, FailedPrecondition, NotFound
+from dynod.model.events import EventBus, ReleaseFailed, ReleasePhaseStarted
 from dynod.model.releases import RELEASE_TYPE, ReleaseStatus
 from dynod.runtime.oneoff import OneOffs, Stdio
 from dynod.settings import Settings
@@ -49,11 +50,13 @@ class ReleasePhase:
     any thread; ``changed(app)`` is called when a release's status changes."""
 
     def __init__(self, store: Store, settings: Settings, oneoffs: OneOffs,
-                 changed: Callable[[str], None], timeout: float = TIMEOUT) -> None:
+                 changed: Callable[[str], None], events: EventBus, *,
+                 timeout: float = TIMEOUT) -> None:
         self.store = store
         self.settings = settings
         self.oneoffs = oneoffs
         self.changed = changed
+        self.events = events
         self.timeout = timeout
         self._lock = threading.Lock()
         self._running: dict[tuple[str, int], threading.Event] = {}
@@ -97,8 +100,9 @@ class ReleasePhase:
             reads.require_release(tx, app, version)
             tx.set_release_status(app, version, status)
         if status is ReleaseStatus.FAILED:
-            journal.app_event(app, "api", f"Release v{version} failed: the release command "
-                                          "did not succeed", source="app")
+            self.events.publish(ReleaseFailed(
+                app, version, f"Release v{version} failed: the release command did not "
+                              "succeed"))
         with self._lock:
             done = self._running.pop((app, version), None)
         if done is not None:
@@ -111,7 +115,7 @@ class ReleasePhase:
             command = reads.release_command(tx, release)
         if not command:
             return ReleaseStatus.SUCCEEDED
-        journal.api_event(app, f"Running release v{version} commands by user {release.user}")
+        self.events.publish(ReleasePhaseStarted(app, version, release.user))
         try:
             d = self.oneoffs.start(app, command, user=release.user, stdio=Stdio.PIPES,
                                    process_type=RELEASE_TYPE, version=version,

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 from dynod.errors import InvalidArgument, NotFound
 from dynod.model.dynos import DynoInfo, DynoRef, DynoState
+from dynod.model.events import EventBus
 from dynod.model.formation import Process
 from dynod.model.releases import ReleaseStatus
 from dynod.router.protocol import Backend, Router
@@ -78,7 +79,8 @@ class Supervisor:
     machine (tests)."""
 
     def __init__(self, store: Store, settings: Settings, router: Router,
-                 host_factory: Callable[[], Host], effects: Effects | None = None) -> None:
+                 host_factory: Callable[[], Host], events: EventBus, *,
+                 effects: Effects | None = None) -> None:
         self.store = store
         self.settings = settings
         self.router = router
@@ -88,7 +90,8 @@ class Supervisor:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.executor = Executor(effects or SystemEffects(store, lambda: self.host, router),
+        self.executor = Executor(effects or SystemEffects(store, lambda: self.host, router,
+                                                          events),
                                  self._wake.set)
         self._passes = 0  # passes begun (wait_settled waits for a full one)
         self._gc_next = time.monotonic() + 60.0  # disk hygiene, after start settles

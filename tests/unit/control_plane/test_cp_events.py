@@ -22,6 +22,8 @@ from dynod.model.builds import Build, BuildStatus
 from dynod.model.events import (
     AppCreated,
     AppDestroyed,
+    BuildFinished,
+    BuildStarted,
     ConfigChanged,
     DomainsChanged,
     Event,
@@ -30,6 +32,8 @@ from dynod.model.events import (
     KeysChanged,
     MaintenanceChanged,
     ReleaseCreated,
+    ReleaseFailed,
+    ReleasePhaseStarted,
     RolledBack,
 )
 from dynod.model.formation import Process
@@ -168,6 +172,23 @@ def test_audit_writes_herokus_api_lines() -> None:
         ("shop", "Release v4 created by user jane"),
         ("shop", "Scaled to web@3:Standard-1X worker@0:Standard-2X by user jane"),
     ]
+
+
+def test_the_platforms_verdicts_are_api_lines_too() -> None:
+    """The build pipeline and the runtime publish their app[api] lines as events, so
+    audit.py is the one writer of them all."""
+    lines: list[str] = []
+    bus = EventBus()
+    bus.subscribe(Audit.EVENTS, Audit(lambda _app, message: lines.append(message)))
+    bus.publish(BuildStarted("shop", "jane"))
+    bus.publish(BuildFinished("shop", succeeded=True))
+    bus.publish(BuildFinished("shop", succeeded=False))
+    bus.publish(ReleasePhaseStarted("shop", 5, "jane"))
+    bus.publish(ReleaseFailed("shop", 5, "Release v5 failed: the release command did not "
+                                         "succeed"))
+    assert lines == ["Build started by user jane", "Build succeeded", "Build failed",
+                     "Running release v5 commands by user jane",
+                     "Release v5 failed: the release command did not succeed"]
 
 
 def test_creating_an_app_is_one_transaction(tmp_path: Path,

@@ -10,6 +10,7 @@ import pytest
 from dynod.model import dynos as model_dynos
 from dynod.model.dynos import DynoMeta, DynoRef
 from dynod.model.dynos import DynoState as State
+from dynod.model.events import EventBus
 from dynod.model.formation import Process
 from dynod.router.protocol import Backend, NullRouter
 from dynod.runtime import dynos, plan
@@ -68,7 +69,7 @@ def test_rollout_stops_an_old_web_dyno_once_its_replacement_is_routed_and_ready(
             return backend not in self.not_ready
 
     router = Router()
-    r = Supervisor(None, None, router, lambda: None)  # type: ignore[arg-type, return-value]
+    r = Supervisor(None, None, router, lambda: None, EventBus())  # type: ignore[arg-type, return-value]
     old = [_dyno(n, 1, State.UP) for n in (1, 2, 3, 4)]
     new = [_dyno(1, 2, State.UP), _dyno(2, 2, State.UP), _dyno(3, 2, State.CRASHED)]
 
