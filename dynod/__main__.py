@@ -64,7 +64,7 @@ def serve(config: Path) -> int:
 
     store = SqliteStore.open(settings.db_path)
     log.info("state %s, schema version %d", settings.db_path, store.schema_version)
-    # The router before the dynos: reconcile tells it about up web dynos from the start.
+    # The router before the dynos: the supervisor tells it about up web dynos from the start.
     # HAProxy comes up in a thread meanwhile (router calls wait for it).
     router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
                            state_dir=settings.state_dir)

@@ -16,7 +16,7 @@ from dynod.cli.client import CliError, call
 from dynod.cli.rollout import wait_rollout
 from dynod.v1 import config_pb2, config_pb2_grpc
 
-VAR = "DYNO_HEALTHCHECK_PATH"  # dynod.runtime.supervisor.HEALTHCHECK_VAR
+VAR = "DYNO_HEALTHCHECK_PATH"  # dynod.runtime.plan.HEALTHCHECK_VAR
 
 
 def stub() -> config_pb2_grpc.ConfigStub:

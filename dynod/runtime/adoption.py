@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 from dynod.model.dynos import ONE_OFF_TYPES, DynoRef, DynoState, parse_key
 from dynod.runtime import dynos, plan
@@ -73,23 +72,6 @@ def collect_trees(store: Store, settings: Settings) -> None:
         uids = {tx.app_uid(a.name) for a in tx.apps()}
     for uid in {tree.uid for tree in dynos.list_trees(settings)} - uids:
         for tree in dynos.list_trees(settings):
-            if tree.uid == uid and not tree_in_use(tree.path):
+            if tree.uid == uid and not mounts.is_overlay_lower(tree.path):
                 log.info("removing slug tree %s (its app is gone)", tree.path)
                 unpack.remove_tree(tree.path)
-
-
-def tree_in_use(path: Path) -> bool:
-    """Still a lower layer of a mounted dyno root (a dyno being stopped)?"""
-    return any(f"{path}:" in option or f"{path}," in option
-               for option in overlay_options(Path("/proc/self/mountinfo").read_text()))
-
-
-def overlay_options(mountinfo: str) -> list[str]:
-    """The super options (lowerdir=..., upperdir=...) of every overlay mount."""
-    out = []
-    for line in mountinfo.splitlines():
-        _, sep, rest = line.partition(" - ")
-        fields = rest.split(" ")
-        if sep and len(fields) >= 3 and fields[0] == "overlay":
-            out.append(mounts.unescape_mountinfo(fields[2]))
-    return out

@@ -26,6 +26,7 @@ from dynod.settings import Settings
 from dynod.slug import unpack
 from dynod.store import reads
 from dynod.store.protocol import Store
+from dynod.system import mounts
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,8 @@ def checksums(store: Store, keep: int = KEEP) -> tuple[set[str], set[str]]:
     return kept, referenced
 
 
-def tree_in_use(path: Path) -> bool:
-    """Still a lower layer of a mounted dyno root?"""
-    lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    return any(f"{path}:" in line or f"{path}," in line for line in lines
-               if " overlay " in line)
-
-
-def collect(store: Store, settings: Settings, in_use: Callable[[Path], bool] = tree_in_use,
+def collect(store: Store, settings: Settings,
+            in_use: Callable[[Path], bool] = mounts.is_overlay_lower,
             keep: int = KEEP) -> Collected:
     """Remove what no kept release needs. Safe to run at any time (dynos running)."""
     kept, referenced = checksums(store, keep)
