@@ -13,12 +13,12 @@ import logging
 from collections.abc import Callable
 
 from dynod.model.dynos import ONE_OFF_TYPES, DynoRef, DynoState, parse_key
-from dynod.runtime import dynos, plan
+from dynod.runtime import plan
 from dynod.runtime.dynos import Host, read_meta, ref_of
 from dynod.runtime.executor import STOP_TIMEOUT
 from dynod.runtime.plan import Dyno
 from dynod.settings import Settings
-from dynod.slug import unpack
+from dynod.slug import trees, unpack
 from dynod.store.protocol import Store
 from dynod.system import mounts, netns, units
 
@@ -70,8 +70,8 @@ def collect_trees(store: Store, settings: Settings) -> None:
     a live app stays (a rollback may use it again)."""
     with store.read() as tx:
         uids = {tx.app_uid(a.name) for a in tx.apps()}
-    for uid in {tree.uid for tree in dynos.list_trees(settings)} - uids:
-        for tree in dynos.list_trees(settings):
+    for uid in {tree.uid for tree in trees.list_trees(settings)} - uids:
+        for tree in trees.list_trees(settings):
             if tree.uid == uid and not mounts.is_overlay_lower(tree.path):
                 log.info("removing slug tree %s (its app is gone)", tree.path)
                 unpack.remove_tree(tree.path)

@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynod.runtime import dynos
 from dynod.settings import Settings
-from dynod.slug import unpack
+from dynod.slug import trees, unpack
 from dynod.store import reads
 from dynod.store.protocol import Store
 from dynod.system import mounts
@@ -93,7 +92,7 @@ def collect(store: Store, settings: Settings,
             blob.unlink()
             n_slugs += 1
             log.info("gc: removed slug %s", blob.name)
-    for tree in dynos.list_trees(settings):
+    for tree in trees.list_trees(settings):
         if tree.sha256 in kept or in_use(tree.path):
             continue
         freed += size_of(tree.path)
@@ -129,5 +128,5 @@ def disk_use(store: Store, settings: Settings, app: str) -> int:
             if slug is not None:
                 shas.add(slug.sha256)
     total = sum(size_of(settings.state_dir / "slugs" / f"{sha}.tgz") for sha in shas)
-    total += sum(size_of(t.path) for t in dynos.list_trees(settings) if t.uid == uid)
+    total += sum(size_of(t.path) for t in trees.list_trees(settings) if t.uid == uid)
     return total + size_of(settings.state_dir / "cache" / app)
