@@ -60,6 +60,8 @@ if TYPE_CHECKING:
     from dynod.settings import Settings
     from dynod.store.protocol import Store
 
+# The last line of Heroku's git push.
+HEROKU_VERIFIED = "Verifying deploy... done."
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
 
 
@@ -323,14 +325,21 @@ class Builder:
                 self.release_phase.follow_lines(app, version, emit)
         with self.store.read() as tx:
             phase_ok = tx.release(app, version)
-        if (phase_ok is not None and phase_ok.status is ReleaseStatus.SUCCEEDED
-                and self.rollout is not None):
-            emit(f"{buildpacks.STEP}Verifying deploy...")
-            verdict = self.rollout.follow_rollout(app, version)
-            if verdict is False:
-                emit(f"{buildpacks.ERROR}Release v{version} failed: its web dynos did "
-                     "not come up (crashed at boot or R10); the previous release keeps "
-                     "serving. See dynoctl logs")
-            else:
-                emit(f"{buildpacks.INDENT}done." if verdict else
-                     f"{buildpacks.INDENT}still rolling out; see dynoctl ps")
+        if phase_ok is None or phase_ok.status is not ReleaseStatus.SUCCEEDED:
+            return  # the release phase said why (Waiting for release.... failed.)
+        # Heroku's last line, only once the new release serves: a request sent the moment
+        # it is printed reaches the new web dynos. Never after a release that failed.
+        if self.rollout is None:
+            emit(HEROKU_VERIFIED)
+            return
+        emit(f"{buildpacks.STEP}Verifying deploy...")
+        verdict = self.rollout.follow_rollout(app, version)
+        if verdict is False:
+            emit(f"{buildpacks.ERROR}Release v{version} failed: its web dynos did "
+                 "not come up (crashed at boot or R10); the previous release keeps "
+                 "serving. See dynoctl logs")
+        elif verdict:
+            emit(f"{buildpacks.INDENT}done.")
+            emit(HEROKU_VERIFIED)
+        else:
+            emit(f"{buildpacks.INDENT}still rolling out; see dynoctl ps")

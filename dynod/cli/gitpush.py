@@ -138,9 +138,9 @@ def pre_receive(stdin_text: str) -> int:
         finally:
             with contextlib.suppress(OSError):
                 archive.unlink()
-        if build is not None and build.status == "succeeded":
-            print("Verifying deploy... done.", flush=True)
-        else:
+        # A build that succeeded ends with the daemon's verdict on its release (Heroku's
+        # "Verifying deploy... done." only once the new release serves).
+        if build is None or build.status != "succeeded":
             print(f"!\tPush rejected to {app}.", flush=True)
             print("", flush=True)
             status = 1

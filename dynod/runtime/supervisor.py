@@ -363,23 +363,47 @@ class Supervisor:
         return found
 
     def follow_rollout(self, app: str, version: int, timeout: float = 150.0) -> bool | None:
-        """For a deploy's output (git push): wait until every web dyno of ``app`` runs
-        release ``version`` (True), the release failed to come up (False), or ``timeout``
-        passed (None)."""
+        """For a deploy's output (git push's ``Verifying deploy... done.``): wait until
+        release ``version`` serves, that is as many of its web dynos as the formation
+        asks are up, routed and taking requests in the router (True; at once when it
+        has no web dynos); the release failed to come up (False); or ``timeout`` passed
+        (None)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.store.read() as tx:
                 release = tx.release(app, version)
                 latest = tx.latest_release(app)
+                slug = (tx.slug(app, release.slug_id)
+                        if release is not None and release.slug_id is not None else None)
+                web = [p.quantity for p in tx.processes(app) if p.type == "web"]
             if release is None or release.status is ReleaseStatus.FAILED:
                 return False
             if latest is not None and latest.version > version:
                 return True  # superseded by a newer release
-            try:
-                web = [d for d in self.dynos(app) if d.process_type == "web"]
-            except NotFound:
-                return None
-            if all(d.release == version for d in web):
+            wanted = web[0] if web and slug is not None and "web" in slug.process_types else 0
+            new, old = self._serving(app, version)
+            if new >= wanted and not old:
                 return True
-            time.sleep(0.25)
+            time.sleep(0.1)
         return None
+
+    def _serving(self, app: str, version: int) -> tuple[int, int]:
+        """How many web dynos of release ``version`` the router sends requests to, and
+        how many of other releases it still has (an old one leaves before it drains)."""
+        routed = self.executor.routed_view().get(app, ())
+        ready = getattr(self.router, "ready", None)
+        new = old = 0
+        for d in self.executor.records(app):
+            backend = d.backend()
+            if not d.web or backend is None or backend not in routed:
+                continue
+            if d.release != version:
+                old += 1
+                continue
+            if d.stopping or d.state is not DynoState.UP:
+                continue
+            try:
+                new += ready is None or bool(ready(app, backend))
+            except Exception:
+                log.exception("router: ready(%s)", app)
+        return new, old

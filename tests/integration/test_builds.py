@@ -274,3 +274,33 @@ def test_deploy_builds_stacks_cache_and_custom_buildpacks(stack_machine: Machine
     assert "-----> Using buildpack: file:///srv/custom.git" in out, out
     assert "-----> Custom compile (git) from " in out, out
     assert "Released v3" in out, out
+
+
+def test_the_app_answers_the_moment_the_push_says_done(stack_machine: Machine) -> None:
+    """Heroku's last line, ``Verifying deploy... done.``, means the new release serves:
+    a request sent the moment git prints it gets the new release's page through the
+    router, on a first deploy and on a later one (issue 16: once, a 503 followed it)."""
+    m = stack_machine
+    setup_push(m, "prompt", str(EXAMPLES / "shell"))
+    # The curl runs while git push is still printing: inside the same pipeline.
+    watch = ("cd /tmp/prompt && GIT_SSH_COMMAND='{ssh}' git push dynod main 2>&1 | "
+             "while IFS= read -r line; do printf '%s\\n' \"$line\"; "
+             "case $line in *'Verifying deploy... done.'*) printf 'HTTP %s\\n' \"$(curl -s "
+             "-o /tmp/prompt.body -w '%{{http_code}}' -H 'Host: prompt.dynod.localhost' "
+             "http://127.0.0.1/)\"; cat /tmp/prompt.body;; esac; done")
+    for version, page in ((2, "Hello from a Procfile-only app"), (3, "second deploy")):
+        if version == 3:
+            commit(m, "prompt", "index.html", f"<h1>{page}</h1>")
+        out = sh(m, watch.format(ssh=SSH))[1]
+        assert f"remote:        Released v{version}" in out, out
+        assert "HTTP 200" in out, out
+        assert page in out.split("Verifying deploy... done.", 1)[1], out
+    # A release whose web dynos crash at boot is not rolled out: the push says so last,
+    # never "done.", and the previous release keeps serving.
+    commit(m, "prompt", "Procfile", "web: exit 3")
+    out = sh(m, watch.format(ssh=SSH))[1]
+    after = out.split("remote:        Released v4", 1)[1]
+    assert "remote:  !     Release v4 failed: its web dynos did not come up" in after, out
+    assert "Verifying deploy... done." not in after, out
+    assert "second deploy" in sh(m, "curl -s -H 'Host: prompt.dynod.localhost' "
+                                    "http://127.0.0.1/")[1]

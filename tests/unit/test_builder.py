@@ -94,19 +94,20 @@ def test_the_runtime_satisfies_the_watchers_by_shape() -> None:
 
 
 @pytest.mark.parametrize(("verdict", "last"), [
-    (True, "       done."),
-    (None, "       still rolling out; see dynoctl ps"),
-    (False, " !     Release v2 failed: its web dynos did not come up (crashed at boot or "
-            "R10); the previous release keeps serving. See dynoctl logs"),
+    # Heroku's "Verifying deploy... done." only once the new release serves.
+    (True, ["       done.", "Verifying deploy... done."]),
+    (None, ["       still rolling out; see dynoctl ps"]),
+    (False, [" !     Release v2 failed: its web dynos did not come up (crashed at boot or "
+             "R10); the previous release keeps serving. See dynoctl logs"]),
 ])
-def test_a_push_verifies_the_deploy(verdict: bool | None, last: str) -> None:
+def test_a_push_verifies_the_deploy(verdict: bool | None, last: list[str]) -> None:
     store = _Store({2: _release("shop", 2, ReleaseStatus.SUCCEEDED)})
     rollout = _Rollout(verdict)
     lines: list[str] = []
     _builder(store, rollout=rollout)._report_release(
         "shop", 2, ReleaseStatus.SUCCEEDED, lines.append)
     assert lines == ["       Released v2", "       http://shop.dynod.localhost/ deployed to dynod",
-                     "", "-----> Verifying deploy...", last]
+                     "", "-----> Verifying deploy...", *last]
     assert rollout.calls == [("shop", 2)]
 
 
@@ -132,7 +133,8 @@ def test_a_release_command_is_followed_then_the_rollout_only_if_it_succeeded(
         "shop", 2, ReleaseStatus.PENDING, lines.append)
     assert lines[4] == "Running release command..."
     if outcome is ReleaseStatus.SUCCEEDED:
-        assert lines[5:] == ["-----> Verifying deploy...", "       done."]
+        assert lines[5:] == ["-----> Verifying deploy...", "       done.",
+                             "Verifying deploy... done."]
         assert rollout.calls == [("shop", 2)]
     else:
         assert lines[5:] == []
