@@ -163,8 +163,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p = sub.add_parser("apps", parents=[common], help="list your apps")
     p.set_defaults(func=cmd_apps)
     p = sub.add_parser("gc", parents=[common],
-                       help="remove slugs of releases past the retention (last 10 per app)")
-    p.add_argument("--keep", type=int, metavar="N", help="releases to keep per app (10)")
+                       help="remove slugs past the retention (the last 10 deploys of each app)")
+    p.add_argument("--keep", type=int, metavar="N",
+                   help="deploys (distinct slugs) to keep per app (10)")
     p.set_defaults(func=cmd_gc)
     p = sub.add_parser("apps:create", aliases=["create"], parents=[common],
                        help="create an app (a random name if none is given)")

@@ -1,6 +1,6 @@
-"""Disk hygiene (issue 7): slugs and unpacked slug trees of releases past a retention
-(the last ``keep`` releases of each app, and its current one) are removed, and so are
-the build caches of apps that no longer exist.
+"""Disk hygiene (issue 7): slugs and unpacked slug trees past a retention (the slugs of
+each app's last ``keep`` deploys, counted as distinct slugs, and of its current release)
+are removed, and so are the build caches of apps that no longer exist.
 
 Slug tarballs are content-addressed (``<state>/slugs/<sha256>.tgz``, shared by apps) and
 unpacked trees are ``<state>/slugs/trees/<sha256>-<uid>``. A tarball or tree is kept
@@ -58,19 +58,26 @@ def size_of(path: Path) -> int:
 
 
 def checksums(store: Store, keep: int = KEEP) -> tuple[set[str], set[str]]:
-    """sha256 of the slugs kept releases refer to, and of those any release does."""
+    """sha256 of the slugs kept (each app's ``keep`` newest distinct slugs, and its
+    current release's), and of those any release refers to."""
     kept: set[str] = set()
     referenced: set[str] = set()
     with store.read() as tx:
         for app in tx.apps():
             rels = sorted(tx.releases(app.name, None), key=lambda r: r.version, reverse=True)
             current = reads.current_release(tx, app.name)
-            for i, r in enumerate(rels):
+            # The slugs of the last ``keep`` deploys, counted as distinct slugs: config
+            # changes and restarts make releases too, and ten of them must not take every
+            # older code out of reach of a rollback.
+            newest: list[str] = []
+            for r in rels:
                 slug = tx.slug(app.name, r.slug_id) if r.slug_id else None
                 if slug is None:
                     continue
                 referenced.add(slug.sha256)
-                if i < keep or r.version == current.version:
+                if slug.sha256 not in newest:
+                    newest.append(slug.sha256)
+                if len(newest) <= keep or r.version == current.version:
                     kept.add(slug.sha256)
     return kept, referenced
 
