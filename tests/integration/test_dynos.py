@@ -303,8 +303,22 @@ def test_cpu_shared_by_weight(stack_machine: Machine) -> None:
     # Every busy process on one CPU: the weights then decide each dyno's share of it.
     # Spread over both CPUs, the balancer's placement decided it too, and with the
     # other test workers busy a CI run once measured 1.18.
-    m.exec(["sh", "-c", "find /sys/fs/cgroup -path '*dynod-shop-*.service*' -name cgroup.procs"
-                        " | xargs cat | sort -u | xargs -n1 taskset -a -p -c 0 >/dev/null"])
+    # Each dyno's shell forks its four loops as it starts: pin until every process of both
+    # dynos is on CPU 0 (a loop forked between reading cgroup.procs and pinning its shell
+    # would otherwise keep both CPUs, and its dyno get the other one to itself: CI once
+    # measured 0.71).
+    pin = ("find /sys/fs/cgroup -path '*dynod-shop-*.service*' -name cgroup.procs"
+           " | xargs cat | sort -u | xargs -n1 taskset -a -p -c 0 >/dev/null")
+    check = ("find /sys/fs/cgroup -path '*dynod-shop-*.service*' -name cgroup.procs"
+             " | xargs cat | sort -u | xargs -n1 taskset -p | grep -vc ': 1$' || true")
+    for _ in range(20):
+        m.exec(["sh", "-c", pin])
+        time.sleep(0.25)
+        loops = m.exec(["sh", "-c", "pgrep -c -f 'while :; do :; done' || true"]).stdout
+        if m.exec(["sh", "-c", check]).stdout.strip() == "0" and int(loops or 0) >= 8:
+            break
+    else:
+        raise AssertionError("could not pin both dynos' busy loops to CPU 0")
     time.sleep(1)
     # Measure over enough CPU time for the weights to show: with the other test
     # workers busy, the machine may get a fraction of a core (0.15 of one in a CI run).
