@@ -58,6 +58,10 @@ COMMON_PACKAGES: tuple[str, ...] = (
     "libpq-dev",
     "libsqlite3-dev",
     "zlib1g-dev",
+    # the clients of the add-ons, for `dynoctl pg:psql` / `redis:cli` in a one-off dyno
+    # and for apps that shell out to them (pg_dump in a Rails task)
+    "postgresql-client",
+    "redis-tools",
 )
 
 
