@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from dynod.model import sizes
 from dynod.model.events import (
+    AddonsChanged,
     AppEvent,
     BuildFinished,
     BuildStarted,
@@ -53,6 +54,9 @@ def lines_of(event: AppEvent) -> list[str]:
     """The ``app[api]`` lines ``event`` makes (none for a resize, as before)."""
     if isinstance(event, ConfigChanged | ReleaseCreated | RolledBack):
         return release_lines(event.release)
+    if isinstance(event, AddonsChanged):
+        made = [] if event.release is None else release_lines(event.release)
+        return made + [f"{line} by user {event.user}" for line in event.lines]
     if isinstance(event, FormationChanged) and event.scaled:
         return [scale_line(event)]
     if isinstance(event, BuildStarted):
@@ -72,7 +76,8 @@ class Audit:
 
     EVENTS: tuple[type[AppEvent], ...] = (ConfigChanged, ReleaseCreated, RolledBack,
                                           FormationChanged, BuildStarted, BuildFinished,
-                                          ReleasePhaseStarted, ReleaseFailed)
+                                          ReleasePhaseStarted, ReleaseFailed,
+                                          AddonsChanged)
 
     def __init__(self, write: Callable[[str, str], None] = journal.api_event) -> None:
         self.write = write

@@ -97,6 +97,22 @@ class MaintenanceChanged(AppEvent):
 
 
 @dataclass(frozen=True)
+class AddonsChanged(AppEvent):
+    """The app's add-ons changed: one was created, destroyed, attached, detached,
+    promoted or had its credentials rotated (``addon`` names it). ``release`` is the
+    new release holding the attachments' URL config vars (None when the app made none,
+    e.g. it is being destroyed); such releases skip the release phase (Heroku:
+    release-phase, "add-on config var changes"). ``lines`` are ``app[api]`` lines that
+    follow the release's own (``@ref:... completed provisioning, setting
+    DATABASE_URL.``). The access reconciler and the supervisor follow it."""
+
+    addon: str
+    user: str
+    release: Release | None = None
+    lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CertsChanged(Event):
     """A certificate the router serves was added or removed."""
 
@@ -140,9 +156,9 @@ class ReleaseFailed(AppEvent):
 
 
 # Changes after which an app's dynos may differ (counts, sizes, release, config, the app
-# gone) or a release may wait for its release phase.
+# gone, its add-ons' URLs) or a release may wait for its release phase.
 DYNOS_CHANGED: tuple[type[AppEvent], ...] = (
-    AppDestroyed, ConfigChanged, ReleaseCreated, RolledBack, FormationChanged)
+    AppDestroyed, ConfigChanged, ReleaseCreated, RolledBack, FormationChanged, AddonsChanged)
 # Changes the router serves: host names, maintenance pages, certificates.
 ROUTES_CHANGED: tuple[type[Event], ...] = (DomainsChanged, MaintenanceChanged, CertsChanged)
 

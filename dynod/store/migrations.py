@@ -159,8 +159,50 @@ def _v5(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE ssh_keys_v5 RENAME TO ssh_keys")
 
 
+def _v6(db: sqlite3.Connection) -> None:
+    # Add-ons (issue 15): an add-on is owned by one app and has a globally unique name;
+    # it is attached to apps under names unique per app (DATABASE -> DATABASE_URL);
+    # Postgres backups are numbered per app (b001) and record how they verified.
+    db.execute("""CREATE TABLE addons (
+        name       TEXT PRIMARY KEY,
+        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        service    TEXT NOT NULL,
+        plan       TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        host       TEXT NOT NULL,
+        port       INTEGER NOT NULL,
+        user       TEXT NOT NULL,
+        password   TEXT NOT NULL,
+        database   TEXT NOT NULL
+    )""")
+    db.execute("CREATE INDEX addons_app ON addons(app_id)")
+    db.execute("""CREATE TABLE addon_attachments (
+        addon      TEXT NOT NULL REFERENCES addons(name) ON DELETE CASCADE,
+        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        name       TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (addon, app_id),
+        UNIQUE (app_id, name)
+    )""")
+    db.execute("""CREATE TABLE addon_backups (
+        app_id      INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        id          TEXT NOT NULL,
+        addon       TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        finished_at TEXT,
+        size        INTEGER NOT NULL DEFAULT 0,
+        sha256      TEXT NOT NULL DEFAULT '',
+        status      TEXT NOT NULL,
+        reason      TEXT NOT NULL DEFAULT '',
+        tables      TEXT NOT NULL DEFAULT '{}',
+        scheduled   INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (app_id, id)
+    ) WITHOUT ROWID""")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

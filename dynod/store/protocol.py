@@ -17,6 +17,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from dynod.model.addons import Addon, Attachment, Backup
 from dynod.model.apps import App
 from dynod.model.builds import Build, BuildSettings
 from dynod.model.domains import Domain
@@ -127,8 +128,45 @@ class KeysTx(Protocol):
         ...
 
 
+class AddonsTx(Protocol):
+    """Add-ons (globally unique names, each owned by one app), their attachments (an
+    add-on attached to an app under a name unique in that app) and Postgres backups
+    (ids unique per app). Removing an app removes its attachments, the add-ons it owns
+    with every attachment of them, and its backups."""
+
+    def insert_addon(self, addon: Addon) -> None: ...
+    def update_addon(self, addon: Addon) -> None:
+        """Replace the record of ``addon.name`` (state, plan, credentials)."""
+        ...
+
+    def delete_addon(self, name: str) -> None:
+        """Delete it and every attachment of it."""
+        ...
+
+    def get_addon(self, name: str) -> Addon | None: ...
+    def list_addons(self, app: str | None = None) -> list[Addon]:
+        """By name; those ``app`` owns, every app's if None."""
+        ...
+
+    def insert_attachment(self, att: Attachment) -> None: ...
+    def delete_attachment(self, addon: str, app: str) -> None: ...
+    def list_attachments(self, app: str | None = None,
+                         addon: str | None = None) -> list[Attachment]:
+        """By app, then creation; filtered by attached app and/or add-on."""
+        ...
+
+    def insert_backup(self, backup: Backup) -> None: ...
+    def update_backup(self, backup: Backup) -> None: ...
+    def get_backup(self, app: str, backup_id: str) -> Backup | None: ...
+    def list_backups(self, app: str) -> list[Backup]:
+        """Oldest first."""
+        ...
+
+    def delete_backup(self, app: str, backup_id: str) -> None: ...
+
+
 class Tx(AppsTx, AppSettingsTx, ReleasesTx, FormationTx, SlugsTx, DomainsTx, BuildsTx,
-         KeysTx, Protocol):
+         KeysTx, AddonsTx, Protocol):
     """One transaction over every aggregate."""
 
 

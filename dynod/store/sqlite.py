@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from dynod.errors import Unavailable
+from dynod.model.addons import Addon, AddonState, Attachment, Backup, BackupStatus, Credentials
 from dynod.model.apps import App
 from dynod.model.builds import Build, BuildSettings, BuildStatus
 from dynod.model.domains import Domain
@@ -70,7 +71,10 @@ class SqliteTx:
             return []
         checksums = [r[0] for r in self.db.execute(
             "SELECT DISTINCT checksum FROM slugs WHERE app_id = ? AND uploaded", (app_id,))]
-        for table in ("releases", "formation", "slugs", "builds", "domains"):
+        self.db.execute("DELETE FROM addon_attachments WHERE app_id = ? OR addon IN"
+                        " (SELECT name FROM addons WHERE app_id = ?)", (app_id, app_id))
+        for table in ("addons", "addon_backups", "releases", "formation", "slugs", "builds",
+                      "domains"):
             self.db.execute(f"DELETE FROM {table} WHERE app_id = ?", (app_id,))  # noqa: S608
         self.db.execute("DELETE FROM apps WHERE id = ?", (app_id,))
         return [c for c in checksums if self.db.execute(
@@ -269,6 +273,122 @@ class SqliteTx:
 
     def remove_key(self, key_id: str) -> bool:
         return self.db.execute("DELETE FROM ssh_keys WHERE id = ?", (key_id,)).rowcount > 0
+
+
+    # add-ons, their attachments and backups
+    _ADDON = ("SELECT x.name, x.service, x.plan, a.name, x.state, x.created_at, x.host,"
+              " x.port, x.user, x.password, x.database FROM addons x"
+              " JOIN apps a ON a.id = x.app_id")
+
+    @staticmethod
+    def _addon(row: tuple[object, ...]) -> Addon:
+        return Addon(
+            name=str(row[0]), service=str(row[1]), plan=str(row[2]), app=str(row[3]),
+            state=AddonState(str(row[4])), created_at=_time(str(row[5])),
+            credentials=Credentials(host=str(row[6]), port=int(str(row[7])),
+                                    user=str(row[8]), password=str(row[9]),
+                                    database=str(row[10])))
+
+    def insert_addon(self, addon: Addon) -> None:
+        c = addon.credentials
+        self.db.execute(
+            "INSERT INTO addons (name, app_id, service, plan, state, created_at, host, port,"
+            " user, password, database) SELECT ?, id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM apps"
+            " WHERE name = ?",
+            (addon.name, addon.service, addon.plan, str(addon.state),
+             addon.created_at.isoformat(), c.host, c.port, c.user, c.password, c.database,
+             addon.app))
+
+    def update_addon(self, addon: Addon) -> None:
+        c = addon.credentials
+        self.db.execute(
+            "UPDATE addons SET app_id = (SELECT id FROM apps WHERE name = ?), service = ?,"
+            " plan = ?, state = ?, host = ?, port = ?, user = ?, password = ?, database = ?"
+            " WHERE name = ? AND EXISTS (SELECT 1 FROM apps WHERE name = ?)",
+            (addon.app, addon.service, addon.plan, str(addon.state), c.host, c.port, c.user,
+             c.password, c.database, addon.name, addon.app))
+
+    def delete_addon(self, name: str) -> None:
+        self.db.execute("DELETE FROM addon_attachments WHERE addon = ?", (name,))
+        self.db.execute("DELETE FROM addons WHERE name = ?", (name,))
+
+    def get_addon(self, name: str) -> Addon | None:
+        row = self.db.execute(self._ADDON + " WHERE x.name = ?", (name,)).fetchone()
+        return None if row is None else self._addon(row)
+
+    def list_addons(self, app: str | None = None) -> list[Addon]:
+        if app is None:
+            rows = self.db.execute(self._ADDON + " ORDER BY x.name")
+        else:
+            rows = self.db.execute(self._ADDON + " WHERE a.name = ? ORDER BY x.name", (app,))
+        return [self._addon(r) for r in rows]
+
+    def insert_attachment(self, att: Attachment) -> None:
+        self.db.execute(
+            "INSERT INTO addon_attachments (addon, app_id, name, created_at)"
+            " SELECT ?, id, ?, ? FROM apps WHERE name = ?",
+            (att.addon, att.name, att.created_at.isoformat(), att.app))
+
+    def delete_attachment(self, addon: str, app: str) -> None:
+        self.db.execute(
+            "DELETE FROM addon_attachments WHERE addon = ? AND app_id ="
+            " (SELECT id FROM apps WHERE name = ?)", (addon, app))
+
+    def list_attachments(self, app: str | None = None,
+                         addon: str | None = None) -> list[Attachment]:
+        query = ("SELECT t.addon, a.name, t.name, t.created_at FROM addon_attachments t"
+                 " JOIN apps a ON a.id = t.app_id WHERE (? IS NULL OR a.name = ?)"
+                 " AND (? IS NULL OR t.addon = ?) ORDER BY a.name, t.created_at, t.name")
+        rows = self.db.execute(query, (app, app, addon, addon))
+        return [Attachment(addon=r[0], app=r[1], name=r[2], created_at=_time(r[3]))
+                for r in rows]
+
+    _BACKUP = ("SELECT b.id, b.addon, a.name, b.created_at, b.finished_at, b.size, b.sha256,"
+               " b.status, b.reason, b.tables, b.scheduled FROM addon_backups b"
+               " JOIN apps a ON a.id = b.app_id WHERE a.name = ?")
+
+    @staticmethod
+    def _backup(row: tuple[object, ...]) -> Backup:
+        return Backup(
+            id=str(row[0]), addon=str(row[1]), app=str(row[2]), created_at=_time(str(row[3])),
+            finished_at=None if row[4] is None else _time(str(row[4])), size=int(str(row[5])),
+            sha256=str(row[6]), status=BackupStatus(str(row[7])), reason=str(row[8]),
+            tables=MappingProxyType({str(k): int(v) for k, v in
+                                     json.loads(str(row[9])).items()}),
+            scheduled=bool(row[10]))
+
+    def _backup_values(self, b: Backup) -> tuple[object, ...]:
+        return (b.addon, b.created_at.isoformat(),
+                None if b.finished_at is None else b.finished_at.isoformat(), b.size,
+                b.sha256, str(b.status), b.reason, json.dumps(dict(b.tables), sort_keys=True),
+                int(b.scheduled))
+
+    def insert_backup(self, backup: Backup) -> None:
+        self.db.execute(
+            "INSERT INTO addon_backups (app_id, id, addon, created_at, finished_at, size,"
+            " sha256, status, reason, tables, scheduled)"
+            " SELECT id, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM apps WHERE name = ?",
+            (backup.id, *self._backup_values(backup), backup.app))
+
+    def update_backup(self, backup: Backup) -> None:
+        self.db.execute(
+            "UPDATE addon_backups SET addon = ?, created_at = ?, finished_at = ?, size = ?,"
+            " sha256 = ?, status = ?, reason = ?, tables = ?, scheduled = ?"
+            " WHERE id = ? AND app_id = (SELECT id FROM apps WHERE name = ?)",
+            (*self._backup_values(backup), backup.id, backup.app))
+
+    def get_backup(self, app: str, backup_id: str) -> Backup | None:
+        row = self.db.execute(self._BACKUP + " AND b.id = ?", (app, backup_id)).fetchone()
+        return None if row is None else self._backup(row)
+
+    def list_backups(self, app: str) -> list[Backup]:
+        rows = self.db.execute(self._BACKUP + " ORDER BY b.created_at, b.id", (app,))
+        return [self._backup(r) for r in rows]
+
+    def delete_backup(self, app: str, backup_id: str) -> None:
+        self.db.execute(
+            "DELETE FROM addon_backups WHERE id = ? AND app_id ="
+            " (SELECT id FROM apps WHERE name = ?)", (backup_id, app))
 
 
 class SqliteStore:
