@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 from dynod.control import formation, slugs
 from dynod.errors import FailedPrecondition
@@ -34,16 +35,24 @@ def append_release(
     user: str,
     slug_id: str | None,
     config: Mapping[str, str],
+    release_phase: bool = True,
 ) -> Release:
     """Add the next release of ``app`` inside ``tx`` and declare its process types in
     the formation. The version is the latest plus one, read in the same write
     transaction, so two writers can never make the same version. A slug with a
     ``release:`` process type makes a pending release: the release phase
     (``release_phase``) runs that command and marks it succeeded or failed. The
-    caller publishes the event once the transaction has committed."""
+    caller publishes the event once the transaction has committed.
+
+    ``release_phase=False`` (an add-on's config vars; Heroku: such releases "are marked
+    successful without running" it) makes a succeeded release, unless the newest one
+    is still pending: then the code has not passed its release phase yet, and the new
+    release waits for it as well (its command runs with the new URLs)."""
     newest = tx.latest_release(app)
     slug = tx.slug(app, slug_id) if slug_id is not None else None
     pending = slug is not None and RELEASE_TYPE in slug.process_types
+    if not release_phase and (newest is None or newest.status is not ReleaseStatus.PENDING):
+        pending = False
     release = Release(
         app=app,
         version=1 if newest is None else newest.version + 1,
@@ -105,6 +114,7 @@ def rollback(store: Store, events: EventBus, app: str, version: int | None,
              user: str) -> Release:
     """A new release copying release ``version``'s slug and config (default: the one
     before the current release), described ``Rollback to vN``; publishes RolledBack.
+    The add-ons' URLs stay those of the app's current attachments (rollback_config).
 
     Raises NotFound (app, version), FailedPrecondition (nothing before v1).
     """
@@ -118,6 +128,37 @@ def rollback(store: Store, events: EventBus, app: str, version: int | None,
             version = running.version - 1
         target = reads.require_release(tx, app, version)
         release = append_release(tx, app, description=f"Rollback to v{target.version}",
-                                 user=user, slug_id=target.slug_id, config=target.config)
+                                 user=user, slug_id=target.slug_id,
+                                 config=rollback_config(tx, app, target.config))
     events.publish(RolledBack(app, release))
     return release
+
+
+def attachment_vars(tx: Tx, app: str) -> dict[str, str]:
+    """The config vars the app's add-on attachments hold now: ``DATABASE_URL`` -> URL."""
+    out: dict[str, str] = {}
+    for att in tx.list_attachments(app=app):
+        addon = tx.get_addon(att.addon)
+        if addon is not None:
+            out[att.config_var] = addon.url
+    return out
+
+
+def _locator(url: str) -> tuple[str, str, int | None, str]:
+    """A URL without its user and password, so rotated credentials still match."""
+    try:
+        parts = urlsplit(url)
+        return (parts.scheme, parts.hostname or "", parts.port, parts.path)
+    except ValueError:
+        return ("", url, None, "")
+
+
+def rollback_config(tx: Tx, app: str, config: Mapping[str, str]) -> dict[str, str]:
+    """Heroku (releases): rolling back "does not add or remove add-ons". An older
+    release's ``config`` without any value that is an add-on's URL, plus the URL of each
+    current attachment of ``app``: a rollback never points the app at an add-on it no
+    longer has attached, nor loses one it has."""
+    servers = {_locator(a.url) for a in tx.list_addons()}
+    kept = {k: v for k, v in config.items() if _locator(v) not in servers}
+    kept.update(attachment_vars(tx, app))
+    return kept

@@ -16,6 +16,7 @@ by the composition root and never imports the servers.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
@@ -48,6 +49,23 @@ COLORS: tuple[str, ...] = (
     "MAROON", "MAUVE", "NAVY", "OLIVE", "ONYX", "ORANGE", "PINK", "PUCE", "PURPLE",
     "RED", "ROSE", "SILVER", "TEAL", "VIOLET", "WHITE", "YELLOW",
 )
+
+# Heroku's add-on names read like postgresql-curved-12345: service, adjective, number.
+_ADJECTIVES: tuple[str, ...] = (
+    "angular", "animated", "asymmetrical", "clean", "closed", "colorful", "concave",
+    "convex", "crystalline", "cubed", "curly", "curved", "deep", "defined", "dimensional",
+    "elliptical", "encircled", "flat", "flexible", "fluffy", "graceful", "horizontal",
+    "octagonal", "opaque", "parallel", "perpendicular", "polished", "reticulated",
+    "rigid", "round", "shallow", "shaped", "sinuous", "slippery", "solid", "spherical",
+    "symmetrical", "tetrahedral", "transparent", "triangular", "vertical",
+)
+
+
+def random_addon_name(service: str, rng: random.Random | None = None) -> str:
+    """``postgresql-curved-12345``, ``redis-flat-48213``."""
+    r = rng or random.SystemRandom()
+    return f"{NAME_PREFIX[service]}-{r.choice(_ADJECTIVES)}-{r.randrange(10000, 100000)}"
+
 
 ATTACHMENT_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,62}$")
 ADDON_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{2,62}$")
@@ -160,6 +178,11 @@ class Addon:
     @property
     def plan_info(self) -> Plan:
         return PLANS[self.service][self.plan]
+
+    @property
+    def url(self) -> str:
+        """What the config var of each attachment holds."""
+        return self.credentials.url(self.service)
 
 
 @dataclass(frozen=True)

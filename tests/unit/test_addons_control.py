@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from dynod.control import addons as control
+from dynod.control import apps, config_vars, releases
+from dynod.control.audit import Audit
+from dynod.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from dynod.model.addons import (
     POSTGRES,
     REDIS,
@@ -17,8 +25,13 @@ from dynod.model.addons import (
     Backup,
     BackupStatus,
     Credentials,
+    Plan,
 )
 from dynod.model.apps import App
+from dynod.model.events import AddonsChanged, AppEvent, EventBus
+from dynod.model.releases import Release, ReleaseStatus
+from dynod.model.slugs import Slug
+from dynod.store import reads
 from dynod.store.sqlite import SqliteStore
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -85,3 +98,307 @@ def test_attachment_names_are_unique_per_app(tmp_path: Path) -> None:
         tx.insert_attachment(Attachment("postgresql-curved-12345", "shop", "DATABASE", NOW))
     with pytest.raises(Exception, match="UNIQUE"), store.write() as tx:
         tx.insert_attachment(Attachment("postgresql-round-22222", "shop", "DATABASE", NOW))
+
+
+# --- the control plane, against a fake of the servers ---------------------------------
+
+class FakeServices:
+    """Records what the control plane asks of the servers; ``fail`` makes provision or
+    deprovision raise."""
+
+    def __init__(self) -> None:
+        self.provisioned: dict[str, str] = {}  # add-on -> service
+        self.deprovisioned: list[str] = []
+        self.fail: set[str] = set()
+        self.count = 0
+
+    def provision(self, addon: str, plan: Plan) -> Credentials:
+        if "provision" in self.fail:
+            raise Unavailable("postgresql@15-dynod.service is not running; start it")
+        self.count += 1
+        self.provisioned[addon] = plan.service
+        port = 5432 if plan.service == POSTGRES else 6400 + self.count
+        return Credentials("10.213.0.1", port, f"u{self.count}", f"pw{self.count}",
+                           f"d{self.count}" if plan.service == POSTGRES else "0")
+
+    def deprovision(self, addon: str, service: str) -> None:
+        if "deprovision" in self.fail:
+            raise Unavailable("cannot reach the server")
+        self.deprovisioned.append(addon)
+        self.provisioned.pop(addon, None)
+
+    def rotate_credentials(self, addon: str, service: str) -> Credentials:
+        raise NotImplementedError
+
+    def reset(self, addon: str, service: str) -> None:
+        raise NotImplementedError
+
+    def info(self, addon: str, service: str) -> Mapping[str, str]:
+        return {}
+
+    def admit(self, addresses: Mapping[str, AbstractSet[str]]) -> None:
+        pass
+
+    def ensure_running(self) -> None:
+        pass
+
+
+@dataclass
+class World:
+    store: SqliteStore
+    events: EventBus
+    services: FakeServices
+    seen: list[AppEvent]
+    lines: list[tuple[str, str]]
+
+    def snapshot(self) -> tuple[object, ...]:
+        with self.store.read() as tx:
+            return (tx.list_addons(), tx.list_attachments(),
+                    {a.name: tx.releases(a.name, None) for a in tx.apps()},
+                    [a.name for a in tx.apps()])
+
+    def config(self, app: str) -> dict[str, str]:
+        with self.store.read() as tx:
+            return dict(reads.latest_release(tx, app).config)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    store = SqliteStore.open(tmp_path / "state.db")
+    events = EventBus()
+    seen: list[AppEvent] = []
+    lines: list[tuple[str, str]] = []
+    events.subscribe(AppEvent, seen.append)
+    events.subscribe(Audit.EVENTS, Audit(lambda app, line: lines.append((app, line))))
+    for name in ("shop", "blog"):
+        apps.create_app(store, events, name, "jane")
+    return World(store, events, FakeServices(), seen, lines)
+
+
+def _create(w: World, spec: str = "heroku-postgresql", app: str = "shop",
+            as_name: str | None = None) -> control.Change:
+    return control.create_addon(w.store, w.events, w.services, app, spec, user="jane",
+                                as_name=as_name)
+
+
+def test_create_names_attaches_and_releases_without_release_phase(world: World) -> None:
+    change = _create(world)
+    addon = change.addon
+    assert re.fullmatch(r"postgresql-[a-z]+-\d{5}", addon.name)
+    assert (addon.service, addon.plan, addon.app) == (POSTGRES, "essential-0", "shop")
+    assert world.services.provisioned == {addon.name: POSTGRES}
+    release = change.releases["shop"]
+    assert release.description == f"Attach DATABASE (@ref:{addon.name})"
+    assert release.status is ReleaseStatus.SUCCEEDED
+    assert world.config("shop")["DATABASE_URL"] == "postgres://u1:pw1@10.213.0.1:5432/d1"
+    event = world.seen[-1]
+    assert isinstance(event, AddonsChanged) and event.release == release
+    assert world.lines[-3:] == [
+        ("shop", f"Attach DATABASE (@ref:{addon.name}) by user jane"),
+        ("shop", f"Release v{release.version} created by user jane"),
+        ("shop", f"@ref:{addon.name} completed provisioning, setting DATABASE_URL. "
+                 "by user jane")]
+    # Further Postgres add-ons get Heroku's colours; Redis is REDIS.
+    second = _create(world, "postgresql:essential-1")
+    assert second.attachment is not None
+    assert second.attachment.name == "HEROKU_POSTGRESQL_AMBER"
+    assert "HEROKU_POSTGRESQL_AMBER_URL" in world.config("shop")
+    redis = _create(world, "redis")
+    assert redis.attachment is not None and redis.attachment.name == "REDIS"
+    assert re.fullmatch(r"redis-[a-z]+-\d{5}", redis.addon.name)
+    assert world.config("shop")["REDIS_URL"].startswith("redis://u3:pw3@10.213.0.1:")
+
+
+def test_addon_release_skips_the_release_phase_of_a_slug_that_declares_one(
+        world: World) -> None:
+    with world.store.write() as tx:
+        tx.put_slug(Slug(id="s1", app="shop", checksum="sha256:ab", size=1, created_at=NOW,
+                         process_types={"web": "gunicorn app", "release": "migrate"},
+                         commit="1234567890", uploaded=True))
+    deployed = releases.create_release(world.store, world.events, "shop", "s1", "jane")
+    assert deployed.status is ReleaseStatus.PENDING  # a deploy runs its release phase
+    releases.set_status(world.store, "shop", deployed.version, ReleaseStatus.SUCCEEDED)
+    change = _create(world)
+    assert change.releases["shop"].status is ReleaseStatus.SUCCEEDED
+    assert change.releases["shop"].slug_id == "s1"
+    # config:set of the same app still runs it
+    set_ = config_vars.set_config(world.store, world.events, "shop", {"A": "1"}, "jane")
+    assert set_.status is ReleaseStatus.PENDING
+
+
+@pytest.mark.parametrize(("spec", "as_name", "error", "text"), [
+    ("mysql", None, InvalidArgument, 'unknown add-on service "mysql"'),
+    ("heroku-postgresql:huge-9", None, InvalidArgument, 'has no plan "huge-9"; plans:'),
+    ("redis:nope", None, InvalidArgument, "plans: mini"),
+    ("postgresql", "bad name!", InvalidArgument, "e.g. --as DATABASE"),
+    ("postgresql", "DATABASE", AlreadyExists, "choose another name with --as"),
+])
+def test_bad_create_names_the_fix_and_changes_nothing(
+        world: World, spec: str, as_name: str | None, error: type[Exception],
+        text: str) -> None:
+    _create(world)
+    before = world.snapshot()
+    provisioned = dict(world.services.provisioned)
+    with pytest.raises(error, match=re.escape(text)):
+        _create(world, spec, as_name=as_name)
+    assert world.snapshot() == before
+    assert world.services.provisioned == provisioned
+
+
+def test_create_refuses_a_config_var_the_user_set(world: World) -> None:
+    config_vars.set_config(world.store, world.events, "shop",
+                           {"DATABASE_URL": "postgres://elsewhere/db"}, "jane")
+    before = world.snapshot()
+    with pytest.raises(FailedPrecondition, match="config:unset DATABASE_URL"):
+        _create(world)
+    assert world.snapshot() == before and world.services.provisioned == {}
+    assert _create(world, as_name="local").attachment is not None  # --as works around it
+
+
+def test_create_on_missing_app_and_failed_provision_record_nothing(world: World) -> None:
+    before = world.snapshot()
+    with pytest.raises(NotFound, match="dynoctl apps"):
+        _create(world, app="nope")
+    world.services.fail.add("provision")
+    with pytest.raises(Unavailable):
+        _create(world)
+    assert world.snapshot() == before
+
+
+def test_a_failed_commit_deprovisions(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = world.snapshot()
+
+    def broken(*_a: object, **_k: object) -> Release:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(releases, "append_release", broken)
+    with pytest.raises(OSError, match="disk full"):
+        _create(world)
+    assert world.snapshot() == before
+    assert world.services.provisioned == {} and len(world.services.deprovisioned) == 1
+
+
+def test_attach_detach_and_their_releases(world: World) -> None:
+    addon = _create(world).addon
+    att = control.attach_addon(world.store, world.events, addon.name, "blog",
+                               as_name="shop_db", user="jane")
+    assert att.attachment is not None and att.attachment.name == "SHOP_DB"
+    assert att.releases["blog"].description == f"Attach SHOP_DB (@ref:{addon.name})"
+    assert world.config("blog")["SHOP_DB_URL"] == world.config("shop")["DATABASE_URL"]
+    listed = control.list_addons(world.store, "blog")
+    assert [(v.addon.name, [a.app for a in v.attachments]) for v in listed] == [
+        (addon.name, ["blog", "shop"])]
+    before = world.snapshot()
+    with pytest.raises(NotFound, match="apps:create ghost"):
+        control.attach_addon(world.store, world.events, addon.name, "ghost", as_name=None,
+                             user="jane")
+    with pytest.raises(AlreadyExists, match="already attached"):
+        control.attach_addon(world.store, world.events, addon.name, "blog", as_name="X",
+                             user="jane")
+    with pytest.raises(NotFound, match="addons --all"):
+        control.attach_addon(world.store, world.events, "postgresql-nope-00000", "blog",
+                             as_name=None, user="jane")
+    with pytest.raises(FailedPrecondition, match="addons:destroy"):
+        control.detach_addon(world.store, world.events, "DATABASE", "shop", "jane")
+    with pytest.raises(NotFound, match="addons -a blog"):
+        control.detach_addon(world.store, world.events, "NOPE", "blog", "jane")
+    assert world.snapshot() == before
+    gone = control.detach_addon(world.store, world.events, "SHOP_DB_URL", "blog", "jane")
+    assert gone.releases["blog"].description == f"Detach SHOP_DB (@ref:{addon.name})"
+    assert gone.releases["blog"].status is ReleaseStatus.SUCCEEDED
+    assert "SHOP_DB_URL" not in world.config("blog")
+    assert control.list_addons(world.store, "blog") == []
+
+
+def test_destroy_needs_the_owning_app_and_detaches_everywhere(world: World) -> None:
+    addon = _create(world).addon
+    control.attach_addon(world.store, world.events, addon.name, "blog", as_name=None,
+                         user="jane")
+    before = world.snapshot()
+    with pytest.raises(InvalidArgument, match="--confirm shop"):
+        control.destroy_addon(world.store, world.events, world.services, addon.name,
+                              confirm=None, user="jane")
+    with pytest.raises(InvalidArgument, match='owning app "shop"; re-run with --confirm shop'):
+        control.destroy_addon(world.store, world.events, world.services, addon.name,
+                              confirm="blog", user="jane")
+    world.services.fail.add("deprovision")
+    with pytest.raises(Unavailable):
+        control.destroy_addon(world.store, world.events, world.services, addon.name,
+                              confirm="shop", user="jane")
+    assert world.snapshot() == before
+    world.services.fail.clear()
+    change = control.destroy_addon(world.store, world.events, world.services, addon.name,
+                                   confirm="shop", user="jane")
+    assert world.services.deprovisioned == [addon.name]
+    assert {a: r.description for a, r in change.releases.items()} == {
+        "shop": f"Detach DATABASE (@ref:{addon.name})",
+        "blog": f"Detach DATABASE (@ref:{addon.name})"}
+    assert "DATABASE_URL" not in world.config("shop")
+    assert "DATABASE_URL" not in world.config("blog")
+    assert control.list_addons(world.store) == []
+    changed = [e.app for e in world.seen[-2:] if isinstance(e, AddonsChanged)]
+    assert sorted(changed) == ["blog", "shop"]
+
+
+def test_promote_swaps_in_one_release(world: World) -> None:
+    first = _create(world).addon
+    second = _create(world).addon
+    urls = (world.config("shop")["DATABASE_URL"],
+            world.config("shop")["HEROKU_POSTGRESQL_AMBER_URL"])
+    versions = len(releases.list_releases(world.store, "shop"))
+    done = control.promote(world.store, world.events, "HEROKU_POSTGRESQL_AMBER", "shop",
+                           "jane")
+    assert done.addon.name == second.name
+    assert done.demoted is not None and done.demoted.name == "HEROKU_POSTGRESQL_AMBER"
+    assert len(releases.list_releases(world.store, "shop")) == versions + 1
+    assert done.release.description == f"Update DATABASE by pg:promote (@ref:{second.name})"
+    assert done.release.status is ReleaseStatus.SUCCEEDED
+    config = world.config("shop")
+    assert (config["HEROKU_POSTGRESQL_AMBER_URL"], config["DATABASE_URL"]) == urls
+    with pytest.raises(FailedPrecondition, match="already promoted"):
+        control.promote(world.store, world.events, second.name, "shop", "jane")
+    redis = _create(world, "redis").addon
+    with pytest.raises(InvalidArgument, match="heroku-postgresql add-ons only"):
+        control.promote(world.store, world.events, redis.name, "shop", "jane")
+    assert first.name in {v.addon.name for v in control.list_addons(world.store, "shop")}
+
+
+def test_rollback_keeps_the_current_addons(world: World) -> None:
+    config_vars.set_config(world.store, world.events, "shop", {"A": "1"}, "jane")  # v2
+    addon = _create(world).addon  # v3
+    url = world.config("shop")["DATABASE_URL"]
+    releases.rollback(world.store, world.events, "shop", 2, "jane")
+    assert world.config("shop") == {"A": "1", "DATABASE_URL": url}
+    # Rolling back to a release from while an add-on since detached was attached drops it.
+    other = _create(world, app="blog").addon
+    control.attach_addon(world.store, world.events, other.name, "shop", as_name="OTHER",
+                         user="jane")
+    before_detach = len(releases.list_releases(world.store, "shop"))
+    control.detach_addon(world.store, world.events, "OTHER", "shop", "jane")
+    releases.rollback(world.store, world.events, "shop", before_detach, "jane")
+    assert world.config("shop") == {"A": "1", "DATABASE_URL": url}
+    assert addon.name in {v.addon.name for v in control.list_addons(world.store, "shop")}
+
+
+def test_apps_destroy_destroys_owned_addons_and_detaches_others(world: World) -> None:
+    owned = _create(world).addon
+    theirs = _create(world, "redis", app="blog").addon
+    control.attach_addon(world.store, world.events, owned.name, "blog", as_name=None,
+                         user="jane")
+    control.attach_addon(world.store, world.events, theirs.name, "shop", as_name=None,
+                         user="jane")
+    before = world.snapshot()
+    with pytest.raises(FailedPrecondition, match=f"owns add-ons \\({owned.name}\\)"):
+        apps.delete_app(world.store, world.events, Path("/nonexistent"), "shop",
+                        services=world.services)
+    assert world.snapshot() == before
+    apps.delete_app(world.store, world.events, Path("/nonexistent"), "shop",
+                    services=world.services, destroy_addons=True, user="jane")
+    assert world.services.deprovisioned == [owned.name]
+    assert [v.addon.name for v in control.list_addons(world.store)] == [theirs.name]
+    assert [a.app for a in control.get_addon(world.store, theirs.name).attachments] == ["blog"]
+    assert "DATABASE_URL" not in world.config("blog")
+    assert world.lines[-2:] == [
+        ("blog", f"Detach DATABASE (@ref:{owned.name}) by user jane"),
+        ("blog", f"Release v{len(releases.list_releases(world.store, 'blog'))} created by "
+                 "user jane")]
