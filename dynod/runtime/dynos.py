@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Protocol
 
 from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.dynos import DynoMeta, DynoRef
@@ -78,9 +79,12 @@ def find_init(settings: Settings) -> Path:
     )
 
 
+class NetworkWatcher(Protocol):
+    """Told of every dyno's network (``runtime.addon_access.AddonAccess``): made, before
+    the dyno's process starts; going, before its address can be given to another."""
 
-
-
+    def network_up(self, app: str, key: str, address: IPv4Address) -> None: ...
+    def network_down(self, key: str) -> None: ...
 
 
 class Host:
@@ -88,8 +92,9 @@ class Host:
     ``start`` and ``teardown`` are safe to call from several threads."""
 
     def __init__(self, settings: Settings, require_stack: Callable[[], Path],
-                 mode: PidMode | None = None) -> None:
+                 mode: PidMode | None = None, watcher: NetworkWatcher | None = None) -> None:
         self.settings = settings
+        self.watcher = watcher
         # The stack every dyno's root is laid over (the build owns stacks: injected).
         self.require_stack = require_stack
         self.bridge = netns.plan_bridge(settings.address_pool)
@@ -138,6 +143,8 @@ class Host:
         meta = DynoMeta(ref.app, ref.process_type, ref.number, ref.generation, release,
                         command, size, str(address), PORT)
         try:
+            if self.watcher is not None:  # add-ons open to it before its command runs
+                self.watcher.network_up(ref.app, ref.key, address)
             mounts.apply_rootfs(plan)
             (plan.dyno_dir / META).write_text(json.dumps(asdict(meta)))
             spec = DynoSpec(
@@ -185,6 +192,8 @@ class Host:
     def teardown(self, ref: DynoRef) -> None:
         """Unload the unit (it must have stopped), unmount, remove the netns. Idempotent."""
         units.reset_dyno(unit_of(ref))
+        if self.watcher is not None:  # its address leaves the add-on sets before reuse
+            self.watcher.network_down(ref.key)
         meta = read_meta(self.settings, ref)
         plan = mounts.RootfsPlan(ref.key, mounts.dynos_dir(self.settings.runtime_dir) / ref.key,
                                  (), ())

@@ -53,6 +53,10 @@ NFT_TABLE = "dynod"  # family ip; everything dynod adds to nftables lives in thi
 # Link-local, where clouds serve instance metadata and credentials.
 METADATA = IPv4Network("169.254.0.0/16")
 IFNAMSIZ = 15
+# The chain the bridge's traffic to the gateway jumps to (add-on ports), its sets
+# (``addon_<port>``), and the output chain that keeps add-on servers off add-on ports.
+ADDONS_CHAIN = "addons"
+ADDONS_OUTPUT_CHAIN = "addons_output"
 
 
 @dataclass(frozen=True)
@@ -174,32 +178,43 @@ def ip_allow_list(net: DynoNetwork, pool: IPv4Network) -> list[IPv4Network]:
 
 
 def render_nftables(plan: BridgePlan) -> str:
-    """The whole ``ip dynod`` table, replaced atomically by ``nft -f``.
+    """The ``ip dynod`` table's structure and its base chains' rules, applied in one
+    transaction by ``nft -f`` (idempotent).
 
-    The leading ``table``/``delete table`` pair makes the script idempotent: it
-    creates the table if missing, then replaces it in one transaction.
+    The base chains are flushed and rewritten; the ``addons`` chain and the add-on
+    sets are declared but left as they are: a build or a new dyno host re-rendering
+    the table must not take away an add-on's access (``render_addon_rules`` owns them).
+    Nothing is deleted, so established flows and the router's keep their conntrack
+    entries and NAT bindings.
     """
     br = plan.bridge
-    return f"""table ip {NFT_TABLE}
-delete table ip {NFT_TABLE}
-table ip {NFT_TABLE} {{
+    gw = plan.gateway
+    t = f"ip {NFT_TABLE}"
+    return f"""table {t} {{
+\tchain {ADDONS_CHAIN} {{
+\t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\tip saddr {plan.pool} oifname != "{br}" masquerade
 \t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
-\t\toifname "{br}" ct state established,related accept
-\t\toifname "{br}" drop
-\t\tiifname "{br}" ip daddr {METADATA} drop
-\t\tiifname "{br}" ip daddr {plan.pool} drop
 \t}}
 \tchain input {{
 \t\ttype filter hook input priority filter; policy accept;
-\t\tiifname "{br}" ct state established,related accept
-\t\tiifname "{br}" drop
 \t}}
 }}
+flush chain {t} postrouting
+flush chain {t} forward
+flush chain {t} input
+add rule {t} postrouting ip saddr {plan.pool} oifname != "{br}" masquerade
+add rule {t} forward oifname "{br}" ct state established,related accept
+add rule {t} forward oifname "{br}" drop
+add rule {t} forward iifname "{br}" ip daddr {METADATA} drop
+add rule {t} forward iifname "{br}" ip daddr {plan.pool} drop
+add rule {t} input iifname "{br}" ip daddr {gw} jump {ADDONS_CHAIN}
+add rule {t} input iifname "{br}" ct state established,related accept
+add rule {t} input iifname "{br}" drop
+add rule {t} input iifname != {{ "{br}", "lo" }} ip daddr {gw} drop
 """
 
 
@@ -276,10 +291,7 @@ def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
     forward = Path("/proc/sys/net/ipv4/ip_forward")
     if forward.read_text().strip() != "1":
         forward.write_text("1\n")
-    try:
-        processes.output(["nft", "-f", "-"], input=render_nftables(plan))
-    except processes.CommandFailed as exc:
-        raise Unavailable(f"nftables table ip {NFT_TABLE}: {exc}") from exc
+    nft(render_nftables(plan), "base rules")
     resolv = runtime_dir / "resolv.conf"
     texts = []
     for candidate in (Path("/etc/resolv.conf"), Path("/run/systemd/resolve/resolv.conf")):
@@ -294,6 +306,13 @@ def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
     tmp.chmod(0o644)
     tmp.replace(resolv)
     return resolv
+
+
+def nft(script: str, what: str) -> str:
+    try:
+        return processes.output(["nft", "-f", "-"], input=script)
+    except processes.CommandFailed as exc:
+        raise Unavailable(f"nftables table ip {NFT_TABLE}: {what}: {exc}") from exc
 
 
 def remove_bridge(plan: BridgePlan) -> None:

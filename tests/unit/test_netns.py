@@ -84,15 +84,28 @@ def test_ip_allow_list_excludes_other_dynos_and_metadata() -> None:
 def test_render_nftables() -> None:
     text = netns.render_nftables(netns.plan_bridge("10.213.0.0/16"))
     lines = [line.strip() for line in text.splitlines()]
-    # Idempotent atomic replace of our own table only.
-    assert lines[:3] == ["table ip dynod", "delete table ip dynod", "table ip dynod {"]
-    assert 'ip saddr 10.213.0.0/16 oifname != "dynod0" masquerade' in lines
-    assert 'iifname "dynod0" ct state established,related accept' in lines
-    assert lines.index('iifname "dynod0" ct state established,related accept') < lines.index(
-        'iifname "dynod0" drop'
-    )
-    assert 'iifname "dynod0" ip daddr 169.254.0.0/16 drop' in lines
-    assert 'oifname "dynod0" drop' in lines
+    # Idempotent, and it never deletes the table: the add-on chain and sets survive a
+    # build or a new dyno host rendering it again; the base chains are rewritten.
+    assert lines[0] == "table ip dynod {"
+    assert not any(line.startswith(("delete", "flush set", "flush table")) for line in lines)
+    assert "flush chain ip dynod addons" not in lines
+    for chain in ("postrouting", "forward", "input"):
+        assert f"flush chain ip dynod {chain}" in lines
+    rules = [line.removeprefix("add rule ip dynod ") for line in lines
+             if line.startswith("add rule ")]
+    assert 'postrouting ip saddr 10.213.0.0/16 oifname != "dynod0" masquerade' in rules
+    assert 'forward iifname "dynod0" ip daddr 169.254.0.0/16 drop' in rules
+    assert 'forward oifname "dynod0" drop' in rules
+    # The bridge's traffic to the gateway goes through the add-on chain first: a dyno that
+    # loses access loses its established sessions too; then replies, then nothing.
+    order = [
+        'input iifname "dynod0" ip daddr 10.213.0.1 jump addons',
+        'input iifname "dynod0" ct state established,related accept',
+        'input iifname "dynod0" drop',
+    ]
+    assert [rules.index(r) for r in order] == sorted(rules.index(r) for r in order)
+    # The gateway's address is not reachable from the public side.
+    assert 'input iifname != { "dynod0", "lo" } ip daddr 10.213.0.1 drop' in rules
     assert text.count("{") == text.count("}")
 
 
