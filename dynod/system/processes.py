@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 
 class CommandFailed(Exception):
@@ -134,3 +136,89 @@ def replace_process(argv: Sequence[str], env: Mapping[str, str] | None = None) -
             os.execvpe(argv[0], list(argv), dict(env))  # noqa: S606
     except OSError as exc:
         raise CommandFailed(argv, None, str(exc)) from exc
+
+
+def run_files(
+    argv: Sequence[str],
+    *,
+    stdin_path: str | None = None,
+    stdout_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> str:
+    """Run argv with stdin read from ``stdin_path`` and stdout written to ``stdout_path``
+    (each a regular file, so a tool that seeks, such as ``pg_dump -Fc`` writing its table
+    of contents, can; the caller opens them, so the tool needs no access of its own).
+    Returns stderr. Raises CommandFailed on a non-zero exit or after ``timeout``."""
+    with contextlib.ExitStack() as files:
+        stdin = (files.enter_context(Path(stdin_path).open("rb")) if stdin_path is not None
+                 else subprocess.DEVNULL)
+        stdout = (files.enter_context(Path(stdout_path).open("wb")) if stdout_path is not None
+                  else subprocess.DEVNULL)
+        try:
+            proc = subprocess.run(list(argv), stdin=stdin, stdout=stdout,
+                                  stderr=subprocess.PIPE, env=None if env is None else dict(env),
+                                  timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CommandFailed(argv, None, str(exc)) from exc
+    stderr = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, stderr)
+    return stderr
+
+
+class Session:
+    """A line-oriented conversation with a long-running argv (``psql`` holding a
+    transaction open while another tool uses its snapshot): :meth:`send` text, read the
+    answer with :meth:`read_until`. Close it (or use ``with``) to end the process."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        try:
+            self._proc = subprocess.Popen(
+                list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=None if env is None else dict(env), text=True)
+        except OSError as exc:
+            raise CommandFailed(argv, None, str(exc)) from exc
+        self.argv = list(argv)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def send(self, text: str) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(text)
+            self._proc.stdin.flush()
+        except OSError as exc:
+            raise self._failed(str(exc)) from exc
+
+    def read_until(self, marker: str) -> list[str]:
+        """The lines before the line ``marker``. Raises CommandFailed (with stderr) if
+        the process ends first."""
+        assert self._proc.stdout is not None
+        lines: list[str] = []
+        for raw in self._proc.stdout:
+            line = raw.rstrip("\n")
+            if line == marker:
+                return lines
+            lines.append(line)
+        raise self._failed("")
+
+    def _failed(self, why: str) -> CommandFailed:
+        self.close()
+        assert self._proc.stderr is not None
+        return CommandFailed(self.argv, self._proc.returncode, self._proc.stderr.read() or why)
+
+    def close(self) -> int | None:
+        """Close its stdin and wait (kill it after 10 s); its exit status."""
+        if self._proc.stdin is not None and not self._proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        try:
+            return self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            return self._proc.wait()

@@ -1,0 +1,1 @@
+"""The servers behind add-ons: a PostgreSQL cluster, Redis instances, and backups."""
