@@ -85,9 +85,10 @@ class AppsServicer(apps_pb2_grpc.AppsServicer):
     def Delete(
         self, request: apps_pb2.DeleteAppRequest, context: grpc.ServicerContext
     ) -> apps_pb2.DeleteAppResponse:
-        caller_of(context)
+        user = caller_of(context).name
         apps.delete_app(self.daemon.store, self.daemon.events, self.daemon.slugs_dir,
-                        request.name)
+                        request.name, services=self.daemon.addons,
+                        destroy_addons=request.destroy_addons, user=user)
         return apps_pb2.DeleteAppResponse()
 
 

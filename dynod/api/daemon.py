@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dynod.model.addons import AddonServices
 from dynod.model.events import EventBus
 from dynod.settings import Settings
 from dynod.store.protocol import Store
@@ -33,6 +34,9 @@ class Daemon:
     oneoffs: OneOffs | None = None
     # Runs a pending release's release command (dynod/runtime/release_phase.py).
     release_phase: ReleasePhase | None = None
+    # The add-on servers (dynod/addons/manager.py); None where none run (servicer
+    # tests), so creating an add-on is FAILED_PRECONDITION there.
+    addons: AddonServices | None = None
 
     @property
     def slugs_dir(self) -> Path:

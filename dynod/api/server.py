@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dynod.api import addons as addons_api
 from dynod.api import apps, config, dynos, formation, oneoff, peer, releases, slugs, system
 from dynod.api import builds as builds_api
 from dynod.api import domains as domains_api
@@ -28,7 +29,7 @@ Registrar = Callable[[grpc.Server, Daemon], str]
 REGISTRARS: list[Registrar] = [
     system.register, apps.register, config.register, releases.register, formation.register,
     slugs.register, dynos.register, keys_api.register,
-    logs_api.register, domains_api.register, oneoff.register,
+    logs_api.register, domains_api.register, oneoff.register, addons_api.register,
 ]
 
 

@@ -140,8 +140,8 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     app = args.name or client.app_of(args)
     confirm = args.confirm
     if confirm is None and sys.stdin.isatty():
-        output.warn(f"WARNING: This will delete {output.app_label(app)} and all its "
-                    "releases, config vars and slugs.")
+        output.warn(f"WARNING: This will delete {output.app_label(app)} including all "
+                    "add-ons, and all its releases, config vars and slugs.")
         output.warn(f"To proceed, type {app} or re-run this command with --confirm {app}")
         confirm = input("\n> ").strip()
     if confirm != app:
@@ -150,11 +150,12 @@ def cmd_destroy(args: argparse.Namespace) -> int:
             if confirm is not None else
             f"destroying {app} needs confirmation; re-run with --confirm {app}"
         )
-    call(stub().Delete, apps_pb2.DeleteAppRequest(name=app))
+    # Confirmed: the add-ons the app owns go with it (Heroku: "including all add-ons").
+    call(stub().Delete, apps_pb2.DeleteAppRequest(name=app, destroy_addons=True), timeout=600)
     if args.json:
         output.print_json({"name": app, "destroyed": True})
         return 0
-    output.action(f"Destroying {output.app_label(app)}")
+    output.action(f"Destroying {output.app_label(app)} (including all add-ons)")
     return 0
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import grpc
 
 from dynod import __version__
+from dynod.cli import addons as addons_cli
 from dynod.cli import apps, client, config, ps, releases, slugs
 from dynod.cli import builds as builds_cli
 from dynod.cli import deploy as deploy_cli
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="git remote to take the app from (default dynod)")
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     for noun in (apps, config, releases, ps, slugs, logs_cli, domains_cli,
-                 builds_cli, deploy_cli, keys_cli, stacks_cli, run_cli, healthcheck_cli):
+                 builds_cli, deploy_cli, keys_cli, stacks_cli, run_cli, healthcheck_cli,
+                 addons_cli):
         noun.register(sub, common)
     return parser
 

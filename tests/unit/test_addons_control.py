@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from dynod.api.daemon import Daemon
+from dynod.api.server import make_server
+from dynod.cli import main as cli_main
 from dynod.control import addons as control
 from dynod.control import apps, config_vars, releases
 from dynod.control.audit import Audit
@@ -31,6 +35,7 @@ from dynod.model.apps import App
 from dynod.model.events import AddonsChanged, AppEvent, EventBus
 from dynod.model.releases import Release, ReleaseStatus
 from dynod.model.slugs import Slug
+from dynod.settings import Settings
 from dynod.store import reads
 from dynod.store.sqlite import SqliteStore
 
@@ -402,3 +407,96 @@ def test_apps_destroy_destroys_owned_addons_and_detaches_others(world: World) ->
         ("blog", f"Detach DATABASE (@ref:{owned.name}) by user jane"),
         ("blog", f"Release v{len(releases.list_releases(world.store, 'blog'))} created by "
                  "user jane")]
+
+
+# --- dynoctl over the API -------------------------------------------------------------
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServices]:
+    store = SqliteStore.open(tmp_path / "state" / "state.db")
+    services = FakeServices()
+    daemon = Daemon(store, Settings(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"),
+                    addons=services)
+    server, _ = make_server(daemon, max_workers=8)
+    sock = tmp_path / "api.sock"
+    server.add_insecure_port(f"unix:{sock}")
+    server.start()
+    monkeypatch.setenv("DYNOD_SOCKET", str(sock))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield services
+    finally:
+        server.stop(None).wait()
+        store.close()
+
+
+def dynoctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli_main.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dynoctl_addons_verbs_print_herokus_output(
+        cli: FakeServices, capsys: pytest.CaptureFixture[str]) -> None:
+    for app in ("shop", "blog"):
+        assert dynoctl(capsys, "apps:create", app, "--no-remote")[0] == 0
+    code, out, err = dynoctl(capsys, "addons:create", "heroku-postgresql", "-a", "shop")
+    assert code == 0, err
+    name = out.split()[1]
+    assert re.fullmatch(r"postgresql-[a-z]+-\d{5}", name)
+    assert err == "Creating heroku-postgresql:essential-0 on ⬢ shop... free\n"
+    assert out.splitlines()[0] == f"Created {name} as DATABASE_URL"
+    code, out, err = dynoctl(capsys, "addons:create", "postgresql:nope", "-a", "shop")
+    assert code == 1
+    assert err.splitlines() == [
+        "Creating postgresql:nope on ⬢ shop... !",
+        ' !    heroku-postgresql has no plan "nope"; plans: essential-0, essential-1, '
+        "essential-2, standard-0 (e.g. heroku-postgresql:essential-0)"]
+    code, out, err = dynoctl(capsys, "addons:attach", name, "-a", "blog", "--as", "shop_db")
+    assert (code, err) == (0, f"Attaching {name} as SHOP_DB to ⬢ blog... done\n"
+                              "Setting SHOP_DB config vars and restarting ⬢ blog... done, v2\n")
+    code, out, _ = dynoctl(capsys, "addons", "-a", "blog")
+    lines = out.splitlines()
+    assert lines[1].split() == ["Add-on", "Plan", "Price", "Max", "Price", "State"]
+    assert lines[3].split() == ["heroku-postgresql", f"({name})", "essential-0", "(billed",
+                                "to", "⬢", "shop", "app)", "(billed", "to", "⬢", "shop",
+                                "app)", "created"]
+    assert lines[4] == " ├─ as SHOP_DB"
+    assert lines[5] == " └─ as DATABASE on ⬢ shop app"
+    assert lines[-1] == ("The table above shows add-ons and the attachments to the current "
+                         "app (blog) or other apps.")
+    code, out, _ = dynoctl(capsys, "addons:info", name)
+    assert out.splitlines()[:3] == [f"=== {name}", "Plan:         heroku-postgresql:essential-0",
+                                    "Price:        free"]
+    assert "Attachments:  ⬢ blog::SHOP_DB\n              ⬢ shop::DATABASE\n" in out
+    assert "Connections:  20 (CONNECTION LIMIT of its role)" in out
+    assert ("Storage:      1 GB (not enforced: PostgreSQL has no per-database quota; "
+            "pg:info shows the size)") in out
+    listed = json.loads(dynoctl(capsys, "addons", "--all", "--json")[1])
+    assert [(a["name"], a["plan"]["name"], len(a["attachments"])) for a in listed] == [
+        (name, "heroku-postgresql:essential-0", 2)]
+    code, _, err = dynoctl(capsys, "addons:detach", "SHOP_DB", "-a", "blog")
+    assert (code, err) == (0, f"Detaching SHOP_DB to {name} from ⬢ blog... done\n"
+                              "Unsetting SHOP_DB config vars and restarting ⬢ blog... done, v3\n")
+    assert dynoctl(capsys, "addons", "-a", "blog")[1] == "No add-ons for app blog.\n"
+    redis = dynoctl(capsys, "addons:create", "redis:premium-0", "-a", "shop")[1].split()[1]
+    code, out, _ = dynoctl(capsys, "addons:info", "REDIS", "-a", "shop")
+    assert "Memory:       50 MB (maxmemory, then eviction)" in out
+    assert "Connections:  40 (maxclients)" in out
+    second = dynoctl(capsys, "addons:create", "postgresql", "-a", "shop")[1].split()[1]
+    code, _, err = dynoctl(capsys, "pg:promote", second, "-a", "shop")
+    assert (code, err) == (0, "Ensuring an alternate alias for existing DATABASE_URL... "
+                              "HEROKU_POSTGRESQL_AMBER_URL\n"
+                              f"Promoting {second} to DATABASE_URL on ⬢ shop... done, v5\n")
+    config = json.loads(dynoctl(capsys, "config", "-a", "shop", "--json")[1])
+    assert sorted(config) == ["DATABASE_URL", "HEROKU_POSTGRESQL_AMBER_URL", "REDIS_URL"]
+    code, _, err = dynoctl(capsys, "addons:destroy", redis, "--confirm", "blog")
+    assert code == 1 and "re-run with --confirm shop" in err
+    code, _, err = dynoctl(capsys, "addons:destroy", redis, "--confirm", "shop")
+    assert (code, err) == (0, f"Destroying {redis} on ⬢ shop... done\n")
+    assert cli.deprovisioned == [redis]
+    code, _, err = dynoctl(capsys, "apps:destroy", "shop", "--confirm", "shop")
+    assert (code, err) == (0, "Destroying ⬢ shop (including all add-ons)... done\n")
+    assert sorted(cli.deprovisioned) == sorted([redis, name, second])
+    assert dynoctl(capsys, "addons", "--all")[1] == "No add-ons.\n"

@@ -78,7 +78,7 @@ def test_apps_and_config_flow(cli: Api, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 1
     assert "re-run with --confirm shop" in err
     assert run(capsys, "apps:destroy", "shop", "--confirm", "shop")[2] == \
-        "Destroying ⬢ shop... done\n"
+        "Destroying ⬢ shop (including all add-ons)... done\n"
 
 
 def test_ps_and_slugs_deploy(cli: Api, capsys: pytest.CaptureFixture[str],
