@@ -89,6 +89,8 @@ class BuildResult:
     buildpacks: tuple[str, ...]
     # Heroku's buildpack_provided_description: the detected framework, e.g. "Python".
     description: str
+    # The add-ons the buildpacks' bin/release asked for (``heroku-postgresql``), in order.
+    addons: tuple[str, ...] = ()
 
     @property
     def checksum(self) -> str:
@@ -372,6 +374,7 @@ def compile_app(
 
     exports: list[Path] = []
     defaults: dict[str, str] = {}
+    wanted_addons: list[str] = []
     for pack, detected in selected:
         on_line(f"{STEP}{detected} app detected")
         argv = compile_argv(pack.path, exports, build_dir, cache_dir, env_dir)
@@ -386,7 +389,9 @@ def compile_app(
             out: list[str] = []
             runner([str(pack.path / "bin/release"), str(build_dir)], env, build_dir, out.append)
             # Several buildpacks: later defaults override earlier ones of the same name.
-            defaults.update(parse_release("\n".join(out)).default_process_types)
+            info = parse_release("\n".join(out))
+            defaults.update(info.default_process_types)
+            wanted_addons += [a for a in info.addons if a not in wanted_addons]
 
     procfile = load_procfile(build_dir)
     for note in procfile.warnings:
@@ -421,4 +426,5 @@ def compile_app(
         default_process_types=MappingProxyType(defaults),
         buildpacks=tuple(pack.name for pack, _ in selected),
         description=selected[-1][1],
+        addons=tuple(wanted_addons),
     )

@@ -49,6 +49,7 @@ from dynod.build.steps import (
 from dynod.build.watchers import ReleasePhaseWatcher, RolloutWatcher
 from dynod.control import apps, releases, slugs
 from dynod.errors import DynodError, FailedPrecondition, InvalidArgument
+from dynod.model.addons import parse_service_plan
 from dynod.model.builds import Build, BuildSettings, BuildStatus
 from dynod.model.events import BuildFinished, BuildStarted, EventBus
 from dynod.model.releases import ReleaseStatus
@@ -75,6 +76,33 @@ def read_output(settings: Settings, build: Build) -> list[str]:
         return log_path(settings, build.id).read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return []
+
+
+def addon_hints(store: Store, app: str, wanted: Iterable[str]) -> list[str]:
+    """One line for each add-on service a buildpack's ``bin/release`` names
+    (``addons: [heroku-postgresql:essential-0]``) that the app has none of. Heroku
+    provisions them on the first deploy; dynod says what to run instead."""
+    with store.read() as tx:
+        have = {a.service for a in (tx.get_addon(t.addon) for t in
+                                    tx.list_attachments(app=app)) if a is not None}
+    lines: list[str] = []
+    said: set[str] = set()
+    for spec in wanted:
+        try:
+            plan = parse_service_plan(spec)
+        except InvalidArgument:
+            service = spec.partition(":")[0]
+            if service not in said:
+                said.add(service)
+                lines.append(f"{buildpacks.STEP}This app may need an add-on dynod does not "
+                             f"provide: {service}")
+            continue
+        if plan.service in have or plan.service in said:
+            continue
+        said.add(plan.service)
+        lines.append(f"{buildpacks.STEP}This app may need an add-on: {plan.service} "
+                     f"(dynoctl addons:create {spec} -a {app})")
+    return lines
 
 
 def cache_path(settings: Settings, app: str) -> Path:
@@ -260,6 +288,8 @@ class Builder:
                 base_env=base_env, owner=uid,
             )
             said = False
+            for line in addon_hints(store, app, result.addons):
+                emit(line)
             emit(f"{buildpacks.STEP}Launching...")
             slug = slugs.create_slug(store, app, checksum=result.checksum, size=result.size,
                                      process_types=dict(result.process_types), commit=commit)

@@ -15,6 +15,8 @@ import pytest
 
 from dynod.api.daemon import Daemon
 from dynod.api.server import make_server
+from dynod.build.buildpacks import Buildpack, compile_app
+from dynod.build.pipeline import addon_hints
 from dynod.cli import main as cli_main
 from dynod.control import addons as control
 from dynod.control import apps, config_vars, releases
@@ -500,3 +502,34 @@ def test_dynoctl_addons_verbs_print_herokus_output(
     assert (code, err) == (0, "Destroying ⬢ shop (including all add-ons)... done\n")
     assert sorted(cli.deprovisioned) == sorted([redis, name, second])
     assert dynoctl(capsys, "addons", "--all")[1] == "No add-ons.\n"
+
+
+# --- the build's add-on hint ----------------------------------------------------------
+
+def test_bin_release_addons_become_one_hint_each_for_what_the_app_lacks(
+        world: World, tmp_path: Path) -> None:
+    dirs = {n: tmp_path / n for n in ("build", "cache", "env", "work", "packs")}
+    for d in dirs.values():
+        d.mkdir()
+    packs = []
+    for name, addons in (("one", "  - heroku-postgresql:essential-0\\n  - heroku-redis\\n"),
+                         ("two", "  - heroku-postgresql\\n  - heroku-kafka\\n")):
+        bin_dir = dirs["packs"] / name / "bin"
+        bin_dir.mkdir(parents=True)
+        for script, body in (("detect", f"echo {name}"), ("compile", "true"),
+                             ("release", f'printf -- "---\\naddons:\\n{addons}"')):
+            (bin_dir / script).write_text(f"#!/usr/bin/env bash\nset -eu\n{body}\n")
+            (bin_dir / script).chmod(0o755)
+        packs.append(Buildpack(name, dirs["packs"] / name))
+    result = compile_app(dirs["build"], dirs["cache"], dirs["env"], dirs["work"],
+                         stack="debian-13", on_line=lambda _l: None, buildpacks=packs)
+    assert result.addons == ("heroku-postgresql:essential-0", "heroku-redis",
+                             "heroku-postgresql", "heroku-kafka")
+    _create(world, "redis")
+    assert addon_hints(world.store, "shop", result.addons) == [
+        "-----> This app may need an add-on: heroku-postgresql (dynoctl addons:create "
+        "heroku-postgresql:essential-0 -a shop)",
+        "-----> This app may need an add-on dynod does not provide: heroku-kafka"]
+    _create(world)
+    assert addon_hints(world.store, "shop", result.addons) == [
+        "-----> This app may need an add-on dynod does not provide: heroku-kafka"]
