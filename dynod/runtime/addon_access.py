@@ -135,8 +135,8 @@ class AddonAccess:
     def network_up(self, app: str, key: str, address: IPv4Address) -> None:
         """Dyno ``key`` of ``app`` has its network at ``address`` and its process has
         not started: admit it to its app's add-ons now. Raises Unavailable when the
-        app has add-ons and they cannot be opened to it (the dyno must not start
-        without the database its release command needs)."""
+        app has add-ons and the firewall refuses to open them to it (the dyno must not
+        start without the database its release command needs)."""
         with self._lock:
             self._dynos[key] = LiveDyno(app, address)
             try:
@@ -199,9 +199,18 @@ class AddonAccess:
         access = compute_access(addons, attachments, self._dynos.values())
         self._apply_firewall(dict(access.ports))
         admitted = dict(access.addons)
-        if self.services is not None and admitted != self._admitted:
+        if self.services is None or admitted == self._admitted:
+            self._admitted = admitted
+            return
+        # A server that cannot be told turns the new dyno away itself (pg_hba names the
+        # address), so this is logged, not raised; the next change tries again.
+        try:
             self.services.admit({name: {str(a) for a in addrs}
                                  for name, addrs in admitted.items()})
+        except DynodError as exc:
+            log.error("add-on servers: admitting %s: %s",
+                      ", ".join(sorted(admitted)) or "nobody", exc.message)
+            return
         self._admitted = admitted
 
     def _apply_firewall(self, ports: dict[int, frozenset[IPv4Address]]) -> None:

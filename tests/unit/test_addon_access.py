@@ -92,8 +92,11 @@ class FakeFirewall:
 @dataclass
 class FakeServices:
     admitted: list[dict[str, set[str]]] = field(default_factory=list)
+    fail: bool = False
 
     def admit(self, addresses: Mapping[str, Set[str]]) -> None:
+        if self.fail:
+            raise Unavailable("dynod-postgresql.service is not running")
         self.admitted.append({k: set(v) for k, v in addresses.items()})
 
 
@@ -206,6 +209,19 @@ def test_failure_stops_a_dyno_of_an_app_with_addons_only(world: FakeStore,
         access.network_up("shop", "shop.web.1.0", A[2])
     access.network_up("news", "news.web.1.0", A[3])  # logged, the dyno may start
     access.network_down("shop.web.1.0")  # never raises
+
+
+def test_a_server_that_cannot_be_told_is_retried(world: FakeStore, tmp_path: Path) -> None:
+    fw, services = FakeFirewall(), FakeServices(fail=True)
+    access = make(world, fw, services, tmp_path)
+    access.rebuild()
+    access.network_up("shop", "shop.web.1.0", A[2])  # the dyno starts; the error is logged
+    assert fw.sets[5432] == {A[2]} and services.admitted == []
+    services.fail = False
+    access.network_up("shop", "shop.web.2.0", A[3])
+    assert services.admitted[-1]["postgresql-shop-1"] == {"10.213.0.2", "10.213.0.3"}
+    access.refresh()  # nothing changed since it was told: not told again
+    assert len(services.admitted) == 1
 
 
 def test_rebuild_reads_running_dynos_back(world: FakeStore, tmp_path: Path,
