@@ -37,10 +37,14 @@ ONLY = {
     "system": frozenset({"system", "errors", "paths", "settings"}),
     "model": frozenset({"model", "errors"}),
     "store": frozenset({"store", "model", "errors"}),
+    # The add-on servers, a subsystem beside runtime: given to the control plane and the
+    # runtime as a model.addons.AddonServices by the composition root.
+    "addons": frozenset({"addons", "model", "errors", "system"}),
 }
 FORBIDDEN = {
-    "build": frozenset({"runtime"}),
-    "runtime": frozenset({"build", "control"}),
+    "build": frozenset({"runtime", "addons"}),
+    "runtime": frozenset({"build", "control", "addons"}),
+    "control": frozenset({"addons"}),
 }
 # The layers only the composition root (and they themselves) may import.
 TOP = frozenset({"api", "cli"})
@@ -470,6 +474,25 @@ def test_a_process_wide_instance_is_reported(tmp_path: Path) -> None:
     })
     assert sorted((v.target, v.text.split(":")[1]) for v in check(root)) == [
         ("_installed", "11"), ("_lock", "6"), ("_running", "5")]
+
+
+def test_addons_import_only_model_errors_and_system(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "dynod/addons/manager.py": ("from dynod.model import addons\n"
+                                    "from dynod.system import processes\n"
+                                    "from dynod.store import sqlite\n"),
+        "dynod/model/addons.py": "",
+        "dynod/system/processes.py": "",
+        "dynod/store/sqlite.py": "",
+        "dynod/control/addons.py": "from dynod.addons import manager\n",
+    })
+    found = sorted(v.text for v in check(root))
+    assert found == [
+        "dynod/addons/manager.py:3: dynod.addons.manager imports dynod.store.sqlite: "
+        "addons/ imports nothing of dynod but addons, errors, model, system",
+        "dynod/control/addons.py:1: dynod.control.addons imports dynod.addons.manager: "
+        "control/ never imports addons/",
+    ]
 
 
 def test_a_long_module_is_reported(tmp_path: Path) -> None:
