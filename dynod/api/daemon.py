@@ -15,6 +15,7 @@ from dynod.settings import Settings
 from dynod.store.protocol import Store
 
 if TYPE_CHECKING:
+    from dynod.control.pg import Databases
     from dynod.runtime.oneoff import OneOffs
     from dynod.runtime.release_phase import ReleasePhase
     from dynod.runtime.supervisor import Supervisor
@@ -34,6 +35,8 @@ class Daemon:
     oneoffs: OneOffs | None = None
     # Runs a pending release's release command (dynod/runtime/release_phase.py).
     release_phase: ReleasePhase | None = None
+    # pg:* and redis:* (backups, schedules, info); None where no add-on servers run.
+    databases: Databases | None = None
     # The add-on servers (dynod/addons/manager.py); None where none run (servicer
     # tests), so creating an add-on is FAILED_PRECONDITION there.
     addons: AddonServices | None = None

@@ -18,6 +18,7 @@ from dynod.api import builds as builds_api
 from dynod.api import domains as domains_api
 from dynod.api import keys as keys_api
 from dynod.api import logs as logs_api
+from dynod.api import postgres as postgres_api
 from dynod.api import stacks as stacks_api
 from dynod.api.daemon import Daemon
 from dynod.api.errors import ErrorInterceptor
@@ -30,6 +31,7 @@ REGISTRARS: list[Registrar] = [
     system.register, apps.register, config.register, releases.register, formation.register,
     slugs.register, dynos.register, keys_api.register,
     logs_api.register, domains_api.register, oneoff.register, addons_api.register,
+    postgres_api.register,
 ]
 
 

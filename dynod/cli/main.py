@@ -17,6 +17,7 @@ from dynod.cli import domains as domains_cli
 from dynod.cli import healthcheck as healthcheck_cli
 from dynod.cli import keys as keys_cli
 from dynod.cli import logs as logs_cli
+from dynod.cli import pg as pg_cli
 from dynod.cli import run as run_cli
 from dynod.cli import stacks as stacks_cli
 from dynod.cli.client import CliError
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     for noun in (apps, config, releases, ps, slugs, logs_cli, domains_cli,
                  builds_cli, deploy_cli, keys_cli, stacks_cli, run_cli, healthcheck_cli,
-                 addons_cli):
+                 addons_cli, pg_cli):
         noun.register(sub, common)
     return parser
 
