@@ -5,8 +5,8 @@ Where things are (``state_dir`` is ``/var/lib/dynod``)::
 
     <state_dir>/addons/postgresql/data     the cluster (dynod-postgresql.service)
     <state_dir>/addons/postgresql/bin      -> /usr/lib/postgresql/<major>/bin
-    <state_dir>/addons/redis/<addon>/      redis.conf, instance.json, dump.rdb,
-                                           appendonlydir (dynod-redis@<addon>.service)
+    <state_dir>/addons/redis/<addon>/      redis.conf, instance.json (root's)
+    <state_dir>/addons/redis/<addon>/data  dump.rdb, appendonlydir (the server's)
 
 The servers listen on the dynos' bridge gateway (``10.213.0.1``), so they can start
 only once the bridge exists: the units are not enabled on their own; dynod starts them

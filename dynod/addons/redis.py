@@ -3,8 +3,9 @@
 Debian's ``redis-server`` runs each add-on as ``dynod-redis@<addon>.service`` (a template
 instance, User=redis, slice ``dynod-addons.slice``) from
 ``/var/lib/dynod/addons/redis/<addon>/redis.conf``, which dynod renders from the
-add-on's record ``instance.json`` (port, plan limits, password hashes) in the same
-directory, where the server keeps its RDB file and append-only log, so data survives a
+add-on's record ``instance.json`` (port, plan limits, password hashes) beside it; both
+are root's (the server only reads the conf). The server keeps its RDB file and
+append-only log in ``<addon>/data``, the one directory it may write, so data survives a
 restart. It listens on the dynos' bridge gateway at a port allocated per add-on
 (recorded, so it survives restarts) and on a unix socket for dynod.
 
@@ -263,20 +264,20 @@ class RedisInstances:
     def _write(self, inst: Instance) -> bool:
         """The record (root's alone) and the conf (readable by the server's group);
         whether the conf changed."""
-        data = self.dir(inst.addon)
-        record = data / f".{RECORD}.tmp"
+        home = self.dir(inst.addon)
+        record = home / f".{RECORD}.tmp"
         record.write_text(json.dumps(asdict(inst), indent=1) + "\n")
         record.chmod(0o600)
-        record.replace(data / RECORD)
-        text = render_conf(inst, self.host, data, self.socket_path(inst.addon))
+        record.replace(home / RECORD)
+        text = render_conf(inst, self.host, home / "data", self.socket_path(inst.addon))
         with contextlib.suppress(FileNotFoundError):
-            if (data / "redis.conf").read_text() == text:
+            if (home / "redis.conf").read_text() == text:
                 return False
-        conf = data / ".redis.conf.tmp"
+        conf = home / ".redis.conf.tmp"
         conf.write_text(text)
         conf.chmod(0o640)
         self._chown(conf, "root", OS_USER)
-        conf.replace(data / "redis.conf")
+        conf.replace(home / "redis.conf")
         return True
 
     def _start(self, addons: Sequence[str]) -> None:
@@ -301,7 +302,7 @@ class RedisInstances:
         retried provision of an existing add-on gives it a new password."""
         with self._lock:
             self._check_installed()
-            data = self.dir(addon)
+            home = self.dir(addon)
             if self.exists(addon):
                 return self.rotate(addon), False
             used = {Instance.read(self.root / n / RECORD).port for n in self.names()}
@@ -309,8 +310,9 @@ class RedisInstances:
             inst = Instance(addon, plan.name, allocate_port(used), plan.memory_mb or 25,
                             plan.connections, sha256(password), secrets.token_hex(32))
             self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
-            data.mkdir(mode=0o750, exist_ok=True)
-            self._chown(data, OS_USER, OS_USER)
+            home.mkdir(mode=0o755, exist_ok=True)
+            (home / "data").mkdir(mode=0o750, exist_ok=True)
+            self._chown(home / "data", OS_USER, OS_USER)
             self._write(inst)
             try:
                 self._start([addon])

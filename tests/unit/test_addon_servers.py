@@ -219,6 +219,8 @@ def test_redis_provision_writes_its_record_and_conf_and_starts_its_unit(
     assert stat.S_IMODE((data / "redis.conf").stat().st_mode) == 0o640
     conf = (data / "redis.conf").read_text()
     assert f"#{redis.sha256(creds.password)}" in conf and creds.password not in conf
+    assert f"dir {data / 'data'}" in conf.splitlines()  # the server writes only there
+    assert (data / "data").is_dir()
     assert systemctl.calls == [["start", "dynod-redis@redis-shiny-42.service"]]
     # The next add-on gets the next port; the ports are read back by a new manager.
     other, _ = _instances(short_dir, systemctl).provision("redis-other-7", REDIS_PLAN)
