@@ -297,6 +297,7 @@ class PostgresCluster:
         with self._lock:
             if not self.initialized:
                 self._initdb()
+            self._check_binaries()
             self._write(self.data / "dynod.conf", render_settings(self.host, self.port,
                                                                   self.socket_dir))
             hba = self.data / "pg_hba.conf"
@@ -316,6 +317,18 @@ class PostgresCluster:
     def _ready(self) -> None:
         if not self._started:
             self.ensure_running()
+
+    def _check_binaries(self) -> None:
+        """The cluster runs only on the major version that made it (``bin`` links to
+        it): removing that version's server package must not be mistaken for a newer
+        one being able to run it."""
+        if (self.root / "bin" / "postgres").is_file():
+            return
+        version = (self.data / "PG_VERSION").read_text().strip()
+        raise FailedPrecondition(
+            f"the add-ons' PostgreSQL cluster ({self.data}) is version {version}, and "
+            f"its server is not installed: apt install postgresql-{version} (to move to "
+            f"a newer version, upgrade the cluster with pg_upgrade first)")
 
     def _setting(self, name: str) -> str:
         return self.sql(f"SHOW {name};\n").strip()

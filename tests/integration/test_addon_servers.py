@@ -241,3 +241,22 @@ def test_rotate_reset_admit_and_deprovision(machine: Machine) -> None:
     assert pg["database"] not in names, names
     assert sh(m, f"systemctl is-active {RD_UNIT}")[1].strip() in ("inactive", "unknown")
     assert sh(m, "ls /var/lib/dynod/addons/redis")[1].strip() == ""
+
+
+def test_purge_lists_the_addons_and_removes_them(machine: Machine) -> None:
+    """The package's postrm on `apt purge` (run from the tree, dynod stopped as its
+    prerm does): it names each add-on, stops the servers and removes their data."""
+    m = machine
+    manager(m, "provision", "heroku-postgresql", PG, "essential-0", 20, None)
+    manager(m, "provision", "heroku-redis", RD, "mini", 20, 25)
+    sh(m, "systemctl stop dynod.service")
+    rc, out = sh(m, f"sh {PROJECT}/packaging/debian/dynod.postrm purge")
+    assert rc == 0, out
+    assert "dynod:   add-ons and their data (dynod-postgresql.service, " \
+           "dynod-redis@*.service):" in out, out
+    assert f"dynod:     {RD} (heroku-redis)\n" in out, out
+    assert f"dynod:     {PG} (heroku-postgresql)\n" in out, out
+    assert "running dynos" in out and "dynod:   0 running dynos" in out, out
+    for unit in (PG_UNIT, RD_UNIT):
+        assert sh(m, f"systemctl is-active {unit}")[1].strip() != "active"
+    assert sh(m, "ls -A /var/lib/dynod")[1].strip() == ""

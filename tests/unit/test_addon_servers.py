@@ -319,6 +319,7 @@ def _cluster(tmp_path: Path, psql: FakePsql, systemctl: Recorder) -> PostgresClu
     (bindir / "postgres").touch()
     data = tmp_path / "pg" / "data"
     data.mkdir(parents=True)
+    (tmp_path / "pg" / "bin").symlink_to(bindir)
     (data / "PG_VERSION").write_text("15\n")
     (data / "pg_hba.conf").write_text(postgres.render_hba({}))
     return PostgresCluster(tmp_path / "pg", GATEWAY, versions_dir=tmp_path / "versions",
@@ -347,6 +348,20 @@ def test_postgres_provision_makes_a_limited_role_owning_its_database(tmp_path: P
     assert argv[:2] == [str(tmp_path / "versions" / "15" / "bin" / "psql"), "-X"]
     assert argv[argv.index("-h") + 1] == "/run/dynod-postgresql"
     assert argv[argv.index("-U") + 1] == "postgres"
+
+
+def test_a_cluster_whose_server_was_removed_names_its_package(tmp_path: Path) -> None:
+    psql, systemctl = FakePsql(), Recorder()
+    cluster = _cluster(tmp_path, psql, systemctl)
+    newer = tmp_path / "versions" / "17" / "bin"
+    newer.mkdir(parents=True)
+    (newer / "postgres").touch()
+    (tmp_path / "versions" / "15" / "bin" / "postgres").unlink()  # apt remove postgresql-15
+    with pytest.raises(FailedPrecondition) as exc:
+        cluster.provision("postgresql-curved-12345", PG_PLAN)
+    assert "is version 15, and its server is not installed: apt install postgresql-15" \
+        in exc.value.message
+    assert systemctl.calls == [] and psql.calls == []
 
 
 def test_postgres_admit_rewrites_hba_waits_for_the_reload_and_ends_other_sessions(
