@@ -233,8 +233,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if reply.HasField("demoted"):
         _stop("Ensuring an alternate alias for existing DATABASE_URL",
               reply.demoted.config_var)
-    output.action(f"Promoting {reply.addon.name} to DATABASE_URL on {output.app_label(app)}",
-                  f"v{reply.release.version}")
+    output.action(f"Promoting {reply.addon.name} to DATABASE_URL on {output.app_label(app)}")
     return 0
 
 

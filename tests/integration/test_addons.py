@@ -54,7 +54,7 @@ def serving(m: Machine, version: str, addons: list[str]) -> bool:
 
 
 def released(out: str) -> int:
-    found = re.search(r"^remote:        Released v(\d+)$", out, re.M)
+    found = re.search(r"^remote:        Released v(\d+)\s*$", out, re.M)
     assert found, out
     return int(found.group(1))
 

@@ -490,7 +490,7 @@ def test_dynoctl_addons_verbs_print_herokus_output(
     code, _, err = dynoctl(capsys, "pg:promote", second, "-a", "shop")
     assert (code, err) == (0, "Ensuring an alternate alias for existing DATABASE_URL... "
                               "HEROKU_POSTGRESQL_AMBER_URL\n"
-                              f"Promoting {second} to DATABASE_URL on ⬢ shop... done, v5\n")
+                              f"Promoting {second} to DATABASE_URL on ⬢ shop... done\n")
     config = json.loads(dynoctl(capsys, "config", "-a", "shop", "--json")[1])
     assert sorted(config) == ["DATABASE_URL", "HEROKU_POSTGRESQL_AMBER_URL", "REDIS_URL"]
     code, _, err = dynoctl(capsys, "addons:destroy", redis, "--confirm", "blog")
