@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -533,3 +534,43 @@ def test_bin_release_addons_become_one_hint_each_for_what_the_app_lacks(
     _create(world)
     assert addon_hints(world.store, "shop", result.addons) == [
         "-----> This app may need an add-on dynod does not provide: heroku-kafka"]
+
+
+def test_dynoctl_bad_input_names_the_fix_and_changes_nothing(
+        cli: FakeServices, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for app in ("shop", "blog"):
+        dynoctl(capsys, "apps:create", app, "--no-remote")
+    name = dynoctl(capsys, "addons:create", "postgresql", "-a", "shop")[1].split()[1]
+    db = sqlite3.connect(tmp_path / "state" / "state.db")
+
+    def dump() -> str:
+        return "\n".join(db.iterdump())
+
+    before = dump()
+    for argv, message in [
+        (("addons:create", "mysql", "-a", "shop"),
+         'unknown add-on service "mysql"; available: heroku-postgresql, heroku-redis, '
+         "postgres, postgresql, redis (e.g. dynoctl addons:create heroku-postgresql)"),
+        (("addons:create", "redis:huge", "-a", "shop"),
+         'heroku-redis has no plan "huge"; plans: mini, premium-0, premium-1, premium-2 '
+         "(e.g. heroku-redis:mini)"),
+        (("addons:create", "postgresql", "--as", "DATABASE", "-a", "shop"),
+         f'app "shop" already has an add-on attached as DATABASE ({name}); choose another '
+         "name with --as, or detach it first (dynoctl addons:detach DATABASE -a shop)"),
+        (("addons:destroy", name),
+         f"destroying {name} deletes its data; confirm with `dynoctl addons:destroy {name} "
+         "--confirm shop`"),
+        (("addons:destroy", name, "--confirm", "blog"),
+         f"--confirm blog does not match {name}'s owning app \"shop\"; re-run with "
+         "--confirm shop"),
+        (("addons:attach", name, "-a", "ghost"),
+         'app "ghost" not found; create it with `dynoctl apps:create ghost`, or list your '
+         "apps with `dynoctl apps`"),
+        (("addons:info", "postgresql-none-00000"),
+         'add-on "postgresql-none-00000" not found; list add-ons with `dynoctl addons --all`'),
+    ]:
+        code, _, err = dynoctl(capsys, *argv)
+        assert code == 1, argv
+        assert err.splitlines()[-1] == f" !    {message}", (argv, err)
+        assert dump() == before, argv
+    assert cli.provisioned == {name: POSTGRES}
