@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -28,15 +29,20 @@ PROJECT = Path(__file__).resolve().parents[2]
 GW = "10.213.0.1"
 PORT = 6390  # a Redis-like port of the plain TCP server
 
-# What the dynos run to probe: connect, print what the server said or why not.
+# What the dynos run to probe: connect (or say why not), then say PING and print the
+# first line the server answers (Redis: -NOAUTH; the stand-in greets first).
 PROBE = """import socket, sys
 s = socket.socket()
 s.settimeout(3)
 try:
     s.connect((sys.argv[1], int(sys.argv[2])))
-    print("open", s.recv(64).decode().strip())
 except OSError as exc:
-    print("blocked:", exc or type(exc).__name__)
+    sys.exit(print("blocked:", exc or type(exc).__name__))
+s.sendall(b"PING\\r\\n")
+try:
+    print("open", s.recv(200).decode().splitlines()[0])
+except (OSError, IndexError) as exc:
+    print("open, then:", exc or type(exc).__name__)
 """
 # Holds a session open and reports when it stops getting answers.
 HOLD = """import socket, sys, time
@@ -197,3 +203,98 @@ def test_network_admits_only_attached_dynos(stack_machine: Machine) -> None:
     assert run(m, "shop", probe) == "blocked: timed out"
     # The host itself (dynod, over loopback) still reaches it.
     assert m.exec(["python3", "-c", PROBE, GW, str(PORT)]).stdout.startswith("open hello")
+
+
+def config_get(m: Machine, app: str, var: str) -> str:
+    return dynoctl(m, "config:get", var, "-a", app).strip()
+
+
+def port_of(url: str) -> int:
+    found = re.search(r"@([\d.]+):(\d+)/", url)
+    assert found and found.group(1) == GW, url
+    return int(found.group(2))
+
+
+def psql(m: Machine, app: str, url: str, sql: str = "select 'in'") -> str:
+    """psql in a one-off dyno of ``app``: its output, or its error."""
+    return run(m, app, f"PGCONNECT_TIMEOUT=4 psql {shlex.quote(url)} -Atc "
+                       f"{shlex.quote(sql)} 2>&1 || true")
+
+
+def test_real_servers_turn_other_apps_away(stack_machine: Machine) -> None:
+    m = stack_machine
+    web = "exec python3 -u server.py"
+    for app in ("shop", "blog", "news", "other"):
+        deploy(m, app, web=web)
+    # Heroku's flow: create, and the app's next dynos have the URLs.
+    dynoctl(m, "addons:create", "heroku-postgresql", "-a", "shop", "--name", "postgresql-shop")
+    dynoctl(m, "addons:create", "heroku-redis", "-a", "shop", "--name", "redis-shop")
+    dynoctl(m, "addons:create", "heroku-postgresql", "-a", "blog", "--name", "postgresql-blog")
+    database = config_get(m, "shop", "DATABASE_URL")
+    redis = config_get(m, "shop", "REDIS_URL")
+    pg_port, redis_port = port_of(database), port_of(redis)
+    assert port_of(config_get(m, "blog", "DATABASE_URL")) == pg_port  # the same server
+
+    # The owner: its one-offs, its web dyno and its release phase reach both.
+    assert psql(m, "shop", database) == "in"
+    assert run(m, "shop", f"redis-cli -u {shlex.quote(redis)} --no-auth-warning ping") == "PONG"
+    wait_for("shop's web dyno on the new release", lambda: web_probe(
+        m, "shop", f"{GW}:{redis_port}") == "open", timeout=90)
+    assert web_probe(m, "shop", f"{GW}:{pg_port}") == "open"
+    out = m.exec(["dynoctl", "slugs:deploy", "-a", "shop", "/tmp/shop.tgz",
+                  "--process-type", f"web={web}", "--process-type",
+                  "release=psql \"$DATABASE_URL\" -Atc \"select 'migrated ' || current_user\""],
+                 check=False, timeout=300)
+    released = dynoctl(m, "releases:output", "-a", "shop")
+    assert re.search(r"^migrated \S+$", released, re.M), out.stdout + out.stderr + released
+
+    # An app with no add-on: nothing answers on either port (dropped, no session).
+    got = psql(m, "news", database)
+    assert "timeout expired" in got, got
+    assert run(m, "news", f"python3 probe.py {GW} {redis_port}") == "blocked: timed out"
+    assert web_probe(m, "news", f"{GW}:{pg_port}") == "blocked: timed out"
+    # An app with its own database on the same server: turned away from shop's before
+    # any password is asked; its own works; shop's Redis is dropped.
+    got = psql(m, "blog", database)
+    assert "pg_hba.conf rejects connection" in got or "no pg_hba.conf entry" in got, got
+    assert "password authentication failed" not in got, got
+    assert psql(m, "blog", config_get(m, "blog", "DATABASE_URL")) == "in"
+    assert run(m, "blog", f"python3 probe.py {GW} {redis_port}") == "blocked: timed out"
+
+    # Attached to another app: it gets in; detached, it is out at once, held sessions too.
+    dynoctl(m, "addons:attach", "postgresql-shop", "-a", "other", "--as", "SHOP")
+    dynoctl(m, "addons:attach", "redis-shop", "-a", "other", "--as", "SHOP_REDIS")
+    assert psql(m, "other", database) == "in"
+    assert run(m, "other", f"python3 probe.py {GW} {redis_port}") == (
+        "open -NOAUTH Authentication required.")
+    hold = ("(echo '\\echo held'; echo '\\o /dev/null'; while sleep 0.3 && "
+            f"echo 'select 1;'; do :; done) | psql {shlex.quote(database)} -Atq; "
+            "echo \"cut: $?\"")
+    dynoctl(m, "run:detached", "-a", "other", hold)
+    wait_for("the held session", lambda: "held" in journal(
+        m, "DYNOD_APP=other", "DYNOD_SOURCE=app"), timeout=60)
+    dynoctl(m, "addons:detach", "SHOP", "-a", "other")
+    dynoctl(m, "addons:detach", "SHOP_REDIS", "-a", "other")
+    try:
+        wait_for("the held session cut", lambda: "cut:" in journal(
+            m, "DYNOD_APP=other", "DYNOD_SOURCE=app"), timeout=15)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nset: {members(m, pg_port)}\n" + m.exec(
+            ["journalctl", "--no-pager", "-n", "40", "-o", "cat", "-u", "dynod",
+             "-u", "dynod-postgresql"], check=False).stdout + journal(
+            m, "DYNOD_APP=other")[-3000:] + m.exec(["ss", "-tnp"]).stdout) from None
+    got = psql(m, "other", database)
+    assert "pg_hba.conf rejects connection" in got or "no pg_hba.conf entry" in got \
+        or "timeout expired" in got, got
+    assert run(m, "other", f"python3 probe.py {GW} {redis_port}") == "blocked: timed out"
+    # shop itself keeps its access.
+    assert psql(m, "shop", database) == "in"
+    # Other add-ons: the servers are processes on the host (users postgres and redis),
+    # outside the bridge; over loopback their users are refused every add-on port (a
+    # Redis could otherwise be made to REPLICAOF or MIGRATE to another). dynod is not.
+    for user, port in (("redis", pg_port), ("redis", redis_port), ("postgres", redis_port)):
+        got = m.exec(["runuser", "-u", user, "--", "python3", "-c", PROBE, GW,
+                      str(port)]).stdout.strip()
+        assert got == "blocked: [Errno 111] Connection refused", (user, port, got)
+    got = m.exec(["python3", "-c", PROBE, GW, str(redis_port)]).stdout.strip()
+    assert got == "open -NOAUTH Authentication required.", got
