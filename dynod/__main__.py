@@ -20,21 +20,34 @@ from types import FrameType
 import sdnotify
 
 from dynod import __version__
+from dynod.addons.backups import BackupEngine
+from dynod.addons.manager import AddonManager
+from dynod.addons.schedule import Scheduler
 from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
 from dynod.build import gitrepos, stacks
 from dynod.build.pipeline import Builder
 from dynod.control.audit import Audit
 from dynod.control.keys import AuthorizedKeys
+from dynod.control.pg import Databases
 from dynod.errors import DynodError
-from dynod.model.events import DYNOS_CHANGED, ROUTES_CHANGED, EventBus, KeysChanged
+from dynod.model.events import (
+    DYNOS_CHANGED,
+    ROUTES_CHANGED,
+    AddonsChanged,
+    AppDestroyed,
+    EventBus,
+    KeysChanged,
+)
 from dynod.router.haproxy import HaproxyRouter
+from dynod.runtime.addon_access import make_addon_access
 from dynod.runtime.dynos import Host
 from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, load_settings
 from dynod.store.sqlite import SqliteStore
+from dynod.system import netns
 
 log = logging.getLogger("dynod")
 
@@ -75,8 +88,26 @@ def serve(config: Path) -> int:
     # its app[api] lines first, then whatever follows the desired state.
     events = EventBus()
     events.subscribe(Audit.EVENTS, Audit())
-    supervisor = Supervisor(store, settings, router, partial(Host, settings, require_stack),
-                            events)
+    # The add-on servers listen on the bridge's gateway: they make the bridge first.
+    bridge = netns.plan_bridge(settings.address_pool)
+    addon_services = AddonManager(
+        settings.state_dir, str(bridge.gateway),
+        ensure_network=partial(netns.ensure_bridge, bridge, settings.runtime_dir))
+    # Which dynos reach which add-on (nftables sets, the servers' admissions): the dyno
+    # host tells it of every dyno network before the dyno's process starts and before
+    # its address is freed; attachments follow AddonsChanged at once.
+    access = make_addon_access(store, settings, addon_services)
+    # pg:backups: files verified by a restore into a scratch database of the same
+    # cluster; daily ones are persistent systemd timers asking this daemon for a capture.
+    databases = Databases(store, events, addon_services,
+                          BackupEngine(addon_services.postgres,
+                                       settings.state_dir / "addons" / "backups"),
+                          Scheduler(settings.socket_path))
+    events.subscribe(AppDestroyed, lambda e: databases.forget_app(e.app))
+    events.subscribe(AddonsChanged, lambda e: databases.prune_schedules(e.app))
+    events.subscribe((AddonsChanged, AppDestroyed), lambda _e: access.refresh())
+    supervisor = Supervisor(store, settings, router,
+                            partial(Host, settings, require_stack, watcher=access), events)
     oneoffs = OneOffs(store, settings, lambda: supervisor.host)
     phase = ReleasePhase(store, settings, oneoffs, supervisor.changed, events)
     events.subscribe(DYNOS_CHANGED, lambda e: supervisor.changed(e.app))
@@ -93,9 +124,17 @@ def serve(config: Path) -> int:
     # A push reports on the release phase and the rollout it started.
     builder = Builder(store, settings, events, rollout=supervisor, release_phase=phase)
     daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
-                    release_phase=phase)
+                    release_phase=phase, addons=addon_services,
+                    databases=databases)
     # Dynos before READY: running ones are adopted (never restarted), the formation is
     # started; a dyno that fails to start is retried by the supervisor's own thread.
+    # The servers before the dynos (a release phase migrates at once), and access as the
+    # dynos still running from before a restart of dynod need it.
+    try:
+        addon_services.ensure_running()
+    except DynodError as exc:
+        log.error("add-on servers: %s", exc.message)
+    access.rebuild()
     supervisor.start()
     oneoffs.recover()
     phase.kick_all()
