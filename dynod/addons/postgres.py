@@ -308,9 +308,14 @@ class PostgresCluster:
             except processes.CommandFailed as exc:
                 raise Unavailable(f"{UNIT} did not start: {exc}; see journalctl -u "
                                   f"{UNIT}") from exc
-            # A running cluster given a new address or port by this start's settings.
-            if self._setting("listen_addresses") != self.host or \
-                    self._setting("port") != str(self.port):
+            # A cluster already running with another address or port (the pool or the
+            # port changed): this start's settings take effect with a restart. (On another
+            # port its socket is elsewhere, so the question fails.)
+            try:
+                current = self._setting("listen_addresses")
+            except Unavailable:
+                current = None
+            if current != self.host:
                 self._systemctl(["restart", UNIT])
             self._started = True
 
