@@ -7,7 +7,7 @@ import re
 
 from dynod.cli import client, output
 from dynod.cli.client import CliError, call
-from dynod.v1 import releases_pb2, releases_pb2_grpc
+from dynod.v1 import addons_pb2, addons_pb2_grpc, releases_pb2, releases_pb2_grpc
 
 # Heroku's default page: 15 releases (releases/index.ts).
 DEFAULT_NUM = 15
@@ -91,6 +91,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     target = r.description.removeprefix("Rollback to ")
     output.action(f"Rolling back {output.app_label(app)} to {target}", f"v{r.version}")
     output.warn("Rollback affects code and config vars; it doesn't add or remove addons.")
+    attached = call(addons_pb2_grpc.AddonsStub(client.channel()).List,
+                    addons_pb2.ListAddonsRequest(app=app)).addons
+    kept = sorted({a.config_var for addon in attached for a in addon.attachments
+                   if a.app == app})
+    if kept:
+        output.warn(f"Add-on config vars kept: {', '.join(kept)}")
     output.warn(f"To undo, run: dynoctl rollback v{r.version - 1}")
     return 0
 

@@ -574,3 +574,19 @@ def test_dynoctl_bad_input_names_the_fix_and_changes_nothing(
         assert err.splitlines()[-1] == f" !    {message}", (argv, err)
         assert dump() == before, argv
     assert cli.provisioned == {name: POSTGRES}
+
+
+def test_dynoctl_rollback_says_the_addons_stay(
+        cli: FakeServices, capsys: pytest.CaptureFixture[str]) -> None:
+    dynoctl(capsys, "apps:create", "shop", "--no-remote")
+    dynoctl(capsys, "config:set", "A=1", "-a", "shop")
+    dynoctl(capsys, "addons:create", "postgresql", "-a", "shop")
+    dynoctl(capsys, "addons:create", "redis", "-a", "shop")
+    code, _, err = dynoctl(capsys, "rollback", "v2", "-a", "shop")
+    assert (code, err.splitlines()) == (0, [
+        "Rolling back ⬢ shop to v2... done, v5",
+        " !    Rollback affects code and config vars; it doesn't add or remove addons.",
+        " !    Add-on config vars kept: DATABASE_URL, REDIS_URL",
+        " !    To undo, run: dynoctl rollback v4"])
+    config = json.loads(dynoctl(capsys, "config", "-a", "shop", "--json")[1])
+    assert sorted(config) == ["A", "DATABASE_URL", "REDIS_URL"]
