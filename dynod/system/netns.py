@@ -16,9 +16,11 @@ Shape of the network::
   each other. No dyno of any app reaches another dyno, the way Heroku's common runtime
   dynos do not.
 * The host: nftables table ``ip dynod`` drops everything a dyno sends to the host itself
-  except replies on connections the host opened (the router to a dyno), and everything
-  forwarded towards the bridge except replies. Egress to the world is masqueraded. The
-  cloud metadata range 169.254.0.0/16 is dropped.
+  except replies on connections the host opened (the router to a dyno) and connections
+  to the add-on ports its app may reach (chain ``addons``, ``system/addon_firewall.py``),
+  and everything forwarded towards the bridge except replies. Egress to the world is
+  masqueraded. The cloud metadata range 169.254.0.0/16 is dropped. The gateway's
+  address answers only on the bridge and loopback.
 * Host veth names encode the dyno's address (``dv`` + 8 hex digits), so the set of used
   addresses is read back from the bridge's ports after a restart of dynod.
 """
