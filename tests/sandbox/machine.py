@@ -45,7 +45,8 @@ NAME_PREFIX = "dsb-"
 LINK_NET = (10, 215)
 # Host units that follow into an overlay of / and have no business in a test machine.
 MASKED_UNITS = (
-    "postgresql.service", "haproxy.service", "getty@tty1.service", "console-getty.service",
+    "postgresql.service", "redis-server.service", "haproxy.service", "getty@tty1.service",
+    "console-getty.service",
     "e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer",
     "apt-daily.service", "apt-daily-upgrade.service", "dpkg-db-backup.timer", "fstrim.timer",
     "man-db.timer", "systemd-timesyncd.service", "systemd-pstore.service",
