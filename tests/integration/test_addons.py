@@ -59,6 +59,12 @@ def released(out: str) -> int:
     return int(found.group(1))
 
 
+def databases(m: Machine) -> list[str]:
+    """The databases of dynod's cluster, asked as its superuser over the unix socket."""
+    return sh(m, "runuser -u postgres -- psql -X -w -h /run/dynod-postgresql -d postgres "
+                 "-At -c 'SELECT datname FROM pg_database'")[1].split()
+
+
 def release_of(m: Machine, version: int) -> dict[str, Any]:
     info: dict[str, Any] = json.loads(sh(m, f"dynoctl releases:info v{version} -a {APP} "
                                             "--json")[1])
@@ -93,7 +99,9 @@ def test_django_on_postgres_and_redis_survives_restarts_deploys_and_a_reboot(
 
         # Redis after the deploy: its release skips the release phase and rolls out.
         out = sh(m, f"dynoctl addons:create heroku-redis -a {APP} 2>&1")[1]
-        assert re.search(r"^Created redis-[a-z]+-\d{5} as REDIS_URL$", out, re.M), out
+        found = re.search(r"^Created (redis-[a-z]+-\d{5}) as REDIS_URL$", out, re.M)
+        assert found, out
+        redis = found.group(1)
         v4 = release_of(m, 4)
         assert v4["description"].startswith("Attach REDIS (@ref:redis-"), v4
         assert v4["status"] == "succeeded", v4
@@ -138,5 +146,15 @@ def test_django_on_postgres_and_redis_survives_restarts_deploys_and_a_reboot(
         listed = sh(m, f"dynoctl addons -a {APP}")[1]
         assert f"heroku-postgresql ({database})" in listed and " └─ as DATABASE" in listed, \
             listed
+
+        # apps:destroy takes its add-ons with it: records, Redis's unit, Postgres's database.
+        dbname = url.rpartition("/")[2]
+        assert dbname in databases(m)
+        out = sh(m, f"dynoctl apps:destroy {APP} --confirm {APP} 2>&1")[1]
+        assert out == f"Destroying ⬢ {APP} (including all add-ons)... done\n", out
+        assert sh(m, "dynoctl addons --all")[1] == "No add-ons.\n"
+        assert sh(m, f"systemctl is-active dynod-redis@{redis}.service", ok=False)[1].strip() \
+            != "active"
+        assert dbname not in databases(m)
     finally:
         _teardown(m)
