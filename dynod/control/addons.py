@@ -186,16 +186,17 @@ def destroy_addon(store: Store, events: EventBus, services: AddonServices, name:
     """Detach ``name`` from every app (each gets a ``Detach NAME (@ref:ADDON)``
     release), remove its server's data, and forget it. ``confirm`` must be the owning
     app's name (heroku addons:destroy --confirm APP); ``app`` (``-a``), when given, must
-    own it or hold it as one of its attachment names.
+    own it (``name`` may then be one of its attachment names).
 
     Raises NotFound, InvalidArgument (no or wrong confirmation, owned by another app),
     Unavailable (the server could not remove it: nothing changed).
     """
     with store.read() as tx:
         addon = resolve(tx, name, app)
-        if app is not None and addon.app != app and not any(
-                a.app == app for a in tx.list_attachments(addon=addon.name)):
-            raise InvalidArgument(f"{addon.name} is on {addon.app} not {app}")
+        # heroku/cli: with -a, the add-on must be that app's own, not just attached to it.
+        if app is not None and addon.app != app:
+            raise InvalidArgument(f"{addon.name} is on {addon.app} not {app}; destroy it "
+                                  f"with -a {addon.app}")
     if confirm is None:
         raise InvalidArgument(
             f"destroying {addon.name} deletes its data; confirm with "

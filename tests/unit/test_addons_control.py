@@ -590,3 +590,30 @@ def test_dynoctl_rollback_says_the_addons_stay(
         " !    To undo, run: dynoctl rollback v4"])
     config = json.loads(dynoctl(capsys, "config", "-a", "shop", "--json")[1])
     assert sorted(config) == ["A", "DATABASE_URL", "REDIS_URL"]
+
+
+def test_an_addon_release_waits_for_a_pending_release_phase(world: World) -> None:
+    with world.store.write() as tx:
+        tx.put_slug(Slug(id="s1", app="shop", checksum="sha256:ab", size=1, created_at=NOW,
+                         process_types={"web": "gunicorn app", "release": "migrate"},
+                         commit="1234567890", uploaded=True))
+    deployed = releases.create_release(world.store, world.events, "shop", "s1", "jane")
+    assert deployed.status is ReleaseStatus.PENDING
+    # The code has not passed its release phase: the add-on's release runs it too, with
+    # the new URL, instead of going live before the migration.
+    assert _create(world).releases["shop"].status is ReleaseStatus.PENDING
+
+
+def test_promote_an_addon_of_another_app_and_destroy_from_the_wrong_app(world: World) -> None:
+    mine = _create(world).addon
+    theirs = _create(world, app="blog").addon
+    done = control.promote(world.store, world.events, theirs.name, "shop", "jane")
+    assert done.demoted is not None and done.demoted.name == "HEROKU_POSTGRESQL_AMBER"
+    config = world.config("shop")
+    assert config["DATABASE_URL"] == theirs.url
+    assert config["HEROKU_POSTGRESQL_AMBER_URL"] == mine.url
+    before = world.snapshot()
+    with pytest.raises(InvalidArgument, match="is on blog not shop; destroy it with -a blog"):
+        control.destroy_addon(world.store, world.events, world.services, theirs.name,
+                              confirm="blog", user="jane", app="shop")
+    assert world.snapshot() == before
