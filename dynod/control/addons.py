@@ -29,6 +29,7 @@ from dynod.model.addons import (
     AddonServices,
     AddonState,
     Attachment,
+    Credentials,
     default_attachment_name,
     parse_service_plan,
     random_addon_name,
@@ -127,7 +128,8 @@ def create_addon(store: Store, events: EventBus, services: AddonServices, app: s
     Raises InvalidArgument (service, plan, name), NotFound (app), AlreadyExists (the
     add-on name or the attachment name is taken), FailedPrecondition (the config var is
     the user's, or the server is not installed), Unavailable (the server is down). On
-    any error nothing is recorded and nothing stays provisioned.
+    any error nothing stays recorded or provisioned; while the server provisions, the
+    add-on is listed as "creating".
     """
     plan = parse_service_plan(service_plan)
     wanted = None if as_name is None else validate_attachment_name(as_name)
@@ -135,7 +137,11 @@ def create_addon(store: Store, events: EventBus, services: AddonServices, app: s
         raise InvalidArgument(
             f'add-on name "{name}" is not valid; use 3 to 63 lower case letters, digits '
             "and dashes starting with a letter, or omit --name for a generated one")
-    with store.read() as tx:
+    now = datetime.now(UTC)
+    # The name is taken in the store first (state "provisioning", shown as "creating"),
+    # so two calls can never provision the same add-on; the record goes again if
+    # anything fails.
+    with store.write() as tx:
         reads.require_app(tx, app)
         if name is not None and tx.get_addon(name) is not None:
             raise AlreadyExists(f'an add-on named "{name}" already exists; choose another '
@@ -147,30 +153,47 @@ def create_addon(store: Store, events: EventBus, services: AddonServices, app: s
         taken = {a.name for a in tx.list_attachments(app=app)}
         att_name = wanted or default_attachment_name(plan.service, taken)
         _check_free(tx, app, att_name, name)
-    # Outside the transaction: provisioning takes seconds and must not hold the store.
-    credentials = services.provision(name, plan)
-    now = datetime.now(UTC)
-    addon = Addon(name=name, service=plan.service, plan=plan.name, app=app,
-                  state=AddonState.CREATED, created_at=now, credentials=credentials)
+        pending = Addon(name=name, service=plan.service, plan=plan.name, app=app,
+                        state=AddonState.PROVISIONING, created_at=now,
+                        credentials=Credentials("", 0, "", "", ""))
+        tx.insert_addon(pending)
+    try:
+        # Outside any transaction: provisioning takes seconds and must not hold the store.
+        credentials = services.provision(name, plan)
+    except BaseException:
+        _forget(store, name)
+        raise
+    addon = replace(pending, state=AddonState.CREATED, credentials=credentials)
     attachment = Attachment(addon=name, app=app, name=att_name, created_at=now)
     try:
         with store.write() as tx:
-            # Checked again: another call may have taken the names meanwhile.
+            # Checked again: another call may have taken the attachment name meanwhile,
+            # or the app may be gone.
             reads.require_app(tx, app)
-            if tx.get_addon(name) is not None:
-                raise AlreadyExists(f'an add-on named "{name}" already exists; retry')
             _check_free(tx, app, att_name, name)
-            tx.insert_addon(addon)
+            tx.update_addon(addon)
             tx.insert_attachment(attachment)
             release = _append(tx, app, f"Attach {att_name} (@ref:{name})", user,
                               set_vars={attachment.config_var: addon.url})
     except BaseException:
         _deprovision_quietly(services, addon)
+        _forget(store, name)
         raise
     events.publish(AddonsChanged(
         app, name, user, release,
         (f"@ref:{name} completed provisioning, setting {attachment.config_var}.",)))
     return Change(addon, attachment, {app: release})
+
+
+def _forget(store: Store, name: str) -> None:
+    """Drop the record of an add-on whose creation failed (best effort: the original
+    error is the one to report; a record left says "creating" and addons:destroy
+    removes it)."""
+    try:
+        with store.write() as tx:
+            tx.delete_addon(name)
+    except Exception:
+        log.exception("add-on %s: its record stays after a failed create", name)
 
 
 def _deprovision_quietly(services: AddonServices, addon: Addon) -> None:

@@ -617,3 +617,24 @@ def test_promote_an_addon_of_another_app_and_destroy_from_the_wrong_app(world: W
         control.destroy_addon(world.store, world.events, world.services, theirs.name,
                               confirm="blog", user="jane", app="shop")
     assert world.snapshot() == before
+
+
+def test_while_provisioning_the_name_is_taken_and_listed_as_provisioning(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[object] = []
+    provision = world.services.provision
+
+    def slow(addon: str, plan: Plan) -> Credentials:
+        seen.append([(v.addon.name, str(v.addon.state)) for v in
+                     control.list_addons(world.store, "shop")])
+        with pytest.raises(AlreadyExists, match='"postgresql-mine" already exists'):
+            control.create_addon(world.store, world.events, world.services, "blog",
+                                 "postgresql", user="jane", name="postgresql-mine")
+        return provision(addon, plan)
+
+    monkeypatch.setattr(world.services, "provision", slow)
+    control.create_addon(world.store, world.events, world.services, "shop", "postgresql",
+                         user="jane", name="postgresql-mine")
+    assert seen == [[("postgresql-mine", "provisioning")]]
+    assert control.get_addon(world.store, "postgresql-mine").addon.state is AddonState.CREATED
+    assert list(world.services.provisioned) == ["postgresql-mine"]
