@@ -12,7 +12,7 @@ import dynod
 from dynod.cli import client, output
 from dynod.cli.client import CliError, call
 from dynod.system import processes
-from dynod.v1 import apps_pb2, apps_pb2_grpc
+from dynod.v1 import addons_pb2, addons_pb2_grpc, apps_pb2, apps_pb2_grpc
 
 
 def stub() -> apps_pb2_grpc.AppsStub:
@@ -95,7 +95,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     app = reply.app
     dynos = ", ".join(f"{t}: {n}" for t, n in sorted(reply.dynos.items()))
+    # heroku apps:info: the plans of the add-ons the app owns.
+    owned = call(addons_pb2_grpc.AddonsStub(client.channel()).List,
+                 addons_pb2.ListAddonsRequest(app=app.name)).addons
     fields: list[tuple[str, Any]] = [
+        ("Addons", ", ".join(a.plan.name for a in owned if a.app == app.name)),
         ("Created", output.ago(output.when(app.created_at))),
         ("Disk Use", human_bytes(reply.disk_bytes)),
         ("Dynos", dynos),

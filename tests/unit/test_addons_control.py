@@ -638,3 +638,15 @@ def test_while_provisioning_the_name_is_taken_and_listed_as_provisioning(
     assert seen == [[("postgresql-mine", "provisioning")]]
     assert control.get_addon(world.store, "postgresql-mine").addon.state is AddonState.CREATED
     assert list(world.services.provisioned) == ["postgresql-mine"]
+
+
+def test_apps_info_lists_the_plans_of_the_addons_the_app_owns(
+        cli: FakeServices, capsys: pytest.CaptureFixture[str]) -> None:
+    for app in ("shop", "blog"):
+        dynoctl(capsys, "apps:create", app, "--no-remote")
+    name = dynoctl(capsys, "addons:create", "postgresql", "-a", "shop")[1].split()[1]
+    dynoctl(capsys, "addons:create", "redis:premium-0", "-a", "shop")
+    dynoctl(capsys, "addons:attach", name, "-a", "blog")
+    assert dynoctl(capsys, "apps:info", "-a", "shop")[1].splitlines()[1] == \
+        "Addons:   heroku-postgresql:essential-0, heroku-redis:premium-0"
+    assert dynoctl(capsys, "apps:info", "-a", "blog")[1].splitlines()[1] == "Addons:"
