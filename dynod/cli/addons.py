@@ -204,7 +204,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(reply)
         return 0
-    output.action(message)
+    named = f" as {reply.attachment.name}" if args.as_name else ""
+    output.action(f"Attaching {reply.addon.name}{named} to {output.app_label(app)}")
     output.action(f"Setting {reply.attachment.name} config vars and restarting "
                   f"{output.app_label(app)}", f"v{reply.release.version}")
     return 0
