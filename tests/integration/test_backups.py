@@ -9,8 +9,10 @@ a sandbox machine (capture -> ``pg:backups`` shows Verified; a schedule fires ``
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +28,8 @@ import pytest
 from dynod.addons.backups import BackupEngine, Capture, LocalCluster
 from dynod.errors import FailedPrecondition
 from dynod.model.addons import Backup, BackupStatus
+from tests.integration.test_dynos import wait_for
+from tests.sandbox.machine import Machine
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +223,101 @@ def test_a_corrupt_file_is_refused_and_the_database_untouched(pg: Cluster) -> No
     assert "the database was not touched" in exc.value.message
     assert pg.sql("corrupt_db", rows) == before_rows
     assert pg.databases() == before_dbs
+
+
+# --- through dynoctl, in a sandbox machine ------------------------------------------
+
+
+def _sh(m: Machine, script: str, ok: bool = True) -> tuple[int, str]:
+    proc = m.run(["bash", "-c", script], cwd="/tmp", timeout=600)
+    out = proc.stdout + proc.stderr
+    if ok:
+        assert proc.returncode == 0, f"{script}:\n{out}"
+    return proc.returncode, out
+
+
+def _as_role(m: Machine, db: str, text: str) -> str:
+    """SQL in the add-on's database as its role (dynod's superuser socket, SET ROLE)."""
+    return _sh(m, f"psql -X -qAt -v ON_ERROR_STOP=1 -h /run/dynod-postgresql -U postgres "
+                  f"-d {db} <<'SQL'\nSET ROLE {db};\n{text}\nSQL")[1]
+
+
+def test_backups_through_dynoctl_verified_restored_refused_and_scheduled(
+        machine: Machine) -> None:
+    m = machine
+    app = "shop"
+    _sh(m, f"dynoctl apps:create {app}")
+    _sh(m, f"dynoctl addons:create heroku-postgresql -a {app}")
+    url = _sh(m, f"dynoctl config:get DATABASE_URL -a {app}")[1].strip()
+    db = url.rsplit("/", 1)[-1]
+    _as_role(m, db, "CREATE TABLE orders (id serial PRIMARY KEY, item text);\n"
+                    "INSERT INTO orders (item) SELECT 'item ' || g FROM generate_series(1, 42) g;")
+    rows = "SELECT count(*), coalesce(sum(length(item)), 0) FROM orders;"
+    captured = _as_role(m, db, rows)
+
+    out = _sh(m, f"dynoctl pg:backups:capture -a {app} 2>&1")[1]
+    assert "Backing up DATABASE to b001... done\n" in out, out
+    assert "1 tables compared)... Verified " in out, out
+    listing = _sh(m, f"dynoctl pg:backups -a {app}")[1]
+    assert listing.startswith("=== Backups\n"), listing
+    assert re.search(r"^b001  \S+ \S+ \S+  Verified .*DATABASE$", listing, re.M), listing
+
+    # Round trip: rows changed, the restore brings back exactly the captured ones.
+    _as_role(m, db, "DELETE FROM orders WHERE id < 5; UPDATE orders SET item = 'x';")
+    assert _as_role(m, db, rows) != captured
+    out = _sh(m, f"dynoctl pg:backups:restore b001 DATABASE_URL --confirm {app} -a {app} 2>&1")[1]
+    assert "Restoring b001... done" in out, out
+    assert _as_role(m, db, rows) == captured
+
+    # Bad input: each says what to do, and the database stays as it is.
+    _as_role(m, db, "INSERT INTO orders (item) VALUES ('kept');")
+    kept = _as_role(m, db, rows)
+    for command, says in (
+            (f"pg:backups:restore b009 --confirm {app}",
+             f"Backup b009 not found for ⬢ {app}"),
+            ("pg:backups:restore b001 </dev/null", f"re-run this command with --confirm {app}"),
+            ("pg:backups:restore b001 --confirm blog", f"Confirmation blog did not match {app}"),
+            ("pg:backups:schedule --at '02:00 Mars/Base'", 'unknown time zone "Mars/Base"')):
+        code, out = _sh(m, f"dynoctl {command} -a {app} 2>&1", ok=False)
+        assert code == 1 and says in out, (command, out)
+    assert _as_role(m, db, rows) == kept
+
+    # A file damaged after capture: refused before the database is touched, and
+    # verifying it again says Failed verification (and the app's log says so).
+    _sh(m, f"dynoctl pg:backups:capture -a {app}")
+    dump = f"/var/lib/dynod/addons/backups/{app}/b002.dump"
+    _sh(m, f"truncate -s 100 {dump}")
+    code, out = _sh(m, f"dynoctl pg:backups:restore b002 --confirm {app} -a {app} 2>&1", ok=False)
+    assert code == 1 and "backup b002 is corrupt" in out, out
+    assert "the database was not touched" in out, out
+    assert _as_role(m, db, rows) == kept
+    code, out = _sh(m, f"dynoctl pg:backups:verify b002 -a {app} 2>&1", ok=False)
+    assert code == 1 and "Failed verification: checksum mismatch" in out, out
+    listing = _sh(m, f"dynoctl pg:backups -a {app}")[1]
+    assert re.search(r"^b002  .*Failed verification: checksum mismatch", listing, re.M), listing
+    logs = _sh(m, f"dynoctl logs -a {app} -n 50")[1]
+    assert "app[api]: Backup b002 of DATABASE failed verification: checksum mismatch" in logs
+
+    # Download: Heroku's latest.dump, a pg_dump archive.
+    _sh(m, f"cd /tmp && dynoctl pg:backups:download b001 -a {app}")
+    assert "TABLE public orders" in _sh(m, "pg_restore -l /tmp/latest.dump")[1]
+
+    # A schedule is a persistent timer; set a minute ahead, it fires a001, verified.
+    at = _sh(m, "date -u -d '+90 sec' +%H:%M")[1].strip()
+    out = _sh(m, f"dynoctl pg:backups:schedule DATABASE_URL --at '{at} UTC' -a {app} 2>&1")[1]
+    assert re.search(rf"^Scheduling automatic daily backups of postgresql-\S+ at {at} UTC"
+                     r"\.\.\. done$", out, re.M), out
+    timer = f"/etc/systemd/system/dynod-backup-{app}.*.timer"
+    assert "Persistent=true" in _sh(m, f"cat {timer}")[1]
+    assert _sh(m, f"dynoctl pg:backups:schedules -a {app}")[1] == (
+        f"=== Backup Schedules\nDATABASE_URL: daily at {at} UTC\n")
+
+    def scheduled() -> bool:
+        found = json.loads(_sh(m, f"dynoctl pg:backups -a {app} --json")[1])
+        return any(b["id"] == "a001" and b["status"] == "Verified" and b["scheduled"]
+                   for b in found)
+
+    wait_for("the scheduled backup a001, verified", scheduled, timeout=200)
+    out = _sh(m, f"dynoctl pg:backups:unschedule -a {app} 2>&1")[1]
+    assert "Unscheduling DATABASE_URL daily backups... done" in out, out
+    assert _sh(m, f"ls {timer}", ok=False)[0] != 0
