@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import hashlib
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from dynod.v1 import postgres_pb2, postgres_pb2_grpc
 
 POSTGRES = "heroku-postgresql"
 REDIS = "heroku-redis"
+BACKUP_ID = re.compile(r"^[ab][0-9]{3,}$")
 # Backups run for as long as the database takes to dump and restore once.
 LONG = 6 * 3600.0
 
@@ -231,6 +233,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     app = client.app_of(args)
+    # `pg:backups:restore DATABASE_URL --confirm APP`: a database, not a backup id.
+    if args.backup and args.database is None and not BACKUP_ID.match(args.backup):
+        args.backup, args.database = None, args.backup
     backup = call(stub().GetBackup, postgres_pb2.GetBackupRequest(
         app=app, id=args.backup or "")).backup if args.backup else None
     db = call(stub().Resolve, postgres_pb2.ResolveDatabaseRequest(ref=ref(app, args.database)))

@@ -252,6 +252,10 @@ class Databases:
         except DynodError as exc:
             return self._finish(replace(backup, status=BackupStatus.FAILED,
                                         reason=exc.message), db.name, user)
+        except OSError as exc:  # the backups' disk (full, gone): never left Running
+            return self._finish(replace(backup, status=BackupStatus.FAILED,
+                                        reason=f"cannot write the backup file: {exc}"),
+                                db.name, user)
         backup = replace(backup, size=taken.size, sha256=taken.sha256,
                          tables=dict(taken.tables), status=BackupStatus.VERIFYING)
         with self.store.write() as tx:

@@ -310,3 +310,18 @@ def test_schedules_follow_the_addon(world: World) -> None:
     assert world.databases.list_schedules("shop") == []
     with pytest.raises(NotFound, match="No schedules on ⬢ shop"):
         world.databases.unschedule("shop", "")
+
+
+def test_a_dump_that_fails_is_recorded_failed_never_left_running(world: World) -> None:
+    def full(app: str, backup_id: str, database: str) -> Taken:
+        raise OSError(28, "No space left on device")
+
+    world.files.capture = full  # type: ignore[method-assign]
+    b = world.databases.capture("shop", "", "jane")
+    assert b.status is BackupStatus.FAILED
+    assert b.reason == "cannot write the backup file: [Errno 28] No space left on device"
+    assert world.databases.backup("shop", "b001").status is BackupStatus.FAILED
+    assert world.lines == [("shop", "Backup b001 of DATABASE failed: cannot write the backup "
+                                    "file: [Errno 28] No space left on device by user jane")]
+    with pytest.raises(FailedPrecondition, match="nothing to verify"):
+        world.databases.verify("shop", "b001", "jane")
