@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -321,3 +322,61 @@ def test_backups_through_dynoctl_verified_restored_refused_and_scheduled(
     out = _sh(m, f"dynoctl pg:backups:unschedule -a {app} 2>&1")[1]
     assert "Unscheduling DATABASE_URL daily backups... done" in out, out
     assert _sh(m, f"ls {timer}", ok=False)[0] != 0
+
+
+def _psql(m: Machine, app: str, sql: str, ok: bool = True) -> tuple[int, str]:
+    """``dynoctl pg:psql -c SQL``: psql in a one-off dyno of the app."""
+    return _sh(m, f"dynoctl pg:psql -a {app} --no-tty -c {shlex.quote(sql)} 2>&1", ok=ok)
+
+
+def test_pg_and_redis_tools_through_dynoctl(stack_machine: Machine) -> None:
+    """pg:info, pg:psql and redis:cli in one-off dynos, redis:info, and the destructive
+    verbs: pg:credentials:rotate (the old URL stops working, a release sets the new
+    one), pg:reset (the data is gone), each refused without --confirm."""
+    m = stack_machine
+    app = "tools"
+    _sh(m, f"dynoctl apps:create {app} && mkdir -p /tmp/s/app && "
+           "tar -C /tmp/s -czf /tmp/s.tgz ./app && dynoctl slugs:deploy --no-wait "
+           f"-a {app} /tmp/s.tgz --process-type 'worker=sleep infinity'")
+    _sh(m, f"dynoctl addons:create heroku-postgresql -a {app}")
+    _sh(m, f"dynoctl addons:create heroku-redis -a {app}")
+
+    info = _sh(m, f"dynoctl pg:info -a {app}")[1]
+    assert info.startswith("=== DATABASE_URL\nPlan:"), info
+    assert re.search(r"^Connections: +\d+/20$", info, re.M), info
+    assert re.search(r"^Add-on: +postgresql-[a-z]+-\d{5}$", info, re.M), info
+    out = _psql(m, app, "CREATE TABLE t (x int); INSERT INTO t VALUES (42); "
+                        "SELECT sum(x) FROM t")[1]
+    assert "--> Connecting to postgresql-" in out and "\n  42\n(1 row)" in out, out
+
+    redis = _sh(m, f"dynoctl redis:info -a {app}")[1]
+    assert re.search(r"^=== redis-[a-z]+-\d{5} \(REDIS_URL\)$", redis, re.M), redis
+    assert re.search(r"^Plan: +mini$", redis, re.M), redis
+    out = _sh(m, f"dynoctl redis:cli -a {app} --no-tty -c 'SET k v' 2>&1 && "
+                 f"dynoctl redis:cli -a {app} --no-tty -c 'GET k' 2>&1")[1]
+    assert "Connecting to redis-" in out and "\nv\n" in out, out
+
+    # Rotation: refused without --confirm; then a new release holds the new URL.
+    old = _sh(m, f"dynoctl config:get DATABASE_URL -a {app}")[1].strip()
+    code, out = _sh(m, f"dynoctl pg:credentials:rotate -a {app} </dev/null 2>&1", ok=False)
+    assert code == 1 and f"--confirm {app}" in out, out
+    assert _sh(m, f"dynoctl config:get DATABASE_URL -a {app}")[1].strip() == old
+    out = _sh(m, f"dynoctl pg:credentials:rotate -a {app} --confirm {app} 2>&1")[1]
+    assert "Rotating default on postgresql-" in out, out
+    new = _sh(m, f"dynoctl config:get DATABASE_URL -a {app}")[1].strip()
+    assert new != old and new.rsplit("@", 1)[1] == old.rsplit("@", 1)[1]
+    releases = _sh(m, f"dynoctl releases -a {app}")[1]
+    assert "Update DATABASE by heroku-postgresql" in releases, releases
+    out = _sh(m, f"dynoctl run -a {app} --no-tty -- 'psql \"{old}\" -Atc \"select 1\"' 2>&1",
+              ok=False)[1]
+    assert "password authentication failed" in out, out
+    out = _psql(m, app, "SELECT sum(x) FROM t")[1]
+    assert "\n  42\n(1 row)" in out, out
+
+    # Reset: the data is gone, the database is still there and usable.
+    code, out = _sh(m, f"dynoctl pg:reset -a {app} --confirm nope 2>&1", ok=False)
+    assert code == 1 and f"Confirmation nope did not match {app}" in out, out
+    out = _sh(m, f"dynoctl pg:reset -a {app} --confirm {app} 2>&1")[1]
+    assert re.search(r"^Resetting postgresql-[a-z]+-\d{5}\.\.\. done$", out, re.M), out
+    code, out = _psql(m, app, "SELECT sum(x) FROM t", ok=False)
+    assert code != 0 and 'relation "t" does not exist' in out, out
