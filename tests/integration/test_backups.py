@@ -380,3 +380,27 @@ def test_pg_and_redis_tools_through_dynoctl(stack_machine: Machine) -> None:
     assert re.search(r"^Resetting postgresql-[a-z]+-\d{5}\.\.\. done$", out, re.M), out
     code, out = _psql(m, app, "SELECT sum(x) FROM t", ok=False)
     assert code != 0 and 'relation "t" does not exist' in out, out
+
+
+def test_schedules_and_backups_survive_a_reboot(persistent_machine: Machine) -> None:
+    """The timer is enabled in /etc/systemd/system, so the schedule is there after a
+    reboot; the backups and their files are too, and still restore."""
+    m = persistent_machine
+    app = "kept"
+    _sh(m, f"dynoctl apps:create {app} && dynoctl addons:create heroku-postgresql -a {app}")
+    db = _sh(m, f"dynoctl config:get DATABASE_URL -a {app}")[1].strip().rsplit("/", 1)[-1]
+    _as_role(m, db, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 5);")
+    _sh(m, f"dynoctl pg:backups:capture -a {app}")
+    _sh(m, f"dynoctl pg:backups:schedule --at '03:30 Europe/Paris' -a {app}")
+    timer = _sh(m, f"basename /etc/systemd/system/dynod-backup-{app}.*.timer")[1].strip()
+
+    m.reboot()
+
+    assert _sh(m, f"systemctl is-enabled {timer}")[1].strip() == "enabled"
+    assert _sh(m, f"systemctl is-active {timer}")[1].strip() == "active"
+    assert _sh(m, f"dynoctl pg:backups:schedules -a {app}")[1] == (
+        "=== Backup Schedules\nDATABASE_URL: daily at 03:30 Europe/Paris\n")
+    assert re.search(r"^b001  .*  Verified ", _sh(m, f"dynoctl pg:backups -a {app}")[1], re.M)
+    _as_role(m, db, "DELETE FROM t;")
+    _sh(m, f"dynoctl pg:backups:restore b001 --confirm {app} -a {app}")
+    assert _as_role(m, db, "SELECT count(*) FROM t;").strip() == "5"
