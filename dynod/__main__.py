@@ -135,6 +135,11 @@ def serve(config: Path) -> int:
     except DynodError as exc:
         log.error("add-on servers: %s", exc.message)
     access.rebuild()
+    # Backups a stop interrupted are recorded Failed; the scratch databases they left go.
+    try:
+        databases.recover()
+    except DynodError as exc:
+        log.error("backups: %s", exc.message)
     supervisor.start()
     oneoffs.recover()
     phase.kick_all()

@@ -222,6 +222,18 @@ class BackupEngine:
             self.sql("postgres", f"DROP DATABASE IF EXISTS {quote_ident(database)} "
                                  "WITH (FORCE);")
 
+    def cleanup(self) -> list[str]:
+        """Drop the scratch and half-made databases a verification or restore left when
+        dynod stopped in the middle (never the old database a restore had already
+        swapped out: that one ends in ``_old_``, and is the data before the restore).
+        Returns their names."""
+        found = self.sql("postgres", "SELECT datname FROM pg_database WHERE datname ~ "
+                                     "'^dynod_verify_[ab][0-9]+_[0-9a-f]{8}$' OR datname ~ "
+                                     "'_restore_[0-9a-f]{8}$';")
+        for name in found:
+            self._drop(name)
+        return found
+
     # -- capture and verify
 
     def capture(self, app: str, backup_id: str, database: str,

@@ -185,8 +185,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
         output.print_json(b)
     elif b.status != "Failed":
         print(f"Backing up {b.database or b.addon} to {b.id}... done", file=sys.stderr)
-        print(f"Verifying {b.id} (restored into a scratch database, "
-              f"{len(b.tables)} tables compared)... {status_text(b)}", file=sys.stderr)
+        tables = f"{len(b.tables)} table" + ("" if len(b.tables) == 1 else "s")
+        print(f"Verifying {b.id} (restored into a scratch database, {tables} compared)... "
+              f"{status_text(b)}", file=sys.stderr)
     if b.status == "Failed":
         raise CliError(f"An error occurred and the backup did not finish.\n\n{b.reason}\n\n"
                        f"Run dynoctl pg:backups:info {b.id} for more details.")

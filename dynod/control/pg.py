@@ -67,6 +67,7 @@ class BackupFiles(Protocol):
     def chunks(self, app: str, backup_id: str) -> Iterator[bytes]: ...
     def delete(self, app: str, backup_id: str) -> None: ...
     def remove_app(self, app: str) -> None: ...
+    def cleanup(self) -> list[str]: ...
 
 
 class Schedule(Protocol):
@@ -413,6 +414,31 @@ class Databases:
             found = match[0]
         self._scheduler().unschedule(app, found.addon)
         return found
+
+    def recover(self) -> None:
+        """At dynod's start: a backup still Running or Verifying was interrupted by the
+        stop (its RPC is gone); record it Failed, and drop the scratch databases it
+        left. Raises Unavailable when the cluster cannot be reached."""
+        with self.store.write() as tx:
+            stale = [b for a in tx.apps() for b in tx.list_backups(a.name)
+                     if b.status in (BackupStatus.RUNNING, BackupStatus.VERIFYING)]
+            for b in stale:
+                tx.update_backup(replace(
+                    b, status=BackupStatus.FAILED, finished_at=datetime.now(UTC),
+                    reason=f"dynod stopped while it was {b.status.lower()}; capture "
+                           "another"))
+        if stale:
+            log.warning("backups interrupted by a stop, now Failed: %s",
+                        ", ".join(f"{b.app}/{b.id}" for b in stale))
+        if self.files is not None and any(
+                a.service == POSTGRES for a in self._all_addons()):
+            dropped = self.files.cleanup()
+            if dropped:
+                log.info("dropped scratch databases left by a stop: %s", ", ".join(dropped))
+
+    def _all_addons(self) -> list[Addon]:
+        with self.store.read() as tx:
+            return tx.list_addons()
 
     def forget_app(self, app: str) -> None:
         """The app is gone: its backup files and schedules go too (its records went

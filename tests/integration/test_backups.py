@@ -226,6 +226,18 @@ def test_a_corrupt_file_is_refused_and_the_database_untouched(pg: Cluster) -> No
     assert pg.databases() == before_dbs
 
 
+def test_cleanup_drops_what_a_stop_left_but_never_the_data_before_a_restore(
+        pg: Cluster) -> None:
+    for name in ("dynod_verify_b001_0123abcd", "shop_restore_89abcdef", "shop_old_01234567"):
+        pg.sql("postgres", f"CREATE DATABASE {name};")
+    assert sorted(pg.engine.cleanup()) == ["dynod_verify_b001_0123abcd",
+                                           "shop_restore_89abcdef"]
+    left = pg.databases()
+    assert "shop_old_01234567" in left
+    assert not {"dynod_verify_b001_0123abcd", "shop_restore_89abcdef"} & left
+    pg.sql("postgres", "DROP DATABASE shop_old_01234567;")
+
+
 # --- through dynoctl, in a sandbox machine ------------------------------------------
 
 
@@ -258,7 +270,7 @@ def test_backups_through_dynoctl_verified_restored_refused_and_scheduled(
 
     out = _sh(m, f"dynoctl pg:backups:capture -a {app} 2>&1")[1]
     assert "Backing up DATABASE to b001... done\n" in out, out
-    assert "1 tables compared)... Verified " in out, out
+    assert "1 table compared)... Verified " in out, out
     listing = _sh(m, f"dynoctl pg:backups -a {app}")[1]
     assert listing.startswith("=== Backups\n"), listing
     assert re.search(r"^b001  \S+ \S+ \S+  Verified .*DATABASE$", listing, re.M), listing

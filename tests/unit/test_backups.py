@@ -138,6 +138,7 @@ class FakeFiles:
     files: dict[tuple[str, str], bytes] = field(default_factory=dict)
     restored: list[tuple[str, str, str]] = field(default_factory=list)
     corrupt: set[str] = field(default_factory=set)
+    cleaned: int = 0
 
     def capture(self, app: str, backup_id: str, database: str) -> Taken:
         self.files[(app, backup_id)] = b"PGDMP" + backup_id.encode()
@@ -162,6 +163,10 @@ class FakeFiles:
     def remove_app(self, app: str) -> None:
         for key in [k for k in self.files if k[0] == app]:
             del self.files[key]
+
+    def cleanup(self) -> list[str]:
+        self.cleaned += 1
+        return []
 
 
 @dataclass(frozen=True)
@@ -325,3 +330,17 @@ def test_a_dump_that_fails_is_recorded_failed_never_left_running(world: World) -
                                     "file: [Errno 28] No space left on device by user jane")]
     with pytest.raises(FailedPrecondition, match="nothing to verify"):
         world.databases.verify("shop", "b001", "jane")
+
+
+def test_backups_a_stop_interrupted_are_failed_at_start(world: World) -> None:
+    done = world.databases.capture("shop", "", "jane")
+    with world.store.write() as tx:
+        tx.insert_backup(_b("b002", 10, BackupStatus.RUNNING))
+        tx.insert_backup(_b("b003", 11, BackupStatus.VERIFYING))
+    world.databases.recover()
+    assert world.databases.backup("shop", "b001") == done
+    for bid, was in (("b002", "running"), ("b003", "verifying")):
+        b = world.databases.backup("shop", bid)
+        assert b.status is BackupStatus.FAILED and b.finished_at is not None
+        assert b.reason == f"dynod stopped while it was {was}; capture another"
+    assert world.files.cleaned == 1
