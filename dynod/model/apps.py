@@ -12,6 +12,8 @@ from dynod.errors import InvalidArgument
 # Heroku: at most 30 characters; lower-case letters, digits and dashes; starts with a
 # letter, ends with a letter or digit (limits page; regex as used by third-party clients).
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,28}[a-z0-9]$")
+# Names whose slice dynod-<name>.slice is dynod's own: the add-on servers' and the builds'.
+RESERVED_NAMES = frozenset({"addons", "builds"})
 
 
 _ADJECTIVES = (
@@ -51,6 +53,10 @@ def validate_name(name: str) -> None:
         raise InvalidArgument(
             f"app name {name!r} is invalid: use 3 to 30 lower-case letters, digits and "
             "dashes, starting with a letter and ending with a letter or digit"
+        )
+    if name in RESERVED_NAMES:
+        raise InvalidArgument(
+            f"app name {name!r} is reserved (dynod's own dynod-{name}.slice); choose another"
         )
 
 

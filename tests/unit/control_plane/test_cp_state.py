@@ -90,6 +90,13 @@ def test_invalid_names(name: str) -> None:
         validate_name(name)
 
 
+@pytest.mark.parametrize("name", ["addons", "builds"])
+def test_names_of_dynods_own_slices_are_reserved(name: str) -> None:
+    # An app "addons" would put its dynos in dynod-addons.slice, the add-on servers'.
+    with pytest.raises(InvalidArgument, match=f"app name '{name}' is reserved"):
+        validate_name(name)
+
+
 def test_random_names_are_valid() -> None:
     rng = random.Random(7)  # noqa: S311 - reproducible names, not secrets
     for _ in range(500):
