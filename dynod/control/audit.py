@@ -23,6 +23,7 @@ from dynod.model import sizes
 from dynod.model.events import (
     AddonsChanged,
     AppEvent,
+    BackupFailed,
     BuildFinished,
     BuildStarted,
     ConfigChanged,
@@ -65,7 +66,7 @@ def lines_of(event: AppEvent) -> list[str]:
         return ["Build succeeded" if event.succeeded else "Build failed"]
     if isinstance(event, ReleasePhaseStarted):
         return [f"Running release v{event.version} commands by user {event.user}"]
-    if isinstance(event, ReleaseFailed):
+    if isinstance(event, ReleaseFailed | BackupFailed):
         return [event.message]
     return []
 
@@ -77,7 +78,7 @@ class Audit:
     EVENTS: tuple[type[AppEvent], ...] = (ConfigChanged, ReleaseCreated, RolledBack,
                                           FormationChanged, BuildStarted, BuildFinished,
                                           ReleasePhaseStarted, ReleaseFailed,
-                                          AddonsChanged)
+                                          AddonsChanged, BackupFailed)
 
     def __init__(self, write: Callable[[str, str], None] = journal.api_event) -> None:
         self.write = write

@@ -35,7 +35,7 @@ from dynod.model.addons import (
     Backup,
     BackupStatus,
 )
-from dynod.model.events import AddonsChanged, EventBus
+from dynod.model.events import AddonsChanged, BackupFailed, EventBus
 from dynod.model.releases import Release
 from dynod.store import reads
 from dynod.store.protocol import Store, Tx
@@ -288,9 +288,9 @@ class Databases:
         return backup
 
     def _line(self, backup: Backup, user: str, line: str) -> None:
-        # The audit writes AddonsChanged's lines as the app's app[api] lines.
+        # The audit writes it as an app[api] line; no dyno or access changes.
         log.warning("app %s: %s", backup.app, line)
-        self.events.publish(AddonsChanged(backup.app, backup.addon, user, None, (line,)))
+        self.events.publish(BackupFailed(backup.app, f"{line} by user {user}"))
 
     def _retain(self, app: str, addon: Addon) -> None:
         with self.store.write() as tx:

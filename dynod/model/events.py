@@ -155,6 +155,14 @@ class ReleaseFailed(AppEvent):
     message: str
 
 
+@dataclass(frozen=True)
+class BackupFailed(AppEvent):
+    """A backup of one of the app's databases failed, or failed its verification
+    restore; ``message`` is the app[api] line that says which, why and by whom."""
+
+    message: str
+
+
 # Changes after which an app's dynos may differ (counts, sizes, release, config, the app
 # gone, its add-ons' URLs) or a release may wait for its release phase.
 DYNOS_CHANGED: tuple[type[AppEvent], ...] = (

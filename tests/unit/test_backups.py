@@ -26,7 +26,7 @@ from dynod.model.addons import (
     Credentials,
 )
 from dynod.model.apps import App
-from dynod.model.events import AddonsChanged, EventBus
+from dynod.model.events import BackupFailed, EventBus
 from dynod.store.sqlite import SqliteStore
 from dynod.system import timers
 
@@ -224,7 +224,7 @@ def world(tmp_path: Path) -> World:
         tx.insert_attachment(Attachment("postgresql-a-1", "shop", "DATABASE", NOW))
     events = EventBus()
     lines: list[tuple[str, str]] = []
-    events.subscribe(AddonsChanged, Audit(lambda app, line: lines.append((app, line))))
+    events.subscribe(BackupFailed, Audit(lambda app, line: lines.append((app, line))))
     files, fake_timers = FakeFiles(), FakeTimers()
     return World(store, pg.Databases(store, events, None, files, fake_timers), files,
                  fake_timers, lines)
