@@ -27,6 +27,7 @@ from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
 from dynod.build import gitrepos, stacks
 from dynod.build.pipeline import Builder
+from dynod.control import addons as control_addons
 from dynod.control.audit import Audit
 from dynod.control.keys import AuthorizedKeys
 from dynod.control.pg import Databases
@@ -132,6 +133,7 @@ def serve(config: Path) -> int:
     # dynos still running from before a restart of dynod need it.
     try:
         addon_services.ensure_running()
+        control_addons.recover(store, addon_services)
     except DynodError as exc:
         log.error("add-on servers: %s", exc.message)
     access.rebuild()

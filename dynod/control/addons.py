@@ -196,6 +196,20 @@ def _forget(store: Store, name: str) -> None:
         log.exception("add-on %s: its record stays after a failed create", name)
 
 
+def recover(store: Store, services: AddonServices) -> list[str]:
+    """At dynod's start, before the API: an add-on still ``provisioning`` was being
+    created when dynod stopped (nothing was attached or released yet). Its server side
+    is removed and its record dropped, so its name is free again; returns the names."""
+    with store.read() as tx:
+        stale = [a for a in tx.list_addons() if a.state is AddonState.PROVISIONING]
+    for addon in stale:
+        log.warning("add-on %s of app %s: its creation was interrupted by a stop of "
+                    "dynod; removing it (create it again)", addon.name, addon.app)
+        _deprovision_quietly(services, addon)
+        _forget(store, addon.name)
+    return [a.name for a in stale]
+
+
 def _deprovision_quietly(services: AddonServices, addon: Addon) -> None:
     try:
         services.deprovision(addon.name, addon.service)

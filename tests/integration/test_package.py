@@ -240,7 +240,8 @@ def test_install_deploy_upgrade_purge(suite: str, debian_machine: tuple[Machine,
     out = sh(m, f"DEBIAN_FRONTEND=noninteractive apt-get -q -y install "
                 f"{DEBS_IN_MACHINE}/{first}", timeout=900)
     assert f"Setting up dynod ({VERSION})" in out, out
-    for dep in ("haproxy", "openssh-server", "git", "nftables", "debootstrap"):
+    for dep in ("haproxy", "openssh-server", "git", "nftables", "debootstrap",
+                "redis-server", "postgresql"):  # the last two: Recommends, for add-ons
         assert f"Setting up {dep} " in out, out
     assert m.exec(["systemctl", "is-active", "dynod.service"], check=False
                   ).stdout.strip() == "active"
@@ -271,6 +272,15 @@ def test_install_deploy_upgrade_purge(suite: str, debian_machine: tuple[Machine,
         raise AssertionError(f"{exc}\n{diagnose(m)}") from None
     assert "Hello from dynod" in str(page), page
 
+    # ---- an add-on: the package's Recommends brought Debian's redis-server.
+    out = sh(m, "dynoctl addons:create heroku-redis -a flask 2>&1")
+    created = re.search(r"^Created (redis-[a-z]+-\d+) as REDIS_URL$", out, re.M)
+    assert created, out
+    addon = created.group(1)
+    sh(m, "dynoctl redis:cli -a flask --no-tty -c 'SET kept across-the-upgrade'")
+    redis_unit = f"dynod-redis@{addon}.service"
+    redis_before = unit_ids(m, redis_unit)
+
     # ---- upgrade while the app takes requests: dynod restarts, no dyno does.
     dynos = unit_ids(m, "dynod-flask-*.service")
     assert any("web" in unit for unit in dynos), dynos
@@ -296,6 +306,9 @@ def test_install_deploy_upgrade_purge(suite: str, debian_machine: tuple[Machine,
     assert steady["requests"] > 20, steady
     assert steady["failures"] == [], steady
     assert unit_ids(m, "dynod-flask-*.service") == dynos, "a dyno was restarted"
+    # The add-on's server was not restarted, and its data is there.
+    assert unit_ids(m, redis_unit) == redis_before, "the upgrade restarted the add-on"
+    assert "across-the-upgrade" in sh(m, "dynoctl redis:cli -a flask --no-tty -c 'GET kept'")
     print(f"{suite}: upgrade {VERSION} -> {UPGRADE}: {steady['requests']} requests, "
           f"0 failed, {len(dynos)} dynos untouched")
 
@@ -310,6 +323,7 @@ def test_install_deploy_upgrade_purge(suite: str, debian_machine: tuple[Machine,
     out = sh(m, "DEBIAN_FRONTEND=noninteractive apt-get -q -y purge dynod", timeout=300)
     assert "dynod: purging: removing every app, dyno and all of dynod's state" in out, out
     assert re.search(r"dynod:   [1-9]\d* running dynos", out), out
+    assert "add-ons and their data" in out and addon in out, out
     assert m.exec(["dpkg-query", "-W", "dynod"], check=False).returncode != 0
     left = [f for f in files if m.exec(["test", "-e", f], check=False).returncode == 0
             and m.exec(["test", "-d", f], check=False).returncode != 0]

@@ -650,3 +650,34 @@ def test_apps_info_lists_the_plans_of_the_addons_the_app_owns(
     assert dynoctl(capsys, "apps:info", "-a", "shop")[1].splitlines()[1] == \
         "Addons:   heroku-postgresql:essential-0, heroku-redis:premium-0"
     assert dynoctl(capsys, "apps:info", "-a", "blog")[1].splitlines()[1] == "Addons:"
+
+
+def test_a_create_interrupted_by_a_stop_is_undone_at_start(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Stopped(BaseException):
+        """dynod stopping in the middle of provisioning (no cleanup runs)."""
+
+    services = world.services
+
+    def stop(addon: str, plan: Plan) -> Credentials:
+        services.provisioned[addon] = plan.service  # half made: the database exists
+        raise Stopped
+
+    monkeypatch.setattr(control, "_forget", lambda store, name: None)  # the stop skips it
+    monkeypatch.setattr(world.services, "provision", stop)
+    with pytest.raises(Stopped):
+        control.create_addon(world.store, world.events, world.services, "shop", "postgresql",
+                             user="jane", name="postgresql-mine")
+    monkeypatch.undo()
+    assert [v.addon.state for v in control.list_addons(world.store, "shop")] == \
+        [AddonState.PROVISIONING]
+
+    assert control.recover(world.store, world.services) == ["postgresql-mine"]
+    assert control.list_addons(world.store, "shop") == []
+    assert "postgresql-mine" not in world.services.provisioned
+    # The name is free again, and a created add-on is never touched by recover.
+    control.create_addon(world.store, world.events, world.services, "shop", "postgresql",
+                         user="jane", name="postgresql-mine")
+    assert control.recover(world.store, world.services) == []
+    assert [v.addon.state for v in control.list_addons(world.store, "shop")] == \
+        [AddonState.CREATED]
