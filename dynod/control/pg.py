@@ -33,6 +33,7 @@ from dynod.model.addons import (
     Addon,
     AddonServices,
     Backup,
+    BackupScheduleRecord,
     BackupStatus,
 )
 from dynod.model.events import AddonsChanged, BackupFailed, EventBus
@@ -81,6 +82,17 @@ class Schedule(Protocol):
     def at(self) -> str: ...
     @property
     def next_run(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    """A recorded schedule whose timer systemd does not list (yet)."""
+
+    app: str
+    addon: str
+    attachment: str
+    at: str
+    next_run: str
 
 
 class BackupSchedules(Protocol):
@@ -392,12 +404,23 @@ class Databases:
         return self.schedules_
 
     def schedule(self, app: str, ref: str, at: str) -> tuple[Schedule, Database]:
+        """The store records the schedule; its timer is made from the record (the timer
+        validates ``at`` first: InvalidArgument, nothing recorded)."""
         db = self.database(app, ref, POSTGRES)
-        return self._scheduler().schedule(app, db.addon.name, db.name, at), db
+        made = self._scheduler().schedule(app, db.addon.name, db.name, at)
+        try:
+            with self.store.write() as tx:
+                reads.require_app(tx, app)
+                tx.put_backup_schedule(BackupScheduleRecord(app, db.addon.name, db.name,
+                                                            made.at))
+        except BaseException:
+            self._scheduler().unschedule(app, db.addon.name)
+            raise
+        return made, db
 
     def unschedule(self, app: str, ref: str) -> Schedule:
         """Raises NotFound (no schedule), InvalidArgument (several and no ``ref``)."""
-        mine = list(self._scheduler().schedules(app))
+        mine = self.list_schedules(app)
         if not ref:
             if not mine:
                 raise NotFound(f"No schedules on ⬢ {app}")
@@ -412,8 +435,24 @@ class Databases:
             if not match:
                 raise NotFound(f"No daily backups found for {db.addon.name}")
             found = match[0]
+        with self.store.write() as tx:
+            tx.delete_backup_schedule(app, found.addon)
         self._scheduler().unschedule(app, found.addon)
         return found
+
+    def reconcile_schedules(self) -> None:
+        """The timers from the store's schedules (at dynod's start): each recorded one
+        installed, any other ``dynod-backup-*`` timer removed."""
+        if self.schedules_ is None:
+            return
+        with self.store.read() as tx:
+            wanted = tx.list_backup_schedules()
+        keep = {(s.app, s.addon) for s in wanted}
+        for timer in self.schedules_.schedules():
+            if (timer.app, timer.addon) not in keep:
+                self.schedules_.unschedule(timer.app, timer.addon)
+        for s in wanted:
+            self.schedules_.schedule(s.app, s.addon, s.attachment, s.at)
 
     def recover(self) -> None:
         """At dynod's start: a backup still Running or Verifying was interrupted by the
@@ -427,6 +466,7 @@ class Databases:
                     b, status=BackupStatus.FAILED, finished_at=datetime.now(UTC),
                     reason=f"dynod stopped while it was {b.status.lower()}; capture "
                            "another"))
+        self.reconcile_schedules()
         if stale:
             log.warning("backups interrupted by a stop, now Failed: %s",
                         ", ".join(f"{b.app}/{b.id}" for b in stale))
@@ -453,21 +493,31 @@ class Databases:
         detached), so no timer fires for a database that is not there."""
         if self.schedules_ is None:
             return
-        with self.store.read() as tx:
+        with self.store.write() as tx:
             if tx.app(app) is None:
-                gone = None
+                recorded = None
             else:
                 attached = {a.addon for a in tx.list_attachments(app=app)}
                 attached |= {a.name for a in tx.list_addons(app)}
-                gone = [s.addon for s in self.schedules_.schedules(app)
-                        if s.addon not in attached]
-        if gone is None or gone:
+                for s in tx.list_backup_schedules(app):
+                    if s.addon not in attached:
+                        tx.delete_backup_schedule(app, s.addon)
+                recorded = {s.addon for s in tx.list_backup_schedules(app)}
+        if recorded is None:
+            self.schedules_.remove_app(app)
+            return
+        gone = [t.addon for t in self.schedules_.schedules(app) if t.addon not in recorded]
+        if gone:
             self.schedules_.remove_app(app, gone)
 
     def list_schedules(self, app: str) -> list[Schedule]:
+        """The store's schedules of the app, with when their timers fire next."""
         with self.store.read() as tx:
             reads.require_app(tx, app)
-        return list(self._scheduler().schedules(app))
+            recorded = tx.list_backup_schedules(app)
+        timers = {s.addon: s for s in self._scheduler().schedules(app)}
+        return [timers.get(s.addon) or ScheduleView(s.app, s.addon, s.attachment, s.at, "")
+                for s in recorded]
 
     # -- credentials and reset
 

@@ -255,6 +255,18 @@ class Backup:
     scheduled: bool = False
 
 
+@dataclass(frozen=True)
+class BackupScheduleRecord:
+    """A daily backup of add-on ``addon`` for ``app`` at ``at`` (``02:00 Europe/Paris``),
+    asked for by its attachment name ``attachment``. The store holds these; the timers
+    that fire them are derived (``dynod.addons.schedule``)."""
+
+    app: str
+    addon: str
+    attachment: str
+    at: str
+
+
 class AddonServices(Protocol):
     """The servers behind add-ons. Implemented by ``dynod.addons.manager``; the control
     plane and the runtime are given one by the composition root.

@@ -201,8 +201,20 @@ def _v6(db: sqlite3.Connection) -> None:
     ) WITHOUT ROWID""")
 
 
+def _v7(db: sqlite3.Connection) -> None:
+    # Backup schedules are desired state like the rest: the store holds them, and the
+    # systemd timers that fire them are made from it (at start, too).
+    db.execute("""CREATE TABLE addon_backup_schedules (
+        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        addon      TEXT NOT NULL REFERENCES addons(name) ON DELETE CASCADE,
+        attachment TEXT NOT NULL,
+        at         TEXT NOT NULL,
+        PRIMARY KEY (app_id, addon)
+    ) WITHOUT ROWID""")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

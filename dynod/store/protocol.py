@@ -17,7 +17,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from dynod.model.addons import Addon, Attachment, Backup
+from dynod.model.addons import Addon, Attachment, Backup, BackupScheduleRecord
 from dynod.model.apps import App
 from dynod.model.builds import Build, BuildSettings
 from dynod.model.domains import Domain
@@ -163,6 +163,15 @@ class AddonsTx(Protocol):
         ...
 
     def delete_backup(self, app: str, backup_id: str) -> None: ...
+
+    def put_backup_schedule(self, schedule: BackupScheduleRecord) -> None:
+        """Make or replace the add-on's daily backup for the app."""
+        ...
+
+    def delete_backup_schedule(self, app: str, addon: str) -> bool: ...
+    def list_backup_schedules(self, app: str | None = None) -> list[BackupScheduleRecord]:
+        """By app, then add-on; every app's when ``app`` is None."""
+        ...
 
 
 class Tx(AppsTx, AppSettingsTx, ReleasesTx, FormationTx, SlugsTx, DomainsTx, BuildsTx,

@@ -19,7 +19,15 @@ from pathlib import Path
 from types import MappingProxyType
 
 from dynod.errors import Unavailable
-from dynod.model.addons import Addon, AddonState, Attachment, Backup, BackupStatus, Credentials
+from dynod.model.addons import (
+    Addon,
+    AddonState,
+    Attachment,
+    Backup,
+    BackupScheduleRecord,
+    BackupStatus,
+    Credentials,
+)
 from dynod.model.apps import App
 from dynod.model.builds import Build, BuildSettings, BuildStatus
 from dynod.model.domains import Domain
@@ -73,8 +81,8 @@ class SqliteTx:
             "SELECT DISTINCT checksum FROM slugs WHERE app_id = ? AND uploaded", (app_id,))]
         self.db.execute("DELETE FROM addon_attachments WHERE app_id = ? OR addon IN"
                         " (SELECT name FROM addons WHERE app_id = ?)", (app_id, app_id))
-        for table in ("addons", "addon_backups", "releases", "formation", "slugs", "builds",
-                      "domains"):
+        for table in ("addon_backup_schedules", "addons", "addon_backups", "releases",
+                      "formation", "slugs", "builds", "domains"):
             self.db.execute(f"DELETE FROM {table} WHERE app_id = ?", (app_id,))  # noqa: S608
         self.db.execute("DELETE FROM apps WHERE id = ?", (app_id,))
         return [c for c in checksums if self.db.execute(
@@ -310,6 +318,7 @@ class SqliteTx:
 
     def delete_addon(self, name: str) -> None:
         self.db.execute("DELETE FROM addon_attachments WHERE addon = ?", (name,))
+        self.db.execute("DELETE FROM addon_backup_schedules WHERE addon = ?", (name,))
         self.db.execute("DELETE FROM addons WHERE name = ?", (name,))
 
     def get_addon(self, name: str) -> Addon | None:
@@ -389,6 +398,25 @@ class SqliteTx:
         self.db.execute(
             "DELETE FROM addon_backups WHERE id = ? AND app_id ="
             " (SELECT id FROM apps WHERE name = ?)", (backup_id, app))
+
+    def put_backup_schedule(self, schedule: BackupScheduleRecord) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO addon_backup_schedules (app_id, addon, attachment, at)"
+            " SELECT id, ?, ?, ? FROM apps WHERE name = ?",
+            (schedule.addon, schedule.attachment, schedule.at, schedule.app))
+
+    def delete_backup_schedule(self, app: str, addon: str) -> bool:
+        return self.db.execute(
+            "DELETE FROM addon_backup_schedules WHERE addon = ? AND app_id ="
+            " (SELECT id FROM apps WHERE name = ?)", (addon, app)).rowcount > 0
+
+    def list_backup_schedules(self, app: str | None = None) -> list[BackupScheduleRecord]:
+        rows = self.db.execute(
+            "SELECT a.name, s.addon, s.attachment, s.at FROM addon_backup_schedules s"
+            " JOIN apps a ON a.id = s.app_id WHERE ? IS NULL OR a.name = ?"
+            " ORDER BY a.name, s.addon", (app, app))
+        return [BackupScheduleRecord(str(r[0]), str(r[1]), str(r[2]), str(r[3]))
+                for r in rows]
 
 
 class SqliteStore:

@@ -344,3 +344,31 @@ def test_backups_a_stop_interrupted_are_failed_at_start(world: World) -> None:
         assert b.status is BackupStatus.FAILED and b.finished_at is not None
         assert b.reason == f"dynod stopped while it was {was}; capture another"
     assert world.files.cleaned == 1
+
+
+def test_schedules_are_kept_in_the_store_and_their_timers_made_from_it(world: World) -> None:
+    world.databases.schedule("shop", "DATABASE_URL", "02:00 Europe/Paris")
+    with world.store.read() as tx:
+        assert [(s.app, s.addon, s.attachment, s.at) for s in tx.list_backup_schedules()] == \
+            [("shop", "postgresql-a-1", "DATABASE", "02:00 Europe/Paris")]
+    # A bad time records nothing.
+    with pytest.raises(InvalidArgument, match="not a time of day"):
+        world.databases.schedule("shop", "DATABASE_URL", "25:00")
+    assert len(world.databases.list_schedules("shop")) == 1
+
+    # At start the timers follow the store: a lost timer is made again, a timer the store
+    # does not know (a schedule removed while dynod was down) is removed.
+    world.timers.made.clear()
+    world.timers.schedule("ghost", "postgresql-x-9", "DATABASE", "03:00")
+    world.databases.reconcile_schedules()
+    assert sorted(world.timers.made) == [("shop", "postgresql-a-1")]
+    assert world.timers.made[("shop", "postgresql-a-1")].at == "02:00 Europe/Paris"
+
+    # The add-on destroyed: its record goes with it, and the prune removes the timer.
+    with world.store.write() as tx:
+        tx.delete_addon("postgresql-a-1")
+        assert tx.list_backup_schedules("shop") == []
+    world.databases.prune_schedules("shop")
+    assert world.timers.made == {}
+    with pytest.raises(NotFound, match="No schedules on ⬢ shop"):
+        world.databases.unschedule("shop", "")
