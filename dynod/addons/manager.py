@@ -98,6 +98,8 @@ class AddonManager:
         """Redis add-ons are the ones with an instance here; every other name is a
         Postgres add-on (its pg_hba lines; a name with no database admits no one)."""
         redis_names = set(self.redis.names())
+        if not addresses and not redis_names and not self.postgres.initialized:
+            return  # no add-on server here: nothing to tell, and no bridge to make yet
         self._network()
         self.postgres.admit({a: s for a, s in addresses.items() if a not in redis_names})
         self.redis.admit({a: s for a, s in addresses.items() if a in redis_names})
