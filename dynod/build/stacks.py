@@ -48,6 +48,8 @@ COMMON_PACKAGES: tuple[str, ...] = (
     "python3-dev",
     "nodejs",
     "npm",
+    # Go for the go buildpack (binaries need no runtime; the toolchain is for builds)
+    "golang-go",
     "gcc",
     "g++",
     "make",

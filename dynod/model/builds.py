@@ -15,7 +15,7 @@ from dynod.errors import InvalidArgument
 # The built-in buildpacks (dynod/build/buildpacks.py runs them), in detection order when
 # the app sets none: languages first, the Procfile-only one last, as it matches nearly
 # everything.
-BUILTIN_BUILDPACKS = ("python", "nodejs", "procfile")
+BUILTIN_BUILDPACKS = ("python", "nodejs", "go", "procfile")
 
 
 class BuildStatus(StrEnum):
@@ -52,7 +52,7 @@ class BuildSettings:
 
 
 def validate_buildpack(url: str) -> str:
-    """A buildpack is a built-in name (python, nodejs, procfile, also as heroku/python),
+    """A buildpack is a built-in name (python, nodejs, go, procfile, also as heroku/python),
     a git URL or an absolute local path; returns it normalized. Raises InvalidArgument."""
     url = url.strip()
     name = url.removeprefix("heroku/")
