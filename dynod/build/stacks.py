@@ -29,6 +29,7 @@ from dynod.system import processes
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 MARKER = "etc/dynod-stack.json"
+POLICY_RC_D = "usr/sbin/policy-rc.d"
 CACHE_ENV = "DYNOD_STACK_CACHE"
 DEFAULT_CACHE = Path("/var/cache/dynod/stacks")
 # debootstrap of trixie with the packages below: a few minutes on a slow mirror.
@@ -48,6 +49,28 @@ COMMON_PACKAGES: tuple[str, ...] = (
     "python3-dev",
     "nodejs",
     "npm",
+    # Go for the go buildpack (binaries need no runtime; the toolchain is for builds)
+    "golang-go",
+    # PHP for the php buildpack: the CLI, PHP-FPM and nginx behind heroku-php-nginx,
+    # Composer, and the extensions Laravel and Symfony need
+    "php-cli",
+    "php-fpm",
+    "php-mbstring",
+    "php-xml",
+    "php-curl",
+    "php-zip",
+    "php-sqlite3",
+    "php-pgsql",
+    "php-intl",
+    "php-bcmath",
+    "composer",
+    "nginx",
+    # Ruby for the ruby buildpack: the interpreter, headers for gems with C extensions,
+    # Bundler and Rake
+    "ruby",
+    "ruby-dev",
+    "bundler",
+    "rake",
     "gcc",
     "g++",
     "make",
@@ -241,6 +264,14 @@ def build_stack(
                     f"failed (exit {status}); see its output above"
                 )
             on_line(f"-----> Installing {len(defn.packages)} packages with apt")
+            # Servers among the packages (nginx, php-fpm) must not start: their maintainer
+            # scripts would run them in the chroot, on the host's network. policy-rc.d
+            # (Debian's policy interface for chroots) says no while apt runs.
+            policy = tmp / POLICY_RC_D
+            policy.parent.mkdir(parents=True, exist_ok=True)
+            policy.write_text("#!/bin/sh\n# dynod: no service starts while a stack is built\n"
+                              "exit 101\n")
+            policy.chmod(0o755)
             for argv in install_argvs(defn, tmp):
                 status = runner(argv, on_line)
                 if status != 0:
@@ -248,6 +279,7 @@ def build_stack(
                         f'stack "{defn.name}": `{" ".join(argv[4:7])}` failed (exit {status}); '
                         "see its output above"
                     )
+            policy.unlink()
             _prune(tmp)
             (tmp / MARKER).write_text(marker_content(defn, time.time()))
             if entry is not None:

@@ -60,7 +60,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def _show(app: str, reply: builds_pb2.BuildpacksResponse) -> None:
     if not reply.buildpacks:
-        print(f"{app} has no Buildpack URL set (detection among python, nodejs, procfile).")
+        print(f"{app} has no Buildpack URL set "
+              "(detection among nodejs, python, php, go, procfile).")
         return
     output.header(f"{app} Buildpack URL{'s' if len(reply.buildpacks) > 1 else ''}")
     for i, url in enumerate(reply.buildpacks, 1):
@@ -118,7 +119,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p = sub.add_parser("buildpacks", parents=[common], help="the app's buildpacks")
     p.set_defaults(func=cmd_buildpacks)
     p = sub.add_parser("buildpacks:set", parents=[common], help="use only this buildpack")
-    p.add_argument("url", help="python, nodejs, procfile, a git URL or an absolute path")
+    p.add_argument("url", help="nodejs, python, php, go, procfile, a git URL or an absolute path")
     p.set_defaults(func=cmd_set)
     p = sub.add_parser("buildpacks:add", parents=[common], help="add a buildpack")
     p.add_argument("url")

@@ -13,9 +13,12 @@ from enum import StrEnum
 from dynod.errors import InvalidArgument
 
 # The built-in buildpacks (dynod/build/buildpacks.py runs them), in detection order when
-# the app sets none: languages first, the Procfile-only one last, as it matches nearly
-# everything.
-BUILTIN_BUILDPACKS = ("python", "nodejs", "procfile")
+# the app sets none: Heroku's order of its official buildpacks (ruby, nodejs, clojure,
+# python, java, gradle, scala, php, go; buildpacks article) for those dynod has, then
+# the Procfile-only one, as it matches nearly everything. As on Heroku, an app with a
+# package.json beside its composer.json or requirements.txt is detected as Node.js:
+# `buildpacks:set php` (or python) picks the other.
+BUILTIN_BUILDPACKS = ("nodejs", "python", "php", "go", "procfile")
 
 
 class BuildStatus(StrEnum):
@@ -52,7 +55,7 @@ class BuildSettings:
 
 
 def validate_buildpack(url: str) -> str:
-    """A buildpack is a built-in name (python, nodejs, procfile, also as heroku/python),
+    """A buildpack is a built-in name (nodejs, python, php, go, procfile, also as heroku/python),
     a git URL or an absolute local path; returns it normalized. Raises InvalidArgument."""
     url = url.strip()
     name = url.removeprefix("heroku/")

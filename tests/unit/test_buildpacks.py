@@ -8,6 +8,7 @@ the python and nodejs ones fetch packages and are marked ``network``.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tarfile
 import time
 from pathlib import Path, PurePosixPath
@@ -15,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from dynod.build.buildpacks import (
+    BUILTIN_DIR,
     NO_LANGUAGE_LINES,
     Buildpack,
     BuildResult,
@@ -391,3 +393,19 @@ def test_nodejs_buildpack(dirs: dict[str, Path]) -> None:
     assert "       Default types for buildpack -> web" in lines
     with tarfile.open(result.slug) as tar:
         assert "./app/node_modules/ms/package.json" in tar.getnames()
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"go.mod": "module example.com/x\n\ngo 1.22\n"}, "Go"),
+    ({"Gopkg.lock": ""}, "Go"),  # detected, so that compile can say how to migrate
+    ({"main.go": "package main\n"}, None),  # Go files without a module are not an app
+])
+def test_go_buildpack_detects_modules(tmp_path: Path, files: dict[str, str],
+                                      expected: str | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    detect = BUILTIN_DIR / "go" / "bin" / "detect"
+    done = subprocess.run([str(detect), str(tmp_path)], capture_output=True, text=True,
+                          check=False)
+    assert (done.returncode == 0) is (expected is not None)
+    assert done.stdout.strip() == (expected or "")

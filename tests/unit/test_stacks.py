@@ -62,6 +62,7 @@ class FakeDebootstrap:
     def __init__(self, status: int = 0) -> None:
         self.calls: list[list[str]] = []
         self.status = status
+        self.policy_during_apt: list[str] = []
 
     def __call__(self, argv: Sequence[str], on_line: Callable[[str], None]) -> int:
         self.calls.append(list(argv))
@@ -76,6 +77,8 @@ class FakeDebootstrap:
             (target / "debootstrap/debootstrap.log").write_text("dpkg: error processing npm\n")
             return self.status
         if argv[0] == "chroot":
+            policy = Path(argv[1]) / stacks.POLICY_RC_D
+            self.policy_during_apt.append(policy.read_text() if policy.exists() else "")
             return 0
         if argv[0] == "cp":
             src, dst = Path(argv[-2].removesuffix("/.")), Path(argv[-1])
@@ -100,6 +103,11 @@ def test_build_then_current_then_cached(tmp_path: Path) -> None:
     assert not (root / "var/cache/apt/archives/x.deb").exists()
     assert stacks.is_current(stacks.cache_entry(cache, defn), defn)
     assert [c[0] for c in fake.calls] == ["debootstrap", "chroot", "chroot", "chroot", "cp"]
+    # while apt ran, policy-rc.d kept servers in the packages (nginx) from starting;
+    # the stack keeps none
+    assert all(text.rstrip().endswith("exit 101") for text in fake.policy_during_apt)
+    assert len(fake.policy_during_apt) == 3
+    assert not (root / stacks.POLICY_RC_D).exists()
     # no leftovers beside the stack
     assert sorted(p.name for p in (tmp_path / "state/stacks").iterdir()) == ["debian-13"]
 
