@@ -13,7 +13,7 @@ from dynod.api.peer import caller_of
 from dynod.build import pipeline
 from dynod.control import builds, keys
 from dynod.errors import DynodError, InvalidArgument
-from dynod.model.builds import Build
+from dynod.model.builds import BUILTIN_BUILDPACKS, BUILTIN_DETECTS, Build, BuildSettings
 from dynod.v1 import builds_pb2, builds_pb2_grpc
 
 # Callers that may say which ssh key pushed: dynod's git user (the hook) and root.
@@ -110,14 +110,21 @@ class BuildsServicer(builds_pb2_grpc.BuildsServicer):
     ) -> builds_pb2.BuildpacksResponse:
         caller_of(context)
         got = builds.get_settings(self.daemon.store, request.app)
-        return builds_pb2.BuildpacksResponse(buildpacks=list(got.buildpacks), stack=got.stack)
+        return _buildpacks(got)
 
     def SetBuildpacks(
         self, request: builds_pb2.SetBuildpacksRequest, context: grpc.ServicerContext
     ) -> builds_pb2.BuildpacksResponse:
         caller_of(context)
         got = builds.set_buildpacks(self.daemon.store, request.app, list(request.buildpacks))
-        return builds_pb2.BuildpacksResponse(buildpacks=list(got.buildpacks), stack=got.stack)
+        return _buildpacks(got)
+
+
+def _buildpacks(got: BuildSettings) -> builds_pb2.BuildpacksResponse:
+    return builds_pb2.BuildpacksResponse(
+        buildpacks=list(got.buildpacks), stack=got.stack,
+        builtin=[builds_pb2.BuiltinBuildpack(name=name, detects=BUILTIN_DETECTS[name])
+                 for name in BUILTIN_BUILDPACKS])
 
 
 def register(server: grpc.Server, daemon: Daemon, builder: pipeline.Builder) -> str:

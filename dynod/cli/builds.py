@@ -60,8 +60,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def _show(app: str, reply: builds_pb2.BuildpacksResponse) -> None:
     if not reply.buildpacks:
-        print(f"{app} has no Buildpack URL set "
-              "(detection among nodejs, python, php, go, procfile).")
+        print(f"{app} has no Buildpack URL set.")  # Heroku's words
         return
     output.header(f"{app} Buildpack URL{'s' if len(reply.buildpacks) > 1 else ''}")
     for i, url in enumerate(reply.buildpacks, 1):
@@ -70,7 +69,19 @@ def _show(app: str, reply: builds_pb2.BuildpacksResponse) -> None:
 
 def cmd_buildpacks(args: argparse.Namespace) -> int:
     app = client.app_of(args)
-    _show(app, call(stub().GetBuildpacks, builds_pb2.GetBuildpacksRequest(app=app)))
+    reply = call(stub().GetBuildpacks, builds_pb2.GetBuildpacksRequest(app=app))
+    if args.json:
+        output.print_json({"buildpacks": list(reply.buildpacks),
+                           "builtin": [{"name": b.name, "detects": b.detects}
+                                       for b in reply.builtin]})
+        return 0
+    _show(app, reply)
+    print()
+    output.header("Built-in buildpacks, in detection order (buildpacks:set NAME)")
+    width = max((len(b.name) for b in reply.builtin), default=0) + len("heroku/")
+    for b in reply.builtin:
+        name = b.name if b.name == "procfile" else f"heroku/{b.name}"
+        print(f"{name:<{width}}  {b.detects}")
     return 0
 
 

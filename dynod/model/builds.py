@@ -19,6 +19,15 @@ from dynod.errors import InvalidArgument
 # package.json beside its composer.json or requirements.txt is detected as Node.js:
 # `buildpacks:set php` (or python) picks the other.
 BUILTIN_BUILDPACKS = ("nodejs", "python", "php", "go", "procfile")
+# What each one's bin/detect looks for (`dynoctl buildpacks` shows it).
+BUILTIN_DETECTS = {
+    "nodejs": "package.json",
+    "python": "requirements.txt, pyproject.toml, setup.py, Pipfile, poetry.lock, uv.lock, "
+              "manage.py, app.py, main.py, .python-version",
+    "php": "composer.json or index.php",
+    "go": "go.mod",
+    "procfile": "a Procfile (the app needs only the stack's programs)",
+}
 
 
 class BuildStatus(StrEnum):

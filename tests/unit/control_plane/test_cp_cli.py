@@ -19,6 +19,7 @@ from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
 from dynod.cli import main as dynoctl
 from dynod.cli.output import shell_quote
+from dynod.model.builds import BUILTIN_BUILDPACKS
 from dynod.settings import Settings
 from dynod.store.sqlite import SqliteStore
 from dynod.v1 import apps_pb2, apps_pb2_grpc
@@ -246,3 +247,25 @@ def test_caller_outside_the_group_is_refused(front: Path) -> None:
     # root still may.
     with grpc.insecure_channel(f"unix:{front}") as channel:
         assert apps_pb2_grpc.AppsStub(channel).List(apps_pb2.ListAppsRequest()).apps == []
+
+
+def test_buildpacks_lists_the_builtin_ones_and_what_they_detect(
+        cli: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "apps:create", "shop", "--no-remote")
+    code, out, _ = run(capsys, "buildpacks", "-a", "shop")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "shop has no Buildpack URL set."
+    assert lines[2] == "=== Built-in buildpacks, in detection order (buildpacks:set NAME)"
+    listed = [line.split()[0] for line in lines[3:]]
+    assert listed == [f"heroku/{n}" for n in BUILTIN_BUILDPACKS if n != "procfile"] + \
+        ["procfile"]
+    assert any(re.fullmatch(r"heroku/go +go\.mod", line) for line in lines), lines
+    # Both spellings set one; the listing then names it.
+    for given in ("heroku/php", "php"):
+        assert run(capsys, "buildpacks:set", "-a", "shop", given)[0] == 0
+        assert run(capsys, "buildpacks", "-a", "shop")[1].splitlines()[:2] == [
+            "=== shop Buildpack URL", "1. php"]
+    doc = json.loads(run(capsys, "buildpacks", "-a", "shop", "--json")[1])
+    assert doc["buildpacks"] == ["php"]
+    assert {"name": "go", "detects": "go.mod"} in doc["builtin"]
