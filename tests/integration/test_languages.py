@@ -110,3 +110,30 @@ def test_php_with_composer_and_a_front_controller(stack_machine: Machine) -> Non
     assert "No composer.lock file present. Run 'composer update'" in out, out
     assert current(m, "php")["version"] == 3
     assert "25 primes below 100" in page(m, "php", "/")
+
+
+def test_django_and_node_apps_without_a_procfile_get_herokus_defaults(
+        stack_machine: Machine) -> None:
+    m = stack_machine
+    # Django without a Procfile: static files collected, the default web process, and
+    # a warning to declare one.
+    setup_push(m, "django", str(EXAMPLES / "django"))
+    out = push(m, "django")
+    for line in ("remote: -----> $ python manage.py collectstatic --noinput",
+                 "remote:  !     This Django app has no Procfile: its web process is the "
+                 "default one",
+                 "remote:  !     ('python manage.py runserver 0.0.0.0:$PORT --noreload').",
+                 "remote:        Released v2"):
+        assert line in out, out
+    assert re.search(r"Default types for buildpack\s+-> web", out), out
+    assert re.search(r"remote:        1 static file copied to '/\S+/staticfiles'", out), out
+    wait_for("the Django page", lambda: "Hello from Django" in page(m, "django"), 60)
+    assert re.search(r"Hello from Django \d+\.\d+(\.\d+)?: 234168\n", page(m, "django"))
+
+    # Node.js with only "main": node lib/app.js.
+    setup_push(m, "nodemain", str(EXAMPLES / "node-main"))
+    out = push(m, "nodemain")
+    assert "remote: -----> Node.js app detected" in out, out
+    assert re.search(r"Default types for buildpack\s+-> web", out), out
+    wait_for("the Node.js page", lambda: "fib(20) = 6765" in page(m, "nodemain"), 30)
+    assert "node lib/app.js" in sh(m, "dynoctl ps -a nodemain")[1]
