@@ -18,7 +18,19 @@ names.each do |name|
   base = File.dirname(File.dirname(path))
   gemdir = File.join(base, "gems", spec.full_name)
   Dir.mktmpdir do |tmp|
-    FileUtils.cp_r(File.join(gemdir, "."), tmp)
+    if File.directory?(gemdir)
+      FileUtils.cp_r(File.join(gemdir, "."), tmp)
+    else
+      # The older layout: the spec's lib/ files in vendor_ruby, no gem directory.
+      vendor = File.join(root, "usr/lib/ruby/vendor_ruby")
+      spec.files.grep(%r{\Alib/}).each do |f|
+        src = File.join(vendor, f.delete_prefix("lib/"))
+        next unless File.file?(src)
+        FileUtils.mkdir_p(File.join(tmp, File.dirname(f)))
+        FileUtils.cp(src, File.join(tmp, f))
+      end
+      abort "no files for Debian gem #{name}" if Dir.empty?(tmp)
+    end
     ext = Dir[File.join(base, "extensions", "*", "*", spec.full_name)].first
     if ext && !spec.extensions.empty?
       Dir.chdir(ext) { Dir["**/*.so"].each { |so| FileUtils.mkdir_p(File.join(tmp, "lib", File.dirname(so))); FileUtils.cp(so, File.join(tmp, "lib", so)) } }
@@ -27,6 +39,8 @@ names.each do |name|
       spec.required_ruby_version = "~> #{RUBY_VERSION[/\A\d+\.\d+/]}.0"
     end
     Dir.chdir(tmp) do
+      spec.extra_rdoc_files = spec.extra_rdoc_files.select { |f| File.file?(f) }
+      spec.test_files = []
       spec.files = Dir["**/*", ".*"].select { |f| File.file?(f) }.sort
       spec.executables = spec.executables.select { |e| File.file?(File.join(spec.bindir, e)) }
       spec.signing_key = nil

@@ -87,3 +87,52 @@ def test_sinatra_on_puma(stack_machine: Machine) -> None:
     assert "Run 'bundle lock'" in out, out
     assert current(m, "sinatra")["version"] == 3
     assert "25 primes below 100" in page(m, "sinatra")
+
+
+def test_rails_with_assets_and_a_release_phase_migration(stack_machine: Machine) -> None:
+    m = stack_machine
+    setup_push(m, "rails", str(EXAMPLES / "rails"))
+    t0 = time.monotonic()
+    out = push(m, "rails")
+    cold = time.monotonic() - t0
+    for line in ("remote: -----> Ruby app detected",
+                 "remote: -----> Compiling Ruby/Rails",
+                 "remote:        Installing railties 7.2.2.2",
+                 "remote:        Installing nokogiri 1.18.2 (x86_64-linux)",
+                 "remote: -----> Detecting rails configuration (Rails 7.2.2.2)",
+                 "remote: -----> Preparing app for Rails asset pipeline",
+                 "remote:        Running: rake assets:precompile",
+                 "remote:        Procfile declares types     -> release",
+                 "remote:        Default types for buildpack -> console, rake, web"):
+        assert line in out, out
+    assert "remote:        Asset precompilation completed" in out, out
+    # The release phase: bin/rails db:migrate against SQLite, before the release is live.
+    assert re.search(r"remote: == 20250101000000 CreateVisits: migrated", out), out
+    assert "remote: Waiting for release.... done." in out, out
+    # Heroku's default Rails web, bin/rails server in production, serving the
+    # precompiled stylesheet itself (RAILS_SERVE_STATIC_FILES).
+    try:
+        wait_for("the Rails page", lambda: "6 * 7 = 42" in page(m, "rails"), 90)
+    except AssertionError:
+        raise AssertionError(diagnose(m, "rails")) from None
+    body = page(m, "rails")
+    assert re.match(r"Rails 7\.2\.2\.2 on Ruby 3\.3\.\d+ \(production\): SQLite 3\.\d+", body), body
+    stylesheet = re.search(r"stylesheet (/assets/application-[0-9a-f]{8}\.css)", body)
+    assert stylesheet, body
+    assert "font-family" in page(m, "rails", stylesheet.group(1))
+    env = sh(m, "dynoctl run -a rails -- 'echo $RAILS_ENV $RACK_ENV $RAILS_LOG_TO_STDOUT "
+                "$RAILS_SERVE_STATIC_FILES ${#SECRET_KEY_BASE}'")[1]
+    assert "production production enabled enabled 128" in env, env
+    # Config vars win over the buildpack's defaults.
+    sh(m, "dynoctl config:set -a rails RAILS_LOG_TO_STDOUT=no >/dev/null")
+    # (the new release goes live once its release phase has migrated again)
+    wait_for("the config var in a one-off dyno", lambda: "logs:no" in sh(
+        m, "dynoctl run -a rails -- 'echo logs:$RAILS_LOG_TO_STDOUT'")[1], 60)
+
+    commit(m, "rails", "README", "again\n")
+    t0 = time.monotonic()
+    out = push(m, "rails")
+    warm = time.monotonic() - t0
+    assert "remote: -----> Restoring cache" in out, out
+    assert not INSTALLED.findall(out), out
+    print(f"\nruby rails: first push {cold:.1f} s, second push {warm:.1f} s")
