@@ -18,9 +18,10 @@ from dynod.errors import InvalidArgument
 # the Procfile-only one, as it matches nearly everything. As on Heroku, an app with a
 # package.json beside its composer.json or requirements.txt is detected as Node.js:
 # `buildpacks:set php` (or python) picks the other.
-BUILTIN_BUILDPACKS = ("nodejs", "python", "php", "go", "procfile")
+BUILTIN_BUILDPACKS = ("ruby", "nodejs", "python", "php", "go", "procfile")
 # What each one's bin/detect looks for (`dynoctl buildpacks` shows it).
 BUILTIN_DETECTS = {
+    "ruby": "Gemfile",
     "nodejs": "package.json",
     "python": "requirements.txt, pyproject.toml, setup.py, Pipfile, poetry.lock, uv.lock, "
               "manage.py, app.py, main.py, .python-version",
@@ -64,7 +65,7 @@ class BuildSettings:
 
 
 def validate_buildpack(url: str) -> str:
-    """A buildpack is a built-in name (nodejs, python, php, go, procfile, also as heroku/python),
+    """A buildpack is a built-in name (ruby, nodejs, python, php, go, procfile; heroku/python too),
     a git URL or an absolute local path; returns it normalized. Raises InvalidArgument."""
     url = url.strip()
     name = url.removeprefix("heroku/")

@@ -409,3 +409,48 @@ def test_go_buildpack_detects_modules(tmp_path: Path, files: dict[str, str],
                           check=False)
     assert (done.returncode == 0) is (expected is not None)
     assert done.stdout.strip() == (expected or "")
+
+
+RUBY_LOCK = """GEM
+  remote: https://rubygems.org/
+  specs:
+{specs}
+PLATFORMS
+  x86_64-linux
+
+DEPENDENCIES
+  rack
+"""
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"config.ru": "", "Gemfile.lock": RUBY_LOCK.format(specs="    rack (3.1.20)\n")},
+     {"rake": "bundle exec rake", "console": "bundle exec irb",
+      "web": "bundle exec rackup config.ru -p ${PORT:-5000}"}),
+    ({"bin/rails": "", "Gemfile.lock": RUBY_LOCK.format(
+        specs="    railties (7.2.2.2)\n      rake (>= 12.2)\n    pg (1.5.9)\n")},
+     {"rake": "bundle exec rake", "console": "bin/rails console",
+      "web": "bin/rails server -p ${PORT:-5000} -e $RAILS_ENV"}),
+    ({}, {"rake": "bundle exec rake", "console": "bundle exec irb"}),
+])
+def test_ruby_buildpack_detects_a_gemfile_and_names_heroku_process_types(
+        tmp_path: Path, files: dict[str, str], expected: dict[str, str]) -> None:
+    (tmp_path / "Gemfile").write_text('source "https://rubygems.org"\n')
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+        if name.startswith("bin/"):
+            (tmp_path / name).chmod(0o755)
+    pack = BUILTIN_DIR / "ruby" / "bin"
+    detect = subprocess.run([str(pack / "detect"), str(tmp_path)], capture_output=True,
+                            text=True, check=False)
+    assert detect.returncode == 0 and detect.stdout.strip() == "Ruby"
+    release = subprocess.run([str(pack / "release"), str(tmp_path)], capture_output=True,
+                             text=True, check=True)
+    info = parse_release(release.stdout)
+    assert dict(info.default_process_types) == expected
+    # Heroku's ruby buildpack names Postgres when the pg gem is locked.
+    assert info.addons == (("heroku-postgresql",) if "pg (" in files.get("Gemfile.lock", "")
+                           else ())
+    (tmp_path / "Gemfile").unlink()
+    assert subprocess.run([str(pack / "detect"), str(tmp_path)], check=False).returncode == 1
