@@ -18,7 +18,9 @@ from dynod.errors import InvalidArgument
 # the Procfile-only one, as it matches nearly everything. As on Heroku, an app with a
 # package.json beside its composer.json or requirements.txt is detected as Node.js:
 # `buildpacks:set php` (or python) picks the other.
-BUILTIN_BUILDPACKS = ("nodejs", "python", "php", "go", "procfile")
+BUILTIN_BUILDPACKS = (
+    "nodejs", "clojure", "python", "java", "gradle", "scala", "php", "go", "procfile",
+)
 
 
 class BuildStatus(StrEnum):
