@@ -132,7 +132,9 @@ def test_gradle_and_sbt_fail_clearly(stack_machine: Machine) -> None:
 def test_clojure_uberjar_offline(stack_machine: Machine) -> None:
     m = stack_machine
     setup_push(m, "clj", str(EXAMPLES / "clojure"))
+    started = time.monotonic()
     out = push(m, "clj")
+    first = time.monotonic() - started
     for line in ("remote: -----> Clojure (Leiningen 2) app detected",
                  "remote: -----> Using the stack's Leiningen 2.10.0",
                  "remote:        Running: lein uberjar",
@@ -153,7 +155,9 @@ def test_clojure_uberjar_offline(stack_machine: Machine) -> None:
     assert re.search(r'openjdk version "21\.', run), run
 
     commit(m, "clj", "README", "again\n")
+    started = time.monotonic()
     out = push(m, "clj")
+    print(f"clojure: first push {first:.1f} s, second push {time.monotonic() - started:.1f} s")
     assert "remote: -----> Restoring cache" in out, out
     assert "Retrieving" not in out, out
     assert "remote:        Released v3" in out, out
