@@ -89,16 +89,34 @@ jvm::write_profile() {
 		cat <<'SH'
 export PATH="${HOME}/bin:${JAVA_HOME}/bin:${PATH}"
 jvm_memory_bytes() {
-	local file value
-	for file in /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes; do
-		if [ -r "${file}" ]; then
-			value="$(cat "${file}")"
+	# The dyno's own cgroup (no cgroup namespace: /sys/fs/cgroup is the host's tree).
+	# cgroup v2: memory.high is the size's RAM (dynod's quota, R14); v1 has only the kill
+	# limit, twice the quota (R15) as on Heroku.
+	local line path value
+	while IFS= read -r line; do
+		case "${line}" in
+		0::*)
+			path="/sys/fs/cgroup${line#0::}"
+			value="$(cat "${path}/memory.high" 2>/dev/null)"
 			case "${value}" in
 			'' | *[!0-9]*) ;;
-			*) if [ "${value}" -lt $((1 << 50)) ]; then echo "${value}"; return; fi ;;
+			*) echo "${value}"; return ;;
 			esac
-		fi
-	done
+			value="$(cat "${path}/memory.max" 2>/dev/null)"
+			case "${value}" in
+			'' | *[!0-9]*) ;;
+			*) echo $((value / 2)); return ;;
+			esac
+			;;
+		*:memory:*)
+			value="$(cat "/sys/fs/cgroup/memory${line#*:memory:}/memory.limit_in_bytes" 2>/dev/null)"
+			case "${value}" in
+			'' | *[!0-9]*) ;;
+			*) if [ "${value}" -lt $((1 << 50)) ]; then echo $((value / 2)); return; fi ;;
+			esac
+			;;
+		esac
+	done </proc/self/cgroup
 	echo $((512 * 1024 * 1024))
 }
 jvm_heap_opts() {
