@@ -81,6 +81,15 @@ COMMON_PACKAGES: tuple[str, ...] = (
     "libpq-dev",
     "libsqlite3-dev",
     "zlib1g-dev",
+    # the JVM for the java, gradle, scala and clojure buildpacks: the JDK (21), Debian's
+    # Maven with the plugins its default lifecycle and Heroku's dependency:list need, kept
+    # offline in /usr/share/maven-repo (maven-debian-helper), and Leiningen for Clojure
+    "default-jdk-headless",
+    "maven",
+    "maven-debian-helper",
+    "libmaven-install-plugin-java",
+    "libmaven-dependency-plugin-java",
+    "leiningen",
     # the clients of the add-ons, for `dynoctl pg:psql` / `redis:cli` in a one-off dyno
     # and for apps that shell out to them (pg_dump in a Rails task)
     "postgresql-client",
@@ -144,8 +153,14 @@ def debootstrap_argv(defn: StackDefinition, target: Path) -> list[str]:
 
 
 def install_argvs(defn: StackDefinition, target: Path) -> list[list[str]]:
-    """The commands, run after debootstrap, that install ``defn.packages`` with apt."""
-    apt = ["chroot", str(target), "env", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8"]
+    """The commands, run after debootstrap, that install ``defn.packages`` with apt.
+
+    Each runs in its own mount and PID namespace with a proc of its own on the root's
+    /proc (OpenJDK's postinst runs java, which needs /proc); the mount goes away with
+    the namespace, so nothing stays mounted in the stack or on the host.
+    """
+    apt = ["unshare", "--mount", "--pid", "--fork", f"--mount-proc={target}/proc",
+           "chroot", str(target), "env", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8"]
     return [
         [*apt, "apt-get", "update", "-q"],
         [*apt, "apt-get", "install", "-q", "-y", "--no-install-recommends", *defn.packages],
@@ -275,8 +290,10 @@ def build_stack(
             for argv in install_argvs(defn, tmp):
                 status = runner(argv, on_line)
                 if status != 0:
+                    at = argv.index("apt-get")
+                    what = " ".join(argv[at - 1:at + 2])
                     raise Unavailable(
-                        f'stack "{defn.name}": `{" ".join(argv[4:7])}` failed (exit {status}); '
+                        f'stack "{defn.name}": `{what}` failed (exit {status}); '
                         "see its output above"
                     )
             policy.unlink()

@@ -18,13 +18,19 @@ from dynod.errors import InvalidArgument
 # the Procfile-only one, as it matches nearly everything. As on Heroku, an app with a
 # package.json beside its composer.json or requirements.txt is detected as Node.js:
 # `buildpacks:set php` (or python) picks the other.
-BUILTIN_BUILDPACKS = ("ruby", "nodejs", "python", "php", "go", "procfile")
+BUILTIN_BUILDPACKS = (
+    "ruby", "nodejs", "clojure", "python", "java", "gradle", "scala", "php", "go", "procfile",
+)
 # What each one's bin/detect looks for (`dynoctl buildpacks` shows it).
 BUILTIN_DETECTS = {
     "ruby": "Gemfile",
     "nodejs": "package.json",
+    "clojure": "project.clj",
     "python": "requirements.txt, pyproject.toml, setup.py, Pipfile, poetry.lock, uv.lock, "
               "manage.py, app.py, main.py, .python-version",
+    "java": "pom.xml (or pom.atom, .clj, .groovy, .rb, .scala, .yaml, .yml)",
+    "gradle": "gradlew, build.gradle(.kts) or settings.gradle(.kts)",
+    "scala": "*.sbt, .sbtrc, project/build.properties or project/*.scala",
     "php": "composer.json or index.php",
     "go": "go.mod",
     "procfile": "a Procfile (the app needs only the stack's programs)",

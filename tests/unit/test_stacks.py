@@ -27,7 +27,9 @@ def test_debootstrap_argv() -> None:
     assert "--variant=minbase" in argv
     assert argv[-3:] == ["trixie", "/x/tmp", "http://deb.debian.org/debian"]
     update, install, clean = stacks.install_argvs(defn, Path("/x/tmp"))
-    assert update[:2] == ["chroot", "/x/tmp"]
+    # apt runs chrooted, with a /proc of its own (OpenJDK's postinst runs java)
+    assert update[:7] == ["unshare", "--mount", "--pid", "--fork", "--mount-proc=/x/tmp/proc",
+                          "chroot", "/x/tmp"]
     assert update[-3:] == ["apt-get", "update", "-q"]
     assert "--no-install-recommends" in install
     for pkg in ("python3", "python3-venv", "nodejs", "npm", "git", "curl", "ca-certificates"):
@@ -76,8 +78,8 @@ class FakeDebootstrap:
             (target / "debootstrap").mkdir()
             (target / "debootstrap/debootstrap.log").write_text("dpkg: error processing npm\n")
             return self.status
-        if argv[0] == "chroot":
-            policy = Path(argv[1]) / stacks.POLICY_RC_D
+        if argv[0] == "unshare":
+            policy = Path(argv[argv.index("chroot") + 1]) / stacks.POLICY_RC_D
             self.policy_during_apt.append(policy.read_text() if policy.exists() else "")
             return 0
         if argv[0] == "cp":
@@ -102,7 +104,8 @@ def test_build_then_current_then_cached(tmp_path: Path) -> None:
     assert marker["packages"] == list(defn.packages)
     assert not (root / "var/cache/apt/archives/x.deb").exists()
     assert stacks.is_current(stacks.cache_entry(cache, defn), defn)
-    assert [c[0] for c in fake.calls] == ["debootstrap", "chroot", "chroot", "chroot", "cp"]
+    assert [c[0] for c in fake.calls] == ["debootstrap", "unshare", "unshare", "unshare",
+                                            "cp"]
     # while apt ran, policy-rc.d kept servers in the packages (nginx) from starting;
     # the stack keeps none
     assert all(text.rstrip().endswith("exit 101") for text in fake.policy_during_apt)
