@@ -111,6 +111,13 @@ def test_php_with_composer_and_a_front_controller(stack_machine: Machine) -> Non
     assert current(m, "php")["version"] == 3
     assert "25 primes below 100" in page(m, "php", "/")
 
+    # The workers follow the dyno's size (read from its own cgroup, not a default).
+    sh(m, "dynoctl ps:type web=standard-2x -a php")
+    wait_for("8 workers on a Standard-2X", lambda: re.search(
+        r"heroku-php-nginx: 8 PHP-FPM workers for 1024 MB",
+        sh(m, "journalctl DYNOD_APP=php -o cat --no-pager")[1]), 60)
+    wait_for("the PHP page on Standard-2X", lambda: "25 primes" in page(m, "php", "/"), 60)
+
 
 def test_django_and_node_apps_without_a_procfile_get_herokus_defaults(
         stack_machine: Machine) -> None:
