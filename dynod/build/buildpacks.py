@@ -27,7 +27,7 @@ from types import MappingProxyType
 
 from dynod import paths
 from dynod.errors import FailedPrecondition, ResourceExhausted
-from dynod.model.builds import BUILTIN_BUILDPACKS
+from dynod.model.builds import BUILTIN_BUILDPACKS, PREFIX_BUILDPACKS
 from dynod.model.procfile import MISCASED_WARNINGS, Procfile, load_procfile
 from dynod.slug.unpack import Limits, check_slug_size, format_size
 from dynod.system import processes
@@ -356,7 +356,8 @@ def compile_app(
             detected = _detect(local, build_dir, env, runner)
             if detected is not None:
                 selected.append((local, detected))
-                break
+                if pack.name not in PREFIX_BUILDPACKS:
+                    break
         if not selected:
             for line in NO_LANGUAGE_LINES:
                 on_line(line)

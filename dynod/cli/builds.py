@@ -80,7 +80,8 @@ def cmd_buildpacks(args: argparse.Namespace) -> int:
     output.header("Built-in buildpacks, in detection order (buildpacks:set NAME)")
     width = max((len(b.name) for b in reply.builtin), default=0) + len("heroku/")
     for b in reply.builtin:
-        name = b.name if b.name == "procfile" else f"heroku/{b.name}"
+        # Heroku's own buildpacks are heroku/NAME; apt is the community's, procfile dynod's.
+        name = b.name if b.name in ("procfile", "apt") else f"heroku/{b.name}"
         print(f"{name:<{width}}  {b.detects}")
     return 0
 

@@ -19,10 +19,15 @@ from dynod.errors import InvalidArgument
 # package.json beside its composer.json or requirements.txt is detected as Node.js:
 # `buildpacks:set php` (or python) picks the other.
 BUILTIN_BUILDPACKS = (
+    "apt",
     "ruby", "nodejs", "clojure", "python", "java", "gradle", "scala", "php", "go", "procfile",
 )
+# Buildpacks that, when they detect, run before the next one that detects instead of
+# ending detection: an Aptfile's packages serve whatever language the app is in.
+PREFIX_BUILDPACKS = frozenset({"apt"})
 # What each one's bin/detect looks for (`dynoctl buildpacks` shows it).
 BUILTIN_DETECTS = {
+    "apt": "Aptfile (Debian packages; runs before the language detected next)",
     "ruby": "Gemfile",
     "nodejs": "package.json",
     "clojure": "project.clj",

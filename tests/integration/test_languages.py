@@ -144,3 +144,37 @@ def test_django_and_node_apps_without_a_procfile_get_herokus_defaults(
     assert re.search(r"Default types for buildpack\s+-> web", out), out
     wait_for("the Node.js page", lambda: "fib(20) = 6765" in page(m, "nodemain"), 30)
     assert "node lib/app.js" in sh(m, "dynoctl ps -a nodemain")[1]
+
+
+def test_an_aptfile_package_used_at_run_time(stack_machine: Machine) -> None:
+    m = stack_machine
+    setup_push(m, "aptapp", str(EXAMPLES / "aptfile"))
+    out = push(m, "aptapp")
+    # The apt buildpack runs first, then the one that detects next (here: procfile).
+    for line in ("remote: -----> Apt app detected",
+                 "remote: -----> Detected Aptfile: 1 package(s): jq",
+                 "remote: -----> Procfile app detected",
+                 "remote:        Released v2"):
+        assert line in out, out
+    assert re.search(r"remote: -----> Installing jq_[^ ]+\.deb", out), out
+    assert re.search(r"remote: -----> Installing libjq1_[^ ]+\.deb", out), out
+    wait_for("the jq page",
+             lambda: "jq at /app/.apt/usr/bin/jq says the sum of squares is 30" in
+             page(m, "aptapp"), 30)
+    # A one-off finds it too; the stack itself has no jq.
+    assert "/app/.apt/usr/bin/jq" in sh(m, "dynoctl run -a aptapp -- 'command -v jq'")[1]
+    assert sh(m, "test -e /var/lib/dynod/stacks/debian-13/usr/bin/jq", ok=False)[0] != 0
+
+    # Unchanged Aptfile: nothing downloaded.
+    commit(m, "aptapp", "README", "again\n")
+    out = push(m, "aptapp")
+    assert "remote: -----> Restoring cache" in out, out
+    assert "Updating apt caches" not in out and "Fetching .debs" not in out, out
+    assert "remote:        Released v3" in out, out
+
+    # A package Debian does not have: refused, the release keeps serving.
+    commit(m, "aptapp", "Aptfile", "jq\nno-such-package-dynod\n")
+    out = push(m, "aptapp", ok=False)
+    assert "apt could not download jq no-such-package-dynod" in out, out
+    assert current(m, "aptapp")["version"] == 3
+    assert "sum of squares is 30" in page(m, "aptapp")

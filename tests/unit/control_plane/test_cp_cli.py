@@ -258,8 +258,8 @@ def test_buildpacks_lists_the_builtin_ones_and_what_they_detect(
     assert lines[0] == "shop has no Buildpack URL set."
     assert lines[2] == "=== Built-in buildpacks, in detection order (buildpacks:set NAME)"
     listed = [line.split()[0] for line in lines[3:]]
-    assert listed == [f"heroku/{n}" for n in BUILTIN_BUILDPACKS if n != "procfile"] + \
-        ["procfile"]
+    assert listed == ["apt"] + [f"heroku/{n}" for n in BUILTIN_BUILDPACKS
+                                if n not in ("procfile", "apt")] + ["procfile"]
     assert any(re.fullmatch(r"heroku/go +go\.mod", line) for line in lines), lines
     # Both spellings set one; the listing then names it.
     for given in ("heroku/php", "php"):
