@@ -236,6 +236,7 @@ def test_real_servers_turn_other_apps_away(stack_machine: Machine) -> None:
     dynoctl(m, "addons:create", "heroku-postgresql", "-a", "shop", "--name", "postgresql-shop")
     dynoctl(m, "addons:create", "heroku-redis", "-a", "shop", "--name", "redis-shop")
     dynoctl(m, "addons:create", "heroku-postgresql", "-a", "blog", "--name", "postgresql-blog")
+    dynoctl(m, "addons:create", "heroku-redis", "-a", "blog", "--name", "redis-blog")
     database = config_get(m, "shop", "DATABASE_URL")
     redis = config_get(m, "shop", "REDIS_URL")
     pg_port, redis_port = port_of(database), port_of(redis)
@@ -265,7 +266,13 @@ def test_real_servers_turn_other_apps_away(stack_machine: Machine) -> None:
     assert "pg_hba.conf rejects connection" in got or "no pg_hba.conf entry" in got, got
     assert "password authentication failed" not in got, got
     assert psql(m, "blog", config_get(m, "blog", "DATABASE_URL")) == "in"
+    # ... and with its own Redis on the same machine, shop's Redis is dropped all the same,
+    # while its own answers.
     assert run(m, "blog", f"python3 probe.py {GW} {redis_port}") == "blocked: timed out"
+    blog_redis = config_get(m, "blog", "REDIS_URL")
+    assert port_of(blog_redis) != redis_port
+    assert run(m, "blog", f"redis-cli -u {shlex.quote(blog_redis)} --no-auth-warning "
+                          "ping") == "PONG"
 
     # Attached to another app: it gets in; detached, it is out at once, held sessions too.
     dynoctl(m, "addons:attach", "postgresql-shop", "-a", "other", "--as", "SHOP")
