@@ -454,3 +454,13 @@ def test_ruby_buildpack_detects_a_gemfile_and_names_heroku_process_types(
                            else ())
     (tmp_path / "Gemfile").unlink()
     assert subprocess.run([str(pack / "detect"), str(tmp_path)], check=False).returncode == 1
+
+
+@pytest.mark.parametrize("lib", ["output.sh", "jvm.sh"])
+def test_the_buildpacks_shared_shell_is_one_text(lib: str) -> None:
+    # Each buildpack directory is copied alone into a build (the classic API: a
+    # buildpack is self-contained), so these libraries are copies; they must not drift.
+    copies = sorted(BUILTIN_DIR.glob(f"*/lib/{lib}"))
+    assert len(copies) >= 4, copies
+    texts = {p.read_text() for p in copies}
+    assert len(texts) == 1, f"{lib} differs between {[str(p) for p in copies]}: edit all"
