@@ -32,7 +32,7 @@ class SlugsServicer(slugs_pb2_grpc.SlugsServicer):
         caller_of(context)
         slug = slugs.create_slug(self.daemon.store, request.app, checksum=request.checksum,
                                  size=request.size, process_types=dict(request.process_types),
-                                 commit=request.commit)
+                                 commit=request.commit, layers=tuple(request.layers))
         return slugs_pb2.CreateSlugResponse(slug=slug_to_proto(slug))
 
     def Get(

@@ -11,7 +11,7 @@ import grpc
 from dynod import paths
 from dynod.api.daemon import Daemon
 from dynod.api.peer import caller_of
-from dynod.build import pipeline, stacks
+from dynod.build import layers, pipeline, stacks
 from dynod.control import builds
 from dynod.v1 import stacks_pb2, stacks_pb2_grpc
 
@@ -20,9 +20,13 @@ def stack_to_proto(daemon: Daemon, name: str) -> stacks_pb2.Stack:
     defn = stacks.get_stack(name)
     root = paths.stack_root(daemon.settings.state_dir, name)
     built = stacks.is_current(root, defn)
-    return stacks_pb2.Stack(name=name, suite=defn.suite, built=built,
-                            default=name == stacks.DEFAULT_STACK,
-                            python=(stacks.python_version(root) or "") if built else "")
+    have = layers.built_layers(daemon.settings.state_dir, name) if built else ()
+    return stacks_pb2.Stack(
+        name=name, suite=defn.suite, built=built, default=name == stacks.DEFAULT_STACK,
+        python=(stacks.python_version(root) or "") if built else "",
+        layers=[stacks_pb2.StackLayer(name=n, runtimes=layer.runtimes,
+                                      buildpacks=list(layer.buildpacks), built=n in have)
+                for n, layer in layers.LAYERS.items()])
 
 
 class StacksServicer(stacks_pb2_grpc.StacksServicer):
@@ -43,16 +47,23 @@ class StacksServicer(stacks_pb2_grpc.StacksServicer):
         caller_of(context)
         name = request.name or stacks.DEFAULT_STACK
         defn = stacks.get_stack(name)
-        if stacks.is_current(paths.stack_root(self.daemon.settings.state_dir, name), defn):
+        wanted = tuple(request.layers)
+        for layer in wanted:
+            layers.get_layer(layer)
+        state = self.daemon.settings.state_dir
+        if stacks.is_current(paths.stack_root(state, name), defn) and set(wanted) <= set(
+                layers.built_layers(state, name)):
+            what = f"Stack {name}" + "".join(f" and its {n} layer" for n in wanted)
             yield stacks_pb2.BuildStackResponse(
-                line=f"Stack {name} is current ({defn.suite}); nothing to rebuild.")
+                line=f"{what} {'are' if wanted else 'is'} current ({defn.suite}); "
+                     "nothing to rebuild.")
             yield stacks_pb2.BuildStackResponse(stack=stack_to_proto(self.daemon, name))
             return
         lines: queue.Queue[str | BaseException | None] = queue.Queue()
 
         def work() -> None:
             try:
-                self.builder.ensure_stack(name, lines.put)
+                self.builder.ensure_layers(name, wanted, lines.put)
                 lines.put(None)
             except BaseException as exc:
                 lines.put(exc)

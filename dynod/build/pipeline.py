@@ -26,14 +26,14 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from dynod import paths
-from dynod.build import buildpacks, stacks
+from dynod.build import buildpacks, layers, stacks
 from dynod.build.fetch import fetch_buildpack
 from dynod.build.source import receive_source
 from dynod.build.steps import (
@@ -166,6 +166,21 @@ class Builder:
             return stacks.build_stack(defn, self.settings.state_dir,
                                       cache=stacks.stack_cache_dir(), on_line=on_line)
 
+    def ensure_layers(self, name: str, wanted: Sequence[str],
+                      on_line: Callable[[str], None]) -> tuple[Path, ...]:
+        """The lower directories for stack ``name`` with language layers ``wanted``, top
+        first: each layer and the stack built on first need. Raises NotFound (stack),
+        InvalidArgument (layer), Unavailable (apt failed)."""
+        self.ensure_stack(name, on_line)
+        defn = stacks.get_stack(name)
+        for layer in wanted:
+            if not layers.is_current(layers.layer_root(self.settings.state_dir, name, layer),
+                                     defn, layers.get_layer(layer)):
+                with self._stack_lock:
+                    layers.build_layer(defn, layer, self.settings.state_dir,
+                                       cache=stacks.stack_cache_dir(), on_line=on_line)
+        return layers.lowers(self.settings.state_dir, name, wanted)
+
     def run_build(
         self,
         app: str,
@@ -227,18 +242,26 @@ class Builder:
             with store.write() as tx:
                 tx.put_build(build)
             self.events.publish(BuildStarted(app, user))
-            stack_root = self.ensure_stack(bs.stack, emit)
-            # Receive the whole source before any output: a cut upload builds nothing.
+            # Receive the whole source before any output: a cut upload builds nothing. It
+            # goes straight into the upper layer of the build's root, before the mount,
+            # since its files say which language layers the root needs under it.
+            run_dir.mkdir(mode=0o700, parents=True)
+            upper_tmp = run_dir / "upper" / SOURCE_TAR.parent.relative_to("/")
+            upper_tmp.mkdir(parents=True)
+            upper_tmp.chmod(0o1777)
+            source_bytes = receive_source(upper_tmp / SOURCE_TAR.name, source)
+            build = replace(build, source_bytes=source_bytes)
+            wanted = layers.layers_for(layers.source_files(upper_tmp / SOURCE_TAR.name),
+                                       bs.buildpacks)
+            lower = self.ensure_layers(bs.stack, wanted, emit)
             plan = mounts.RootfsPlan(dyno=f"build-{build.id[:8]}", dyno_dir=run_dir,
-                                     lower=(stack_root,), binds=())
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
+                                     lower=lower, binds=())
             mounts.apply_rootfs(plan)
             root = plan.root
-            source_bytes = receive_source(_in_root(root, SOURCE_TAR), source)
-            build = replace(build, source_bytes=source_bytes)
             emit("Building source:")
             emit("")
-            emit(f"{buildpacks.STEP}Building on the {bs.stack} stack")
+            on = f" with the {', '.join(wanted)} layer{'s' if len(wanted) > 1 else ''}"
+            emit(f"{buildpacks.STEP}Building on the {bs.stack} stack{on if wanted else ''}")
 
             # systemd 252 needs a user record for User= (the dynos' nss-systemd drop-ins).
             users.ensure_user(uid)
@@ -292,7 +315,8 @@ class Builder:
                 emit(line)
             emit(f"{buildpacks.STEP}Launching...")
             slug = slugs.create_slug(store, app, checksum=result.checksum, size=result.size,
-                                     process_types=dict(result.process_types), commit=commit)
+                                     process_types=dict(result.process_types), commit=commit,
+                                     layers=wanted)
 
             def chunks() -> Iterable[bytes]:
                 with result.slug.open("rb") as f:
@@ -328,6 +352,8 @@ class Builder:
             if plan is not None:
                 with contextlib.suppress(Exception):
                     mounts.remove_rootfs(plan)
+            elif run_dir.exists():  # the source came, the root was never mounted
+                shutil.rmtree(run_dir, ignore_errors=True)
             build = replace(build, finished_at=datetime.now(UTC))
             with contextlib.suppress(Exception), store.write() as tx:
                 if tx.app(app) is not None:

@@ -1,4 +1,4 @@
-"""dynoctl stacks, stacks:build [NAME], stacks:set NAME."""
+"""dynoctl stacks, stacks:build [NAME] [--layer L], stacks:set NAME."""
 
 from __future__ import annotations
 
@@ -25,13 +25,17 @@ def cmd_stacks(args: argparse.Namespace) -> int:
         mark = "*" if s.default else " "
         state = f"built, Python {s.python}" if s.built else "not built"
         print(f"{mark} {s.name}  ({s.suite}, {state})")
+        for layer in s.layers:
+            made = "built" if layer.built else "made on first use"
+            print(f"    +{layer.name:<5} {layer.runtimes} (for {', '.join(layer.buildpacks)}; "
+                  f"{made})")
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     try:
-        for reply in stub().Build(stacks_pb2.BuildStackRequest(name=args.name or ""),
-                                  timeout=3600):
+        request = stacks_pb2.BuildStackRequest(name=args.name or "", layers=args.layer)
+        for reply in stub().Build(request, timeout=3600):
             if reply.HasField("stack"):
                 print(f"Stack {reply.stack.name} is built.", flush=True)
             else:
@@ -54,6 +58,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.set_defaults(func=cmd_stacks)
     p = sub.add_parser("stacks:build", parents=[common], help="build a stack (debootstrap)")
     p.add_argument("name", nargs="?", help="default: the default stack")
+    p.add_argument("--layer", action="append", default=[],
+                   help="also build this language layer (ruby, jvm, php, go); repeatable")
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("stacks:set", parents=[common], help="set the app's stack")
     p.add_argument("name")

@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.slugs import (
+    LAYER_NAMES,
     MAX_SLUG_BYTES,
     Slug,
     parse_checksum,
@@ -43,8 +44,10 @@ def create_slug(
     size: int,
     process_types: Mapping[str, str],
     commit: str = "",
+    layers: tuple[str, ...] = (),
 ) -> Slug:
-    """Record a slug whose tarball will be uploaded next.
+    """Record a slug whose tarball will be uploaded next; its dynos run with the stack's
+    language ``layers``.
 
     Raises InvalidArgument (checksum, size, process types), ResourceExhausted (over
     500 MB), NotFound (app).
@@ -60,11 +63,16 @@ def create_slug(
     validate_process_types(process_types)
     if len(commit) > 64:
         raise InvalidArgument("commit is too long; give a git commit id")
+    for layer in layers:
+        if layer not in LAYER_NAMES:
+            raise InvalidArgument(
+                f'layer "{layer}" does not exist; give some of: {", ".join(LAYER_NAMES)}')
     with store.write() as tx:
         reads.require_app(tx, app)
         slug = Slug(id=str(uuid.uuid4()), app=app, checksum=checksum, size=size,
                     created_at=datetime.now(UTC),
-                    process_types=MappingProxyType(dict(process_types)), commit=commit)
+                    process_types=MappingProxyType(dict(process_types)), commit=commit,
+                    layers=tuple(n for n in LAYER_NAMES if n in layers))
         tx.put_slug(slug)
         return slug
 

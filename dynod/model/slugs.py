@@ -38,10 +38,16 @@ class Slug:
     process_types: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     commit: str = ""
     uploaded: bool = False
+    # The stack's language layers its dynos run with (those its build had: layers.py).
+    layers: tuple[str, ...] = ()
 
     @property
     def sha256(self) -> str:
         return self.checksum.removeprefix("sha256:")
+
+
+# The language layers a stack can have, in stacking order (dynod/build/layers.py makes them).
+LAYER_NAMES = ("ruby", "jvm", "php", "go")
 
 
 def path_of(slugs_dir: Path, checksum: str) -> Path:

@@ -91,11 +91,12 @@ class Host:
     """The machine-wide parts every dyno shares: the bridge, dyno-init, the PID mode.
     ``start`` and ``teardown`` are safe to call from several threads."""
 
-    def __init__(self, settings: Settings, require_stack: Callable[[], Path],
+    def __init__(self, settings: Settings, require_stack: Callable[[str], tuple[Path, ...]],
                  mode: PidMode | None = None, watcher: NetworkWatcher | None = None) -> None:
         self.settings = settings
         self.watcher = watcher
-        # The stack every dyno's root is laid over (the build owns stacks: injected).
+        # The stack (with its language layers) a slug's dynos are laid over, by the slug's
+        # checksum: the build owns stacks, the store knows each slug's layers (injected).
         self.require_stack = require_stack
         self.bridge = netns.plan_bridge(settings.address_pool)
         self.resolv = netns.ensure_bridge(self.bridge, settings.runtime_dir)
@@ -107,7 +108,8 @@ class Host:
         self._used = netns.used_addresses()
         self._spare: netns.DynoNetwork | None = None
 
-    def rootfs_plan(self, ref: DynoRef, tree: Path, stack: Path) -> mounts.RootfsPlan:
+    def rootfs_plan(self, ref: DynoRef, tree: Path,
+                    stack: tuple[Path, ...]) -> mounts.RootfsPlan:
         return mounts.plan_rootfs(self.settings.runtime_dir, ref.key, tree, stack,
                                   mounts.dyno_binds(self.init, self.resolv))
 
@@ -125,7 +127,7 @@ class Host:
                          lambda message: journal.app_event(ref.app, ref.dyno, message,
                                                            priority=4))
         ensure_user(uid)
-        stack = self.require_stack()
+        stack = self.require_stack(checksum)
         plan = self.rootfs_plan(ref, tree, stack)
         with self._addresses:
             # Leftovers of an earlier run of the same dyno go first.

@@ -213,8 +213,15 @@ def _v7(db: sqlite3.Connection) -> None:
     ) WITHOUT ROWID""")
 
 
+def _v8(db: sqlite3.Connection) -> None:
+    # Slugs name the stack's language layers their dynos run with. Slugs made before
+    # layers were built on a stack that had every runtime: they get every layer.
+    db.execute("ALTER TABLE slugs ADD COLUMN layers TEXT NOT NULL DEFAULT ''")
+    db.execute("UPDATE slugs SET layers = 'ruby,jvm,php,go'")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

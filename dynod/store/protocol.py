@@ -87,6 +87,10 @@ class FormationTx(Protocol):
 
 class SlugsTx(Protocol):
     def slug(self, app: str, slug_id: str) -> Slug | None: ...
+    def slug_layers(self, checksum: str) -> tuple[str, ...] | None:
+        """The layers of the newest uploaded slug with ``checksum``; None if none."""
+        ...
+
     def put_slug(self, slug: Slug) -> None:
         """Add it, or mark it uploaded."""
         ...

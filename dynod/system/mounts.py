@@ -98,10 +98,11 @@ def plan_rootfs(
     runtime_dir: Path,
     dyno: str,
     slug_tree: Path,
-    stack: Path,
+    stack: Path | tuple[Path, ...],
     binds: tuple[Bind, ...] = (),
 ) -> RootfsPlan:
     """The overlay plan for ``dyno``: lower = [slug_tree, stack], upper under runtime_dir.
+    ``stack`` may be several directories, top first (a stack's language layers over it).
 
     Raises InvalidArgument for a dyno key that is not a plain file name, relative
     paths, paths overlayfs cannot parse, or a bind target that is not absolute.
@@ -110,7 +111,9 @@ def plan_rootfs(
         raise InvalidArgument(f"dyno key {dyno!r} must be a plain file name")
     _check_path("runtime directory", runtime_dir)
     _check_path("slug tree", slug_tree)
-    _check_path("stack", stack)
+    stack_dirs = (stack,) if isinstance(stack, Path) else stack
+    for layer in stack_dirs:
+        _check_path("stack", layer)
     for bind in binds:
         if not bind.source.is_absolute() or not bind.target.is_absolute():
             raise InvalidArgument(
@@ -119,7 +122,7 @@ def plan_rootfs(
     return RootfsPlan(
         dyno=dyno,
         dyno_dir=dynos_dir(runtime_dir) / dyno,
-        lower=(slug_tree, stack),
+        lower=(slug_tree, *stack_dirs),
         binds=binds,
     )
 

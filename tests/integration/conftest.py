@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dynod.build import stacks
+from dynod.build import layers, stacks
 from tests.sandbox.machine import Machine
 
 
@@ -69,6 +69,15 @@ def built_stack(name: str = stacks.DEFAULT_STACK) -> Path:
         return stacks.build_stack(stacks.get_stack(name), TEST_STATE)
 
 
+def built_layer(layer: str, name: str = stacks.DEFAULT_STACK) -> Path:
+    """Build language layer ``layer`` of stack ``name`` once per machine, like
+    ``built_stack``."""
+    built_stack(name)
+    with (TEST_STATE / f".{name}+{layer}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return layers.build_layer(stacks.get_stack(name), layer, TEST_STATE)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Path:
     """The default stack's root on the host (built with debootstrap on first use)."""
@@ -76,14 +85,18 @@ def stack() -> Path:
 
 
 def stack_bind(root: Path) -> tuple[str, str]:
-    """The bind that puts a stack built on the host into a machine, read-only."""
+    """The bind that puts a stack (or a layer of one) built on the host into a machine,
+    read-only."""
     return (str(root), f"/var/lib/dynod/stacks/{root.name}:ro")
 
 
 @pytest.fixture
-def stack_machine(stack: Path) -> Iterator[Machine]:
-    """A fresh machine whose dynod has the default stack built."""
-    m = Machine(binds=[stack_bind(stack)])
+def stack_machine(stack: Path, request: pytest.FixtureRequest) -> Iterator[Machine]:
+    """A fresh machine whose dynod has the default stack built, and the language layers
+    the test is marked with (``@pytest.mark.layers("ruby")``)."""
+    marker = request.node.get_closest_marker("layers")
+    extra = [stack_bind(built_layer(n)) for n in (marker.args if marker else ())]
+    m = Machine(binds=[stack_bind(stack), *extra])
     m.boot()
     try:
         yield m

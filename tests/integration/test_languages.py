@@ -28,7 +28,10 @@ def test_go_modules_plain_and_vendored(stack_machine: Machine) -> None:
     m = stack_machine
     setup_push(m, "gohello", str(EXAMPLES / "go"))
     out = push(m, "gohello")
-    for line in ("remote: -----> Go app detected",
+    # This machine has only the base stack: the first Go build makes the go layer.
+    for line in ("remote: -----> Installing the go layer of debian-13 (Go: 1 package with apt)",
+                 "remote: -----> Building on the debian-13 stack with the go layer",
+                 "remote: -----> Go app detected",
                  "remote: -----> Detected go modules via go.mod",
                  "remote:        Detected Module Name: example.com/hello",
                  "remote: -----> Running: go install -v -tags heroku  example.com/hello",
@@ -48,6 +51,8 @@ def test_go_modules_plain_and_vendored(stack_machine: Machine) -> None:
     assert "remote: -----> Restoring cache" in out, out
     assert "go: downloading" not in out, out
     assert "remote:        Released v3" in out, out
+    assert "Installing the go layer" not in out, out
+    assert "+go    Go (for go; built)" in sh(m, "dynoctl stacks")[1]
 
     # A go line newer than the stack's toolchain: refused, the release keeps serving.
     commit(m, "gohello", "go.mod", "module example.com/hello\n\ngo 1.99\n")
@@ -66,6 +71,7 @@ def test_go_modules_plain_and_vendored(stack_machine: Machine) -> None:
              lambda: "HELLO, VENDORED GO!" in page(m, "govendor", "/?name=go"), 30)
 
 
+@pytest.mark.layers("php")
 def test_php_with_composer_and_a_front_controller(stack_machine: Machine) -> None:
     m = stack_machine
     setup_push(m, "php", str(EXAMPLES / "php"))

@@ -16,7 +16,7 @@ from tests.integration.test_dynos import diagnose, wait_for
 from tests.integration.test_languages import page
 from tests.sandbox.machine import Machine
 
-pytestmark = [pytest.mark.integration, pytest.mark.network]
+pytestmark = [pytest.mark.integration, pytest.mark.network, pytest.mark.layers("ruby")]
 
 INSTALLED = re.compile(r"^remote:        Installing [\w-]+ \d", re.MULTILINE)
 

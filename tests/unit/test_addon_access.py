@@ -269,7 +269,7 @@ def test_host_tells_the_watcher_before_the_process_and_before_freeing(
     host.settings = settings
     host.watcher = rec
     host.bridge = netns.plan_bridge("10.213.0.0/16")
-    host.require_stack = lambda: tmp_path / "stack"
+    host.require_stack = lambda _checksum: (tmp_path / "stack",)
     host.init = tmp_path / "init"
     host.resolv = tmp_path / "resolv.conf"
     host.mode = None  # type: ignore[assignment]

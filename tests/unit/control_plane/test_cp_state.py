@@ -141,3 +141,23 @@ def test_blob_write_is_verified_and_atomic(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="has 3 bytes, not the declared"):
         blobs.write_blob(tmp_path, iter([data[:3]]), checksum, len(data))
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_slugs_from_before_layers_get_every_layer(tmp_path: Path) -> None:
+    """v8: a slug built when the stack had every runtime keeps them all; new slugs carry
+    their build's layers, found by checksum for the dyno host."""
+    db = sqlite3.connect(tmp_path / "v7.db")
+    migrations.migrate(db, migrations.MIGRATIONS[:7])
+    db.execute("INSERT INTO apps (name, owner, created_at) VALUES ('shop', 'root',"
+               " '2026-01-01T00:00:00+00:00')")
+    db.execute("INSERT INTO slugs (id, app_id, checksum, size, process_types, commit_id,"
+               " created_at, uploaded) VALUES ('s1', 1, 'sha256:aa', 1, '{}', '',"
+               " '2026-01-01T00:00:00+00:00', 1)")
+    db.commit()
+    db.close()
+    store = SqliteStore(tmp_path / "v7.db")
+    with store.read() as tx:
+        slug = tx.slug("shop", "s1")
+        assert slug is not None and slug.layers == ("ruby", "jvm", "php", "go")
+        assert tx.slug_layers("sha256:aa") == ("ruby", "jvm", "php", "go")
+        assert tx.slug_layers("sha256:bb") is None
