@@ -137,7 +137,9 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
         f"    bind :::{http_port} v6only",
     ]
     if tls:
-        lines += [f"    bind {addr}{https_port}{v6} ssl crt-list {p.crt_list} alpn http/1.1"
+        # HTTP/2 to the clients that offer it (ALPN), HTTP/1.1 to the others; the dynos
+        # get HTTP/1.1 either way.
+        lines += [f"    bind {addr}{https_port}{v6} ssl crt-list {p.crt_list} alpn h2,http/1.1"
                   for addr, v6 in ((":", ""), (":::", " v6only"))]
     lines += [
         "    http-request set-var(txn.proto) ssl_fc,iif(https,http)",
