@@ -12,7 +12,8 @@ Layout, under ``<state_dir>/tls``::
     ca.key   the CA's private key (0600, never leaves the machine)
     ca.crt   the CA certificate (PEM, what `dynoctl certs:ca` prints)
 
-Keys are ECDSA P-256 (fast to make, accepted by every TLS client in use). The pure parts
+The CA's key is ECDSA P-256; the default certificate's is RSA 2048 (see ``issue``). The
+pure parts
 take ``now`` so tests can move the clock. ``cryptography`` (PyCA, in Debian as
 python3-cryptography) does the X.509 work: no openssl subprocess.
 """
@@ -30,7 +31,7 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dynod import paths
@@ -54,7 +55,7 @@ class LocalCA:
     key_pem: str
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
 
@@ -133,7 +134,11 @@ def issue(ca: LocalCA, names: tuple[str, ...], now: datetime,
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise FailedPrecondition("local CA: its key is not an EC key; remove the CA to make "
                                  "a new one")
-    key = ec.generate_private_key(ec.SECP256R1())
+    # RSA, not ECDSA: HAProxy picks among every certificate matching the SNI name, exact
+    # and wildcard alike, ECDSA before RSA, and only then the exact name first. An ECDSA
+    # *.domain would beat the RSA certificate a user adds for shop.domain (openssl req's
+    # default key), so the default one must never outrank a user's.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
             .issuer_name(ca_cert.subject)
