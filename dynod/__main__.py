@@ -19,7 +19,7 @@ from types import FrameType
 
 import sdnotify
 
-from dynod import __version__
+from dynod import __version__, paths
 from dynod.addons.backups import BackupEngine
 from dynod.addons.manager import AddonManager
 from dynod.addons.schedule import Scheduler
@@ -40,6 +40,7 @@ from dynod.model.events import (
     EventBus,
     KeysChanged,
 )
+from dynod.router import local_ca
 from dynod.router.haproxy import HaproxyRouter
 from dynod.runtime.addon_access import make_addon_access
 from dynod.runtime.dynos import Host
@@ -80,8 +81,15 @@ def serve(config: Path) -> int:
     log.info("state %s, schema version %d", settings.db_path, store.schema_version)
     # The router before the dynos: the supervisor tells it about up web dynos from the start.
     # HAProxy comes up in a thread meanwhile (router calls wait for it).
+    # HTTPS on the default domain from the first start: dynod's local CA (made by the
+    # package's postinst, else now) signs its certificate, which the router renews.
+    ca = local_ca.ensure_ca(paths.tls_dir(settings.state_dir))
+    bridge = netns.plan_bridge(settings.address_pool)
+    # Dynos resolve every app's <app>.<domain> to the router (their hosts file).
+    dyno_hosts = partial(netns.add_dyno_hosts, settings.runtime_dir / "hosts",
+                         gateway=bridge.gateway)
     router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
-                           state_dir=settings.state_dir)
+                           state_dir=settings.state_dir, ca=ca, publish_hosts=dyno_hosts)
     router_started = router.start()
     # The dyno host lays every dyno's root over the stack the build pipeline made, with
     # the language layers its slug's build had.
@@ -94,7 +102,6 @@ def serve(config: Path) -> int:
     events = EventBus()
     events.subscribe(Audit.EVENTS, Audit())
     # The add-on servers listen on the bridge's gateway: they make the bridge first.
-    bridge = netns.plan_bridge(settings.address_pool)
     addon_services = AddonManager(
         settings.state_dir, str(bridge.gateway),
         ensure_network=partial(netns.ensure_bridge, bridge, settings.runtime_dir))
@@ -130,7 +137,7 @@ def serve(config: Path) -> int:
     builder = Builder(store, settings, events, rollout=supervisor, release_phase=phase)
     daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
                     release_phase=phase, addons=addon_services,
-                    databases=databases)
+                    databases=databases, certs=router.certs)
     # Dynos before READY: running ones are adopted (never restarted), the formation is
     # started; a dyno that fails to start is retried by the supervisor's own thread.
     # The servers before the dynos (a release phase migrates at once), and access as the
@@ -175,10 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help=f"settings file (default {DEFAULT_CONFIG})")
     parser.add_argument("--version", action="version", version=f"dynod {__version__}")
+    parser.add_argument("--init-ca", action="store_true",
+                        help="make the local CA (under the state directory) if there is "
+                             "none, print its certificate's path and exit (the package's "
+                             "postinst)")
     args = parser.parse_args(argv)
     # journald adds its own timestamps and priority; keep the line plain.
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
+        if args.init_ca:
+            state_dir = load_settings(args.config).state_dir
+            local_ca.ensure_ca(paths.tls_dir(state_dir))
+            print(paths.ca_certificate(state_dir))
+            return 0
         return serve(args.config)
     except DynodError as exc:
         log.error("%s", exc.message)

@@ -41,3 +41,12 @@ def stack_root(state_dir: Path, name: str) -> Path:
     return stacks_dir(state_dir) / name
 
 
+
+
+def tls_dir(state_dir: Path) -> Path:
+    """dynod's local CA (``ca.key`` 0600, ``ca.crt``), made at install or first start."""
+    return state_dir / "tls"
+
+
+def ca_certificate(state_dir: Path) -> Path:
+    return tls_dir(state_dir) / "ca.crt"

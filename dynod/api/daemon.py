@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dynod.errors import FailedPrecondition
 from dynod.model.addons import AddonServices
+from dynod.model.certs import CertInstaller
 from dynod.model.events import EventBus
 from dynod.settings import Settings
 from dynod.store.protocol import Store
@@ -40,6 +42,9 @@ class Daemon:
     # The add-on servers (dynod/addons/manager.py); None where none run (servicer
     # tests), so creating an add-on is FAILED_PRECONDITION there.
     addons: AddonServices | None = None
+    # Stores certificates and has the router serve them (router/cert_store.py); None
+    # where no router runs, so certs:add is FAILED_PRECONDITION there.
+    certs: CertInstaller | None = None
 
     @property
     def slugs_dir(self) -> Path:
@@ -49,8 +54,16 @@ class Daemon:
     def certs_dir(self) -> Path:
         return self.settings.state_dir / "certs"
 
+    def cert_installer(self) -> CertInstaller:
+        """Raises FailedPrecondition where no router runs."""
+        if self.certs is None:
+            raise FailedPrecondition("this dynod runs no router; certificates cannot be "
+                                     "installed")
+        return self.certs
+
     def web_url(self, app: str) -> str:
-        return f"http://{app}.{self.settings.domain}/"
+        # HTTPS on the default domain, as Heroku's https://<app>.herokuapp.com/.
+        return f"https://{app}.{self.settings.domain}/"
 
 
 def timestamp(when: datetime) -> Timestamp:

@@ -14,7 +14,7 @@ from dynod.v1 import domains_pb2, domains_pb2_grpc
 
 def cert_to_proto(cert: Cert) -> domains_pb2.Cert:
     return domains_pb2.Cert(name=cert.name, hostnames=list(cert.hostnames),
-                            expires_at=timestamp(cert.expires_at))
+                            expires_at=timestamp(cert.expires_at), type=str(cert.kind))
 
 
 class DomainsServicer(domains_pb2_grpc.DomainsServicer):
@@ -70,7 +70,7 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
         self, request: domains_pb2.AddCertRequest, context: grpc.ServicerContext
     ) -> domains_pb2.AddCertResponse:
         caller_of(context)
-        cert = certs.add_cert(self.daemon.certs_dir, self.daemon.events,
+        cert = certs.add_cert(self.daemon.cert_installer(), self.daemon.events,
                               request.certificate_pem, request.key_pem)
         return domains_pb2.AddCertResponse(cert=cert_to_proto(cert))
 
@@ -85,8 +85,15 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
         self, request: domains_pb2.RemoveCertRequest, context: grpc.ServicerContext
     ) -> domains_pb2.RemoveCertResponse:
         caller_of(context)
-        certs.remove_cert(self.daemon.certs_dir, self.daemon.events, request.name)
+        certs.remove_cert(self.daemon.cert_installer(), self.daemon.events, request.name)
         return domains_pb2.RemoveCertResponse()
+
+    def GetCA(
+        self, request: domains_pb2.GetCARequest, context: grpc.ServicerContext
+    ) -> domains_pb2.GetCAResponse:
+        caller_of(context)
+        return domains_pb2.GetCAResponse(
+            certificate_pem=certs.ca_certificate(self.daemon.settings.state_dir))
 
 
 def register(server: grpc.Server, daemon: Daemon) -> str:

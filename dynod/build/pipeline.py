@@ -371,7 +371,7 @@ class Builder:
             emit(f"{buildpacks.ERROR}Release command declared: this new release will not be "
                  "available until the command succeeds.")
         emit(f"{buildpacks.INDENT}Released v{version}")
-        emit(f"{buildpacks.INDENT}http://{app}.{self.settings.domain}/ deployed to dynod")
+        emit(f"{buildpacks.INDENT}https://{app}.{self.settings.domain}/ deployed to dynod")
         emit("")
         if pending:
             # Heroku's git push waits for the release phase.

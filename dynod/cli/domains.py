@@ -1,4 +1,5 @@
-"""dynoctl domains, domains:add, domains:remove, maintenance[:on|:off], certs[:add|:remove]."""
+"""dynoctl domains, domains:add, domains:remove, maintenance[:on|:off],
+certs[:add|:remove|:ca]."""
 
 from __future__ import annotations
 
@@ -76,10 +77,18 @@ def cmd_certs(args: argparse.Namespace) -> int:
     if not reply.certs:
         print("No SSL certificates. Add one with `dynoctl certs:add CERT KEY`.")
         return 0
-    output.table([["Name", "Common Name(s)", "Expires"],
+    # Heroku's columns (certs:index), less Trusted and Domains, which need a public CA
+    # and DNS to say.
+    output.table([["Name", "Common Name(s)", "Expires", "Type"],
                   *([c.name, ", ".join(c.hostnames),
-                     output.when(c.expires_at).strftime("%Y-%m-%d %H:%M %Z")]
+                     output.when(c.expires_at).strftime("%Y-%m-%d %H:%M %Z"), c.type]
                     for c in reply.certs)])
+    return 0
+
+
+def cmd_certs_ca(args: argparse.Namespace) -> int:
+    reply = call(stub().GetCA, domains_pb2.GetCARequest())
+    print(reply.certificate_pem, end="")
     return 0
 
 
@@ -128,3 +137,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p = sub.add_parser("certs:remove", parents=[common], help="remove a certificate")
     p.add_argument("name")
     p.set_defaults(func=cmd_certs_remove)
+    p = sub.add_parser("certs:ca", parents=[common],
+                       help="print the local CA certificate that signs the default "
+                            "domain's (PEM; `> ca.pem` and trust it)")
+    p.set_defaults(func=cmd_certs_ca)

@@ -7,6 +7,10 @@ atomic map updates (``prepare map`` / ``commit map``): scaling, restarts, deploy
 domains and maintenance never reload HAProxy. Only creating or deleting an app reloads
 it (a new backend section), hitlessly: the master starts a new worker and the old one
 finishes its requests. Router log lines take their own path (``log_lines``).
+
+HTTPS is always on (port 443): certificates, the default domain's included, reach
+HAProxy through ``cert_store`` without a reload; the default one (signed by dynod's
+local CA, ``local_ca``) is checked daily and renewed 30 days before it expires.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dynod.errors import Unavailable
+from dynod.router import local_ca
 from dynod.router.admin_socket import AdminSocket, parse_server_stat, parse_servers_state
+from dynod.router.cert_store import DEFAULT, CertStore
 from dynod.router.haproxy_config import (
     PAGES,
     SERVER_OPTIONS,
@@ -43,6 +50,9 @@ from dynod.system.systemctl import systemctl as call_systemctl
 log = logging.getLogger(__name__)
 
 Systemctl = Callable[[Sequence[str]], str]
+Clock = Callable[[], datetime]
+# How often the default certificate's expiry is looked at (it is renewed when due).
+RENEW_CHECK = 24 * 3600.0
 
 
 class HaproxyRouter:
@@ -51,6 +61,8 @@ class HaproxyRouter:
 
     def __init__(self, store: Store, runtime_dir: Path, platform_domain: str, *,
                  state_dir: Path | None = None, http_port: int = 80, https_port: int = 443,
+                 ca: local_ca.LocalCA | None = None, clock: Clock = lambda: datetime.now(UTC),
+                 publish_hosts: Callable[[Iterable[str]], None] | None = None,
                  systemctl: Systemctl = call_systemctl) -> None:
         self.store = store
         self.paths = RouterPaths(runtime_dir / "router")
@@ -60,6 +72,13 @@ class HaproxyRouter:
         self.https_port = https_port
         self.systemctl = systemctl
         self.admin = AdminSocket(self.paths.admin_socket)
+        # Every certificate the router serves; ACME and certs:add install through it.
+        self.certs = CertStore(self.certs_dir, self.paths.crt_list, self.admin)
+        self.ca = ca
+        self.clock = clock
+        self._renew_checked = float("-inf")
+        # Told every app's default host name, so dynos resolve them to the router.
+        self.publish_hosts = publish_hosts
         self._lock = threading.RLock()
         self._backends: dict[str, list[Backend]] = {}
         self._apps: set[str] = set()
@@ -86,6 +105,8 @@ class HaproxyRouter:
                         self._backends[be[4:]] = [Backend(dyno_of(s.name), s.ip, s.port)
                                                   for s in servers if not s.maintenance]
             self._write_static_files()
+            # HTTPS from the first start: the default certificate is there before HAProxy.
+            self._renew_default()
         for target, name in ((self._first_sync, "router-start"), (self._read_logs, "router-log"),
                              (self._tend, "router-tend")):
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -162,8 +183,21 @@ class HaproxyRouter:
         with self.store.read() as tx:
             return {a.name for a in tx.apps()}
 
-    def _certs(self) -> list[Path]:
-        return sorted(self.certs_dir.glob("*.pem")) if self.certs_dir.is_dir() else []
+    def _renew_default(self) -> None:
+        """Install the default domain's certificate if it is missing or due (at most
+        once per RENEW_CHECK unless it failed). Logged, never raised: an old certificate
+        keeps serving meanwhile."""
+        if self.ca is None:
+            return
+        self._renew_checked = time.monotonic()
+        try:
+            if local_ca.renew_default(self.certs, DEFAULT, self.ca, self.platform_domain,
+                                      self.clock()):
+                log.info("router: new certificate for *.%s from the local CA",
+                         self.platform_domain)
+        except Exception as exc:  # retried on the next pass, the old one still serves
+            self._renew_checked = float("-inf")
+            log.error("router: the default certificate: %s", getattr(exc, "message", exc))
 
     def _write(self, path: Path, text: str | bytes) -> bool:
         """Atomically replace ``path``; True if its content changed."""
@@ -214,19 +248,17 @@ class HaproxyRouter:
         self._write(self.paths.hosts_map, render_map(hosts))
         self._write(self.paths.maintenance_map, render_map(maint))
         self._write(self.paths.empty_map, render_map(empty))
-        certs = self._certs()
-        # HAProxy reads the crt-list at load only: a new or removed cert reloads.
-        certs_changed = self._write(self.paths.crt_list, "".join(f"{c}\n" for c in certs))
+        # Certificates change at run time (cert_store); the file is for HAProxy's start.
+        self.certs.write_crt_list()
         config = render_config(self.paths, {a: self._backends.get(a, []) for a in apps},
                                http_port=self.http_port, https_port=self.https_port,
-                               tls=bool(certs))
+                               tls=bool(self.certs.names()))
         # Servers change at run time; only a change of anything else (apps, TLS) is
         # worth a reload. The file is rewritten only then, with the servers of the moment.
         try:
             shape_changed = config_shape(self.paths.config.read_text()) != config_shape(config)
         except FileNotFoundError:
             shape_changed = True
-        shape_changed = shape_changed or certs_changed
         if shape_changed:
             self._write(self.paths.config, config)
         if not self._active():
@@ -296,6 +328,8 @@ class HaproxyRouter:
 
     def _sync_maps(self) -> None:
         hosts, maint, empty = self._map_entries(self._apps)
+        if self.publish_hosts is not None:
+            self.publish_hosts(f"{a}.{self.platform_domain}" for a in self._apps)
         for path, entries in ((self.paths.hosts_map, hosts),
                               (self.paths.maintenance_map, maint),
                               (self.paths.empty_map, empty)):
@@ -326,6 +360,8 @@ class HaproxyRouter:
                             if s.maintenance:
                                 self.admin(f"del server {be}/{s.name}")
                     self.refresh()
+                    if time.monotonic() - self._renew_checked >= RENEW_CHECK:
+                        self._renew_default()
             except Exception:
                 log.exception("router: tending failed")
 

@@ -90,8 +90,10 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
     """haproxy.cfg for these apps and their current backends (written as static servers,
     so a reload keeps them; later changes go through the runtime API)."""
     p = paths
+    # txn.path: the path in origin form (pathq), as Heroku logs it: HTTP/2 requests carry
+    # an absolute URI (HU would log https://host/path for them).
     fmt = " ".join([
-        LOG_MARK, "%{+Q}[var(txn.app)]", "%{+Q}[var(txn.code)]", "%{+Q}HM", "%{+Q}HU",
+        LOG_MARK, "%{+Q}[var(txn.app)]", "%{+Q}[var(txn.code)]", "%{+Q}HM", "%{+Q}[var(txn.path)]",
         "%{+Q}[var(txn.host)]", "%{+Q}[var(txn.rid)]", "%{+Q}[var(txn.fwd)]", "%{+Q}s",
         "%Tc", "%Tw", "%TR", "%Ta", "%ST", "%B", "%tsc", "%{+Q}[var(txn.proto)]",
     ])
@@ -137,10 +139,13 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
         f"    bind :::{http_port} v6only",
     ]
     if tls:
-        lines += [f"    bind {addr}{https_port}{v6} ssl crt-list {p.crt_list} alpn http/1.1"
+        # HTTP/2 to the clients that offer it (ALPN), HTTP/1.1 to the others; the dynos
+        # get HTTP/1.1 either way.
+        lines += [f"    bind {addr}{https_port}{v6} ssl crt-list {p.crt_list} alpn h2,http/1.1"
                   for addr, v6 in ((":", ""), (":::", " v6only"))]
     lines += [
         "    http-request set-var(txn.proto) ssl_fc,iif(https,http)",
+        "    http-request set-var(txn.path) pathq",
         "    http-request set-var(txn.host) req.hdr(host),lower,field(1,:)",
         f"    http-request set-var(txn.app) var(txn.host),map({p.hosts_map})",
         # Heroku: keep a valid X-Request-Id from the client, else a new UUID.

@@ -25,6 +25,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
+from dynod import paths
 from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.dynos import DynoMeta, DynoRef
 from dynod.model.sizes import parse_size
@@ -79,6 +80,31 @@ def find_init(settings: Settings) -> Path:
     )
 
 
+def trust_bundle(settings: Settings, stack: Path) -> Path | None:
+    """The stack's CA bundle plus dynod's local CA, for the dynos on ``stack`` (written
+    under the runtime directory when either changed); None when there is no local CA
+    or the stack has no bundle. The stack itself is never written: it is shared and
+    may be read-only."""
+    try:
+        ca = paths.ca_certificate(settings.state_dir).read_text()
+        base = (stack / str(mounts.CA_BUNDLE_PATH).lstrip("/")).read_text()
+    except OSError:
+        return None
+    text = base.rstrip("\n") + "\n# dynod local CA\n" + ca
+    out = settings.runtime_dir / "tls" / f"{stack.name}-ca-certificates.crt"
+    try:
+        if out.read_text() == text:
+            return out
+    except FileNotFoundError:
+        pass
+    out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o644)
+    tmp.replace(out)
+    return out
+
+
 class NetworkWatcher(Protocol):
     """Told of every dyno's network (``runtime.addon_access.AddonAccess``): made, before
     the dyno's process starts; going, before its address can be given to another."""
@@ -110,8 +136,12 @@ class Host:
 
     def rootfs_plan(self, ref: DynoRef, tree: Path,
                     stack: tuple[Path, ...]) -> mounts.RootfsPlan:
-        return mounts.plan_rootfs(self.settings.runtime_dir, ref.key, tree, stack,
-                                  mounts.dyno_binds(self.init, self.resolv))
+        """``stack``: the stack's language layers the slug needs, then the stack itself."""
+        hosts = self.settings.runtime_dir / "hosts"
+        return mounts.plan_rootfs(
+            self.settings.runtime_dir, ref.key, tree, stack,
+            mounts.dyno_binds(self.init, self.resolv, hosts if hosts.exists() else None,
+                              trust_bundle(self.settings, stack[-1])))
 
     def start(self, ref: DynoRef, *, release: int, command: str, size: str,
               checksum: str, uid: int, config: dict[str, str],

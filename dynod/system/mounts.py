@@ -42,14 +42,22 @@ class Bind:
 # Where the host's dyno-init and resolv.conf appear inside every dyno.
 INIT_PATH = PurePosixPath("/dyno-init")
 RESOLV_CONF_PATH = PurePosixPath("/etc/resolv.conf")
+HOSTS_PATH = PurePosixPath("/etc/hosts")
+# Debian's CA bundle (update-ca-certificates), which OpenSSL, curl, git and Python's ssl
+# read; the stack's own plus dynod's local CA, so dynos trust the apps' default domain.
+CA_BUNDLE_PATH = PurePosixPath("/etc/ssl/certs/ca-certificates.crt")
 
 
-def dyno_binds(init_binary: Path, resolv_conf: Path | None) -> tuple[Bind, ...]:
-    """The host files every dyno gets, read-only: dyno-init and the resolv.conf that
-    ``netns.ensure_bridge`` wrote."""
+def dyno_binds(init_binary: Path, resolv_conf: Path | None, hosts: Path | None = None,
+               ca_bundle: Path | None = None) -> tuple[Bind, ...]:
+    """The host files every dyno gets, read-only: dyno-init, and the resolv.conf and
+    hosts file that ``netns.ensure_bridge`` wrote, and the CA bundle that trusts the
+    local CA."""
     binds = [Bind(init_binary, INIT_PATH)]
-    if resolv_conf is not None:
-        binds.append(Bind(resolv_conf, RESOLV_CONF_PATH))
+    for source, target in ((resolv_conf, RESOLV_CONF_PATH), (hosts, HOSTS_PATH),
+                           (ca_bundle, CA_BUNDLE_PATH)):
+        if source is not None:
+            binds.append(Bind(source, target))
     return tuple(binds)
 
 

@@ -16,11 +16,19 @@ Shape of the network::
   each other. No dyno of any app reaches another dyno, the way Heroku's common runtime
   dynos do not.
 * The host: nftables table ``ip dynod`` drops everything a dyno sends to the host itself
-  except replies on connections the host opened (the router to a dyno) and connections
-  to the add-on ports its app may reach (chain ``addons``, ``system/addon_firewall.py``),
-  and everything forwarded towards the bridge except replies. Egress to the world is
+  except replies on connections the host opened (the router to a dyno), connections
+  to the add-on ports its app may reach (chain ``addons``, ``system/addon_firewall.py``)
+  and connections to the router's ports (80, 443: apps call each other by URL, as on
+  Heroku, through the router), and everything forwarded towards the bridge except
+  replies. Egress to the world is
   masqueraded. The cloud metadata range 169.254.0.0/16 is dropped. The gateway's
   address answers only on the bridge and loopback.
+* Names: inside a dyno, ``<app>.<domain>`` resolves to the gateway (``dyno_hosts``, a
+  hosts file bound at /etc/hosts and appended to as apps appear), and a connection to
+  its own loopback on port 80 or 443 is sent to the gateway (``render_dyno_nftables``):
+  clients such as curl resolve ``*.localhost`` to loopback themselves (RFC 6761), which
+  on the host is where the router listens, so the default domain works the same in a
+  dyno as on the host.
 * Host veth names encode the dyno's address (``dv`` + 8 hex digits), so the set of used
   addresses is read back from the bridge's ports after a restart of dynod.
 """
@@ -59,6 +67,11 @@ IFNAMSIZ = 15
 # (``addon_<port>``), and the output chain that keeps add-on servers off add-on ports.
 ADDONS_CHAIN = "addons"
 ADDONS_OUTPUT_CHAIN = "addons_output"
+# The router's ports on the host (HAProxy binds every address): reachable from dynos.
+ROUTER_PORTS = (80, 443)
+# The start of the dynos' hosts file; lines for apps are appended after it.
+HOSTS_HEAD = ("# dynod: apps resolve to the router (the bridge's gateway)\n"
+              "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 
 
 @dataclass(frozen=True)
@@ -192,6 +205,7 @@ def render_nftables(plan: BridgePlan) -> str:
     br = plan.bridge
     gw = plan.gateway
     t = f"ip {NFT_TABLE}"
+    ports = ", ".join(str(p) for p in ROUTER_PORTS)
     return f"""table {t} {{
 \tchain {ADDONS_CHAIN} {{
 \t}}
@@ -214,10 +228,57 @@ add rule {t} forward oifname "{br}" drop
 add rule {t} forward iifname "{br}" ip daddr {METADATA} drop
 add rule {t} forward iifname "{br}" ip daddr {plan.pool} drop
 add rule {t} input iifname "{br}" ip daddr {gw} jump {ADDONS_CHAIN}
+add rule {t} input iifname "{br}" tcp dport {{ {ports} }} ct direction original accept
 add rule {t} input iifname "{br}" ct state established,related accept
 add rule {t} input iifname "{br}" drop
 add rule {t} input iifname != {{ "{br}", "lo" }} ip daddr {gw} drop
 """
+
+
+def render_dyno_nftables(net: DynoNetwork) -> str:
+    """The dyno's own table, in its network namespace: connections to its loopback on
+    the router's ports go to the router (the gateway), from the dyno's address; nothing
+    from outside may open a connection to its loopback (which ``route_localnet``, needed
+    for the first rule, would otherwise let eth0 deliver)."""
+    ports = ", ".join(str(p) for p in ROUTER_PORTS)
+    return f"""table ip {NFT_TABLE} {{
+\tchain output {{
+\t\ttype nat hook output priority -100; policy accept;
+\t\tip daddr 127.0.0.0/8 tcp dport {{ {ports} }} dnat to {net.gateway}
+\t}}
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority 100; policy accept;
+\t\toifname "eth0" ip saddr 127.0.0.0/8 masquerade
+\t}}
+\tchain input {{
+\t\ttype filter hook input priority 0; policy accept;
+\t\tiifname "eth0" ip daddr 127.0.0.0/8 ct direction original drop
+\t}}
+}}
+"""
+
+
+def dyno_hosts(names: Iterable[str], gateway: IPv4Address, have: str = "") -> str:
+    """What to append to the dynos' hosts file ``have`` so that each of ``names``
+    resolves to the router (``gateway``): only the missing names, so the file only
+    grows (it is bound into running dynos and rewritten in place; a name that is no
+    longer an app still reaches the router, which answers 404)."""
+    known = {f for line in have.splitlines() if not line.startswith("#")
+             for f in line.split()[1:]}
+    missing = sorted(set(names) - known)
+    return "".join(f"{gateway}\t{n}\n" for n in missing)
+
+
+def add_dyno_hosts(path: Path, names: Iterable[str], gateway: IPv4Address) -> None:
+    """Append the missing ``names`` to the hosts file at ``path`` in place (its inode is
+    bound into running dynos, so it is never replaced), made with HOSTS_HEAD first."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with os.fdopen(fd, "r+") as f:
+        have = f.read()
+        if not have:
+            have = HOSTS_HEAD
+            f.write(have)
+        f.write(dyno_hosts(names, gateway, have))
 
 
 def dyno_resolv_conf(candidates: Iterable[str]) -> str:
@@ -307,6 +368,7 @@ def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
     tmp.write_text(dyno_resolv_conf(texts))
     tmp.chmod(0o644)
     tmp.replace(resolv)
+    add_dyno_hosts(runtime_dir / "hosts", (), plan.gateway)
     return resolv
 
 
@@ -403,6 +465,10 @@ def _build_dyno_network(net: DynoNetwork) -> None:
             inner.addr("add", index=eth0, address=str(net.address), prefixlen=net.prefixlen)
             inner.link("set", index=eth0, state="up")
             inner.route("add", dst="0.0.0.0/0", gateway=str(net.gateway))
+            # Loopback's router ports to the gateway (render_dyno_nftables): this
+            # thread's /proc/sys/net and the nft it starts are the dyno's namespace's.
+            Path("/proc/sys/net/ipv4/conf/eth0/route_localnet").write_text("1\n")
+            nft(render_dyno_nftables(net), "the dyno's loopback to the router")
             # The host's neighbour entry for a reused address still names the last
             # dyno's MAC (or FAILED, if someone tried before eth0 was up): the first
             # connections would wait on ARP for up to a second. Tell it the new one.

@@ -37,7 +37,7 @@ def setup_push(m: Machine, app: str, source: str) -> None:
           "git -c user.email=t@example.com -c user.name=t commit -qm init")
     out = sh(m, f"cd /tmp/{app} && dynoctl apps:create {app} 2>&1")[1]
     assert f"Creating ⬢ {app}... done\n" in out, out
-    url = re.search(rf"^http://{app}\.dynod\.localhost/ \| (dynod@[\w.-]+:{app}\.git)$", out,
+    url = re.search(rf"^https://{app}\.dynod\.localhost/ \| (dynod@[\w.-]+:{app}\.git)$", out,
                     re.MULTILINE)
     assert url is not None and "Git remote dynod added" in out, out
     assert sh(m, f"cd /tmp/{app} && git remote get-url dynod")[1].strip() == url.group(1)
@@ -80,7 +80,7 @@ def test_flask_push_builds_releases_and_reuses_the_cache(stack_machine: Machine)
                  "remote: -----> Discovering process types",
                  "remote: -----> Compressing...",
                  "remote:        Released v2",
-                 "remote:        http://flask.dynod.localhost/ deployed to dynod",
+                 "remote:        https://flask.dynod.localhost/ deployed to dynod",
                  # The builder follows the supervisor's rollout (given by __main__).
                  "remote: -----> Verifying deploy...",
                  "remote:        done.",

@@ -36,7 +36,7 @@ def observed(m: Machine) -> dict[str, Any]:
 def test_state_is_kept_across_restart_and_reboot(persistent_machine: Machine) -> None:
     m = persistent_machine
     m.exec(["useradd", "--no-create-home", "--groups", "dynod", "alice"])
-    assert dynoctl(m, "apps:create", "shop").startswith("http://shop.dynod.localhost/ | ")
+    assert dynoctl(m, "apps:create", "shop").startswith("https://shop.dynod.localhost/ | ")
     dynoctl(m, "config:set", "-a", "shop", "GREETING=hello", "COLOR=blue", user="alice")
     dynoctl(m, "config:set", "-a", "shop", "GREETING=bonjour")
     out = dynoctl(m, "releases", "-a", "shop").splitlines()

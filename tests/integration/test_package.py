@@ -263,7 +263,7 @@ def test_install_deploy_upgrade_purge(suite: str, debian_machine: tuple[Machine,
     setup_push(m, "flask", str(PROJECT / "examples/flask"))
     out = push(m, "flask")
     assert "remote: -----> Python app detected" in out, out
-    assert "remote:        http://flask.dynod.localhost/ deployed to dynod" in out, out
+    assert "remote:        https://flask.dynod.localhost/ deployed to dynod" in out, out
     try:
         page = wait_for("the page through the router",
                         lambda: (p := get_page(m, "flask.dynod.localhost")).startswith("200")

@@ -265,7 +265,7 @@ def test_host_tells_the_watcher_before_the_process_and_before_freeing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = Recorder()
     host = dynos.Host.__new__(dynos.Host)
-    settings: Any = type("S", (), {"runtime_dir": tmp_path})()
+    settings: Any = type("S", (), {"runtime_dir": tmp_path, "state_dir": tmp_path})()
     host.settings = settings
     host.watcher = rec
     host.bridge = netns.plan_bridge("10.213.0.0/16")

@@ -106,7 +106,7 @@ def test_a_push_verifies_the_deploy(verdict: bool | None, last: list[str]) -> No
     lines: list[str] = []
     _builder(store, rollout=rollout)._report_release(
         "shop", 2, ReleaseStatus.SUCCEEDED, lines.append)
-    assert lines == ["       Released v2", "       http://shop.dynod.localhost/ deployed to dynod",
+    assert lines == ["       Released v2", "       https://shop.dynod.localhost/ deployed to dynod",
                      "", "-----> Verifying deploy...", *last]
     assert rollout.calls == [("shop", 2)]
 
@@ -118,7 +118,7 @@ def test_without_dynos_a_push_says_there_is_no_release_phase_and_does_not_wait()
     assert lines == [
         " !     Release command declared: this new release will not be available until the "
         "command succeeds.",
-        "       Released v2", "       http://shop.dynod.localhost/ deployed to dynod", "",
+        "       Released v2", "       https://shop.dynod.localhost/ deployed to dynod", "",
         "Release command declared, but this dynod runs no release phase",
     ]
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from dynod.control import certs, logs
-from dynod.errors import InvalidArgument, NotFound
+from dynod.errors import FailedPrecondition, InvalidArgument, NotFound
 from dynod.model.domains import normalize_hostname
 from dynod.model.events import CertsChanged, EventBus
+from dynod.router.cert_store import CertStore
 
 
 def entry(usec: int, source: str | None, dyno: str, message: str | list[int]) -> str:
@@ -88,25 +89,30 @@ def pem(tmp_path: Path) -> tuple[str, str]:
 def test_certs(tmp_path: Path, pem: tuple[str, str]) -> None:
     cert_pem, key_pem = pem
     store = tmp_path / "certs"
+    installer = CertStore(store, tmp_path / "crt-list")  # files only: no HAProxy
     events = EventBus()
     published: list[CertsChanged] = []
     events.subscribe(CertsChanged, published.append)
-    cert = certs.add_cert(store, events, cert_pem, key_pem)
+    cert = certs.add_cert(installer, events, cert_pem, key_pem)
     assert cert.name == "www-example-test"
     assert cert.hostnames == ("www.example.test", "example.test")
     assert cert.expires_at > datetime.now(UTC)
     assert (store / "www-example-test.pem").stat().st_mode & 0o777 == 0o600
     assert certs.list_certs(store) == [cert]
+    assert (tmp_path / "crt-list").read_text() == f"{store}/www-example-test.pem\n"
     with pytest.raises(InvalidArgument, match="then the key"):
-        certs.add_cert(store, events, key_pem, cert_pem)
+        certs.add_cert(installer, events, key_pem, cert_pem)
     other = subprocess.run(["openssl", "genrsa", "2048"], capture_output=True, text=True,
                            check=True).stdout
     with pytest.raises(InvalidArgument, match="do not go together"):
-        certs.add_cert(store, events, cert_pem, other)
+        certs.add_cert(installer, events, cert_pem, other)
     assert certs.list_certs(store) == [cert]  # nothing lost, no leftovers
     assert sorted(p.name for p in store.iterdir()) == ["www-example-test.pem"]
-    certs.remove_cert(store, events, cert.name)
+    with pytest.raises(FailedPrecondition, match="made and renewed by dynod"):
+        certs.remove_cert(installer, events, "dynod-default")
+    certs.remove_cert(installer, events, cert.name)
     with pytest.raises(NotFound):
-        certs.remove_cert(store, events, cert.name)
+        certs.remove_cert(installer, events, cert.name)
+    assert (tmp_path / "crt-list").read_text() == ""
     # The router hears of each change that happened, and of nothing else.
     assert published == [CertsChanged("www-example-test"), CertsChanged("www-example-test")]

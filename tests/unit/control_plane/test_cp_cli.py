@@ -45,7 +45,7 @@ def test_apps_and_config_flow(cli: Api, capsys: pytest.CaptureFixture[str]) -> N
     assert run(capsys, "apps") == (0, "You have no apps.\n", "")
     code, out, err = run(capsys, "apps:create", "shop", "--no-remote")
     assert (code, err) == (0, "Creating ⬢ shop... done\n")
-    assert re.fullmatch(r"http://shop\.dynod\.localhost/ \| dynod@[\w.-]+:shop\.git\n", out), out
+    assert re.fullmatch(r"https://shop\.dynod\.localhost/ \| dynod@[\w.-]+:shop\.git\n", out), out
     code, out, err = run(capsys, "config:set", "-a", "shop", "RAILS_ENV=staging", "RACK_ENV=a=b")
     assert err == "Setting RAILS_ENV, RACK_ENV and restarting ⬢ shop... done, v2\n"
     assert out == "RAILS_ENV: staging\nRACK_ENV:  a=b\n"
