@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from dynod.errors import Unavailable
+from dynod.errors import DynodError, Unavailable
+from dynod.router import cert_install
 from dynod.router.admin_socket import AdminSocket, parse_server_stat, parse_servers_state
 from dynod.router.haproxy_config import (
     PAGES,
@@ -56,6 +57,9 @@ class HaproxyRouter:
         self.paths = RouterPaths(runtime_dir / "router")
         self.platform_domain = platform_domain
         self.certs_dir = (state_dir or Path("/var/lib/dynod")) / "certs"
+        # ACM's certificates (dynod.router.acme), one per custom domain.
+        self.acme_certs_dir = (state_dir or Path("/var/lib/dynod")) / "acme" / "certs"
+        self._challenges: dict[str, str] = {}
         self.http_port = http_port
         self.https_port = https_port
         self.systemctl = systemctl
@@ -163,7 +167,76 @@ class HaproxyRouter:
             return {a.name for a in tx.apps()}
 
     def _certs(self) -> list[Path]:
-        return sorted(self.certs_dir.glob("*.pem")) if self.certs_dir.is_dir() else []
+        """Certificates added with certs:add first (SNI prefers the first of equals),
+        then ACM's."""
+        return [p for d in (self.certs_dir, self.acme_certs_dir) if d.is_dir()
+                for p in sorted(d.glob("*.pem"))]
+
+    # -- ACME (dynod.router.acme): http-01 answers and certificates, without a reload
+
+    def set_challenge(self, host: str, token: str, key_authorization: str) -> None:
+        """Answer ``GET /.well-known/acme-challenge/<token>`` for ``host`` with the key
+        authorization, from now on until ``clear_challenge``."""
+        with self._lock:
+            self._challenges[f"{host}/{token}"] = key_authorization
+            self._sync_challenges()
+
+    def clear_challenge(self, host: str, token: str) -> None:
+        with self._lock:
+            self._challenges.pop(f"{host}/{token}", None)
+            self._sync_challenges()
+
+    def _sync_challenges(self) -> None:
+        self._write(self.paths.acme_map, render_map(self._challenges))
+        self._commit_map(self.paths.acme_map, self._challenges)
+
+    def _tls_bound(self) -> bool:
+        """The running HAProxy has its HTTPS bind (certificates can change at run time)."""
+        try:
+            return self._active() and "ssl crt-list" in self.paths.config.read_text()
+        except FileNotFoundError:
+            return False
+
+    def install_cert(self, cert_file: Path, bundle: str) -> None:
+        """Serve ``bundle`` (chain, then key) as ``cert_file``: at run time when HTTPS is
+        bound (``cert_install``), else by opening it (the one reload, for the first
+        certificate). Raises InvalidArgument, Unavailable."""
+        with self._lock:
+            if self._tls_bound():
+                cert_install.install_cert(self.admin, self.paths.crt_list, cert_file, bundle)
+                self._write(self.paths.crt_list, "".join(f"{c}\n" for c in self._certs()))
+            else:
+                cert_install.write_bundle(cert_file, bundle)
+                self._sync_config()
+
+    def remove_cert(self, cert_file: Path) -> None:
+        """Stop serving ``cert_file`` and remove it. Raises Unavailable."""
+        with self._lock:
+            if self._tls_bound():
+                cert_install.uninstall_cert(self.admin, self.paths.crt_list, cert_file)
+                self._write(self.paths.crt_list, "".join(f"{c}\n" for c in self._certs()))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    cert_file.unlink()
+            self._sync_config()
+
+    def _sync_crt_list(self, certs: list[Path]) -> bool:
+        """Certificates added or removed (certs:add, certs:remove, a file left by a crash)
+        at run time, while HTTPS is bound; False if that failed (then a reload does it)."""
+        try:
+            live = set(cert_install.loaded(self.admin, self.paths.crt_list))
+            for c in certs:
+                if str(c) not in live:
+                    cert_install.install_cert(self.admin, self.paths.crt_list, c,
+                                              c.read_text())
+            for name in live - {str(c) for c in certs}:
+                cert_install.uninstall_cert(self.admin, self.paths.crt_list, Path(name))
+        except (Unavailable, OSError) as exc:
+            log.warning("router: certificates at run time failed, reloading: %s", exc)
+            return False
+        except DynodError as exc:
+            log.error("router: a certificate HAProxy refuses is not served: %s", exc.message)
+        return True
 
     def _write(self, path: Path, text: str | bytes) -> bool:
         """Atomically replace ``path``; True if its content changed."""
@@ -180,6 +253,7 @@ class HaproxyRouter:
         for name, html in PAGES.items():
             self._write(self.paths.page(name), html)
         self._write(self.paths.dir / "error.http", error_response())
+        self._write(self.paths.acme_map, render_map(self._challenges))
 
     def _map_entries(self, apps: Iterable[str]) -> tuple[dict[str, str], dict[str, str],
                                                          dict[str, str]]:
@@ -215,8 +289,6 @@ class HaproxyRouter:
         self._write(self.paths.maintenance_map, render_map(maint))
         self._write(self.paths.empty_map, render_map(empty))
         certs = self._certs()
-        # HAProxy reads the crt-list at load only: a new or removed cert reloads.
-        certs_changed = self._write(self.paths.crt_list, "".join(f"{c}\n" for c in certs))
         config = render_config(self.paths, {a: self._backends.get(a, []) for a in apps},
                                http_port=self.http_port, https_port=self.https_port,
                                tls=bool(certs))
@@ -226,7 +298,13 @@ class HaproxyRouter:
             shape_changed = config_shape(self.paths.config.read_text()) != config_shape(config)
         except FileNotFoundError:
             shape_changed = True
-        shape_changed = shape_changed or certs_changed
+        crt_list = "".join(f"{c}\n" for c in certs)
+        # While HTTPS is bound, certificates come and go through the runtime API; opening
+        # or closing HTTPS (the first certificate, the last one) is a reload.
+        if (not shape_changed and certs and self._crt_list_differs(crt_list)
+                and self._tls_bound() and self._sync_crt_list(certs)):
+            self._write(self.paths.crt_list, crt_list)
+        shape_changed = self._write(self.paths.crt_list, crt_list) or shape_changed
         if shape_changed:
             self._write(self.paths.config, config)
         if not self._active():
@@ -241,6 +319,12 @@ class HaproxyRouter:
         for app in apps:
             self._apply(app)
         self._sync_maps()
+
+    def _crt_list_differs(self, text: str) -> bool:
+        try:
+            return self.paths.crt_list.read_text() != text
+        except FileNotFoundError:
+            return True
 
     def _unit(self, verb: str) -> None:
         try:
