@@ -35,12 +35,16 @@ from dynod.errors import DynodError
 from dynod.model.events import (
     DYNOS_CHANGED,
     ROUTES_CHANGED,
+    AcmChanged,
     AddonsChanged,
     AppDestroyed,
+    DomainsChanged,
     EventBus,
     KeysChanged,
 )
 from dynod.router import local_ca
+from dynod.router.acm import AcmManager
+from dynod.router.acme import AcmeIssuer
 from dynod.router.haproxy import HaproxyRouter
 from dynod.runtime.addon_access import make_addon_access
 from dynod.runtime.dynos import Host
@@ -127,6 +131,12 @@ def serve(config: Path) -> int:
     # The router also catches up with the store on its own within seconds, so a change
     # is kept (and reported done) even while it is down.
     events.subscribe(ROUTES_CHANGED, lambda _e: router.refresh())
+    # Automated Certificate Management: orders from the ACME directory of the settings,
+    # http-01 answered and certificates installed by the router, without a reload.
+    acm = AcmManager(store, router,
+                     AcmeIssuer(settings.acme_directory, settings.acme_ca_file,
+                                settings.state_dir))
+    events.subscribe((AcmChanged, DomainsChanged, AppDestroyed), lambda _e: acm.kick())
     # At start too: the git user's files follow the state (a restore, a reinstall).
     authorized_keys = AuthorizedKeys(store, gitrepos.git_user_home(settings.state_dir),
                                      gitrepos.shell_command())
@@ -158,6 +168,7 @@ def serve(config: Path) -> int:
     phase.kick_all()
     api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder)
     router_started.join()
+    acm.start()
     log.info("dynod %s listening on %s", __version__, settings.socket_path)
     # READY only now: the socket accepts calls and the router answers, so `systemctl start`
     # returning means usable.
@@ -171,6 +182,7 @@ def serve(config: Path) -> int:
     notify.notify("STOPPING=1\nSTATUS=stopping")
     api.stop(grace=5.0)
     supervisor.stop()
+    acm.stop()
     router.stop()
     store.close()
     log.info("dynod stopped")

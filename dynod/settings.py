@@ -36,6 +36,11 @@ class Settings:
     dyno_init: Path = Path("/usr/lib/dynod/dyno-init")
     # Concurrent one-off dynos (`dynoctl run`) per app; Heroku allows 5 to 50 by tier.
     oneoff_limit: int = 5
+    # Automated Certificate Management (certs:auto:enable): the ACME directory that
+    # issues custom domains' certificates, and the CA certificates its HTTPS must verify
+    # against (Debian's store; a private CA's or a test server's for another directory).
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_ca_file: Path = Path("/etc/ssl/certs/ca-certificates.crt")
 
     @property
     def socket_path(self) -> Path:
@@ -46,7 +51,7 @@ class Settings:
         return self.state_dir / "state.db"
 
 
-_PATH_KEYS = {"state_dir", "runtime_dir", "dyno_init"}
+_PATH_KEYS = {"state_dir", "runtime_dir", "dyno_init", "acme_ca_file"}
 _INT_KEYS = {"oneoff_limit"}
 
 
@@ -76,5 +81,8 @@ def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
             continue
         if not isinstance(value, str):
             raise InvalidArgument(f"{path}: setting {key!r} must be a string")
+        if key == "acme_directory" and not value.startswith("https://"):
+            raise InvalidArgument(f"{path}: setting 'acme_directory' must be the https:// "
+                                  f"URL of an ACME directory, e.g. {Settings.acme_directory}")
         values[key] = Path(value) if key in _PATH_KEYS else value
     return Settings(**values)  # type: ignore[arg-type]

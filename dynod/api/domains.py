@@ -6,7 +6,7 @@ import grpc
 
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
-from dynod.control import apps, certs, domains
+from dynod.control import acm, apps, certs, domains
 from dynod.model.certs import Cert
 from dynod.model.domains import default_hostname
 from dynod.v1 import domains_pb2, domains_pb2_grpc
@@ -94,6 +94,35 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
         caller_of(context)
         return domains_pb2.GetCAResponse(
             certificate_pem=certs.ca_certificate(self.daemon.settings.state_dir))
+
+    def SetAcm(
+        self, request: domains_pb2.SetAcmRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.SetAcmResponse:
+        caller_of(context)
+        acm.set_acm(self.daemon.store, self.daemon.events, request.app, request.on)
+        return domains_pb2.SetAcmResponse()
+
+    def GetAcm(
+        self, request: domains_pb2.GetAcmRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.GetAcmResponse:
+        caller_of(context)
+        state = acm.acm_state(self.daemon.store, request.app)
+        out = domains_pb2.GetAcmResponse(enabled=state.enabled)
+        for domain, record in state.domains:
+            d = out.domains.add(hostname=domain.hostname)
+            if record is not None:
+                d.status, d.reason = str(record.status), record.reason
+                d.updated_at.CopyFrom(timestamp(record.updated_at))
+                if record.not_after is not None:
+                    d.expires_at.CopyFrom(timestamp(record.not_after))
+        return out
+
+    def RefreshAcm(
+        self, request: domains_pb2.RefreshAcmRequest, context: grpc.ServicerContext
+    ) -> domains_pb2.RefreshAcmResponse:
+        caller_of(context)
+        acm.refresh_acm(self.daemon.store, self.daemon.events, request.app)
+        return domains_pb2.RefreshAcmResponse()
 
 
 def register(server: grpc.Server, daemon: Daemon) -> str:

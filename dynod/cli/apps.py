@@ -10,7 +10,7 @@ from typing import Any
 
 import dynod
 from dynod.cli import client, output
-from dynod.cli.client import CliError, call
+from dynod.cli.client import call
 from dynod.system import processes
 from dynod.v1 import addons_pb2, addons_pb2_grpc, apps_pb2, apps_pb2_grpc
 
@@ -142,18 +142,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     app = args.name or client.app_of(args)
-    confirm = args.confirm
-    if confirm is None and sys.stdin.isatty():
-        output.warn(f"WARNING: This will delete {output.app_label(app)} including all "
-                    "add-ons, and all its releases, config vars and slugs.")
-        output.warn(f"To proceed, type {app} or re-run this command with --confirm {app}")
-        confirm = input("\n> ").strip()
-    if confirm != app:
-        raise CliError(
-            f"confirmation did not match {app}; re-run with --confirm {app} to destroy it"
-            if confirm is not None else
-            f"destroying {app} needs confirmation; re-run with --confirm {app}"
-        )
+    client.confirm_app(app, args.confirm, [
+        f"WARNING: This will delete {output.app_label(app)} including all add-ons, and all "
+        "its releases, config vars and slugs."], f"destroying {app}", "destroy it")
     # Confirmed: the add-ons the app owns go with it (Heroku: "including all add-ons").
     call(stub().Delete, apps_pb2.DeleteAppRequest(name=app, destroy_addons=True), timeout=600)
     if args.json:

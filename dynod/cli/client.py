@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
+from dynod.cli import output
 from dynod.system import processes
 
 DEFAULT_SOCKET = Path(os.environ.get("DYNOD_SOCKET", "/run/dynod/dynod.sock"))
@@ -20,6 +22,23 @@ T = TypeVar("T")
 
 class CliError(Exception):
     """Printed as ` !    <message>` on stderr (each line); dynoctl exits 1."""
+
+
+def confirm_app(app: str, given: str | None, warnings: Sequence[str], doing: str,
+                to_do: str) -> None:
+    """Heroku's confirmation of a destructive command: ``--confirm APP`` (``given``) or,
+    on a terminal, APP typed after the ``warnings``. Raises CliError with the fix
+    (``doing``: "destroying shop", ``to_do``: "destroy it")."""
+    if given is None and sys.stdin.isatty():
+        for line in warnings:
+            output.warn(line)
+        output.warn(f"To proceed, type {app} or re-run this command with --confirm {app}")
+        given = input("\n> ").strip()
+    if given != app:
+        raise CliError(
+            f"confirmation did not match {app}; re-run with --confirm {app} to {to_do}"
+            if given is not None else
+            f"{doing} needs confirmation; re-run with --confirm {app}")
 
 
 def channel(socket_path: Path | None = None) -> grpc.Channel:

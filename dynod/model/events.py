@@ -113,6 +113,11 @@ class AddonsChanged(AppEvent):
 
 
 @dataclass(frozen=True)
+class AcmChanged(AppEvent):
+    """Automated Certificate Management was turned on, off or refreshed for the app."""
+
+
+@dataclass(frozen=True)
 class CertsChanged(Event):
     """A certificate the router serves was added or removed."""
 

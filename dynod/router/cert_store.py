@@ -31,7 +31,11 @@ from dynod.model.certs import DEFAULT_CERT
 # certificate gets (control/certs.cert_name) can be this one: it has no dot and
 # control refuses it.
 DEFAULT = DEFAULT_CERT
-_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+# A user's certificate: its first host name with dashes for dots (control/certs); ACM's:
+# ``acm--`` and the host name (ACM_PREFIX; no host name starts so: RFC 5891 keeps "--" in
+# the third and fourth places for IDNA prefixes).
+_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
+ACM_PREFIX = "acm--"
 
 Admin = Callable[[str], str]
 
@@ -48,8 +52,8 @@ class CertStore:
 
     def path(self, name: str) -> Path:
         if not _NAME.fullmatch(name):
-            raise InvalidArgument(f"certificate name {name!r}: use lowercase letters, digits "
-                                  "and dashes")
+            raise InvalidArgument(f"certificate name {name!r}: use lowercase letters, digits, "
+                                  "dots and dashes")
         return self.certs_dir / f"{name}.pem"
 
     def names(self) -> list[str]:
@@ -57,7 +61,8 @@ class CertStore:
         if not self.certs_dir.is_dir():
             return []
         found = sorted(p.stem for p in self.certs_dir.glob("*.pem"))
-        return sorted(found, key=lambda n: n != DEFAULT)
+        # SNI takes the first of equal matches: a user's own certificate before ACM's.
+        return sorted(found, key=lambda n: (n != DEFAULT, n.startswith(ACM_PREFIX)))
 
     def read(self, name: str) -> str | None:
         """The stored PEM bundle of ``name`` (chain then key), None if there is none."""
@@ -69,24 +74,37 @@ class CertStore:
     def install(self, name: str, cert_pem: str, key_pem: str) -> Path:
         """Store the pair as ``name`` (replacing one of that name) and have the running
         HAProxy serve it for new handshakes, without a reload. The caller has checked
-        that they parse and match. Raises InvalidArgument (a bad name) or Unavailable
-        (HAProxy refused it: the file is stored and served from its next start)."""
+        that they parse and match. Raises InvalidArgument (a bad name, HAProxy refused
+        it: nothing changed) or Unavailable (HAProxy failed after taking it)."""
+        return self.install_bundle(name, cert_pem + "\n" + key_pem)
+
+    def install_bundle(self, name: str, pem: str) -> Path:
+        """``install`` of a bundle already joined (chain, then key: ACME's). The running
+        HAProxy takes it first: one it refuses changes nothing (InvalidArgument), so a
+        file HAProxy cannot load is never stored for its next start."""
         path = self.path(name)
         # HAProxy's payload ends at the first empty line: PEM has none, drop stray ones.
-        bundle = "".join(line + "\n" for line in (cert_pem + "\n" + key_pem).splitlines()
-                         if line.strip())
+        bundle = "".join(line + "\n" for line in pem.splitlines() if line.strip())
         with self._lock:
-            self.certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(bundle)
-            tmp.replace(path)
-            self._write_crt_list()
-            self._runtime_install(path, bundle)
+            try:
+                self._runtime_install(path, bundle)
+            except Unavailable as exc:  # taken, then a later step failed: a reload has it
+                self._store(path, bundle)
+                raise Unavailable(f"{exc.message}; the file is stored and served after "
+                                  "`systemctl reload dynod-router`") from exc
+            self._store(path, bundle)
         return path
+
+    def _store(self, path: Path, bundle: str) -> None:
+        self.certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(bundle)
+        tmp.replace(path)
+        self._write_crt_list()
 
     def remove(self, name: str) -> None:
         """Stop serving ``name`` and delete it. Raises NotFound, Unavailable."""
@@ -132,8 +150,7 @@ class CertStore:
         assert self.admin is not None
         out = self.admin(command)
         if ok not in out:
-            raise Unavailable(f"router: {what}: HAProxy said {out.strip()!r}; the file is "
-                              f"stored and served after `systemctl reload dynod-router`")
+            raise Unavailable(f"router: {what}: HAProxy said {out.strip()!r}")
 
     def _runtime_install(self, path: Path, bundle: str) -> None:
         loaded = self._loaded()
@@ -145,13 +162,14 @@ class CertStore:
             self._call(f"new ssl cert {p}", "New empty certificate store", f"new ssl cert {p}")
         try:
             self._call(f"set ssl cert {p} <<\n{bundle}", "Transaction", f"set ssl cert {p}")
-        except Unavailable:
+        except Unavailable as exc:
             assert self.admin is not None
             with contextlib.suppress(Unavailable):
                 self.admin(f"abort ssl cert {p}")
                 if new:
                     self.admin(f"del ssl cert {p}")
-            raise
+            raise InvalidArgument(f"HAProxy refused the certificate {path.stem}: "
+                                  f"{exc.message.split('HAProxy said ', 1)[-1]}") from exc
         self._call(f"commit ssl cert {p}", "Success", f"commit ssl cert {p}")
         if new:
             self._call(f"add ssl crt-list {self.crt_list} {p}", "Success",

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dynod.errors import Unavailable
+from dynod.errors import NotFound, Unavailable
 from dynod.router import local_ca
 from dynod.router.admin_socket import AdminSocket, parse_server_stat, parse_servers_state
 from dynod.router.cert_store import DEFAULT, CertStore
@@ -68,6 +68,7 @@ class HaproxyRouter:
         self.paths = RouterPaths(runtime_dir / "router")
         self.platform_domain = platform_domain
         self.certs_dir = (state_dir or Path("/var/lib/dynod")) / "certs"
+        self._challenges: dict[str, str] = {}
         self.http_port = http_port
         self.https_port = https_port
         self.systemctl = systemctl
@@ -199,6 +200,38 @@ class HaproxyRouter:
             self._renew_checked = float("-inf")
             log.error("router: the default certificate: %s", getattr(exc, "message", exc))
 
+    # -- ACME (dynod.router.acme): http-01 answers and certificates, without a reload
+
+    def set_challenge(self, host: str, token: str, key_authorization: str) -> None:
+        """Answer ``GET /.well-known/acme-challenge/<token>`` for ``host`` with the key
+        authorization, from now on until ``clear_challenge``."""
+        with self._lock:
+            self._challenges[f"{host}/{token}"] = key_authorization
+            self._sync_challenges()
+
+    def clear_challenge(self, host: str, token: str) -> None:
+        with self._lock:
+            self._challenges.pop(f"{host}/{token}", None)
+            self._sync_challenges()
+
+    def _sync_challenges(self) -> None:
+        self._write(self.paths.acme_map, render_map(self._challenges))
+        self._commit_map(self.paths.acme_map, self._challenges)
+
+    def install_cert(self, name: str, bundle: str) -> None:
+        """Serve ``bundle`` (chain, then key) as certificate ``name`` (ACM's), without a
+        reload (``CertStore``). Raises InvalidArgument, Unavailable."""
+        self.certs.install_bundle(name, bundle)
+
+    def remove_cert(self, name: str) -> None:
+        """Stop serving certificate ``name`` and remove it; gone already is fine."""
+        with contextlib.suppress(NotFound):
+            self.certs.remove(name)
+
+    def cert_names(self) -> list[str]:
+        return self.certs.names()
+
+
     def _write(self, path: Path, text: str | bytes) -> bool:
         """Atomically replace ``path``; True if its content changed."""
         data = text.encode() if isinstance(text, str) else text
@@ -214,6 +247,7 @@ class HaproxyRouter:
         for name, html in PAGES.items():
             self._write(self.paths.page(name), html)
         self._write(self.paths.dir / "error.http", error_response())
+        self._write(self.paths.acme_map, render_map(self._challenges))
 
     def _map_entries(self, apps: Iterable[str]) -> tuple[dict[str, str], dict[str, str],
                                                          dict[str, str]]:

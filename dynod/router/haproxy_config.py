@@ -67,6 +67,11 @@ class RouterPaths:
     def crt_list(self) -> Path:
         return self.dir / "crt-list"
 
+    @property
+    def acme_map(self) -> Path:
+        """ACME http-01 answers: ``<host>/<token>`` -> the key authorization."""
+        return self.dir / "acme.map"
+
     def page(self, name: str) -> Path:
         return self.dir / f"{name}.html"
 
@@ -147,6 +152,16 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
         "    http-request set-var(txn.proto) ssl_fc,iif(https,http)",
         "    http-request set-var(txn.path) pathq",
         "    http-request set-var(txn.host) req.hdr(host),lower,field(1,:)",
+        # ACME http-01 (RFC 8555 8.3): the router itself answers the CA for a domain's
+        # token, from a map dynod updates at run time, before anything else (an app in
+        # maintenance, without dynos or redirecting to HTTPS still gets its certificate).
+        "    http-request set-var(txn.acme_token) path,field(4,/) "
+        "if { path_beg /.well-known/acme-challenge/ }",
+        "    http-request set-var(txn.acme) "
+        f"var(txn.host),concat(/,txn.acme_token),map({p.acme_map}) "
+        "if { var(txn.acme_token) -m found }",
+        "    http-request return status 200 content-type text/plain lf-string "
+        '"%[var(txn.acme)]" if { var(txn.acme) -m found }',
         f"    http-request set-var(txn.app) var(txn.host),map({p.hosts_map})",
         # Heroku: keep a valid X-Request-Id from the client, else a new UUID.
         "    http-request set-header X-Request-Id %[uuid] unless "

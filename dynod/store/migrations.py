@@ -220,8 +220,25 @@ def _v8(db: sqlite3.Connection) -> None:
     db.execute("UPDATE slugs SET layers = 'ruby,jvm,php,go'")
 
 
+def _v9(db: sqlite3.Connection) -> None:
+    # Automated Certificate Management (issue 16): on or off per app (desired state), and
+    # per custom domain what ACME last said (its status, the error, the certificate's
+    # validity, the back-off), so a restart neither forgets a failure nor re-orders.
+    db.execute("ALTER TABLE apps ADD COLUMN acm INTEGER NOT NULL DEFAULT 0")
+    db.execute("""CREATE TABLE acm_domains (
+        hostname     TEXT PRIMARY KEY REFERENCES domains(hostname) ON DELETE CASCADE,
+        status       TEXT NOT NULL,
+        reason       TEXT NOT NULL DEFAULT '',
+        updated_at   TEXT NOT NULL,
+        not_before   TEXT,
+        not_after    TEXT,
+        failures     INTEGER NOT NULL DEFAULT 0,
+        next_attempt TEXT
+    ) WITHOUT ROWID""")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from dynod.model.acm import AcmDomain
 from dynod.model.addons import Addon, Attachment, Backup, BackupScheduleRecord
 from dynod.model.apps import App
 from dynod.model.builds import Build, BuildSettings
@@ -108,6 +109,21 @@ class DomainsTx(Protocol):
     def remove_domain(self, hostname: str) -> None: ...
 
 
+class AcmTx(Protocol):
+    """Automated Certificate Management: on or off per app, and ACME's last word per
+    custom domain (a record goes with its domain)."""
+
+    def acm(self, app: str) -> bool | None: ...
+    def set_acm(self, app: str, on: bool) -> None: ...
+    def acm_domain(self, hostname: str) -> AcmDomain | None: ...
+    def acm_domains(self, app: str | None) -> list[AcmDomain]:
+        """By host name; every app's when ``app`` is None."""
+        ...
+
+    def put_acm_domain(self, domain: AcmDomain) -> None: ...
+    def remove_acm_domains(self, app: str) -> None: ...
+
+
 class BuildsTx(Protocol):
     def build(self, app: str, build_id: str) -> Build | None: ...
     def builds(self, app: str, limit: int | None) -> list[Build]:
@@ -178,8 +194,8 @@ class AddonsTx(Protocol):
         ...
 
 
-class Tx(AppsTx, AppSettingsTx, ReleasesTx, FormationTx, SlugsTx, DomainsTx, BuildsTx,
-         KeysTx, AddonsTx, Protocol):
+class Tx(AppsTx, AppSettingsTx, ReleasesTx, FormationTx, SlugsTx, DomainsTx, AcmTx,
+         BuildsTx, KeysTx, AddonsTx, Protocol):
     """One transaction over every aggregate."""
 
 

@@ -3,6 +3,8 @@
     router_client.py count HOST N        N requests (new connection each); JSON counts
     router_client.py steady HOST STOPFILE  requests back to back until STOPFILE exists
     router_client.py upgrade HOST          Upgrade: websocket, then echo over the tunnel
+    router_client.py tls-steady HOST CAFILE STOPFILE  HTTPS requests from 4 threads until
+                                           STOPFILE exists; JSON counts and the serials seen
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,10 +50,56 @@ def upgrade(host: str) -> None:
             time.sleep(2)
 
 
+def tls_steady(host: str, cafile: str, stop: Path, threads: int = 4) -> None:
+    ctx = ssl.create_default_context(cafile=cafile)
+    serials: Counter[str] = Counter()
+    failures: list[str] = []
+    count = [0]
+    lock = threading.Lock()
+
+    def loop() -> None:
+        while not stop.exists():
+            try:
+                status, serial = tls_one_sni(host, ctx)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                with lock:
+                    failures.append(f"{time.time():.3f} {exc!r}")
+                continue
+            with lock:
+                count[0] += 1
+                serials[serial] += 1
+                if status != 200:
+                    failures.append(f"{time.time():.3f} status {status}")
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    print(json.dumps({"requests": count[0], "serials": serials, "failures": failures}))
+
+
+def tls_one_sni(host: str, ctx: ssl.SSLContext) -> tuple[int, str]:
+    """One HTTPS request on a new connection (a full handshake) to 127.0.0.1:443 with
+    SNI and the name check for HOST: (status, the certificate's serial)."""
+    with socket.create_connection(("127.0.0.1", 443), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname=host) as s:
+        serial = str(s.getpeercert().get("serialNumber", ""))  # type: ignore[union-attr]
+        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
+    return status, serial
+
+
 def main() -> None:
     mode, host = sys.argv[1], sys.argv[2]
     if mode == "upgrade":
         upgrade(host)
+        return
+    if mode == "tls-steady":
+        tls_steady(host, sys.argv[3], Path(sys.argv[4]))
         return
     dynos: Counter[str] = Counter()
     failures: list[str] = []

@@ -75,7 +75,8 @@ def test_servers_state_parsing() -> None:
 
 def test_config_is_valid_haproxy(tmp_path: Path) -> None:
     paths = RouterPaths(tmp_path)
-    for p in (paths.hosts_map, paths.maintenance_map, paths.empty_map, paths.crt_list):
+    for p in (paths.hosts_map, paths.maintenance_map, paths.empty_map, paths.crt_list,
+              paths.acme_map):
         p.write_text("")
     for name, html in haproxy_config.PAGES.items():
         paths.page(name).write_text(html)
