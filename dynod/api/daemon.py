@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +41,9 @@ class Daemon:
     # The add-on servers (dynod/addons/manager.py); None where none run (servicer
     # tests), so creating an add-on is FAILED_PRECONDITION there.
     addons: AddonServices | None = None
+    # Router lines lost so far and since when (the router's log reader); None where no
+    # router runs.
+    router_log_drops: Callable[[], tuple[int, datetime | None]] | None = None
 
     @property
     def slugs_dir(self) -> Path:

@@ -17,11 +17,13 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from dynod.errors import Unavailable
 from dynod.router.admin_socket import AdminSocket, parse_server_stat, parse_servers_state
 from dynod.router.haproxy_config import (
+    NO_KEEPALIVE,
     PAGES,
     SERVER_OPTIONS,
     UNIT,
@@ -162,6 +164,16 @@ class HaproxyRouter:
         with self.store.read() as tx:
             return {a.name for a in tx.apps()}
 
+    def _no_keepalive(self, apps: Iterable[str]) -> frozenset[str]:
+        """Apps with features:enable http-disable-keepalive-to-dyno."""
+        with self.store.read() as tx:
+            return frozenset(a for a in apps if NO_KEEPALIVE in tx.features(a))
+
+    def log_drops(self) -> tuple[int, datetime | None]:
+        """Router lines lost since dynod started (HAProxy's ring and journald), and
+        when the first was lost."""
+        return self._log.dropped, self._log.dropped_since
+
     def _certs(self) -> list[Path]:
         return sorted(self.certs_dir.glob("*.pem")) if self.certs_dir.is_dir() else []
 
@@ -219,7 +231,7 @@ class HaproxyRouter:
         certs_changed = self._write(self.paths.crt_list, "".join(f"{c}\n" for c in certs))
         config = render_config(self.paths, {a: self._backends.get(a, []) for a in apps},
                                http_port=self.http_port, https_port=self.https_port,
-                               tls=bool(certs))
+                               tls=bool(certs), no_keepalive=self._no_keepalive(apps))
         # Servers change at run time; only a change of anything else (apps, TLS) is
         # worth a reload. The file is rewritten only then, with the servers of the moment.
         try:
