@@ -3,6 +3,7 @@
     router_client.py count HOST N        N requests (new connection each); JSON counts
     router_client.py steady HOST STOPFILE  requests back to back until STOPFILE exists
     router_client.py upgrade HOST          Upgrade: websocket, then echo over the tunnel
+    router_client.py raw HEX               send these request bytes; print the response
 """
 
 from __future__ import annotations
@@ -46,8 +47,21 @@ def upgrade(host: str) -> None:
             time.sleep(2)
 
 
+def raw(request: bytes) -> None:
+    """One request as given (bytes no HTTP library would send), the whole answer out."""
+    with socket.create_connection(("127.0.0.1", 80), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    sys.stdout.buffer.write(data)
+
+
 def main() -> None:
     mode, host = sys.argv[1], sys.argv[2]
+    if mode == "raw":
+        raw(bytes.fromhex(host))
+        return
     if mode == "upgrade":
         upgrade(host)
         return
