@@ -52,7 +52,20 @@ ANSWERED: list[int] = []
 
 
 def cpu_ns(m: Machine, unit: str) -> int:
-    return int(m.exec(["systemctl", "show", "-p", "CPUUsageNSec", "--value", unit]).stdout)
+    """The unit's CPU time: CPUUsageNSec (turning CPUAccounting on if it was off, as on a
+    cgroup v1 host), else its main process's user+system time from /proc."""
+    value = m.exec(["systemctl", "show", "-p", "CPUUsageNSec", "--value", unit]).stdout.strip()
+    if not value.isdigit():
+        m.exec(["systemctl", "set-property", "--runtime", unit, "CPUAccounting=yes"],
+                check=False)
+        value = m.exec(["systemctl", "show", "-p", "CPUUsageNSec", "--value",
+                        unit]).stdout.strip()
+    if value.isdigit():
+        return int(value)
+    pid = m.exec(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
+    fields = m.exec(["cat", f"/proc/{pid}/stat"]).stdout.rsplit(")", 1)[1].split()
+    ticks = int(m.exec(["getconf", "CLK_TCK"]).stdout)
+    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // ticks
 
 
 _SEND = """
