@@ -147,7 +147,8 @@ def serve(config: Path) -> int:
     builder = Builder(store, settings, events, rollout=supervisor, release_phase=phase)
     daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
                     release_phase=phase, addons=addon_services,
-                    databases=databases, certs=router.certs)
+                    databases=databases, certs=router.certs,
+                    router_log_drops=router.log_drops)
     # Dynos before READY: running ones are adopted (never restarted), the formation is
     # started; a dyno that fails to start is retried by the supervisor's own thread.
     # The servers before the dynos (a release phase migrates at once), and access as the

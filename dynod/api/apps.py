@@ -63,8 +63,14 @@ class AppsServicer(apps_pb2_grpc.AppsServicer):
         app = apps.get_app(self.daemon.store, request.name)
         dynos = {p.type: p.quantity for p in formation.get_formation(self.daemon.store, app.name)}
         disk = gc.disk_use(self.daemon.store, self.daemon.settings, app.name)
-        return apps_pb2.GetAppResponse(app=app_to_proto(self.daemon, app), dynos=dynos,
-                                       disk_bytes=disk)
+        reply = apps_pb2.GetAppResponse(app=app_to_proto(self.daemon, app), dynos=dynos,
+                                        disk_bytes=disk)
+        if self.daemon.router_log_drops is not None:
+            dropped, since = self.daemon.router_log_drops()
+            reply.router_lines_dropped = dropped
+            if since is not None:
+                reply.router_lines_dropped_since.CopyFrom(timestamp(since))
+        return reply
 
     def Gc(
         self, request: apps_pb2.GcRequest, context: grpc.ServicerContext

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,9 @@ class Daemon:
     # Stores certificates and has the router serve them (router/cert_store.py); None
     # where no router runs, so certs:add is FAILED_PRECONDITION there.
     certs: CertInstaller | None = None
+    # Router lines lost so far and since when (the router's log reader); None where no
+    # router runs.
+    router_log_drops: Callable[[], tuple[int, datetime | None]] | None = None
 
     @property
     def slugs_dir(self) -> Path:

@@ -106,6 +106,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("Git URL", app.git_url),
         ("Owner", app.owner),
         ("Release", f"v{app.current_release}"),
+        ("Router Lines Dropped", _dropped(reply)),
         ("Stack", app.stack),
         ("Web URL", app.web_url),
     ]
@@ -116,6 +117,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     output.header(output.app_label(app.name))
     output.styled_object([(k, str(v)) for k, v in fields])
     return 0
+
+
+def _dropped(reply: apps_pb2.GetAppResponse) -> str:
+    """Router lines lost (L10), of all apps: ``0``, or ``12 since <time>``."""
+    if not reply.router_lines_dropped:
+        return "0"
+    since = output.when(reply.router_lines_dropped_since)
+    return f"{reply.router_lines_dropped} since {since.isoformat(timespec='seconds')}"
 
 
 def human_bytes(size: int) -> str:

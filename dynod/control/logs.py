@@ -80,24 +80,33 @@ def _text(value: object) -> str:
     return str(value) if value is not None else ""
 
 
-def parse_entry(raw: str) -> LogLine | None:
-    """One ``journalctl -o json`` line; None if it is not a stream entry."""
+def parse_entry(raw: str) -> list[LogLine]:
+    """One ``journalctl -o json`` line: its stream lines (several for a batched router
+    entry, whose ``DYNOD_TIMES`` field holds each line's time), none if it is not a
+    stream entry."""
     try:
         entry = json.loads(raw)
     except ValueError:
-        return None
+        return []
     if not isinstance(entry, dict):
-        return None
+        return []
     source = _text(entry.get(journal.SOURCE))
     if source not in SOURCES:
-        return None
+        return []
     try:
         usec = int(entry["__REALTIME_TIMESTAMP"])
     except (KeyError, ValueError):
-        return None
-    when = datetime.fromtimestamp(usec / 1_000_000, UTC)
-    return LogLine(when, source, _text(entry.get(journal.DYNO)),
-                   _text(entry.get("MESSAGE")).rstrip("\n"))
+        return []
+    dyno = _text(entry.get(journal.DYNO))
+    message = _text(entry.get("MESSAGE")).rstrip("\n")
+    times = _text(entry.get(journal.TIMES)).split()
+    if not times:
+        return [LogLine(datetime.fromtimestamp(usec / 1_000_000, UTC), source, dyno, message)]
+    texts = message.split("\n")
+    stamps = [int(x) if x.isdigit() else usec for x in times]
+    stamps += [usec] * (len(texts) - len(stamps))
+    return [LogLine(datetime.fromtimestamp(s / 1_000_000, UTC), source, dyno, text)
+            for s, text in zip(stamps, texts, strict=False)]
 
 
 def matches(q: Query, line: LogLine) -> bool:
@@ -111,8 +120,7 @@ def matches(q: Query, line: LogLine) -> bool:
 def select(q: Query, raw_lines: Iterable[str]) -> Iterator[LogLine]:
     """Parsed, filtered lines: as they come when following (a process-type filter may
     then show more than ``q.lines`` of backlog), else the last ``q.lines``."""
-    lines = (line for raw in raw_lines
-             if (line := parse_entry(raw)) is not None and matches(q, line))
+    lines = (line for raw in raw_lines for line in parse_entry(raw) if matches(q, line))
     if q.follow:
         yield from lines
     else:

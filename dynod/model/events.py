@@ -97,6 +97,14 @@ class MaintenanceChanged(AppEvent):
 
 
 @dataclass(frozen=True)
+class FeatureChanged(AppEvent):
+    """An app feature was turned on or off (features:enable/disable)."""
+
+    feature: str
+    on: bool
+
+
+@dataclass(frozen=True)
 class AddonsChanged(AppEvent):
     """The app's add-ons changed: one was created, destroyed, attached, detached,
     promoted or had its credentials rotated (``addon`` names it). ``release`` is the
@@ -173,7 +181,8 @@ class BackupFailed(AppEvent):
 DYNOS_CHANGED: tuple[type[AppEvent], ...] = (
     AppDestroyed, ConfigChanged, ReleaseCreated, RolledBack, FormationChanged, AddonsChanged)
 # Changes the router serves: host names, maintenance pages, certificates.
-ROUTES_CHANGED: tuple[type[Event], ...] = (DomainsChanged, MaintenanceChanged, CertsChanged)
+ROUTES_CHANGED: tuple[type[Event], ...] = (DomainsChanged, MaintenanceChanged, CertsChanged,
+                                           FeatureChanged)
 
 E = TypeVar("E", bound=Event)
 

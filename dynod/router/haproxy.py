@@ -29,6 +29,7 @@ from dynod.router import local_ca
 from dynod.router.admin_socket import AdminSocket, parse_server_stat, parse_servers_state
 from dynod.router.cert_store import DEFAULT, CertStore
 from dynod.router.haproxy_config import (
+    NO_KEEPALIVE,
     PAGES,
     SERVER_OPTIONS,
     UNIT,
@@ -231,6 +232,16 @@ class HaproxyRouter:
     def cert_names(self) -> list[str]:
         return self.certs.names()
 
+    def _no_keepalive(self, apps: Iterable[str]) -> frozenset[str]:
+        """Apps with features:enable http-disable-keepalive-to-dyno."""
+        with self.store.read() as tx:
+            return frozenset(a for a in apps if NO_KEEPALIVE in tx.features(a))
+
+    def log_drops(self) -> tuple[int, datetime | None]:
+        """Router lines lost since dynod started (HAProxy's ring and journald), and
+        when the first was lost."""
+        return self._log.dropped, self._log.dropped_since
+
 
     def _write(self, path: Path, text: str | bytes) -> bool:
         """Atomically replace ``path``; True if its content changed."""
@@ -286,7 +297,8 @@ class HaproxyRouter:
         self.certs.write_crt_list()
         config = render_config(self.paths, {a: self._backends.get(a, []) for a in apps},
                                http_port=self.http_port, https_port=self.https_port,
-                               tls=bool(self.certs.names()))
+                               tls=bool(self.certs.names()),
+                               no_keepalive=self._no_keepalive(apps))
         # Servers change at run time; only a change of anything else (apps, TLS) is
         # worth a reload. The file is rewritten only then, with the servers of the moment.
         try:

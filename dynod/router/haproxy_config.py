@@ -29,8 +29,29 @@ LOG_MARK = "dynod-router1"
 # the dyno down at once, so the retry goes to another (leastconn would pick the idle dead
 # one again) until a TCP check finds it listening again. Up dynos are checked hourly only:
 # a check's connect-and-reset shows as noise in many apps' logs.
+# Keep-alive to dynos, with a small idle pool per server that is purged quickly: a
+# thread-per-connection app (http.server with threads, WEBrick) gives each open connection
+# a thread, so idle pooled connections must never hold all of them, or the next request
+# waits in the dyno's backlog until H12. With ``http-reuse always`` a new connection is
+# opened only when no idle one is free, and at most POOL_MAX_CONN stay idle: an app with
+# more threads than that is never starved. Options are repeated on each server line,
+# since servers added at run time get no default-server.
+POOL_MAX_CONN = 4
+POOL_PURGE_DELAY = "1s"
 SERVER_OPTIONS = ("weight 100 check inter 1h downinter 1s fall 2 rise 1 observe layer4 "
-                  "error-limit 1 on-error mark-down")
+                  "error-limit 1 on-error mark-down "
+                  f"pool-max-conn {POOL_MAX_CONN} pool-purge-delay {POOL_PURGE_DELAY}")
+# Heroku's Router 2.0 opt-out (features:enable http-disable-keepalive-to-dyno): that
+# app's backend closes the dyno connection after each response.
+NO_KEEPALIVE = "http-disable-keepalive-to-dyno"
+# X-Forwarded-For lines joined into one header, in order (HAProxy 2.6 has no fetch
+# for "all of them"); a request with more is refused (H25).
+MAX_XFF_LINES = 16
+# The router lines' ring in HAProxy: 32 MB (~100,000 lines) absorbs a reader's stall;
+# its forwarder keeps its place across a reader's reconnect and counts what it drops.
+LOG_RING = "dynod-log"
+LOG_RING_SIZE = 32 * 1024 * 1024
+LOG_MAXLEN = 16384
 
 
 @dataclass(frozen=True)
@@ -90,36 +111,75 @@ def dyno_of(server: str) -> str:
     return server.split("_", 1)[0]
 
 
+# The raw router line: safe fields first (HAProxy's own values, app and server names),
+# split on spaces; then the middle of Heroku's line, written by HAProxy, with the values
+# a client chooses quoted and escaped (+E escapes '"' and '\\', which +Q alone does not)
+# or reduced to safe characters (the host), so no value can shift a field.
+LOG_FORMAT = " ".join([
+    LOG_MARK, "%[var(txn.app)]", "%[var(txn.code)]", "%tsc", "%ST", "%Tc", "%Tw", "%TR",
+    "%Ta", "%s", "%B", "%[var(txn.proto)]",
+    "method=%HM", "path=%{+Q,+E}[var(txn.path)]", "host=%[var(txn.host)]",
+    "request_id=%[var(txn.rid)]",
+    "fwd=%{+Q,+E}[var(txn.fwd)]",
+])
+
+
+def _forwarded_for() -> list[str]:
+    """Every X-Forwarded-For line the client sent, in order, then the client's address
+    (Heroku appends it); ``req.fhdr`` alone would keep only the last line."""
+    hdr = "x-forwarded-for"
+    rules = [f"    http-request set-var(txn.code) str(H25) if {{ req.fhdr_cnt({hdr}) gt "
+             f"{MAX_XFF_LINES} }}",
+             "    http-request return status 400 content-type text/plain string "
+             f'"Too many X-Forwarded-For headers (more than {MAX_XFF_LINES})" '
+             f"if {{ req.fhdr_cnt({hdr}) gt {MAX_XFF_LINES} }}",
+             f"    http-request set-var(txn.fwd) req.fhdr({hdr},1) "
+             f"if {{ req.fhdr_cnt({hdr}) ge 1 }}"]
+    rules += [f'    http-request set-var-fmt(txn.fwd) "%[var(txn.fwd)], %[req.fhdr({hdr},{n})]" '
+              f"if {{ req.fhdr_cnt({hdr}) ge {n} }}" for n in range(2, MAX_XFF_LINES + 1)]
+    rules += ['    http-request set-var-fmt(txn.fwd) "%[var(txn.fwd)], %[src]" '
+              "if { var(txn.fwd) -m found }",
+              "    http-request set-var(txn.fwd) src unless { var(txn.fwd) -m found }",
+              "    http-request set-header X-Forwarded-For %[var(txn.fwd)]"]
+    return rules
+
+
 def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *,
-                  http_port: int = 80, https_port: int = 443, tls: bool = False) -> str:
+                  http_port: int = 80, https_port: int = 443, tls: bool = False,
+                  no_keepalive: frozenset[str] = frozenset()) -> str:
     """haproxy.cfg for these apps and their current backends (written as static servers,
-    so a reload keeps them; later changes go through the runtime API)."""
+    so a reload keeps them; later changes go through the runtime API). Apps in
+    ``no_keepalive`` close each dyno connection after its response."""
     p = paths
-    # txn.path: the path in origin form (pathq), as Heroku logs it: HTTP/2 requests carry
-    # an absolute URI (HU would log https://host/path for them).
-    fmt = " ".join([
-        LOG_MARK, "%{+Q}[var(txn.app)]", "%{+Q}[var(txn.code)]", "%{+Q}HM", "%{+Q}[var(txn.path)]",
-        "%{+Q}[var(txn.host)]", "%{+Q}[var(txn.rid)]", "%{+Q}[var(txn.fwd)]", "%{+Q}s",
-        "%Tc", "%Tw", "%TR", "%Ta", "%ST", "%B", "%tsc", "%{+Q}[var(txn.proto)]",
-    ])
     lines = [
         "# Written by dynod; changes are lost. Servers change through the admin socket.",
         "global",
         f"    stats socket {p.admin_socket} mode 600 level admin",
         "    stats timeout 30s",
-        f"    log unix@{p.log_socket} len 16384 format raw local0",
+        f"    log ring@{LOG_RING} len {LOG_MAXLEN} format raw local0",
         "    tune.http.maxhdr 1000",
+        # Paths up to the request-line limit are logged whole (1024 by default).
+        f"    tune.http.logurilen {MAX_REQUEST_LINE}",
+        "",
+        # HAProxy writes each router line into this ring and forwards it over one stream
+        # to dynod's reader (log_lines.LogReader), octet-counted (RFC 6587).
+        f"ring {LOG_RING}",
+        "    format raw",
+        f"    maxlen {LOG_MAXLEN}",
+        f"    size {LOG_RING_SIZE}",
+        "    timeout connect 5s",
+        "    timeout server 1h",
+        f"    server dynod unix@{p.log_socket} log-proto octet-count",
         "",
         "defaults",
         "    mode http",
         "    log global",
-        f'    log-format "{fmt}"',
-        # Like Heroku's router, a new connection to the dyno per request, closed after
-        # the response (the client side stays kept-alive). Pooling idle dyno connections
-        # grew hundreds of them, which a thread-per-connection app cannot serve (Python's
-        # http.server stalled requests 30 s, H12), and their resets when purged showed as
-        # tracebacks in apps' logs.
-        "    option http-server-close",
+        f'    log-format "{LOG_FORMAT}"',
+        # Keep-alive to the dynos (the client side is kept alive too), with bounded and
+        # purged idle pools per server (SERVER_OPTIONS); any idle connection may carry a
+        # request, so new ones are opened only when none is free.
+        "    option http-keep-alive",
+        "    http-reuse always",
         "    option dontlognull",
         f"    timeout connect {CONNECT_TIMEOUT}",
         # HAProxy 2.6 has one server inactivity timeout (no http-response set-timeout):
@@ -150,8 +210,12 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
                   for addr, v6 in ((":", ""), (":::", " v6only"))]
     lines += [
         "    http-request set-var(txn.proto) ssl_fc,iif(https,http)",
+        # txn.path: the path in origin form (pathq), as Heroku logs it: HTTP/2 requests
+        # carry an absolute URI (HU would log https://host/path for them).
         "    http-request set-var(txn.path) pathq",
-        "    http-request set-var(txn.host) req.hdr(host),lower,field(1,:)",
+        # Only host-name characters: the host is logged unquoted, as on Heroku.
+        "    http-request set-var(txn.host) req.fhdr(host),lower,field(1,:),"
+        "regsub([^a-z0-9.-],_,g)",
         # ACME http-01 (RFC 8555 8.3): the router itself answers the CA for a domain's
         # token, from a map dynod updates at run time, before anything else (an app in
         # maintenance, without dynos or redirecting to HTTPS still gets its certificate).
@@ -164,14 +228,12 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
         '"%[var(txn.acme)]" if { var(txn.acme) -m found }',
         f"    http-request set-var(txn.app) var(txn.host),map({p.hosts_map})",
         # Heroku: keep a valid X-Request-Id from the client, else a new UUID.
-        "    http-request set-header X-Request-Id %[uuid] unless "
-        "{ req.hdr(x-request-id) -m reg ^[A-Za-z0-9+=/-]{20,200}$ }",
-        "    http-request set-var(txn.rid) req.hdr(x-request-id)",
-        '    http-request set-header X-Forwarded-For "%[req.fhdr(x-forwarded-for)], %[src]" '
-        "if { req.fhdr(x-forwarded-for) -m found }",
-        "    http-request set-header X-Forwarded-For %[src] "
-        "unless { req.fhdr(x-forwarded-for) -m found }",
-        "    http-request set-var(txn.fwd) req.fhdr(x-forwarded-for)",
+        # (The whole last line must be valid: req.hdr would look at its last value only.)
+        "    http-request set-var(txn.rid) req.fhdr(x-request-id) "
+        "if { req.fhdr(x-request-id) -m reg ^[A-Za-z0-9+=/-]{20,200}$ }",
+        "    http-request set-var(txn.rid) uuid unless { var(txn.rid) -m found }",
+        "    http-request set-header X-Request-Id %[var(txn.rid)]",
+        *_forwarded_for(),
         "    http-request set-header X-Forwarded-Proto %[var(txn.proto)]",
         "    http-request set-header X-Forwarded-Port %[dst_port]",
         "    http-request set-header X-Request-Start %[date(0,ms)]",
@@ -207,6 +269,7 @@ def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *
             # Least busy (Heroku: random). Not random(): in HAProxy 2.6 servers added at
             # run time to a random() backend got no traffic (2 of 10 took it all).
             "    balance leastconn",
+            *(["    option http-server-close"] if app in no_keepalive else []),
             # No up web dyno: H14 (web=0) or H10 (crashed), as the empty map says.
             f"    http-request set-var(txn.code) var(txn.app),map({p.empty_map},H10) "
             "if { nbsrv eq 0 }",

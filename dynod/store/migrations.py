@@ -237,8 +237,17 @@ def _v9(db: sqlite3.Connection) -> None:
     ) WITHOUT ROWID""")
 
 
+def _v10(db: sqlite3.Connection) -> None:
+    # App features (features:enable): a row per feature an app has on.
+    db.execute("""CREATE TABLE app_features (
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        name   TEXT NOT NULL,
+        PRIMARY KEY (app_id, name)
+    ) WITHOUT ROWID""")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

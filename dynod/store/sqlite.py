@@ -277,6 +277,19 @@ class SqliteTx:
         self.db.execute("DELETE FROM acm_domains WHERE hostname IN (SELECT hostname FROM"
                         " domains WHERE app_id = ?)", (self._app_id(app),))
 
+    def features(self, name: str) -> set[str]:
+        rows = self.db.execute("SELECT f.name FROM app_features f JOIN apps a "
+                               "ON a.id = f.app_id WHERE a.name = ?", (name,))
+        return {str(r[0]) for r in rows}
+
+    def set_feature(self, name: str, feature: str, on: bool) -> None:
+        if on:
+            self.db.execute("INSERT OR IGNORE INTO app_features (app_id, name) "
+                            "SELECT id, ? FROM apps WHERE name = ?", (feature, name))
+        else:
+            self.db.execute("DELETE FROM app_features WHERE name = ? AND app_id = "
+                            "(SELECT id FROM apps WHERE name = ?)", (feature, name))
+
     # builds and the app's build settings
     def app_build_settings(self, name: str) -> BuildSettings | None:
         row = self.db.execute("SELECT stack, buildpacks FROM apps WHERE name = ?",

@@ -25,6 +25,9 @@ APP = "DYNOD_APP"
 SOURCE = "DYNOD_SOURCE"
 DYNO = "DYNOD_DYNO"
 RELEASE = "DYNOD_RELEASE"
+# Router lines come several to an entry (MESSAGE holds them, one a line); this field
+# holds their times, one per line, in µs since the epoch.
+TIMES = "DYNOD_TIMES"
 
 
 def encode(fields: Mapping[str, str]) -> bytes:

@@ -44,6 +44,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if url.path == "/slow":
             time.sleep(float(query.get("s", ["40"])[0]))
         body = json.dumps({"dyno": self.name, "path": self.path,
+                           "peer": self.client_address[1],
                            "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -5,8 +5,9 @@
 CONNECTIONS threads, each with one kept-alive connection, send GET / back to back until
 STOPFILE exists, then print JSON totals: requests, failed connections (refused, reset,
 closed without an answer, timed out; a new connection follows each), 5xx responses,
-seconds, requests/s, the answers' first words (the app's version) and the worst
-requests/s over any whole second. Standard library only.
+seconds, requests/s, the answers' first words (the app's version), the worst
+requests/s over any whole second, the slowest request and how many took over 1 s.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -28,16 +29,19 @@ def main() -> None:
     versions: Counter[str] = Counter()
     per_second: Counter[int] = Counter()
     failures: list[str] = []
+    slowest = [0.0]
 
     def worker() -> None:
         conn: http.client.HTTPConnection | None = None
         while not stop.exists():
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=30)
+            began = time.monotonic()
             try:
                 conn.request("GET", "/", headers={"Host": host})
                 resp = conn.getresponse()
                 body = resp.read().decode(errors="replace")
+                took = time.monotonic() - began
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 conn = None
@@ -47,6 +51,8 @@ def main() -> None:
                 continue
             with lock:
                 totals["requests"] += 1
+                slowest[0] = max(slowest[0], took)
+                totals["over_1s"] += took > 1.0
                 per_second[int(time.monotonic())] += 1
                 if resp.status >= 500:
                     totals["status_5xx"] += 1
@@ -71,6 +77,7 @@ def main() -> None:
         "rate": round(totals["requests"] / seconds, 1),
         "min_rate": min((per_second[s] for s in whole), default=0),
         "versions": versions, "failures": failures[:50],
+        "slowest": round(slowest[0], 3), "over_1s": totals["over_1s"],
     }))
 
 

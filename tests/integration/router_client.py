@@ -5,6 +5,7 @@
     router_client.py upgrade HOST          Upgrade: websocket, then echo over the tunnel
     router_client.py tls-steady HOST CAFILE STOPFILE  HTTPS requests from 4 threads until
                                            STOPFILE exists; JSON counts and the serials seen
+    router_client.py raw HEX               send these request bytes; print the response
 """
 
 from __future__ import annotations
@@ -93,8 +94,21 @@ def tls_one_sni(host: str, ctx: ssl.SSLContext) -> tuple[int, str]:
     return status, serial
 
 
+def raw(request: bytes) -> None:
+    """One request as given (bytes no HTTP library would send), the whole answer out."""
+    with socket.create_connection(("127.0.0.1", 80), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    sys.stdout.buffer.write(data)
+
+
 def main() -> None:
     mode, host = sys.argv[1], sys.argv[2]
+    if mode == "raw":
+        raw(bytes.fromhex(host))
+        return
     if mode == "upgrade":
         upgrade(host)
         return

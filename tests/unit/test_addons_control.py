@@ -648,7 +648,7 @@ def test_apps_info_lists_the_plans_of_the_addons_the_app_owns(
     dynoctl(capsys, "addons:create", "redis:premium-0", "-a", "shop")
     dynoctl(capsys, "addons:attach", name, "-a", "blog")
     assert dynoctl(capsys, "apps:info", "-a", "shop")[1].splitlines()[1] == \
-        "Addons:   heroku-postgresql:essential-0, heroku-redis:premium-0"
+        "Addons:               heroku-postgresql:essential-0, heroku-redis:premium-0"
     assert dynoctl(capsys, "apps:info", "-a", "blog")[1].splitlines()[1] == "Addons:"
 
 
