@@ -83,8 +83,9 @@ def serve(config: Path) -> int:
     router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
                            state_dir=settings.state_dir)
     router_started = router.start()
-    # The dyno host lays every dyno's root over the stack the build pipeline made.
-    require_stack = partial(stacks.require_stack, settings.state_dir, stacks.DEFAULT_STACK)
+    # The dyno host lays each dyno's root over the stack its slug was built on, which the
+    # build pipeline made.
+    require_stack = partial(stacks.require_stack, settings.state_dir)
     # The control plane's events (and the platform's verdicts): after a committed change,
     # its app[api] lines first, then whatever follows the desired state.
     events = EventBus()

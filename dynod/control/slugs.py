@@ -43,8 +43,10 @@ def create_slug(
     size: int,
     process_types: Mapping[str, str],
     commit: str = "",
+    stack: str | None = None,
 ) -> Slug:
-    """Record a slug whose tarball will be uploaded next.
+    """Record a slug whose tarball will be uploaded next, built on ``stack`` (the app's
+    stack if None; the caller checks that it exists): its dynos run on that stack.
 
     Raises InvalidArgument (checksum, size, process types), ResourceExhausted (over
     500 MB), NotFound (app).
@@ -62,9 +64,14 @@ def create_slug(
         raise InvalidArgument("commit is too long; give a git commit id")
     with store.write() as tx:
         reads.require_app(tx, app)
+        if stack is None:
+            settings = tx.app_build_settings(app)
+            assert settings is not None  # the app exists
+            stack = settings.stack
         slug = Slug(id=str(uuid.uuid4()), app=app, checksum=checksum, size=size,
                     created_at=datetime.now(UTC),
-                    process_types=MappingProxyType(dict(process_types)), commit=commit)
+                    process_types=MappingProxyType(dict(process_types)), commit=commit,
+                    stack=stack)
         tx.put_slug(slug)
         return slug
 

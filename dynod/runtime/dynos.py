@@ -91,11 +91,12 @@ class Host:
     """The machine-wide parts every dyno shares: the bridge, dyno-init, the PID mode.
     ``start`` and ``teardown`` are safe to call from several threads."""
 
-    def __init__(self, settings: Settings, require_stack: Callable[[], Path],
+    def __init__(self, settings: Settings, require_stack: Callable[[str], Path],
                  mode: PidMode | None = None, watcher: NetworkWatcher | None = None) -> None:
         self.settings = settings
         self.watcher = watcher
-        # The stack every dyno's root is laid over (the build owns stacks: injected).
+        # The root of a built stack, by name, that a dyno's root is laid over: the one
+        # its slug was built on (the build owns stacks: injected).
         self.require_stack = require_stack
         self.bridge = netns.plan_bridge(settings.address_pool)
         self.resolv = netns.ensure_bridge(self.bridge, settings.runtime_dir)
@@ -112,11 +113,13 @@ class Host:
                                   mounts.dyno_binds(self.init, self.resolv))
 
     def start(self, ref: DynoRef, *, release: int, command: str, size: str,
-              checksum: str, uid: int, config: dict[str, str],
+              checksum: str, uid: int, config: dict[str, str], stack: str,
               stdio: tuple[int, int, int] | None = None) -> DynoMeta:
-        """Unpack (once), mount, wire and start the dyno. On failure nothing is left.
+        """Unpack (once), mount, wire and start the dyno on ``stack`` (its slug's).
+        On failure nothing is left.
         ``stdio``: the command's stdin, stdout, stderr (one-off dynos; systemd dups
-        them). Raises NotFound, InvalidArgument or Unavailable."""
+        them). Raises NotFound, InvalidArgument, FailedPrecondition (its stack is not
+        built) or Unavailable."""
         if not command:
             raise InvalidArgument(f"app {ref.app}: process type {ref.process_type} has no command")
         # What the unpacker refused or changed goes to the app's log stream, e.g.
@@ -125,8 +128,7 @@ class Host:
                          lambda message: journal.app_event(ref.app, ref.dyno, message,
                                                            priority=4))
         ensure_user(uid)
-        stack = self.require_stack()
-        plan = self.rootfs_plan(ref, tree, stack)
+        plan = self.rootfs_plan(ref, tree, self.require_stack(stack))
         with self._addresses:
             # Leftovers of an earlier run of the same dyno go first.
             if (mounts.dynos_dir(self.settings.runtime_dir) / ref.key).exists() or (

@@ -213,8 +213,20 @@ def _v7(db: sqlite3.Connection) -> None:
     ) WITHOUT ROWID""")
 
 
+def _v8(db: sqlite3.Connection) -> None:
+    # A slug runs on the stack it was built on (issue 14: a venv made with forky's
+    # python3.14 does not run on trixie). Until now every dyno ran on debian-13; a slug
+    # made by a build records that build's stack, one uploaded through the API its
+    # app's stack, and failing both the default it has run on.
+    db.execute("ALTER TABLE slugs ADD COLUMN stack TEXT NOT NULL DEFAULT 'debian-13'")
+    db.execute("""UPDATE slugs SET stack = COALESCE(
+        (SELECT b.stack FROM builds b WHERE b.slug_id = slugs.id LIMIT 1),
+        (SELECT a.stack FROM apps a WHERE a.id = slugs.app_id),
+        'debian-13')""")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:
