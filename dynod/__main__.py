@@ -25,7 +25,7 @@ from dynod.addons.manager import AddonManager
 from dynod.addons.schedule import Scheduler
 from dynod.api.daemon import Daemon
 from dynod.api.server import start_api
-from dynod.build import gitrepos, layers, stacks
+from dynod.build import gitrepos, layers
 from dynod.build.pipeline import Builder
 from dynod.control import addons as control_addons
 from dynod.control.audit import Audit
@@ -95,12 +95,12 @@ def serve(config: Path) -> int:
     router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
                            state_dir=settings.state_dir, ca=ca, publish_hosts=dyno_hosts)
     router_started = router.start()
-    # The dyno host lays every dyno's root over the stack the build pipeline made, with
-    # the language layers its slug's build had.
-    def require_stack(checksum: str) -> tuple[Path, ...]:
+    # The dyno host lays each dyno's root over the stack its slug was built on, with the
+    # language layers its build had (the build pipeline made both).
+    def require_stack(stack: str, checksum: str) -> tuple[Path, ...]:
         with store.read() as tx:
             wanted = tx.slug_layers(checksum) or ()
-        return layers.lowers(settings.state_dir, stacks.DEFAULT_STACK, wanted)
+        return layers.lowers(settings.state_dir, stack, wanted)
     # The control plane's events (and the platform's verdicts): after a committed change,
     # its app[api] lines first, then whatever follows the desired state.
     events = EventBus()

@@ -8,6 +8,7 @@ import grpc
 
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
+from dynod.build import stacks
 from dynod.control import slugs
 from dynod.errors import InvalidArgument
 from dynod.model.slugs import Slug
@@ -18,7 +19,7 @@ def slug_to_proto(slug: Slug) -> slugs_pb2.Slug:
     return slugs_pb2.Slug(
         id=slug.id, app=slug.app, checksum=slug.checksum, size=slug.size,
         process_types=dict(slug.process_types), commit=slug.commit,
-        created_at=timestamp(slug.created_at), uploaded=slug.uploaded,
+        created_at=timestamp(slug.created_at), uploaded=slug.uploaded, stack=slug.stack,
     )
 
 
@@ -30,9 +31,11 @@ class SlugsServicer(slugs_pb2_grpc.SlugsServicer):
         self, request: slugs_pb2.CreateSlugRequest, context: grpc.ServicerContext
     ) -> slugs_pb2.CreateSlugResponse:
         caller_of(context)
+        stack = stacks.get_stack(request.stack).name if request.stack else None
         slug = slugs.create_slug(self.daemon.store, request.app, checksum=request.checksum,
                                  size=request.size, process_types=dict(request.process_types),
-                                 commit=request.commit, layers=tuple(request.layers))
+                                 commit=request.commit, stack=stack,
+                                 layers=tuple(request.layers))
         return slugs_pb2.CreateSlugResponse(slug=slug_to_proto(slug))
 
     def Get(

@@ -125,6 +125,16 @@ def purge_cache(store: Store, settings: Settings, app: str) -> int:
 # --- app build settings: stack and buildpacks -----------------------------------------
 
 
+def stack_env(app: str) -> dict[str, str]:
+    """What a buildpack needs to name another stack when its own lacks a runtime: the
+    app (for the `dynoctl stack:set NAME -a APP` it prints) and every stack's Python
+    (``DYNOD_STACK_PYTHONS="debian-12=3.11 debian-13=3.13 debian-14=3.14"``): the build
+    runs inside one stack and cannot look at the others."""
+    pythons = " ".join(f"{name}={defn.python}" for name, defn in sorted(stacks.STACKS.items())
+                       if defn.python)
+    return {"DYNOD_APP": app, "DYNOD_STACK_PYTHONS": pythons}
+
+
 
 
 # --- running a build --------------------------------------------------------------------
@@ -300,7 +310,7 @@ class Builder:
                 packs = [fetch_buildpack(ctx, i, url, emit)
                          for i, url in enumerate(bs.buildpacks)]
             base_env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8",
-                        "CURL_CONNECT_TIMEOUT": "30", "CURL_TIMEOUT": "180"}
+                        "CURL_CONNECT_TIMEOUT": "30", "CURL_TIMEOUT": "180", **stack_env(app)}
             if _in_root(root, CA_BUNDLE).is_file():
                 # Node.js has its own CA list; let it trust the stack's (local CAs included).
                 base_env["NODE_EXTRA_CA_CERTS"] = str(CA_BUNDLE)
@@ -316,7 +326,7 @@ class Builder:
             emit(f"{buildpacks.STEP}Launching...")
             slug = slugs.create_slug(store, app, checksum=result.checksum, size=result.size,
                                      process_types=dict(result.process_types), commit=commit,
-                                     layers=wanted)
+                                     stack=bs.stack, layers=wanted)
 
             def chunks() -> Iterable[bytes]:
                 with result.slug.open("rb") as f:

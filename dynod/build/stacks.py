@@ -83,10 +83,17 @@ COMMON_PACKAGES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class StackDefinition:
-    """How to make one stack. Changing any field changes ``cache_key`` (a rebuild)."""
+    """How to make one stack. Changing any field but ``python`` changes ``cache_key``
+    (a rebuild).
+
+    ``python`` is the X.Y of the suite's python3, which the python buildpack names when
+    an app asks for a version its stack lacks (it runs inside one stack and cannot look
+    at the others); ``build_stack`` checks it against the stack it makes.
+    """
 
     name: str
     suite: str
+    python: str = ""
     packages: tuple[str, ...] = COMMON_PACKAGES
     mirror: str = DEBIAN_MIRROR
     variant: str = "minbase"
@@ -96,8 +103,12 @@ class StackDefinition:
 
 
 STACKS: Mapping[str, StackDefinition] = {
-    "debian-13": StackDefinition(name="debian-13", suite="trixie"),
-    "debian-12": StackDefinition(name="debian-12", suite="bookworm"),
+    "debian-13": StackDefinition(name="debian-13", suite="trixie", python="3.13"),
+    "debian-12": StackDefinition(name="debian-12", suite="bookworm", python="3.11"),
+    # Debian testing: what the next release will have (Python 3.14, Go 1.27), for apps
+    # that ask for a newer runtime than trixie's. Testing moves: its packages change
+    # under a built stack until it is rebuilt.
+    "debian-14": StackDefinition(name="debian-14", suite="forky", python="3.14"),
 }
 DEFAULT_STACK = "debian-13"
 
@@ -111,14 +122,28 @@ def get_stack(name: str) -> StackDefinition:
         raise NotFound(f'stack "{name}" does not exist; available stacks: {known}') from None
 
 
+# Fields that describe a stack rather than decide its content: not in the key, so
+# recording one does not rebuild every stack.
+DESCRIPTIVE_FIELDS = ("python",)
+
+
 def cache_key(defn: StackDefinition) -> str:
     """A short stable hash of everything that decides the stack's content."""
-    canonical = json.dumps(asdict(defn), sort_keys=True, separators=(",", ":"))
+    doc = {k: v for k, v in asdict(defn).items() if k not in DESCRIPTIVE_FIELDS}
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def debootstrap_argv(defn: StackDefinition, target: Path) -> list[str]:
+DEBOOTSTRAP_SCRIPTS = Path("/usr/share/debootstrap/scripts")
+
+
+def debootstrap_argv(defn: StackDefinition, target: Path,
+                     scripts: Path = DEBOOTSTRAP_SCRIPTS) -> list[str]:
     """The debootstrap command that makes the base system of ``defn`` in ``target``.
+
+    A debootstrap older than the suite has no script for it (bookworm's knows trixie,
+    not forky): it is given ``sid``'s, which Debian's own scripts for bookworm, trixie
+    and testing are links to.
 
     Only the base goes through debootstrap: its own dependency handling configures an
     ``--include`` list as large as ours in the wrong order (npm's postinst fails), so the
@@ -134,6 +159,7 @@ def debootstrap_argv(defn: StackDefinition, target: Path) -> list[str]:
         defn.suite,
         str(target),
         defn.mirror,
+        *([] if (scripts / defn.suite).exists() else [str(scripts / "sid")]),
     ]
 
 
@@ -146,8 +172,11 @@ def install_argvs(defn: StackDefinition, target: Path) -> list[list[str]]:
     """
     apt = ["unshare", "--mount", "--pid", "--fork", f"--mount-proc={target}/proc",
            "chroot", str(target), "env", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8"]
+    # Testing's Release file is valid for a week (stable's carries no Valid-Until): a
+    # mirror that lags or serves a snapshot would stop a forky build. The signature is
+    # still checked.
     return [
-        [*apt, "apt-get", "update", "-q"],
+        [*apt, "apt-get", "update", "-q", "-o", "Acquire::Check-Valid-Until=false"],
         [*apt, "apt-get", "install", "-q", "-y", "--no-install-recommends", *defn.packages],
         [*apt, "apt-get", "clean"],
     ]
@@ -285,6 +314,14 @@ def build_stack(
                     )
             policy.unlink()
             prune(tmp)
+            # The python buildpack names stacks by their recorded Python (another
+            # stack's it cannot see): a suite that moved on must not go unnoticed.
+            got = python_version(tmp)
+            if defn.python and got != defn.python:
+                raise Unavailable(
+                    f'stack "{defn.name}": its python3 is {got}, but its definition says '
+                    f"{defn.python}; correct python= of {defn.name} in dynod/build/stacks.py"
+                )
             (tmp / MARKER).write_text(marker_content(defn, time.time()))
             if entry is not None:
                 store_in_cache(tmp, entry, runner, on_line)

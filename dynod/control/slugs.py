@@ -44,10 +44,12 @@ def create_slug(
     size: int,
     process_types: Mapping[str, str],
     commit: str = "",
+    stack: str | None = None,
     layers: tuple[str, ...] = (),
 ) -> Slug:
-    """Record a slug whose tarball will be uploaded next; its dynos run with the stack's
-    language ``layers``.
+    """Record a slug whose tarball will be uploaded next, built on ``stack`` (the app's
+    stack if None; the caller checks that it exists) with the stack's language
+    ``layers``: its dynos run on that stack with those layers.
 
     Raises InvalidArgument (checksum, size, process types), ResourceExhausted (over
     500 MB), NotFound (app).
@@ -69,10 +71,14 @@ def create_slug(
                 f'layer "{layer}" does not exist; give some of: {", ".join(LAYER_NAMES)}')
     with store.write() as tx:
         reads.require_app(tx, app)
+        if stack is None:
+            settings = tx.app_build_settings(app)
+            assert settings is not None  # the app exists
+            stack = settings.stack
         slug = Slug(id=str(uuid.uuid4()), app=app, checksum=checksum, size=size,
                     created_at=datetime.now(UTC),
                     process_types=MappingProxyType(dict(process_types)), commit=commit,
-                    layers=tuple(n for n in LAYER_NAMES if n in layers))
+                    stack=stack, layers=tuple(n for n in LAYER_NAMES if n in layers))
         tx.put_slug(slug)
         return slug
 

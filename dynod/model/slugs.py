@@ -28,7 +28,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 @dataclass(frozen=True)
 class Slug:
     """A slug of ``app``. ``checksum`` is ``sha256:<hex>``; ``uploaded`` once its
-    tarball is stored and verified."""
+    tarball is stored and verified. ``stack``: the stack it was built on, which its
+    dynos run on too (a venv holds the stack's python); ``create_slug`` always sets it."""
 
     id: str
     app: str
@@ -38,6 +39,7 @@ class Slug:
     process_types: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     commit: str = ""
     uploaded: bool = False
+    stack: str = ""
     # The stack's language layers its dynos run with (those its build had: layers.py).
     layers: tuple[str, ...] = ()
 

@@ -117,12 +117,14 @@ class Host:
     """The machine-wide parts every dyno shares: the bridge, dyno-init, the PID mode.
     ``start`` and ``teardown`` are safe to call from several threads."""
 
-    def __init__(self, settings: Settings, require_stack: Callable[[str], tuple[Path, ...]],
+    def __init__(self, settings: Settings,
+                 require_stack: Callable[[str, str], tuple[Path, ...]],
                  mode: PidMode | None = None, watcher: NetworkWatcher | None = None) -> None:
         self.settings = settings
         self.watcher = watcher
-        # The stack (with its language layers) a slug's dynos are laid over, by the slug's
-        # checksum: the build owns stacks, the store knows each slug's layers (injected).
+        # A dyno's root is laid over the stack its slug was built on, by name, with the
+        # language layers of its build, by the slug's checksum: the lower directories,
+        # top first (the build owns stacks, the store knows each slug's: injected).
         self.require_stack = require_stack
         self.bridge = netns.plan_bridge(settings.address_pool)
         self.resolv = netns.ensure_bridge(self.bridge, settings.runtime_dir)
@@ -144,11 +146,13 @@ class Host:
                               trust_bundle(self.settings, stack[-1])))
 
     def start(self, ref: DynoRef, *, release: int, command: str, size: str,
-              checksum: str, uid: int, config: dict[str, str],
+              checksum: str, uid: int, config: dict[str, str], stack: str,
               stdio: tuple[int, int, int] | None = None) -> DynoMeta:
-        """Unpack (once), mount, wire and start the dyno. On failure nothing is left.
+        """Unpack (once), mount, wire and start the dyno on ``stack`` (its slug's).
+        On failure nothing is left.
         ``stdio``: the command's stdin, stdout, stderr (one-off dynos; systemd dups
-        them). Raises NotFound, InvalidArgument or Unavailable."""
+        them). Raises NotFound, InvalidArgument, FailedPrecondition (its stack is not
+        built) or Unavailable."""
         if not command:
             raise InvalidArgument(f"app {ref.app}: process type {ref.process_type} has no command")
         # What the unpacker refused or changed goes to the app's log stream, e.g.
@@ -157,8 +161,7 @@ class Host:
                          lambda message: journal.app_event(ref.app, ref.dyno, message,
                                                            priority=4))
         ensure_user(uid)
-        stack = self.require_stack(checksum)
-        plan = self.rootfs_plan(ref, tree, stack)
+        plan = self.rootfs_plan(ref, tree, self.require_stack(stack, checksum))
         with self._addresses:
             # Leftovers of an earlier run of the same dyno go first.
             if (mounts.dynos_dir(self.settings.runtime_dir) / ref.key).exists() or (

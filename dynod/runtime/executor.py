@@ -70,7 +70,7 @@ class SystemEffects:
     def start(self, action: plan.Start) -> DynoMeta:
         return self.host().start(action.ref, release=action.release, command=action.command,
                                  size=action.size, checksum=action.checksum, uid=action.uid,
-                                 config=dict(action.config))
+                                 config=dict(action.config), stack=action.stack)
 
     def kill(self, ref: DynoRef, sig: signal.Signals) -> None:
         units.kill_dyno(unit_of(ref), sig)

@@ -223,7 +223,7 @@ class OneOffs:
                                              f"by user {user}")
             meta = self._host().start(ref, release=release.version, command=command,
                                       size=size, checksum=slug.checksum, uid=uid,
-                                      config=config, stdio=fds)
+                                      config=config, stdio=fds, stack=slug.stack)
         except BaseException:
             for fd in ours:
                 _close(fd)

@@ -117,7 +117,7 @@ class Dyno:
 
 @dataclass(frozen=True)
 class Desired:
-    """One app's desired dynos at its current release."""
+    """One app's desired dynos at its current release, on its slug's ``stack``."""
 
     app: str
     release: int
@@ -126,6 +126,7 @@ class Desired:
     uid: int
     config: dict[str, str]
     processes: dict[str, Process] = field(default_factory=dict)
+    stack: str = ""
 
     def wants(self, ref: DynoRef) -> bool:
         p = self.processes.get(ref.process_type)
@@ -235,6 +236,7 @@ class Start:
     uid: int
     config: Mapping[str, str]
     health: str = ""
+    stack: str = ""  # the slug's: the dyno's root is laid over it
 
 
 @dataclass(frozen=True)
@@ -337,7 +339,7 @@ def plan_app(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[Act
                 continue
             out.append(Start(ref, want.release, proc.command, proc.size, want.checksum,
                              want.uid, want.config,
-                             health_path(want.config) if ref.web else ""))
+                             health_path(want.config) if ref.web else "", want.stack))
             started.append(Dyno(ref, None, DynoState.STARTING, seen.wall))
     # Stop what is not wanted: the highest numbers first; old generations by rollout.
     extra = sorted((d for d in current if d.live and d.ref.generation == want.generation

@@ -215,7 +215,7 @@ class Supervisor:
                 procs = {name: Process(name, rows[name].quantity, rows[name].size, command)
                          for name, command in slug.process_types.items() if name in rows}
                 out[app.name] = Desired(app.name, release.version, gen, slug.checksum, uid,
-                                        dict(release.config), procs)
+                                        dict(release.config), procs, slug.stack)
         return out
 
     def bump_generation(self, app: str) -> int:

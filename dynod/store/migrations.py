@@ -214,13 +214,26 @@ def _v7(db: sqlite3.Connection) -> None:
 
 
 def _v8(db: sqlite3.Connection) -> None:
+    # A slug runs on the stack it was built on (issue 14: a venv made with forky's
+    # python3.14 does not run on trixie). Until now every dyno ran on debian-13; a slug
+    # made by a build records that build's stack, one uploaded through the API its
+    # app's stack, and failing both the default it has run on.
+    db.execute("ALTER TABLE slugs ADD COLUMN stack TEXT NOT NULL DEFAULT 'debian-13'")
+    db.execute("""UPDATE slugs SET stack = COALESCE(
+        (SELECT b.stack FROM builds b WHERE b.slug_id = slugs.id LIMIT 1),
+        (SELECT a.stack FROM apps a WHERE a.id = slugs.app_id),
+        'debian-13')""")
+
+
+
+def _v9(db: sqlite3.Connection) -> None:
     # Slugs name the stack's language layers their dynos run with. Slugs made before
     # layers were built on a stack that had every runtime: they get every layer.
     db.execute("ALTER TABLE slugs ADD COLUMN layers TEXT NOT NULL DEFAULT ''")
     db.execute("UPDATE slugs SET layers = 'ruby,jvm,php,go'")
 
 
-def _v9(db: sqlite3.Connection) -> None:
+def _v10(db: sqlite3.Connection) -> None:
     # Automated Certificate Management (issue 16): on or off per app (desired state), and
     # per custom domain what ACME last said (its status, the error, the certificate's
     # validity, the back-off), so a restart neither forgets a failure nor re-orders.
@@ -237,7 +250,7 @@ def _v9(db: sqlite3.Connection) -> None:
     ) WITHOUT ROWID""")
 
 
-def _v10(db: sqlite3.Connection) -> None:
+def _v11(db: sqlite3.Connection) -> None:
     # App features (features:enable): a row per feature an app has on.
     db.execute("""CREATE TABLE app_features (
         app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
@@ -247,7 +260,8 @@ def _v10(db: sqlite3.Connection) -> None:
 
 
 # Append only: never edit a migration that has shipped; add the next one.
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10,
+                               _v11]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

@@ -160,14 +160,14 @@ class SqliteTx:
     def slug(self, app: str, slug_id: str) -> Slug | None:
         row = self.db.execute(
             "SELECT s.id, s.checksum, s.size, s.created_at, s.process_types, s.commit_id,"
-            " s.uploaded, s.layers FROM slugs s JOIN apps a ON a.id = s.app_id"
+            " s.uploaded, s.stack, s.layers FROM slugs s JOIN apps a ON a.id = s.app_id"
             " WHERE a.name = ? AND s.id = ?", (app, slug_id)).fetchone()
         if row is None:
             return None
         return Slug(id=row[0], app=app, checksum=row[1], size=int(row[2]),
                     created_at=_time(row[3]),
                     process_types=MappingProxyType(json.loads(row[4])), commit=row[5],
-                    uploaded=bool(row[6]), layers=_layers(row[7]))
+                    uploaded=bool(row[6]), stack=row[7], layers=_layers(row[8]))
 
     def slug_layers(self, checksum: str) -> tuple[str, ...] | None:
         row = self.db.execute("SELECT layers FROM slugs WHERE checksum = ? AND uploaded"
@@ -177,10 +177,11 @@ class SqliteTx:
     def put_slug(self, slug: Slug) -> None:
         self.db.execute(
             "INSERT INTO slugs (id, app_id, checksum, size, process_types, commit_id,"
-            " created_at, uploaded, layers) SELECT ?, id, ?, ?, ?, ?, ?, ?, ? FROM apps"
-            " WHERE name = ? ON CONFLICT (id) DO UPDATE SET uploaded = excluded.uploaded",
+            " created_at, uploaded, stack, layers) SELECT ?, id, ?, ?, ?, ?, ?, ?, ?, ?"
+            " FROM apps WHERE name = ?"
+            " ON CONFLICT (id) DO UPDATE SET uploaded = excluded.uploaded",
             (slug.id, slug.checksum, slug.size, json.dumps(dict(slug.process_types)),
-             slug.commit, slug.created_at.isoformat(), int(slug.uploaded),
+             slug.commit, slug.created_at.isoformat(), int(slug.uploaded), slug.stack,
              ",".join(slug.layers), slug.app),
         )
 

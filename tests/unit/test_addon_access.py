@@ -269,7 +269,7 @@ def test_host_tells_the_watcher_before_the_process_and_before_freeing(
     host.settings = settings
     host.watcher = rec
     host.bridge = netns.plan_bridge("10.213.0.0/16")
-    host.require_stack = lambda _checksum: (tmp_path / "stack",)
+    host.require_stack = lambda _name, _checksum: (tmp_path / "stack",)
     host.init = tmp_path / "init"
     host.resolv = tmp_path / "resolv.conf"
     host.mode = None  # type: ignore[assignment]
@@ -294,7 +294,7 @@ def test_host_tells_the_watcher_before_the_process_and_before_freeing(
     monkeypatch.setattr(netns, "remove_dyno_network",
                         lambda net: rec.events.append(f"remove {net.address}"))
     host.start(ref, release=3, command="python manage.py migrate", size="standard-1x",
-               checksum="0" * 64, uid=20000, config={})
+               checksum="0" * 64, uid=20000, config={}, stack="debian-13")
     assert rec.events == [f"up shop {ref.key} 10.213.0.7", "rootfs", "start"]
     rec.events.clear()
     host.teardown(ref)

@@ -29,6 +29,7 @@ from dynod.build.buildpacks import (
     process_type_lines,
     slugignore_matches,
 )
+from dynod.build.pipeline import stack_env
 from dynod.errors import FailedPrecondition, ResourceExhausted
 from dynod.model.procfile import parse_procfile
 from dynod.slug.unpack import Limits, unpack_slug
@@ -362,6 +363,43 @@ def test_python_buildpack_unavailable_version(dirs: dict[str, Path]) -> None:
         for line in lines
     )
     assert any(line.startswith(" !     Available: Python 3.") for line in lines)
+
+
+STACK_PYTHONS = "debian-12=3.11 debian-13=3.13 debian-14=3.14"
+
+
+@pytest.mark.parametrize(("asked", "expected"), [
+    # another stack has it: named, with the command that moves the app there
+    ("3.14", [" !     Error: Python 3.14 (from .python-version) is not available on the "
+              "debian-13 stack (it has Python {have}).",
+              " !     The debian-14 stack has Python 3.14: dynoctl stack:set debian-14 -a "
+              "shop, then push again."]),
+    # none has it: what each has
+    ("3.9.1", [" !     Error: Python 3.9.1 (from .python-version) is not available on the "
+               "debian-13 stack.",
+               " !     Change .python-version to one of them (e.g. '{have}'), or use another "
+               "stack (debian-12 has Python 3.11, debian-13 has Python 3.13, debian-14 has "
+               "Python 3.14)."]),
+])
+def test_python_buildpack_names_the_stack_that_has_the_version(
+        dirs: dict[str, Path], asked: str, expected: list[str]) -> None:
+    (dirs["build"] / "requirements.txt").write_text("")
+    (dirs["build"] / ".python-version").write_text(asked + "\n")
+    lines: list[str] = []
+    with pytest.raises(FailedPrecondition, match="failed to compile Python app"):
+        compile_app(dirs["build"], dirs["cache"], dirs["env"], dirs["work"],
+                    stack="debian-13", on_line=lines.append,
+                    base_env={"DYNOD_APP": "shop", "DYNOD_STACK_PYTHONS": STACK_PYTHONS,
+                              "PATH": "/usr/bin:/bin"})  # as in a stack: Debian's only
+    have = processes.output(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % "
+                             "sys.version_info[:2])"]).strip()
+    for line in expected:
+        assert line.format(have=have) in lines, lines
+    assert not (dirs["build"] / ".heroku/python").exists()  # nothing was installed
+
+
+def test_the_build_tells_buildpacks_every_stacks_python() -> None:
+    assert stack_env("shop") == {"DYNOD_APP": "shop", "DYNOD_STACK_PYTHONS": STACK_PYTHONS}
 
 
 def test_python_buildpack_needs_a_package_manager_file(dirs: dict[str, Path]) -> None:

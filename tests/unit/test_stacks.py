@@ -16,25 +16,34 @@ def test_known_stacks_and_default() -> None:
     assert stacks.DEFAULT_STACK == "debian-13"
     assert stacks.get_stack("debian-13").suite == "trixie"
     assert stacks.get_stack("debian-12").suite == "bookworm"
-    with pytest.raises(NotFound, match="available stacks: debian-12, debian-13"):
+    assert stacks.get_stack("debian-14").suite == "forky"
+    assert {n: d.python for n, d in stacks.STACKS.items()} == {
+        "debian-12": "3.11", "debian-13": "3.13", "debian-14": "3.14"}
+    with pytest.raises(NotFound, match="available stacks: debian-12, debian-13, debian-14"):
         stacks.get_stack("heroku-24")
 
 
-def test_debootstrap_argv() -> None:
+def test_debootstrap_argv(tmp_path: Path) -> None:
     defn = stacks.get_stack("debian-13")
-    argv = stacks.debootstrap_argv(defn, Path("/x/tmp"))
+    argv = stacks.debootstrap_argv(defn, Path("/x/tmp"), scripts=Path("/x/scripts"))
     assert argv[0] == "debootstrap"
     assert "--variant=minbase" in argv
-    assert argv[-3:] == ["trixie", "/x/tmp", "http://deb.debian.org/debian"]
+    # /x/scripts has no trixie: a debootstrap older than the suite gets sid's script
+    assert argv[-4:] == ["trixie", "/x/tmp", "http://deb.debian.org/debian",
+                         "/x/scripts/sid"]
     update, install, clean = stacks.install_argvs(defn, Path("/x/tmp"))
     # apt runs chrooted, with a /proc of its own (OpenJDK's postinst runs java)
     assert update[:7] == ["unshare", "--mount", "--pid", "--fork", "--mount-proc=/x/tmp/proc",
                           "chroot", "/x/tmp"]
-    assert update[-3:] == ["apt-get", "update", "-q"]
+    assert update[-5:] == ["apt-get", "update", "-q", "-o", "Acquire::Check-Valid-Until=false"]
     assert "--no-install-recommends" in install
     for pkg in ("python3", "python3-venv", "nodejs", "npm", "git", "curl", "ca-certificates"):
         assert pkg in install
     assert clean[-2:] == ["apt-get", "clean"]
+    # a debootstrap that knows the suite runs its own script
+    (tmp_path / "trixie").touch()
+    assert stacks.debootstrap_argv(defn, Path("/x/tmp"), scripts=tmp_path)[-1] == (
+        "http://deb.debian.org/debian")
 
 
 def test_cache_key_is_stable_and_follows_the_definition() -> None:
@@ -44,6 +53,8 @@ def test_cache_key_is_stable_and_follows_the_definition() -> None:
     more = dataclasses.replace(a, packages=(*a.packages, "imagemagick"))
     assert stacks.cache_key(more) != stacks.cache_key(a)
     assert stacks.cache_key(stacks.get_stack("debian-12")) != stacks.cache_key(a)
+    # what a stack is recorded to have is no content: the built stacks stay current
+    assert stacks.cache_key(dataclasses.replace(a, python="3.99")) == stacks.cache_key(a)
 
 
 def test_cache_dir_from_env() -> None:
@@ -61,17 +72,19 @@ def test_python_version_from_link(tmp_path: Path) -> None:
 class FakeDebootstrap:
     """Stands in for debootstrap and cp: records argv, makes a tiny root."""
 
-    def __init__(self, status: int = 0) -> None:
+    def __init__(self, status: int = 0, python: str = "3.13") -> None:
         self.calls: list[list[str]] = []
         self.status = status
+        self.python = python
         self.policy_during_apt: list[str] = []
 
     def __call__(self, argv: Sequence[str], on_line: Callable[[str], None]) -> int:
         self.calls.append(list(argv))
         if argv[0] == "debootstrap":
-            target = Path(argv[-2])
+            target = Path([a for a in argv[1:] if not a.startswith("--")][1])
             (target / "etc").mkdir(parents=True)
             (target / "usr/bin").mkdir(parents=True)
+            (target / "usr/bin/python3").symlink_to(f"python{self.python}")
             (target / "var/cache/apt/archives").mkdir(parents=True)
             (target / "var/cache/apt/archives/x.deb").write_text("deb")
             on_line("I: Base system installed successfully.")
@@ -126,6 +139,16 @@ def test_build_then_current_then_cached(tmp_path: Path) -> None:
     assert len(fake.calls) == 6
     assert stacks.is_current(other, defn)
     assert stacks.require_stack(tmp_path / "other", "debian-13") == other
+
+
+def test_a_stack_whose_python_is_not_its_definitions_is_refused(tmp_path: Path) -> None:
+    # forky moved on from 3.14: the python buildpack would name the wrong stack
+    defn = stacks.get_stack("debian-14")
+    with pytest.raises(Unavailable, match=r'stack "debian-14": its python3 is 3\.15, but its '
+                       r"definition says 3\.14; correct python= of debian-14"):
+        stacks.build_stack(defn, tmp_path, runner=FakeDebootstrap(python="3.15"),
+                           local_ca_dir=tmp_path / "no-cas")
+    assert list((tmp_path / "stacks").iterdir()) == []
 
 
 def test_failed_debootstrap_leaves_nothing(tmp_path: Path) -> None:

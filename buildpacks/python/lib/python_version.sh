@@ -60,6 +60,30 @@ python_version::available() {
 	printf '%s\n' "${!seen[@]}" | sort -t. -k1,1nr -k2,2nr
 }
 
+# The stack, other than this build's, whose python3 is X.Y ($1), or "" if none is. The
+# build pipeline lists every stack's Python in DYNOD_STACK_PYTHONS ("debian-13=3.13
+# debian-14=3.14"): a build runs inside one stack and cannot look at the others.
+python_version::stack_with() {
+	local entry name
+	for entry in ${DYNOD_STACK_PYTHONS:-}; do
+		name="${entry%%=*}"
+		if [[ "${entry#*=}" == "${1}" && "${name}" != "${STACK:-}" ]]; then
+			echo "${name}"
+			return 0
+		fi
+	done
+	echo ""
+}
+
+# ": debian-12 has Python 3.11, ..." for every stack in DYNOD_STACK_PYTHONS, or "".
+python_version::stacks_list() {
+	local entry list=""
+	for entry in ${DYNOD_STACK_PYTHONS:-}; do
+		list+="${list:+, }${entry%%=*} has Python ${entry#*=}"
+	done
+	[[ -z "${list}" ]] || echo " (${list})"
+}
+
 # The full X.Y.Z of an interpreter.
 python_version::of() {
 	"${1}" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])'

@@ -112,6 +112,21 @@ def test_ps_and_slugs_deploy(cli: Api, capsys: pytest.CaptureFixture[str],
     assert info["dynos"] == {"web": 2, "worker": 1}
 
 
+def test_stack_and_stack_set_in_herokus_spelling(cli: Api,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "apps:create", "shop", "--no-remote")
+    assert run(capsys, "stack", "-a", "shop") == (
+        0, "=== ⬢ shop Available Stacks\n  debian-12\n* debian-13\n  debian-14\n", "")
+    assert run(capsys, "stack:set", "debian-14", "-a", "shop") == (
+        0, "You will need to redeploy ⬢ shop for the change to take effect.\n"
+           "Run git push dynod main to trigger a new build on ⬢ shop.\n",
+        "Setting stack to debian-14... done\n")
+    assert "* debian-14" in run(capsys, "apps:stacks", "-a", "shop")[1]
+    code, _, err = run(capsys, "stack:set", "heroku-24", "-a", "shop")
+    assert (code, err) == (1, ' !    stack "heroku-24" does not exist; available stacks: '
+                              "debian-12, debian-13, debian-14\n")
+
+
 def test_app_from_the_dynod_git_remote(cli: Api, capsys: pytest.CaptureFixture[str],
                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run(capsys, "apps:create", "shop")

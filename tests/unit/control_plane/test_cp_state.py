@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dynod.control import apps, config_vars, formation, releases
+from dynod.control import apps, config_vars, formation, releases, slugs
 from dynod.errors import FailedPrecondition, InvalidArgument
 from dynod.model import sizes
 from dynod.model.apps import random_name, validate_name
@@ -55,6 +55,48 @@ def test_failed_migration_leaves_previous_version(tmp_path: Path) -> None:
     assert db.execute("SELECT version FROM schema_version").fetchone()[0] == len(
         migrations.MIGRATIONS)
     assert db.execute("SELECT name FROM sqlite_master WHERE name='half'").fetchone() is None
+
+
+def test_a_v7_database_records_the_stack_each_slug_was_built_on(tmp_path: Path) -> None:
+    """v8: a slug runs on its own stack. Existing slugs get their build's stack, else
+    (uploaded through the API) their app's, as the dynos will now run them."""
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    assert migrations.migrate(db, migrations.MIGRATIONS[:7]) == 7
+    at = "2024-01-01T00:00:00+00:00"
+    db.execute("INSERT INTO apps (name, owner, created_at, uid, stack) VALUES "
+               "('shop', 'alice', ?, 70000, 'debian-14'), ('blog', 'bob', ?, 70001, "
+               "'debian-13')", (at, at))
+    for slug_id, app_id in (("built12", 1), ("uploaded", 1), ("blogs", 2)):
+        db.execute("INSERT INTO slugs (id, app_id, checksum, size, process_types, commit_id,"
+                   " created_at, uploaded) VALUES (?, ?, 'sha256:ab', 1, '{}', '', ?, 1)",
+                   (slug_id, app_id, at))
+    # shop's first slug was built while shop was on debian-12; a failed build made none
+    db.execute("INSERT INTO builds (id, app_id, status, user, created_at, stack, slug_id)"
+               " VALUES ('b1', 1, 'succeeded', 'alice', ?, 'debian-12', 'built12'),"
+               " ('b2', 1, 'failed', 'alice', ?, 'debian-14', '')", (at, at))
+    db.close()
+
+    store = SqliteStore.open(path)
+    assert store.schema_version == len(migrations.MIGRATIONS)
+    with store.read() as tx:
+        got = {i: tx.slug(app, i) for app, i in (("shop", "built12"), ("shop", "uploaded"),
+                                                 ("blog", "blogs"))}
+    assert {i: s.stack for i, s in got.items() if s is not None} == {
+        "built12": "debian-12", "uploaded": "debian-14", "blogs": "debian-13"}
+    store.close()
+
+
+def test_a_slug_records_its_stack_the_apps_unless_given(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "state.db")
+    apps.create_app(store, EventBus(), "shop", "alice", stack="debian-12")
+    mine = slugs.create_slug(store, "shop", checksum="sha256:" + "a" * 64, size=1,
+                             process_types={})
+    built = slugs.create_slug(store, "shop", checksum="sha256:" + "a" * 64, size=1,
+                              process_types={}, stack="debian-14")
+    assert slugs.get_slug(store, "shop", mine.id).stack == "debian-12"
+    assert slugs.get_slug(store, "shop", built.id).stack == "debian-14"
+    store.close()
 
 
 def test_state_survives_reopen(tmp_path: Path) -> None:
