@@ -49,10 +49,15 @@ def push_time(remote: str) -> float:
     return took
 
 
-def inner(n: int) -> dict[str, list[float]]:
+def setup_ssh() -> None:
+    """A key that both dynod (the git user) and root's sshd (the bare baseline) take."""
     sh("ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519 && "
        "dynoctl keys:add /root/.ssh/id_ed25519.pub && "
        "cat /root/.ssh/id_ed25519.pub >> /root/.ssh/authorized_keys")
+
+
+def inner(n: int) -> dict[str, list[float]]:
+    setup_ssh()
     sh(f"cp -r {PROJECT / 'examples/flask'} {SRC} && cd {SRC} && git init -q -b main && "
        "git add -A && git -c user.email=b@e -c user.name=b commit -qm init && "
        "dynoctl apps:create flask")

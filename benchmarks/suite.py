@@ -24,7 +24,8 @@ from pathlib import Path
 from benchmarks.common import Figure, table, to_json
 from dynod.system import hostinfo
 
-MODULES = ["sandbox_boot", "api", "dynos", "builds", "router", "lifecycle", "addons"]
+MODULES = ["sandbox_boot", "api", "dynos", "builds", "languages", "router", "lifecycle",
+           "addons"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

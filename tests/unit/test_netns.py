@@ -120,3 +120,17 @@ def test_resolv_conf_skips_loopback_stubs() -> None:
     )
     assert "nameserver" not in netns.dyno_resolv_conf([stub]).replace("# dynod", "")
     assert "nameserver" not in netns.dyno_resolv_conf([])
+
+
+def test_resolv_conf_retries_a_lost_query_soon_and_often() -> None:
+    """glibc's defaults (5 s, 2 tries) made two dropped datagrams a failed build
+    (issue 14 item 5): a lookup is retried after 1 s, 5 times; the chosen file's other
+    options are kept, its own timeout and attempts are not."""
+    out = netns.dyno_resolv_conf(["nameserver 127.0.0.53\noptions edns0\n",
+                                  "options timeout:5 rotate\noptions attempts:2 rotate\n"
+                                  "nameserver 10.255.255.53\n"])
+    assert out.splitlines()[1:] == ["options rotate timeout:1 attempts:5",
+                                    "nameserver 10.255.255.53"], out
+    plain = netns.dyno_resolv_conf(["nameserver 9.9.9.9\n"])
+    assert "options timeout:1 attempts:5\nnameserver 9.9.9.9\n" in plain, plain
+    assert "options" not in netns.dyno_resolv_conf(["nameserver 127.0.0.1\n"])
