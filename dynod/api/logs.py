@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -24,25 +25,35 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
         caller_of(context)
         apps.get_app(self.daemon.store, request.app)
         query = logs.make_query(request.app, request.lines, request.follow, request.dyno,
-                                request.source)
-        try:
-            source = processes.Lines(logs.journalctl_argv(query))
-        except processes.CommandFailed as exc:
-            raise Unavailable(f"journal: {exc}") from exc
+                                request.source, after=request.after)
+        opened: list[processes.Lines] = []
+        cancelled = threading.Event()
+
+        def open_source(argv: list[str]) -> processes.Lines:
+            if cancelled.is_set():
+                raise Unavailable("journal: the stream was cancelled")
+            try:
+                source = processes.Lines(argv)
+            except processes.CommandFailed as exc:
+                raise Unavailable(f"journal: {exc}") from exc
+            opened.append(source)
+            return source
+
         # A cancelled stream (Ctrl-C in dynoctl logs --tail) ends journalctl --follow.
         def stop() -> None:
-            source.close()
+            cancelled.set()
+            for source in opened:
+                source.close()
 
         context.add_callback(stop)
         try:
-            for line in logs.select(query, source):
+            for line in logs.stream(query, open_source):
                 yield logs_pb2.LogLine(time=timestamp(line.time), source=line.source,
-                                       dyno=line.dyno, message=line.message)
+                                       dyno=line.dyno, message=line.message,
+                                       position=line.position)
         finally:
-            status = source.close()
-        if status not in (None, 0):
-            raise Unavailable(f"journal: journalctl failed: {source.stderr().strip()}")
-
+            for source in opened:
+                source.close()
 
 def register(server: grpc.Server, daemon: Daemon) -> str:
     logs_pb2_grpc.add_LogsServicer_to_server(LogsServicer(daemon), server)

@@ -56,7 +56,7 @@ def channel(socket_path: Path | None = None) -> grpc.Channel:
     return grpc.insecure_channel(f"unix:{socket_path}")
 
 
-def _from_dynod(exc: grpc.RpcError) -> bool:
+def from_dynod(exc: grpc.RpcError) -> bool:
     """Raised by dynod itself (it marks its errors), not by the transport."""
     trailing = getattr(exc, "trailing_metadata", None)
     metadata = trailing() if callable(trailing) else None
@@ -66,7 +66,7 @@ def _from_dynod(exc: grpc.RpcError) -> bool:
 def explain(exc: grpc.RpcError) -> CliError:
     """A user-facing error for a failed call."""
     code = exc.code()
-    if code == grpc.StatusCode.UNAVAILABLE and not _from_dynod(exc):
+    if code == grpc.StatusCode.UNAVAILABLE and not from_dynod(exc):
         return CliError(
             f"dynod is not answering on {DEFAULT_SOCKET}; check `systemctl status dynod`"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from datetime import UTC
 
 import grpc
@@ -19,20 +20,45 @@ def format_line(line: logs_pb2.LogLine) -> str:
     return f"{when} {line.source}{process}: {line.message}"
 
 
+# A tail outlives dynod restarts: these end a stream without it being the caller's
+# fault, so it connects again and resumes after the last line it printed.
+_RECONNECT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+              grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+_RETRY_SECONDS = 0.5
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     app = client.app_of(args)
-    stub = logs_pb2_grpc.LogsStub(client.channel())
-    request = logs_pb2.TailLogsRequest(app=app, lines=args.num or 0, follow=args.tail,
-                                       dyno=args.dyno or "", source=args.source or "")
-    try:
-        for line in stub.Tail(request, timeout=None if args.tail else 60):
-            if args.json:
-                print(json.dumps(output.to_dict(line)), flush=True)
-            else:
-                print(format_line(line), flush=True)
-    except grpc.RpcError as exc:
-        raise client.explain(exc) from exc
-    return 0
+    position = ""
+    connected = False  # a stream reached dynod: from then on, failures are retried
+    while True:
+        request = logs_pb2.TailLogsRequest(app=app, lines=args.num or 0, follow=args.tail,
+                                           dyno=args.dyno or "", source=args.source or "",
+                                           after=position)
+        try:
+            stub = logs_pb2_grpc.LogsStub(client.channel())
+            for line in stub.Tail(request, timeout=None if args.tail else 60):
+                if args.json:
+                    print(json.dumps(output.to_dict(line)), flush=True)
+                else:
+                    print(format_line(line), flush=True)
+                position = line.position or position
+                connected = True
+            connected = True
+        except grpc.RpcError as exc:
+            if not args.tail or exc.code() not in _RECONNECT:
+                raise client.explain(exc) from exc
+            if (not connected and exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and not client.from_dynod(exc)):
+                raise client.explain(exc) from exc  # dynod was not running at the start
+            connected = True
+        except client.CliError:
+            if not args.tail or not connected:
+                raise  # dynod was not running when the tail started
+        if not args.tail:
+            return 0
+        # The stream of a tail ended (dynod stopped): connect again, from `position`.
+        time.sleep(_RETRY_SECONDS)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -44,5 +70,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="keep streaming new lines until interrupted")
     p.add_argument("-d", "--dyno", "--dyno-name", "-p", "--ps", dest="dyno",
                    help="only this dyno (web.1) or process type (web)")
-    p.add_argument("-s", "--source", help="only this source: app or dynod")
+    p.add_argument("-s", "--source",
+                   help="only this source: app, or dynod (Heroku's heroku)")
     p.set_defaults(func=cmd_logs)

@@ -7,23 +7,31 @@ the app but no source, so it stays out of the stream (it is in ``builds:output``
 
 Heroku: ``heroku logs`` prints 100 lines by default, at most 1500, ``-t`` follows,
 ``-s app|heroku`` and ``-d web`` / ``-d web.1`` filter (logging article, cli logs.ts).
+
+Every line has a position: journald's cursor of its entry and its index within the
+entry (a batched router entry holds many lines), so a tail that lost its connection
+(dynod restarted) resumes after the last line it showed, none lost or repeated.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
-from dynod.errors import InvalidArgument
+from dynod.errors import InvalidArgument, Unavailable
 from dynod.system import journal
 
 DEFAULT_LINES = 100
 MAX_LINES = 1500
 SOURCES = ("app", "dynod")
 _DYNO_RE = re.compile(r"^[A-Za-z0-9_-]{1,30}(\.\d{1,5})?$")
+# A position: ``<journald cursor>#<index of the line in its entry>``; cursors are
+# ``key=hex;...`` and never hold "#".
+_POSITION_RE = re.compile(r"^([A-Za-z0-9=;_-]{1,400})#(\d{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,8 @@ class Query:
     follow: bool = False
     dyno: str = ""
     source: str = ""
+    # Resume after this position (no backlog).
+    after: str = ""
 
 
 @dataclass(frozen=True)
@@ -41,11 +51,13 @@ class LogLine:
     source: str
     dyno: str
     message: str
+    position: str = ""
 
 
 def make_query(app: str, lines: int = 0, follow: bool = False, dyno: str = "",
-               source: str = "") -> Query:
-    """Raises InvalidArgument for a count over 1500, an unknown source or a bad dyno."""
+               source: str = "", *, after: str = "") -> Query:
+    """Raises InvalidArgument for a count over 1500, an unknown source, a bad dyno or
+    a position that is not one of :class:`LogLine`'s."""
     if lines < 0 or lines > MAX_LINES:
         raise InvalidArgument(f"--num {lines}: give 1 to {MAX_LINES} lines")
     if source == "heroku":  # Heroku's name for the platform source
@@ -54,21 +66,47 @@ def make_query(app: str, lines: int = 0, follow: bool = False, dyno: str = "",
         raise InvalidArgument(f"--source {source!r}: use app or dynod")
     if dyno and not _DYNO_RE.match(dyno):
         raise InvalidArgument(f"--dyno {dyno!r}: use a process type (web) or a dyno (web.1)")
-    return Query(app, lines or DEFAULT_LINES, follow, dyno, source)
+    if after and not _POSITION_RE.match(after):
+        raise InvalidArgument(f"after {after[:60]!r}: not a log position; give the "
+                              "position of a line this stream sent, or none")
+    return Query(app, lines or DEFAULT_LINES, follow, dyno, source, after)
 
 
-def journalctl_argv(q: Query) -> list[str]:
+def _exact_dyno(q: Query) -> bool:
+    return (bool(q.dyno) and "." in q.dyno) or q.dyno in ("api", "router")
+
+
+def _matches_argv(q: Query) -> list[str]:
     """Field matches of the same field are ORed, of different fields ANDed."""
     argv = ["journalctl", "--output=json", "--no-pager", "--all",
             f"{journal.APP}={q.app}"]
     sources = [q.source] if q.source else list(SOURCES)
     argv += [f"{journal.SOURCE}={s}" for s in sources]
-    if (q.dyno and "." in q.dyno) or q.dyno in ("api", "router"):
+    if _exact_dyno(q):
         argv.append(f"{journal.DYNO}={q.dyno}")
-        argv.append(f"--lines={q.lines}")
+    return argv
+
+
+def backlog_argv(q: Query) -> list[str]:
+    """The newest entries first. journald counts entries, a batched router entry holds
+    many lines, and a process type is filtered here: the reader stops at ``q.lines``
+    lines, so a process type reads as far back as it must (no limit)."""
+    argv = [*_matches_argv(q), "--reverse"]
+    if q.dyno and not _exact_dyno(q):
+        return argv
+    return [*argv, f"--lines={q.lines}"]
+
+
+def follow_argv(q: Query, *, cursor: str = "", after_cursor: str = "") -> list[str]:
+    """Entries from ``cursor`` on (inclusive), or after ``after_cursor``, or every new
+    one; with ``q.follow`` until closed."""
+    argv = _matches_argv(q)
+    if cursor:
+        argv.append(f"--cursor={cursor}")
+    elif after_cursor:
+        argv.append(f"--after-cursor={after_cursor}")
     else:
-        # A process type: no prefix match in journalctl; filter here, from more lines.
-        argv.append(f"--lines={q.lines * 20 if q.dyno else q.lines}")
+        argv.append("--lines=all" if q.follow else "--lines=0")
     if q.follow:
         argv.append("--follow")
     return argv
@@ -80,33 +118,45 @@ def _text(value: object) -> str:
     return str(value) if value is not None else ""
 
 
+def _entry(raw: str) -> dict[str, object] | None:
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
 def parse_entry(raw: str) -> list[LogLine]:
     """One ``journalctl -o json`` line: its stream lines (several for a batched router
     entry, whose ``DYNOD_TIMES`` field holds each line's time), none if it is not a
     stream entry."""
-    try:
-        entry = json.loads(raw)
-    except ValueError:
+    entry = _entry(raw)
+    if entry is None:
         return []
-    if not isinstance(entry, dict):
-        return []
+    return _lines(entry)
+
+
+def _lines(entry: dict[str, object]) -> list[LogLine]:
     source = _text(entry.get(journal.SOURCE))
     if source not in SOURCES:
         return []
     try:
-        usec = int(entry["__REALTIME_TIMESTAMP"])
+        usec = int(str(entry["__REALTIME_TIMESTAMP"]))
     except (KeyError, ValueError):
         return []
     dyno = _text(entry.get(journal.DYNO))
     message = _text(entry.get("MESSAGE")).rstrip("\n")
+    cursor = _text(entry.get("__CURSOR"))
     times = _text(entry.get(journal.TIMES)).split()
     if not times:
-        return [LogLine(datetime.fromtimestamp(usec / 1_000_000, UTC), source, dyno, message)]
+        return [LogLine(datetime.fromtimestamp(usec / 1_000_000, UTC), source, dyno, message,
+                        f"{cursor}#0" if cursor else "")]
     texts = message.split("\n")
     stamps = [int(x) if x.isdigit() else usec for x in times]
     stamps += [usec] * (len(texts) - len(stamps))
-    return [LogLine(datetime.fromtimestamp(s / 1_000_000, UTC), source, dyno, text)
-            for s, text in zip(stamps, texts, strict=False)]
+    return [LogLine(datetime.fromtimestamp(s / 1_000_000, UTC), source, dyno, text,
+                    f"{cursor}#{i}" if cursor else "")
+            for i, (s, text) in enumerate(zip(stamps, texts, strict=False))]
 
 
 def matches(q: Query, line: LogLine) -> bool:
@@ -125,6 +175,61 @@ def select(q: Query, raw_lines: Iterable[str]) -> Iterator[LogLine]:
         yield from lines
     else:
         yield from list(lines)[-q.lines:]
+
+
+class Source(Protocol):
+    """journalctl's output, line by line (:class:`dynod.system.processes.Lines`)."""
+
+    def __iter__(self) -> Iterator[str]: ...
+    def close(self) -> int | None: ...
+    def stderr(self) -> str: ...
+
+
+def _drain(source: Source) -> Iterator[dict[str, object]]:
+    """Its entries; Unavailable if journalctl failed (not when it was closed)."""
+    try:
+        for raw in source:
+            entry = _entry(raw)
+            if entry is not None:
+                yield entry
+    finally:
+        status = source.close()
+    if status not in (None, 0):
+        raise Unavailable(f"journal: journalctl failed: {source.stderr().strip()}")
+
+
+def stream(q: Query, open_source: Callable[[list[str]], Source]) -> Iterator[LogLine]:
+    """The query's lines in time order: the last ``q.lines`` (or, with ``q.after``,
+    every line after that position), then with ``q.follow`` each new one until the
+    source is closed. ``open_source`` starts a journalctl (it may raise Unavailable).
+    Raises Unavailable when journalctl fails."""
+    if q.after:
+        m = _POSITION_RE.match(q.after)
+        assert m is not None  # make_query checked it
+        cursor, index = m.group(1), int(m.group(2))
+        first = True
+        for entry in _drain(open_source(follow_argv(q, cursor=cursor))):
+            lines = _lines(entry)
+            if first and _text(entry.get("__CURSOR")) == cursor:
+                lines = lines[index + 1:]  # the rest of a batched entry
+            first = False
+            yield from (x for x in lines if matches(q, x))
+        return
+    newest = ""
+    found: list[LogLine] = []
+    source = open_source(backlog_argv(q))
+    for entry in _drain(source):
+        newest = newest or _text(entry.get("__CURSOR"))
+        found += [x for x in reversed(_lines(entry)) if matches(q, x)]
+        if len(found) >= q.lines:
+            source.close()  # enough: the rest is older
+            break
+    yield from reversed(found[:q.lines])
+    if q.follow:
+        # From right after the newest entry the backlog saw: nothing in between is lost.
+        argv = follow_argv(q, after_cursor=newest)
+        for entry in _drain(open_source(argv)):
+            yield from (x for x in _lines(entry) if matches(q, x))
 
 
 def format_line(line: LogLine) -> str:

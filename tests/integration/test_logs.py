@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 
@@ -54,10 +55,56 @@ def test_tail_shows_api_platform_app_and_router_lines_in_order(stack_machine: Ma
         raise AssertionError(f"{exc}\n" + "\n".join(tail()[start:])) from None
     assert isinstance(found, list) and found == sorted(found), "\n".join(tail()[start:])
     assert all(LINE.match(x) for x in tail()), tail()
+    tail_pid = m.exec(["systemctl", "show", "-p", "MainPID", "--value", "tail"]).stdout
+    restart_across_a_request_loop(m, tail)
+    # The same dynoctl, still streaming.
+    assert m.exec(["systemctl", "show", "-p", "MainPID", "--value", "tail"]).stdout == tail_pid
     # Ctrl-C ends the stream, and its journalctl in dynod.
     m.exec(["systemctl", "stop", "tail"])
     wait_for("journalctl --follow to end", lambda: m.exec(
         ["pgrep", "-f", "journalctl --output=json"], check=False).returncode == 1, timeout=10)
+
+
+LOOP = 60
+
+
+def restart_across_a_request_loop(m: Machine, tail: Callable[[], list[str]]) -> None:
+    """`systemctl restart dynod` while requests go on: the open tail shows every
+    router line of the loop exactly once (it reconnects, resuming after its last line,
+    also inside a batched router entry)."""
+    m.exec(["rm", "-f", "/tmp/half"])
+    loop = (f"for i in $(seq 0 {LOOP - 1}); do "
+            "curl -s -o /dev/null -H 'Host: shop.dynod.localhost' "
+            "http://127.0.0.1/loop-$i; "
+            f"[ $i = {LOOP // 2} ] && touch /tmp/half; sleep 0.05; done")
+    before = m.exec(["systemctl", "show", "-p", "MainPID", "--value", "dynod"]).stdout
+    m.exec(["systemd-run", "--unit=loop", "--collect", "bash", "-c", loop])
+    try:
+        wait_for("half the loop", lambda: m.exec(["test", "-e", "/tmp/half"],
+                                                   check=False).returncode == 0)
+        m.exec(["systemctl", "restart", "dynod"], timeout=120)
+        after = m.exec(["systemctl", "show", "-p", "MainPID", "--value", "dynod"]).stdout
+        assert after != before
+        wait_for("the loop to end", lambda: m.exec(
+            ["systemctl", "is-active", "loop"], check=False).stdout.strip() != "active",
+            timeout=60)
+    finally:
+        m.exec(["systemctl", "stop", "loop"], check=False)
+
+    def shown() -> dict[int, int] | None:
+        counts = dict.fromkeys(range(LOOP), 0)
+        for x in tail():
+            found = re.search(r'dynod\[router\]: at=info method=GET path="/loop-(\d+)"', x)
+            if found:
+                counts[int(found.group(1))] += 1
+        return counts if all(counts.values()) else None
+
+    try:
+        counts = wait_for("every router line of the loop", shown, timeout=30)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n" + "\n".join(tail()[-80:])) from None
+    assert isinstance(counts, dict)
+    assert {i: n for i, n in counts.items() if n != 1} == {}, "shown more than once"
 
 
 def test_history_filters_and_errors(stack_machine: Machine) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from dynod.control import certs, logs
-from dynod.errors import FailedPrecondition, InvalidArgument, NotFound
+from dynod.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from dynod.model.domains import normalize_hostname
 from dynod.model.events import CertsChanged, EventBus
 from dynod.router.cert_store import CertStore
@@ -26,13 +27,18 @@ def entry(usec: int, source: str | None, dyno: str, message: str | list[int]) ->
 
 
 def test_query_argv_matches_fields() -> None:
-    argv = logs.journalctl_argv(logs.make_query("shop"))
+    argv = logs.backlog_argv(logs.make_query("shop"))
     assert argv[:4] == ["journalctl", "--output=json", "--no-pager", "--all"]
     assert argv[4:] == ["DYNOD_APP=shop", "DYNOD_SOURCE=app", "DYNOD_SOURCE=dynod",
-                        "--lines=100"]
-    argv = logs.journalctl_argv(logs.make_query("shop", 5, True, "web.1", "heroku"))
-    assert argv[4:] == ["DYNOD_APP=shop", "DYNOD_SOURCE=dynod", "DYNOD_DYNO=web.1",
-                        "--lines=5", "--follow"]
+                        "--reverse", "--lines=100"]
+    q = logs.make_query("shop", 5, True, "web.1", "heroku")
+    assert logs.backlog_argv(q)[4:] == ["DYNOD_APP=shop", "DYNOD_SOURCE=dynod",
+                                        "DYNOD_DYNO=web.1", "--reverse", "--lines=5"]
+    assert logs.follow_argv(q, after_cursor="s=1")[7:] == ["--after-cursor=s=1", "--follow"]
+    assert logs.follow_argv(q, cursor="s=1")[7:] == ["--cursor=s=1", "--follow"]
+    assert logs.follow_argv(q)[7:] == ["--lines=all", "--follow"]
+    # A process type is matched here, as far back as it takes.
+    assert logs.backlog_argv(logs.make_query("shop", 5, dyno="web"))[-1] == "--reverse"
 
 
 @pytest.mark.parametrize(("lines", "dyno", "source", "error"), [
@@ -43,6 +49,107 @@ def test_query_argv_matches_fields() -> None:
 def test_bad_queries(lines: int, dyno: str, source: str, error: str) -> None:
     with pytest.raises(InvalidArgument, match=error):
         logs.make_query("shop", lines, False, dyno, source)
+    with pytest.raises(InvalidArgument, match="not a log position"):
+        logs.make_query("shop", after="s=1;i=2")
+
+
+class FakeJournal:
+    """journalctl over a list of entries (oldest first), for the argv stream() gives:
+    --reverse, --lines=N, --cursor=, --after-cursor=, --follow (then the `later`
+    entries, as if they arrived), and DYNOD_DYNO=; records each argv."""
+
+    def __init__(self, entries: list[dict[str, object]],
+                 later: list[dict[str, object]] | None = None) -> None:
+        self.entries = entries
+        self.later = later or []
+        self.argvs: list[list[str]] = []
+        self.closed = 0
+
+    def __call__(self, argv: list[str]) -> FakeJournal.Out:
+        self.argvs.append(argv)
+        opts = dict(a.split("=", 1) for a in argv if "=" in a and a.startswith("--"))
+        rows = list(self.entries)
+        if "--follow" in argv:
+            rows += self.later
+        dyno = next((a.split("=", 1)[1] for a in argv if a.startswith("DYNOD_DYNO=")), None)
+        if dyno is not None:
+            rows = [e for e in rows if e["DYNOD_DYNO"] == dyno]
+        cursors = [str(e["__CURSOR"]) for e in rows]
+        if "--cursor" in opts:
+            rows = rows[cursors.index(opts["--cursor"]):]
+        elif "--after-cursor" in opts:
+            rows = rows[cursors.index(opts["--after-cursor"]) + 1:]
+        elif opts.get("--lines", "all") != "all":
+            rows = rows[len(rows) - int(opts["--lines"]):] if int(opts["--lines"]) else []
+        if "--reverse" in argv:
+            rows = rows[::-1]
+        return FakeJournal.Out(self, [json.dumps(e) for e in rows])
+
+    class Out:
+        def __init__(self, journal: FakeJournal, raws: list[str]) -> None:
+            self.journal, self.raws = journal, raws
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.raws)
+
+        def close(self) -> int | None:
+            self.journal.closed += 1
+            return 0
+
+        def stderr(self) -> str:
+            return ""
+
+
+def jentry(n: int, dyno: str, *texts: str) -> dict[str, object]:
+    e: dict[str, object] = {"__CURSOR": f"s=ab;i={n:x}", "__REALTIME_TIMESTAMP": str(n),
+                            "DYNOD_APP": "shop", "DYNOD_SOURCE": "dynod",
+                            "DYNOD_DYNO": dyno, "MESSAGE": "\n".join(texts)}
+    if len(texts) > 1:
+        e["DYNOD_TIMES"] = " ".join(str(n) for _ in texts)
+    return e
+
+
+def test_stream_backlog_counts_lines_of_batched_entries_and_filters_types() -> None:
+    journal = FakeJournal([jentry(1, "web.1", "a"), jentry(2, "router", "r1", "r2", "r3"),
+                           jentry(3, "worker.1", "w"), jentry(4, "web.2", "b")])
+    out = [x.message for x in logs.stream(logs.make_query("shop", 3), journal)]
+    assert out == ["r3", "w", "b"]  # three lines, though the router entry holds three
+    web = [x.message for x in logs.stream(logs.make_query("shop", 5, dyno="web"), journal)]
+    assert web == ["a", "b"]
+    one = list(logs.stream(logs.make_query("shop", 2, dyno="router"), journal))
+    assert [x.message for x in one] == ["r2", "r3"]
+    assert [x.position for x in one] == ["s=ab;i=2#1", "s=ab;i=2#2"]
+
+
+def test_stream_follows_from_the_newest_backlog_entry_and_resumes_inside_a_batch() -> None:
+    journal = FakeJournal([jentry(1, "web.1", "a"), jentry(2, "router", "r1", "r2")],
+                          later=[jentry(3, "router", "r3", "r4", "r5"), jentry(4, "web.1", "c")])
+    q = logs.make_query("shop", 1, follow=True)
+    seen = list(logs.stream(q, journal))
+    assert [x.message for x in seen] == ["r2", "r3", "r4", "r5", "c"]
+    assert "--after-cursor=s=ab;i=2" in journal.argvs[-1]
+    # A tail that showed r4 and lost its stream: the rest of r4's entry, and on, once.
+    after = seen[2].position
+    assert after == "s=ab;i=3#1"
+    resumed = list(logs.stream(logs.make_query("shop", 1, True, after=after), journal))
+    assert [x.message for x in resumed] == ["r5", "c"]
+    # The last line of an entry: the next entry whole.
+    resumed = list(logs.stream(logs.make_query("shop", 1, True, after=seen[3].position),
+                               journal))
+    assert [x.message for x in resumed] == ["c"]
+
+
+def test_stream_reports_a_failed_journalctl() -> None:
+    class Broken(FakeJournal.Out):
+        def close(self) -> int | None:
+            return 1
+
+        def stderr(self) -> str:
+            return "Failed to open journal"
+
+    journal = FakeJournal([jentry(1, "web.1", "a")])
+    with pytest.raises(Unavailable, match="journalctl failed: Failed to open journal"):
+        list(logs.stream(logs.make_query("shop"), lambda argv: Broken(journal, [])))
 
 
 def test_entries_in_logplex_format_and_filters() -> None:
