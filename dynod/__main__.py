@@ -48,6 +48,7 @@ from dynod.router.acme import AcmeIssuer
 from dynod.router.haproxy import HaproxyRouter
 from dynod.runtime.addon_access import make_addon_access
 from dynod.runtime.dynos import Host
+from dynod.runtime.metrics import RuntimeMetrics
 from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Supervisor
@@ -165,6 +166,9 @@ def serve(config: Path) -> int:
     except DynodError as exc:
         log.error("backups: %s", exc.message)
     supervisor.start()
+    # labs:enable log-runtime-metrics: dyno memory and load lines, read from the cgroups.
+    runtime_metrics = RuntimeMetrics(store, supervisor.executor.records)
+    runtime_metrics.start()
     oneoffs.recover()
     phase.kick_all()
     api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder)
@@ -182,6 +186,7 @@ def serve(config: Path) -> int:
 
     notify.notify("STOPPING=1\nSTATUS=stopping")
     api.stop(grace=5.0)
+    runtime_metrics.stop()
     supervisor.stop()
     acm.stop()
     router.stop()

@@ -19,10 +19,17 @@ class FeatureInfo:
 # to the dyno for each request and closes it after the response.
 HTTP_DISABLE_KEEPALIVE_TO_DYNO = "http-disable-keepalive-to-dyno"
 
+# Heroku Labs: each dyno's memory and load in the app's log stream every 20 s
+# (dynod.runtime.metrics).
+LOG_RUNTIME_METRICS = "log-runtime-metrics"
+
 CATALOG: dict[str, FeatureInfo] = {f.name: f for f in (
     FeatureInfo(HTTP_DISABLE_KEEPALIVE_TO_DYNO,
                 "Disable keepalives to dynos in the router: a new connection per request",
                 "https://devcenter.heroku.com/articles/http-routing#keepalives"),
+    FeatureInfo(LOG_RUNTIME_METRICS,
+                "Emit dyno resource usage information into app logs",
+                "https://devcenter.heroku.com/articles/log-runtime-metrics"),
 )}
 
 

@@ -7,6 +7,7 @@ the same path serves cgroup v2 and each v1 controller of Debian 12's hybrid layo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -42,4 +43,69 @@ def cpu_from_procs(cgroup: Path) -> int | None:
                 continue
             ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
         return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return None
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    """A cgroup's memory, in bytes (pages for the paging counters)."""
+
+    rss: int
+    cache: int
+    swap: int
+    pgpgin: int
+    pgpgout: int
+
+
+def _stat_file(path: Path) -> dict[str, int] | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            out[key] = int(value)
+    return out
+
+
+def memory_stats(cgroup: Path) -> MemoryStats | None:
+    """The cgroup's memory.stat: v1 (``total_rss``, ``total_cache``, ``total_swap``,
+    ``total_pgpgin``/``pgpgout``, its subgroups included) or v2 (``anon``, ``file``,
+    memory.swap.current; v2 does not count pages paged in and out: 0). None if neither
+    hierarchy has the cgroup."""
+    v1 = _stat_file(CGROUP_ROOT / "memory" / cgroup / "memory.stat")
+    if v1 is not None:
+        def get(key: str) -> int:
+            return v1.get(f"total_{key}", v1.get(key, 0))
+        return MemoryStats(get("rss"), get("cache"), get("swap"), get("pgpgin"),
+                           get("pgpgout"))
+    v2 = _stat_file(CGROUP_ROOT / cgroup / "memory.stat")
+    if v2 is None:
+        return None
+    try:
+        swap = int((CGROUP_ROOT / cgroup / "memory.swap.current").read_text())
+    except (OSError, ValueError):
+        swap = 0
+    return MemoryStats(v2.get("anon", 0), v2.get("file", 0), swap, 0, 0)
+
+
+def runnable_tasks(cgroup: Path) -> int | None:
+    """Threads of the cgroup that are running, waiting for a CPU or in uninterruptible
+    sleep (R or D: what the kernel's load average counts). None if no hierarchy lists
+    the cgroup."""
+    for hierarchy, name in (("pids", "tasks"), ("memory", "tasks"), ("", "cgroup.threads")):
+        try:
+            tids = (CGROUP_ROOT / hierarchy / cgroup / name).read_text().split()
+        except OSError:
+            continue
+        n = 0
+        for tid in tids:
+            try:
+                state = Path(f"/proc/{tid}/stat").read_text().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
+                continue
+            n += state in ("R", "D")
+        return n
     return None

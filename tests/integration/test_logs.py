@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.test_dynos import all_up, dynoctl, wait_for
+from tests.integration.test_dynos import all_up, dynoctl, ps, wait_for
 from tests.integration.test_router import deploy_echo, get
 from tests.sandbox.machine import Machine
 
@@ -134,3 +134,47 @@ def test_history_filters_and_errors(stack_machine: Machine) -> None:
     assert bad.returncode == 1 and "give 1 to 1500 lines" in bad.stderr
     bad = m.run(["dynoctl", "logs", "-a", "nope"], cwd="/tmp")
     assert bad.returncode == 1 and 'app "nope" not found' in bad.stderr
+    runtime_metrics_from_the_cgroup(m)
+
+
+SAMPLE = re.compile(r"dynod\[web\.1\]: source=web\.1 dyno=heroku\.shop\.[0-9a-f-]{36} "
+                    r"sample#memory_total=([\d.]+)MB sample#memory_rss=([\d.]+)MB "
+                    r"sample#memory_cache=([\d.]+)MB sample#memory_swap=([\d.]+)MB "
+                    r"sample#memory_pgpgin=(\d+)pages sample#memory_pgpgout=(\d+)pages "
+                    r"sample#memory_quota=512\.00MB$")
+LOAD = re.compile(r"dynod\[web\.1\]: source=web\.1 dyno=heroku\.shop\.[0-9a-f-]{36} "
+                  r"sample#load_avg_1m=\d+\.\d\d sample#load_avg_5m=\d+\.\d\d "
+                  r"sample#load_avg_15m=\d+\.\d\d$")
+
+
+def runtime_metrics_from_the_cgroup(m: Machine) -> None:
+    """labs:enable log-runtime-metrics: Heroku's two lines for web.1 within 25 s, with
+    the figures of its cgroup's memory.stat."""
+    assert "source=web.1" not in dynoctl(m, "logs", "-a", "shop", "-d", "web.1")
+    out = m.run(["dynoctl", "labs:enable", "log-runtime-metrics", "-a", "shop"], cwd="/tmp")
+    assert "Enabling log-runtime-metrics for ⬢ shop... done" in out.stdout + out.stderr
+    [web] = [d for d in ps(m, "shop") if d["name"] == "web.1"]
+
+    def sample() -> tuple[re.Match[str], re.Match[str] | None] | None:
+        lines = dynoctl(m, "logs", "-a", "shop", "-d", "web.1", "-n", "20").splitlines()
+        found = [s for x in lines if (s := SAMPLE.search(x))]
+        return (found[-1], next((s for x in lines if (s := LOAD.search(x))), None)
+                ) if found else None
+
+    got = wait_for("a runtime metrics line", sample, timeout=25)
+    assert isinstance(got, tuple)
+    memory, load = got
+    assert load is not None, "no load line"
+    cgroup = f"dynod.slice/dynod-shop.slice/{web['unit']}"
+    v1 = m.exec(["cat", f"/sys/fs/cgroup/memory/{cgroup}/memory.stat"], check=False)
+    stat = v1.stdout if v1.returncode == 0 else m.exec(
+        ["cat", f"/sys/fs/cgroup/{cgroup}/memory.stat"]).stdout  # a cgroup v2 host
+    fields = {k: int(v) for k, v in (line.split() for line in stat.splitlines())}
+    rss_mb = fields.get("total_rss", fields.get("anon", 0)) / 2**20
+    # The idle echo app's memory moves little between the sample and this read.
+    assert abs(float(memory.group(2)) - rss_mb) < 2.0, (memory.group(0), rss_mb)
+    assert float(memory.group(2)) > 1.0
+    if "total_pgpgin" in fields:  # cgroup v2 does not count pages in and out
+        assert 0 < int(memory.group(5)) <= fields["total_pgpgin"]
+    total = float(memory.group(2)) + float(memory.group(4))
+    assert abs(float(memory.group(1)) - total) < 0.015  # total = rss + swap
