@@ -24,6 +24,7 @@ from dynod.addons.backups import BackupEngine
 from dynod.addons.manager import AddonManager
 from dynod.addons.schedule import Scheduler
 from dynod.api.daemon import Daemon
+from dynod.api.metrics import Metrics
 from dynod.api.server import start_api
 from dynod.build import gitrepos, layers
 from dynod.build.pipeline import Builder
@@ -52,7 +53,7 @@ from dynod.runtime.metrics import RuntimeMetrics
 from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Supervisor
-from dynod.settings import DEFAULT_CONFIG, load_settings
+from dynod.settings import DEFAULT_CONFIG, listen_address, load_settings
 from dynod.store.sqlite import SqliteStore
 from dynod.system import netns
 
@@ -93,8 +94,13 @@ def serve(config: Path) -> int:
     # Dynos resolve every app's <app>.<domain> to the router (their hosts file).
     dyno_hosts = partial(netns.add_dyno_hosts, settings.runtime_dir / "hosts",
                          gateway=bridge.gateway)
+    # /metrics (opt-in): the router's log reader counts requests into it; dynos, builds
+    # and health are read at each scrape (the supervisor is made below).
+    metrics = Metrics(store, dynos=lambda app: supervisor.dynos(app),  # noqa: PLW0108
+                      restarts=lambda: dict(supervisor.executor.starts))
     router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
-                           state_dir=settings.state_dir, ca=ca, publish_hosts=dyno_hosts)
+                           state_dir=settings.state_dir, ca=ca, publish_hosts=dyno_hosts,
+                           observe_lines=metrics.observe_router)
     router_started = router.start()
     # The dyno host lays each dyno's root over the stack its slug was built on, with the
     # language layers its build had (the build pipeline made both).
@@ -174,6 +180,13 @@ def serve(config: Path) -> int:
     api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder)
     router_started.join()
     acm.start()
+    if settings.metrics_listen:
+        try:
+            metrics.serve(*listen_address(settings.metrics_listen))
+        except OSError as exc:
+            log.error("metrics_listen %s: %s; /metrics is off until that address is "
+                      "free (or the setting changed) and dynod restarts",
+                      settings.metrics_listen, exc)
     log.info("dynod %s listening on %s", __version__, settings.socket_path)
     # READY only now: the socket accepts calls and the router answers, so `systemctl start`
     # returning means usable.
@@ -187,6 +200,7 @@ def serve(config: Path) -> int:
     notify.notify("STOPPING=1\nSTATUS=stopping")
     api.stop(grace=5.0)
     runtime_metrics.stop()
+    metrics.stop()
     supervisor.stop()
     acm.stop()
     router.stop()

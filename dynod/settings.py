@@ -41,6 +41,8 @@ class Settings:
     # against (Debian's store; a private CA's or a test server's for another directory).
     acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
     acme_ca_file: Path = Path("/etc/ssl/certs/ca-certificates.crt")
+    # Prometheus: serve /metrics on this "host:port" (e.g. "127.0.0.1:9311"); "" = off.
+    metrics_listen: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -53,6 +55,17 @@ class Settings:
 
 _PATH_KEYS = {"state_dir", "runtime_dir", "dyno_init", "acme_ca_file"}
 _INT_KEYS = {"oneoff_limit"}
+
+
+def _is_listen(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9311"`` -> ``("127.0.0.1", 9311)``; ``"[::1]:9311"`` too."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
@@ -84,5 +97,8 @@ def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
         if key == "acme_directory" and not value.startswith("https://"):
             raise InvalidArgument(f"{path}: setting 'acme_directory' must be the https:// "
                                   f"URL of an ACME directory, e.g. {Settings.acme_directory}")
+        if key == "metrics_listen" and value and not _is_listen(value):
+            raise InvalidArgument(f"{path}: setting 'metrics_listen' must be HOST:PORT, "
+                                  f'e.g. "127.0.0.1:9311", or "" for no /metrics')
         values[key] = Path(value) if key in _PATH_KEYS else value
     return Settings(**values)  # type: ignore[arg-type]

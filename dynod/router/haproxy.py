@@ -42,7 +42,7 @@ from dynod.router.haproxy_config import (
     render_map,
     server_name,
 )
-from dynod.router.log_lines import LogReader
+from dynod.router.log_lines import LogReader, RouterLine
 from dynod.router.protocol import Backend
 from dynod.store.protocol import Store
 from dynod.system import processes
@@ -64,7 +64,8 @@ class HaproxyRouter:
                  state_dir: Path | None = None, http_port: int = 80, https_port: int = 443,
                  ca: local_ca.LocalCA | None = None, clock: Clock = lambda: datetime.now(UTC),
                  publish_hosts: Callable[[Iterable[str]], None] | None = None,
-                 systemctl: Systemctl = call_systemctl) -> None:
+                 systemctl: Systemctl = call_systemctl,
+                 observe_lines: Callable[[list[RouterLine]], None] | None = None) -> None:
         self.store = store
         self.paths = RouterPaths(runtime_dir / "router")
         self.platform_domain = platform_domain
@@ -86,7 +87,8 @@ class HaproxyRouter:
         self._apps: set[str] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._log = LogReader(self.paths.log_socket)
+        # observe_lines: told of each router line (the metrics' request counters).
+        self._log = LogReader(self.paths.log_socket, observe=observe_lines)
 
     # -- lifecycle
 

@@ -95,6 +95,12 @@ class RouterLine:
     app: str
     message: str
     error: bool
+    # For metrics: the status Heroku logs, the H-code ("" for none), the request's
+    # total time in ms (HAProxy's Ta) and the response's bytes.
+    status: str = ""
+    code: str = ""
+    total_ms: int = 0
+    bytes: int = 0
 
 
 def _ms(x: str) -> int:
@@ -136,7 +142,8 @@ def router_line(raw: str) -> RouterLine | None:
                 f'desc="{DESCRIPTIONS.get(code, "")}" ')
     else:
         head = "at=info "
-    return RouterLine(app, f"{head}{middle} {tail} protocol={proto}", error)
+    return RouterLine(app, f"{head}{middle} {tail} protocol={proto}", error, status, code,
+                      _ms(ta), _ms(nbytes))
 
 
 def l10_line(dropped: int, since: datetime) -> str:
@@ -181,8 +188,11 @@ class LogReader:
     an old one finishing after a reload, and the new one), read until :meth:`close`."""
 
     def __init__(self, path: Path, journal_socket: str = journal.JOURNAL_SOCKET, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 observe: Callable[[list[RouterLine]], None] | None = None) -> None:
         self.path = path
+        # Told of every router line, a batch at a time, outside the lock (metrics).
+        self.observe = observe
         self.journal_socket = journal_socket
         self.clock = clock
         self._sock: socket.socket | None = None
@@ -269,6 +279,7 @@ class LogReader:
         now = self.clock()
         usec = str(int(now * 1_000_000))
         full = []
+        seen: list[RouterLine] = []
         with self._lock:
             for raw in raws:
                 line = router_line(raw)
@@ -282,6 +293,7 @@ class LogReader:
                         log.info("haproxy: %s", raw.strip())
                     continue
                 self.lines += 1
+                seen.append(line)
                 key = (line.app, line.error)
                 batch = self._batches.get(key)
                 if batch is None:
@@ -294,6 +306,11 @@ class LogReader:
                     full.append((key, self._batches.pop(key)))
         for key, batch in full:
             self._send(key, batch)
+        if self.observe is not None and seen:
+            try:
+                self.observe(seen)
+            except Exception:  # metrics never cost a log line
+                log.exception("router log observer")
 
     def _count_dropped(self, n: int, now: float) -> None:
         when = datetime.fromtimestamp(now, UTC)

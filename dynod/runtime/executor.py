@@ -135,6 +135,8 @@ class Executor:
         self.lock = threading.RLock()
         self.dynos: dict[DynoRef, Dyno] = {}
         self.routed: dict[str, list[Backend]] = {}
+        # Starts of each dyno name (app, "web.1") since dynod started: its restarts.
+        self.starts: dict[tuple[str, str], int] = {}
         self.closing = threading.Event()  # the supervisor stops: drains give up
 
     def records(self, app: str | None = None) -> list[Dyno]:
@@ -253,6 +255,8 @@ class Executor:
         with self.lock:
             d.meta = meta
             d.launched = self.clock()
+            key = (ref.app, ref.dyno)
+            self.starts[key] = self.starts.get(key, 0) + 1
             d.cycle_at = plan.cycle_due(self.wall())
             if d.state is not DynoState.STARTING:
                 d.state, d.since = DynoState.STARTING, self.wall()

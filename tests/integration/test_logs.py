@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_dynos import all_up, dynoctl, ps, wait_for
 from tests.integration.test_router import deploy_echo, get
@@ -59,6 +60,7 @@ def test_tail_shows_api_platform_app_and_router_lines_in_order(stack_machine: Ma
     restart_across_a_request_loop(m, tail)
     # The same dynoctl, still streaming.
     assert m.exec(["systemctl", "show", "-p", "MainPID", "--value", "tail"]).stdout == tail_pid
+    prometheus_counts_the_traffic(m)
     # Ctrl-C ends the stream, and its journalctl in dynod.
     m.exec(["systemctl", "stop", "tail"])
     wait_for("journalctl --follow to end", lambda: m.exec(
@@ -78,6 +80,9 @@ def restart_across_a_request_loop(m: Machine, tail: Callable[[], list[str]]) -> 
             "http://127.0.0.1/loop-$i; "
             f"[ $i = {LOOP // 2} ] && touch /tmp/half; sleep 0.05; done")
     before = m.exec(["systemctl", "show", "-p", "MainPID", "--value", "dynod"]).stdout
+    # The restart also turns /metrics on (prometheus, below).
+    m.exec(["sh", "-c", "mkdir -p /etc/dynod && echo 'metrics_listen = \"127.0.0.1:9311\"'"
+                        " >> /etc/dynod/dynod.toml"])
     m.exec(["systemd-run", "--unit=loop", "--collect", "bash", "-c", loop])
     try:
         wait_for("half the loop", lambda: m.exec(["test", "-e", "/tmp/half"],
@@ -105,6 +110,37 @@ def restart_across_a_request_loop(m: Machine, tail: Callable[[], list[str]]) -> 
         raise AssertionError(f"{exc}\n" + "\n".join(tail()[-80:])) from None
     assert isinstance(counts, dict)
     assert {i: n for i, n in counts.items() if n != 1} == {}, "shown more than once"
+
+
+def scrape(m: Machine) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = m.exec(["curl", "-sS", "--max-time", "10", "http://127.0.0.1:9311/metrics"]).stdout
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def prometheus_counts_the_traffic(m: Machine) -> None:
+    """curl /metrics parses as Prometheus' text format; the request counter, bytes and
+    the duration histogram move with the requests sent; dynos, builds, health."""
+    ok = ("dynod_router_requests_total", (("app", "shop"), ("code", ""), ("status", "200")))
+    hist = ("dynod_router_request_duration_seconds_count", (("app", "shop"),))
+    nbytes = ("dynod_router_response_bytes_total", (("app", "shop"),))
+    first = scrape(m)
+    for _ in range(5):
+        assert get(m, "shop.dynod.localhost", "/counted")[0] == 200
+    try:
+        wait_for("the counter to move by 5", lambda: scrape(m).get(ok, 0)
+                 == first.get(ok, 0) + 5, timeout=20)
+    except AssertionError:
+        raise AssertionError(f"{scrape(m).get(ok)} vs {first.get(ok)}") from None
+    last = scrape(m)
+    assert last[hist] == first.get(hist, 0) + 5
+    assert last[nbytes] > first.get(nbytes, 0)
+    assert last[("dynod_up", ())] == 1 and last[("dynod_store_ok", ())] == 1
+    up = [k for k, v in last.items() if k[0] == "dynod_dyno_state" and v == 1]
+    assert (("app", "shop"), ("dyno", "web.1"), ("state", "up"), ("type", "web")) in [
+        k[1] for k in up], up
+    assert any(k[0] == "dynod_dyno_memory_bytes" and v > 0 for k, v in last.items())
+    assert any(k[0] == "dynod_dyno_cpu_seconds_total" for k in last), sorted(last)
 
 
 def test_history_filters_and_errors(stack_machine: Machine) -> None:
