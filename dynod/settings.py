@@ -41,6 +41,14 @@ class Settings:
     # against (Debian's store; a private CA's or a test server's for another directory).
     acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
     acme_ca_file: Path = Path("/etc/ssl/certs/ca-certificates.crt")
+    # The API over TCP with TLS (dynoctl login --host): off unless set, e.g.
+    # "0.0.0.0:5443". The server certificate is dynod's local CA's for api_names
+    # (comma-separated host names and addresses; default this machine's names) unless
+    # api_tls_cert and api_tls_key (PEM files) name the admin's own.
+    api_listen: str = ""
+    api_names: str = ""
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
 
     @property
     def socket_path(self) -> Path:
