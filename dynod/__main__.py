@@ -11,8 +11,10 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -25,14 +27,14 @@ from dynod.addons.manager import AddonManager
 from dynod.addons.schedule import Scheduler
 from dynod.api.daemon import Daemon
 from dynod.api.metrics import Metrics
-from dynod.api.server import start_api
+from dynod.api.server import TcpListen, start_api
 from dynod.build import gitrepos, layers
 from dynod.build.pipeline import Builder
 from dynod.control import addons as control_addons
 from dynod.control.audit import Audit
 from dynod.control.keys import AuthorizedKeys
 from dynod.control.pg import Databases
-from dynod.errors import DynodError
+from dynod.errors import DynodError, InvalidArgument
 from dynod.model.events import (
     DYNOS_CHANGED,
     ROUTES_CHANGED,
@@ -53,7 +55,7 @@ from dynod.runtime.metrics import RuntimeMetrics
 from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Supervisor
-from dynod.settings import DEFAULT_CONFIG, listen_address, load_settings
+from dynod.settings import DEFAULT_CONFIG, Settings, listen_address, load_settings
 from dynod.store.sqlite import SqliteStore
 from dynod.system import netns
 
@@ -67,6 +69,28 @@ def _watchdog_interval() -> float | None:
     if not usec or (pid and int(pid) != os.getpid()):
         return None
     return int(usec) / 2_000_000
+
+
+def api_tcp(settings: Settings, ca: local_ca.LocalCA) -> TcpListen | None:
+    """The TCP listener of the settings: the admin's certificate, else one from the
+    local CA for ``api_names`` (default: this machine's name, its FQDN, localhost),
+    made at each start and kept in memory only. Raises InvalidArgument."""
+    if not settings.api_listen:
+        return None
+    if bool(settings.api_tls_cert) != bool(settings.api_tls_key):
+        raise InvalidArgument("dynod.toml: set both api_tls_cert and api_tls_key, or "
+                              "neither (then dynod's local CA signs the API's certificate)")
+    if settings.api_tls_cert:
+        try:
+            return TcpListen(settings.api_listen, Path(settings.api_tls_cert).read_text(),
+                             Path(settings.api_tls_key).read_text())
+        except OSError as exc:
+            raise InvalidArgument(f"dynod.toml: api_tls_cert/api_tls_key: {exc}; "
+                                  "fix the paths") from exc
+    names = tuple(n.strip() for n in settings.api_names.split(",") if n.strip()) or tuple(
+        dict.fromkeys((socket.gethostname(), socket.getfqdn(), "localhost")))
+    chain, key = local_ca.issue(ca, names, datetime.now(UTC))
+    return TcpListen(settings.api_listen, chain, key)
 
 
 def serve(config: Path) -> int:
@@ -90,6 +114,7 @@ def serve(config: Path) -> int:
     # HTTPS on the default domain from the first start: dynod's local CA (made by the
     # package's postinst, else now) signs its certificate, which the router renews.
     ca = local_ca.ensure_ca(paths.tls_dir(settings.state_dir))
+    tcp = api_tcp(settings, ca)  # a bad setting stops dynod before anything starts
     bridge = netns.plan_bridge(settings.address_pool)
     # Dynos resolve every app's <app>.<domain> to the router (their hosts file).
     dyno_hosts = partial(netns.add_dyno_hosts, settings.runtime_dir / "hosts",
@@ -177,7 +202,8 @@ def serve(config: Path) -> int:
     runtime_metrics.start()
     oneoffs.recover()
     phase.kick_all()
-    api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder)
+    api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder,
+                    tcp=tcp)
     router_started.join()
     acm.start()
     if settings.metrics_listen:
@@ -187,7 +213,8 @@ def serve(config: Path) -> int:
             log.error("metrics_listen %s: %s; /metrics is off until that address is "
                       "free (or the setting changed) and dynod restarts",
                       settings.metrics_listen, exc)
-    log.info("dynod %s listening on %s", __version__, settings.socket_path)
+    log.info("dynod %s listening on %s%s", __version__, settings.socket_path,
+             f" and {settings.api_listen} (TLS)" if settings.api_listen else "")
     # READY only now: the socket accepts calls and the router answers, so `systemctl start`
     # returning means usable.
     notify.notify(f"READY=1\nSTATUS=listening on {settings.socket_path}")

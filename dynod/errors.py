@@ -46,3 +46,7 @@ class ResourceExhausted(DynodError):
 
 class Aborted(DynodError):
     """A concurrent change won; retry the request."""
+
+
+class Unauthenticated(DynodError):
+    """The caller did not prove who it is (no token, a wrong, expired or revoked one)."""

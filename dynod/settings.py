@@ -43,6 +43,14 @@ class Settings:
     acme_ca_file: Path = Path("/etc/ssl/certs/ca-certificates.crt")
     # Prometheus: serve /metrics on this "host:port" (e.g. "127.0.0.1:9311"); "" = off.
     metrics_listen: str = ""
+    # The API over TCP with TLS (dynoctl login --host): off unless set, e.g.
+    # "0.0.0.0:5443". The server certificate is dynod's local CA's for api_names
+    # (comma-separated host names and addresses; default this machine's names) unless
+    # api_tls_cert and api_tls_key (PEM files) name the admin's own.
+    api_listen: str = ""
+    api_names: str = ""
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
 
     @property
     def socket_path(self) -> Path:

@@ -10,7 +10,7 @@ import grpc
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
 from dynod.build import gitrepos, stacks
-from dynod.control import apps, builds, formation, releases
+from dynod.control import access, apps, builds, formation, releases
 from dynod.model.apps import App
 from dynod.runtime import gc
 from dynod.v1 import apps_pb2, apps_pb2_grpc
@@ -84,9 +84,12 @@ class AppsServicer(apps_pb2_grpc.AppsServicer):
     def List(
         self, request: apps_pb2.ListAppsRequest, context: grpc.ServicerContext
     ) -> apps_pb2.ListAppsResponse:
-        caller_of(context)
+        caller = caller_of(context)
+        mine = None if caller.user is None else access.visible_apps(self.daemon.store,
+                                                                     caller.user)
         return apps_pb2.ListAppsResponse(
-            apps=[app_to_proto(self.daemon, a) for a in apps.list_apps(self.daemon.store)])
+            apps=[app_to_proto(self.daemon, a) for a in apps.list_apps(self.daemon.store)
+                  if mine is None or a.name in mine])
 
     def Delete(
         self, request: apps_pb2.DeleteAppRequest, context: grpc.ServicerContext

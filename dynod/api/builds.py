@@ -48,7 +48,9 @@ class BuildsServicer(builds_pb2_grpc.BuildsServicer):
         if first.key_id:
             if caller not in KEY_TRUSTED:
                 raise InvalidArgument("key_id is only for dynod's git user; leave it empty")
-            user = keys.get_key(self.daemon.store, first.key_id).owner
+            key = keys.get_key(self.daemon.store, first.key_id)
+            keys.require_push(self.daemon.store, key, first.app)
+            user = key.owner
 
         def chunks() -> Iterator[bytes]:
             yield first.data

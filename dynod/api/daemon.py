@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dynod.control.users import Throttle
 from dynod.errors import FailedPrecondition
 from dynod.model.addons import AddonServices
 from dynod.model.certs import CertInstaller
@@ -49,6 +50,8 @@ class Daemon:
     # Router lines lost so far and since when (the router's log reader); None where no
     # router runs.
     router_log_drops: Callable[[], tuple[int, datetime | None]] | None = None
+    # Failed sign-ins over TCP, to slow a password guesser (memory only).
+    sign_ins: Throttle = field(default_factory=Throttle)
 
     @property
     def slugs_dir(self) -> Path:

@@ -3,6 +3,8 @@ caller is checked (root or the API group)."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +12,8 @@ from typing import Any
 import grpc
 
 from dynod import errors
-from dynod.api.peer import caller_of
+from dynod.api.gate import Gate
+from dynod.api.peer import CALLS, Caller, caller_of
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,7 @@ CODES: dict[type[errors.DynodError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 
@@ -44,32 +48,61 @@ def _abort(context: grpc.ServicerContext, exc: errors.DynodError) -> None:
     context.abort(code_for(exc), exc.message)
 
 
-def _wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
+def _admit(gate: Gate | None, method: str, context: grpc.ServicerContext,
+           request: Any, streaming_request: bool) -> tuple[Caller | None, Any]:
+    """The caller (registered for caller_of while the call runs) and the request (a
+    stream's first message put back in front)."""
+    if gate is None:
+        return caller_of(context), request  # servicer tests: the socket's rules only
+    caller = gate.caller(method, context)
+    if streaming_request:
+        first = next(request, None)
+        if first is not None:
+            gate.check(method, caller, first)
+            request = itertools.chain([first], request)
+    else:
+        gate.check(method, caller, request)
+    if caller is not None and caller.user is not None:
+        CALLS.set(context, caller)
+    return caller, request
+
+
+def _wrap(behavior: Callable[..., Any], streaming_response: bool, *, gate: Gate | None,
+          method: str, streaming_request: bool) -> Callable[..., Any]:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            caller_of(context)  # refuses callers outside root and the API group
+            _, request = _admit(gate, method, context, request, streaming_request)
             return behavior(request, context)
         except errors.DynodError as exc:
             _abort(context, exc)
         except Exception:
             log.exception("internal error in %s", getattr(behavior, "__qualname__", behavior))
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see journalctl -u dynod")
+        finally:
+            CALLS.clear(context)
 
     def stream(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            caller_of(context)  # refuses callers outside root and the API group
+            _, request = _admit(gate, method, context, request, streaming_request)
             yield from behavior(request, context)
         except errors.DynodError as exc:
             _abort(context, exc)
         except Exception:
             log.exception("internal error in %s", getattr(behavior, "__qualname__", behavior))
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see journalctl -u dynod")
+        finally:
+            CALLS.clear(context)
 
     return stream if streaming_response else unary
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Turns DynodError into its status code; anything else is INTERNAL and logged."""
+    """Admits each call (the gate: the socket's peers, or a token over TCP), turns
+    DynodError into its status code; anything else is INTERNAL and logged. Without a
+    gate (servicer tests) only the socket's rules apply."""
+
+    def __init__(self, gate: Gate | None = None) -> None:
+        self.gate = gate
 
     def intercept_service(
         self,
@@ -80,12 +113,17 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         handler: Any = continuation(handler_call_details)
         if handler is None:
             return None
+        wrap = functools.partial(_wrap, gate=self.gate, method=handler_call_details.method)
         if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap(handler.unary_unary, False))
+            return handler._replace(unary_unary=wrap(handler.unary_unary, False,
+                                                     streaming_request=False))
         if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap(handler.unary_stream, True))
+            return handler._replace(unary_stream=wrap(handler.unary_stream, True,
+                                                      streaming_request=False))
         if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap(handler.stream_unary, False))
+            return handler._replace(stream_unary=wrap(handler.stream_unary, False,
+                                                      streaming_request=True))
         if handler.stream_stream:
-            return handler._replace(stream_stream=_wrap(handler.stream_stream, True))
+            return handler._replace(stream_stream=wrap(handler.stream_stream, True,
+                                                       streaming_request=True))
         return handler

@@ -25,9 +25,10 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
     def List(
         self, request: keys_pb2.ListKeysRequest, context: grpc.ServicerContext
     ) -> keys_pb2.ListKeysResponse:
-        caller_of(context)
+        caller = caller_of(context)
         return keys_pb2.ListKeysResponse(
-            keys=[key_to_proto(k) for k in keys.list_keys(self.daemon.store)])
+            keys=[key_to_proto(k) for k in keys.list_keys(self.daemon.store)
+                  if caller.admin or k.owner == caller.name])
 
     def Add(
         self, request: keys_pb2.AddKeyRequest, context: grpc.ServicerContext
@@ -39,16 +40,19 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
     def Remove(
         self, request: keys_pb2.RemoveKeyRequest, context: grpc.ServicerContext
     ) -> keys_pb2.RemoveKeyResponse:
-        caller_of(context)
-        key = keys.remove_key(self.daemon.store, self.daemon.events, request.key)
+        caller = caller_of(context)
+        key = keys.remove_key(self.daemon.store, self.daemon.events, request.key,
+                              owner=None if caller.admin else caller.name)
         return keys_pb2.RemoveKeyResponse(key=key_to_proto(key))
 
     def Get(
         self, request: keys_pb2.GetKeyRequest, context: grpc.ServicerContext
     ) -> keys_pb2.GetKeyResponse:
         caller_of(context)
-        return keys_pb2.GetKeyResponse(key=key_to_proto(keys.get_key(self.daemon.store,
-                                                                      request.id)))
+        key = keys.get_key(self.daemon.store, request.id)
+        if request.app:
+            keys.require_push(self.daemon.store, key, request.app)
+        return keys_pb2.GetKeyResponse(key=key_to_proto(key))
 
 
 def register(server: grpc.Server, daemon: Daemon) -> str:

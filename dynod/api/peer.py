@@ -31,15 +31,24 @@ SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 
 @dataclass(frozen=True)
 class Caller:
-    """The Unix identity of an API caller."""
+    """Who calls: the Unix identity of a caller on the socket, or (``user``) the
+    email of a user whose token a call over TCP carried (uid -1)."""
 
     uid: int
     gid: int
     pid: int
     groups: tuple[int, ...]
+    user: str | None = None
+
+    @property
+    def admin(self) -> bool:
+        """Root and the API group on the socket administer dynod; users over TCP do not."""
+        return self.user is None
 
     @property
     def name(self) -> str:
+        if self.user is not None:
+            return self.user
         try:
             return pwd.getpwuid(self.uid).pw_name
         except KeyError:
@@ -102,6 +111,39 @@ class PeerRegistry:
 REGISTRY = PeerRegistry()
 
 
+def user_caller(email: str) -> Caller:
+    return Caller(uid=-1, gid=-1, pid=0, groups=(), user=email)
+
+
+class CallRegistry:
+    """The caller of each call in progress over TCP (its token's user), by the call's
+    context object, set and cleared by the gate around the handler (grpc's context
+    takes no attributes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_call: dict[int, Caller] = {}
+
+    def set(self, context: object, caller: Caller) -> None:
+        with self._lock:
+            self._by_call[id(context)] = caller
+
+    def clear(self, context: object) -> None:
+        with self._lock:
+            self._by_call.pop(id(context), None)
+
+    def get(self, context: object) -> Caller | None:
+        with self._lock:
+            return self._by_call.get(id(context))
+
+
+CALLS = CallRegistry()
+
+
+def is_network_peer(peer: str) -> bool:
+    return peer.startswith(("ipv4:", "ipv6:"))
+
+
 def caller_of(context: grpc.ServicerContext) -> Caller:
     """The caller of the current RPC.
 
@@ -109,6 +151,9 @@ def caller_of(context: grpc.ServicerContext) -> Caller:
     mode 0600 in a root-only directory). Raises PermissionDenied for an unknown peer
     and for a caller who is neither root nor in the API group.
     """
+    by_token = CALLS.get(context)
+    if by_token is not None:
+        return by_token
     peer = context.peer()
     caller = REGISTRY.lookup(peer)
     if caller is not None:

@@ -74,7 +74,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(app)
         if not args.no_remote:
-            add_remote(args.remote, app.git_url)
+            add_remote(args.remote, client.git_url(app.git_url))
         return 0
     stack = f"stack is {app.stack}" if args.stack else ""
     if name:
@@ -82,9 +82,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     else:
         output.action("Creating app", ", ".join(
             p for p in (output.app_label(app.name), stack) if p))
-    print(f"{app.web_url} | {app.git_url}", flush=True)
+    print(f"{app.web_url} | {client.git_url(app.git_url)}", flush=True)
     if not args.no_remote:
-        add_remote(args.remote, app.git_url)
+        add_remote(args.remote, client.git_url(app.git_url))
     return 0
 
 
@@ -103,7 +103,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("Created", output.ago(output.when(app.created_at))),
         ("Disk Use", human_bytes(reply.disk_bytes)),
         ("Dynos", dynos),
-        ("Git URL", app.git_url),
+        ("Git URL", client.git_url(app.git_url)),
         ("Owner", app.owner),
         ("Release", f"v{app.current_release}"),
         ("Router Lines Dropped", _dropped(reply)),

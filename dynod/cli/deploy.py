@@ -17,7 +17,7 @@ import grpc
 
 from dynod.cli import client, output
 from dynod.cli.client import CliError
-from dynod.v1 import apps_pb2, apps_pb2_grpc, builds_pb2, builds_pb2_grpc
+from dynod.v1 import apps_pb2, apps_pb2_grpc, builds_pb2, builds_pb2_grpc, keys_pb2, keys_pb2_grpc
 
 CHUNK = 1024 * 1024
 
@@ -46,6 +46,16 @@ def stream_build(app: str, chunks: Iterable[bytes], *, out: Callable[[str], None
     if build is None:
         raise CliError("the build ended without a result; see `dynoctl builds:output`")
     return build
+
+
+def may_push(key_id: str, app: str) -> None:
+    """Raises CliError (Heroku's "You do not have access to the app ...") unless the
+    key's user may push to ``app``, or when the daemon cannot be asked."""
+    stub = keys_pb2_grpc.KeysStub(client.channel())
+    try:
+        stub.Get(keys_pb2.GetKeyRequest(id=key_id, app=app), timeout=30)
+    except grpc.RpcError as exc:
+        raise client.explain(exc) from exc
 
 
 def app_exists(app: str) -> bool:

@@ -80,6 +80,7 @@ def shell(key_id: str) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     try:
+        deploy.may_push(key_id, app)  # a user's key: only their apps, changing nothing
         if not deploy.app_exists(app):
             return _fail(f'No such app as {app}. Create it with `dynoctl apps:create {app}`.')
     except CliError as exc:

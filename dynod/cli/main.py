@@ -9,9 +9,10 @@ from collections.abc import Callable
 import grpc
 
 from dynod import __version__
+from dynod.cli import access as access_cli
 from dynod.cli import acm as acm_cli
 from dynod.cli import addons as addons_cli
-from dynod.cli import apps, client, config, ps, releases, slugs
+from dynod.cli import apps, auth, client, config, ps, releases, slugs
 from dynod.cli import builds as builds_cli
 from dynod.cli import deploy as deploy_cli
 from dynod.cli import domains as domains_cli
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     for noun in (apps, config, releases, ps, slugs, logs_cli, domains_cli,
                  builds_cli, deploy_cli, keys_cli, stacks_cli, run_cli, healthcheck_cli,
-                 addons_cli, pg_cli, acm_cli, features_cli):
+                 addons_cli, pg_cli, acm_cli, features_cli, auth, access_cli):
         noun.register(sub, common)
     return parser
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dynod.control import access
 from dynod.errors import AlreadyExists, InvalidArgument, NotFound
 from dynod.model.events import EventBus, KeysChanged
 from dynod.model.keys import Key, parse_public_key, render_authorized_keys
@@ -51,11 +52,21 @@ def add_key(store: Store, events: EventBus, text: str, owner: str) -> Key:
     return key
 
 
-def remove_key(store: Store, events: EventBus, which: str) -> Key:
-    """Remove the key whose id, fingerprint or comment is ``which``; publishes
-    KeysChanged. Raises NotFound, InvalidArgument when a comment matches several keys."""
+def require_push(store: Store, key: Key, app: str) -> None:
+    """Raises PermissionDenied (Heroku's words) unless the key's owner may push to
+    ``app``: a key added on the server (by a Unix user, the administrator) may push to
+    every app, a user's key to the apps that user owns or collaborates on."""
+    if "@" in key.owner:
+        access.require(store, key.owner, app)
+
+
+def remove_key(store: Store, events: EventBus, which: str, owner: str | None = None) -> Key:
+    """Remove the key whose id, fingerprint or comment is ``which`` (among ``owner``'s
+    keys, if given); publishes KeysChanged. Raises NotFound, InvalidArgument when a
+    comment matches several keys."""
     with store.write() as tx:
-        found = [k for k in tx.ssh_keys() if which in (k.id, k.fingerprint, k.comment)]
+        found = [k for k in tx.ssh_keys() if which in (k.id, k.fingerprint, k.comment)
+                 and owner in (None, k.owner)]
         if not found:
             raise NotFound(f"no key matches {which!r}; list them with `dynoctl keys`")
         if len(found) > 1:

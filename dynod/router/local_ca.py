@@ -21,6 +21,7 @@ python3-cryptography) does the X.509 work: no openssl subprocess.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass
@@ -125,6 +126,14 @@ def default_names(domain: str) -> tuple[str, ...]:
     return (f"*.{domain}", domain)
 
 
+def _general_name(name: str) -> x509.GeneralName:
+    """An address as an IP SAN (clients check those, not a DNS name, for an IP)."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def issue(ca: LocalCA, names: tuple[str, ...], now: datetime,
           validity: timedelta = LEAF_VALIDITY) -> tuple[str, str]:
     """A server certificate for ``names`` signed by ``ca``: (certificate chain PEM,
@@ -145,7 +154,7 @@ def issue(ca: LocalCA, names: tuple[str, ...], now: datetime,
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - BACKDATE).not_valid_after(now + validity)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+            .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),

@@ -259,9 +259,34 @@ def _v11(db: sqlite3.Connection) -> None:
     ) WITHOUT ROWID""")
 
 
+def _v12(db: sqlite3.Connection) -> None:
+    # Users who sign in over TCP (issue 18): their password's scrypt hash, their API
+    # tokens' SHA-256 (never a token itself), and the apps they collaborate on (the
+    # owner stays apps.owner). A user's tokens go with the user.
+    db.execute("""CREATE TABLE users (
+        email         TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created_at    TEXT NOT NULL
+    ) WITHOUT ROWID""")
+    db.execute("""CREATE TABLE tokens (
+        id          TEXT PRIMARY KEY,
+        email       TEXT NOT NULL REFERENCES users(email) ON DELETE CASCADE,
+        hash        TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL DEFAULT '',
+        created_at  TEXT NOT NULL,
+        expires_at  TEXT
+    ) WITHOUT ROWID""")
+    db.execute("""CREATE TABLE collaborators (
+        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        email      TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (app_id, email)
+    ) WITHOUT ROWID""")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
 MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10,
-                               _v11]
+                               _v11, _v12]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

@@ -26,6 +26,7 @@ from dynod.model.formation import Process
 from dynod.model.keys import Key
 from dynod.model.releases import Release, ReleaseStatus
 from dynod.model.slugs import Slug
+from dynod.model.users import Collaborator, Token, User
 
 
 class AppsTx(Protocol):
@@ -197,8 +198,45 @@ class AddonsTx(Protocol):
         ...
 
 
+class UsersTx(Protocol):
+    """People who sign in over TCP, their API tokens (by the token's SHA-256, never the
+    token) and the apps they collaborate on; an app's owner is ``App.owner``. Removing
+    an app removes its collaborators."""
+
+    def user(self, email: str) -> User | None: ...
+    def users(self) -> list[User]:
+        """By email."""
+        ...
+
+    def put_user(self, user: User) -> None:
+        """Add it, or replace its password hash."""
+        ...
+
+    def token_by_hash(self, digest: str) -> Token | None: ...
+    def tokens(self, email: str) -> list[Token]:
+        """Oldest first."""
+        ...
+
+    def add_token(self, token: Token) -> None: ...
+    def remove_token(self, token_id: str) -> bool:
+        """False if there was no such token."""
+        ...
+
+    def collaborators(self, app: str) -> list[Collaborator]:
+        """By email; the owner is not among them."""
+        ...
+
+    def collaborated_apps(self, email: str) -> list[str]:
+        """By name."""
+        ...
+
+    def add_collaborator(self, collaborator: Collaborator) -> None: ...
+    def remove_collaborator(self, app: str, email: str) -> bool: ...
+    def set_app_owner(self, app: str, owner: str) -> None: ...
+
+
 class Tx(AppsTx, AppSettingsTx, ReleasesTx, FormationTx, SlugsTx, DomainsTx, AcmTx,
-         BuildsTx, KeysTx, AddonsTx, Protocol):
+         BuildsTx, KeysTx, AddonsTx, UsersTx, Protocol):
     """One transaction over every aggregate."""
 
 

@@ -38,6 +38,7 @@ from dynod.model.releases import Release, ReleaseStatus
 from dynod.model.slugs import Slug
 from dynod.store.migrations import migrate
 from dynod.store.protocol import Tx
+from dynod.store.sqlite_users import SqliteUsersTx
 
 
 def _time(text: str) -> datetime:
@@ -48,7 +49,7 @@ def _layers(text: str) -> tuple[str, ...]:
     return tuple(filter(None, text.split(",")))
 
 
-class SqliteTx:
+class SqliteTx(SqliteUsersTx):
     """:class:`~dynod.store.protocol.Tx` over one SQLite connection inside an open
     transaction; its methods are grouped by the protocol's aggregates."""
 
