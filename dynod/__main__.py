@@ -28,6 +28,7 @@ from dynod.api.server import start_api
 from dynod.build import gitrepos, layers
 from dynod.build.pipeline import Builder
 from dynod.control import addons as control_addons
+from dynod.control import drain_shipper
 from dynod.control.audit import Audit
 from dynod.control.keys import AuthorizedKeys
 from dynod.control.pg import Databases
@@ -39,6 +40,7 @@ from dynod.model.events import (
     AddonsChanged,
     AppDestroyed,
     DomainsChanged,
+    DrainsChanged,
     EventBus,
     KeysChanged,
 )
@@ -143,12 +145,19 @@ def serve(config: Path) -> int:
     gitrepos.ensure_layout(settings.state_dir)
     authorized_keys.sync()
     events.subscribe(KeysChanged, authorized_keys.sync)
+    # Log drains: a reader and a sender thread per drain, each following the journal
+    # from its own position; TLS trusts the system's CAs and dynod's local CA.
+    ca_file = paths.ca_certificate(settings.state_dir)
+    drains = drain_shipper.DrainShippers(store, settings.state_dir / "drains",
+                                         drain_shipper.connect(ca_file))
+    events.subscribe((DrainsChanged, AppDestroyed), lambda _e: drains.sync())
     # A push reports on the release phase and the rollout it started.
     builder = Builder(store, settings, events, rollout=supervisor, release_phase=phase)
     daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
                     release_phase=phase, addons=addon_services,
                     databases=databases, certs=router.certs,
-                    router_log_drops=router.log_drops)
+                    router_log_drops=router.log_drops,
+                    drain_probe=drain_shipper.probe(ca_file))
     # Dynos before READY: running ones are adopted (never restarted), the formation is
     # started; a dyno that fails to start is retried by the supervisor's own thread.
     # The servers before the dynos (a release phase migrates at once), and access as the
@@ -165,6 +174,7 @@ def serve(config: Path) -> int:
     except DynodError as exc:
         log.error("backups: %s", exc.message)
     supervisor.start()
+    drains.sync()
     oneoffs.recover()
     phase.kick_all()
     api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder)
@@ -183,6 +193,7 @@ def serve(config: Path) -> int:
     notify.notify("STOPPING=1\nSTATUS=stopping")
     api.stop(grace=5.0)
     supervisor.stop()
+    drains.stop()
     acm.stop()
     router.stop()
     store.close()

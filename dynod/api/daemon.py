@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from dynod.errors import FailedPrecondition
 from dynod.model.addons import AddonServices
 from dynod.model.certs import CertInstaller
+from dynod.model.drains import Target
 from dynod.model.events import EventBus
 from dynod.settings import Settings
 from dynod.store.protocol import Store
@@ -49,6 +50,9 @@ class Daemon:
     # Router lines lost so far and since when (the router's log reader); None where no
     # router runs.
     router_log_drops: Callable[[], tuple[int, datetime | None]] | None = None
+    # Connects once to a new drain's receiver (drains:add), raising DeliveryFailed;
+    # None in servicer tests, which then keep any well-formed URL.
+    drain_probe: Callable[[Target], None] | None = None
 
     @property
     def slugs_dir(self) -> Path:

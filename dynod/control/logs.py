@@ -84,17 +84,26 @@ def parse_entry(raw: str) -> list[LogLine]:
     """One ``journalctl -o json`` line: its stream lines (several for a batched router
     entry, whose ``DYNOD_TIMES`` field holds each line's time), none if it is not a
     stream entry."""
+    entry = decode_entry(raw)
+    return [] if entry is None else entry_lines(entry)
+
+
+def decode_entry(raw: str) -> dict[str, object] | None:
+    """One ``journalctl -o json`` line as its fields, None if it is not one."""
     try:
         entry = json.loads(raw)
     except ValueError:
-        return []
-    if not isinstance(entry, dict):
-        return []
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def entry_lines(entry: dict[str, object]) -> list[LogLine]:
+    """The stream lines of one decoded entry (see :func:`parse_entry`)."""
     source = _text(entry.get(journal.SOURCE))
     if source not in SOURCES:
         return []
     try:
-        usec = int(entry["__REALTIME_TIMESTAMP"])
+        usec = int(str(entry["__REALTIME_TIMESTAMP"]))
     except (KeyError, ValueError):
         return []
     dyno = _text(entry.get(journal.DYNO))
