@@ -31,6 +31,7 @@ from dynod.api.server import TcpListen, start_api
 from dynod.build import gitrepos, layers
 from dynod.build.pipeline import Builder
 from dynod.control import addons as control_addons
+from dynod.control import drain_shipper
 from dynod.control.audit import Audit
 from dynod.control.keys import AuthorizedKeys
 from dynod.control.pg import Databases
@@ -42,6 +43,7 @@ from dynod.model.events import (
     AddonsChanged,
     AppDestroyed,
     DomainsChanged,
+    DrainsChanged,
     EventBus,
     KeysChanged,
 )
@@ -175,12 +177,19 @@ def serve(config: Path) -> int:
     gitrepos.ensure_layout(settings.state_dir)
     authorized_keys.sync()
     events.subscribe(KeysChanged, authorized_keys.sync)
+    # Log drains: a reader and a sender thread per drain, each following the journal
+    # from its own position; TLS trusts the system's CAs and dynod's local CA.
+    ca_file = paths.ca_certificate(settings.state_dir)
+    drains = drain_shipper.DrainShippers(store, settings.state_dir / "drains",
+                                         drain_shipper.connect(ca_file))
+    events.subscribe((DrainsChanged, AppDestroyed), lambda _e: drains.sync())
     # A push reports on the release phase and the rollout it started.
     builder = Builder(store, settings, events, rollout=supervisor, release_phase=phase)
     daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
                     release_phase=phase, addons=addon_services,
                     databases=databases, certs=router.certs,
-                    router_log_drops=router.log_drops)
+                    router_log_drops=router.log_drops,
+                    drain_probe=drain_shipper.probe(ca_file))
     # Dynos before READY: running ones are adopted (never restarted), the formation is
     # started; a dyno that fails to start is retried by the supervisor's own thread.
     # The servers before the dynos (a release phase migrates at once), and access as the
@@ -200,6 +209,7 @@ def serve(config: Path) -> int:
     # labs:enable log-runtime-metrics: dyno memory and load lines, read from the cgroups.
     runtime_metrics = RuntimeMetrics(store, supervisor.executor.records)
     runtime_metrics.start()
+    drains.sync()
     oneoffs.recover()
     phase.kick_all()
     api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder,
@@ -229,6 +239,7 @@ def serve(config: Path) -> int:
     runtime_metrics.stop()
     metrics.stop()
     supervisor.stop()
+    drains.stop()
     acm.stop()
     router.stop()
     store.close()

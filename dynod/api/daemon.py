@@ -14,6 +14,7 @@ from dynod.control.users import Throttle
 from dynod.errors import FailedPrecondition
 from dynod.model.addons import AddonServices
 from dynod.model.certs import CertInstaller
+from dynod.model.drains import Target
 from dynod.model.events import EventBus
 from dynod.settings import Settings
 from dynod.store.protocol import Store
@@ -52,6 +53,9 @@ class Daemon:
     router_log_drops: Callable[[], tuple[int, datetime | None]] | None = None
     # Failed sign-ins over TCP, to slow a password guesser (memory only).
     sign_ins: Throttle = field(default_factory=Throttle)
+    # Connects once to a new drain's receiver (drains:add), raising DeliveryFailed;
+    # None in servicer tests, which then keep any well-formed URL.
+    drain_probe: Callable[[Target], None] | None = None
 
     @property
     def slugs_dir(self) -> Path:

@@ -66,6 +66,7 @@ POLICY: dict[str, Rule] = {
     "/dynod.v1.Domains/GetCA": USER,
     **_methods("Dynos", app(), "List", "Restart", "Stop"),
     **_methods("Features", app(), "List", "Get", "Set"),
+    **_methods("Drains", app(), "List", "Add", "Remove"),
     **_methods("Formation", app(), "Get", "Scale", "Resize"),
     **_methods("Keys", USER, "List", "Add", "Remove"),
     "/dynod.v1.Logs/Tail": app(),

@@ -16,6 +16,7 @@ from dynod.api import addons as addons_api
 from dynod.api import apps, auth, config, dynos, formation, oneoff, peer, releases, slugs, system
 from dynod.api import builds as builds_api
 from dynod.api import domains as domains_api
+from dynod.api import drains as drains_api
 from dynod.api import features as features_api
 from dynod.api import keys as keys_api
 from dynod.api import logs as logs_api
@@ -34,7 +35,7 @@ REGISTRARS: list[Registrar] = [
     system.register, apps.register, config.register, releases.register, formation.register,
     slugs.register, dynos.register, keys_api.register,
     logs_api.register, domains_api.register, oneoff.register, addons_api.register,
-    postgres_api.register, features_api.register, auth.register,
+    postgres_api.register, features_api.register, auth.register, drains_api.register,
 ]
 
 

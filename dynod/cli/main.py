@@ -16,6 +16,7 @@ from dynod.cli import apps, auth, client, config, ps, releases, slugs
 from dynod.cli import builds as builds_cli
 from dynod.cli import deploy as deploy_cli
 from dynod.cli import domains as domains_cli
+from dynod.cli import drains as drains_cli
 from dynod.cli import features as features_cli
 from dynod.cli import healthcheck as healthcheck_cli
 from dynod.cli import keys as keys_cli
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     for noun in (apps, config, releases, ps, slugs, logs_cli, domains_cli,
                  builds_cli, deploy_cli, keys_cli, stacks_cli, run_cli, healthcheck_cli,
-                 addons_cli, pg_cli, acm_cli, features_cli, auth, access_cli):
+                 addons_cli, pg_cli, acm_cli, features_cli, auth, access_cli,
+                 drains_cli):
         noun.register(sub, common)
     return parser
 

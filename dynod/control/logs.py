@@ -118,7 +118,16 @@ def _text(value: object) -> str:
     return str(value) if value is not None else ""
 
 
-def _entry(raw: str) -> dict[str, object] | None:
+def parse_entry(raw: str) -> list[LogLine]:
+    """One ``journalctl -o json`` line: its stream lines (several for a batched router
+    entry, whose ``DYNOD_TIMES`` field holds each line's time), none if it is not a
+    stream entry."""
+    entry = decode_entry(raw)
+    return [] if entry is None else entry_lines(entry)
+
+
+def decode_entry(raw: str) -> dict[str, object] | None:
+    """One ``journalctl -o json`` line as its fields, None if it is not one."""
     try:
         entry = json.loads(raw)
     except ValueError:
@@ -126,17 +135,8 @@ def _entry(raw: str) -> dict[str, object] | None:
     return entry if isinstance(entry, dict) else None
 
 
-def parse_entry(raw: str) -> list[LogLine]:
-    """One ``journalctl -o json`` line: its stream lines (several for a batched router
-    entry, whose ``DYNOD_TIMES`` field holds each line's time), none if it is not a
-    stream entry."""
-    entry = _entry(raw)
-    if entry is None:
-        return []
-    return _lines(entry)
-
-
-def _lines(entry: dict[str, object]) -> list[LogLine]:
+def entry_lines(entry: dict[str, object]) -> list[LogLine]:
+    """The stream lines of one decoded entry (see :func:`parse_entry`)."""
     source = _text(entry.get(journal.SOURCE))
     if source not in SOURCES:
         return []
@@ -189,7 +189,7 @@ def _drain(source: Source) -> Iterator[dict[str, object]]:
     """Its entries; Unavailable if journalctl failed (not when it was closed)."""
     try:
         for raw in source:
-            entry = _entry(raw)
+            entry = decode_entry(raw)
             if entry is not None:
                 yield entry
     finally:
@@ -209,7 +209,7 @@ def stream(q: Query, open_source: Callable[[list[str]], Source]) -> Iterator[Log
         cursor, index = m.group(1), int(m.group(2))
         first = True
         for entry in _drain(open_source(follow_argv(q, cursor=cursor))):
-            lines = _lines(entry)
+            lines = entry_lines(entry)
             if first and _text(entry.get("__CURSOR")) == cursor:
                 lines = lines[index + 1:]  # the rest of a batched entry
             first = False
@@ -220,7 +220,7 @@ def stream(q: Query, open_source: Callable[[list[str]], Source]) -> Iterator[Log
     source = open_source(backlog_argv(q))
     for entry in _drain(source):
         newest = newest or _text(entry.get("__CURSOR"))
-        found += [x for x in reversed(_lines(entry)) if matches(q, x)]
+        found += [x for x in reversed(entry_lines(entry)) if matches(q, x)]
         if len(found) >= q.lines:
             source.close()  # enough: the rest is older
             break
@@ -229,7 +229,7 @@ def stream(q: Query, open_source: Callable[[list[str]], Source]) -> Iterator[Log
         # From right after the newest entry the backlog saw: nothing in between is lost.
         argv = follow_argv(q, after_cursor=newest)
         for entry in _drain(open_source(argv)):
-            yield from (x for x in _lines(entry) if matches(q, x))
+            yield from (x for x in entry_lines(entry) if matches(q, x))
 
 
 def format_line(line: LogLine) -> str:

@@ -105,6 +105,11 @@ class FeatureChanged(AppEvent):
 
 
 @dataclass(frozen=True)
+class DrainsChanged(AppEvent):
+    """A log drain was added to or removed from the app (drains:add/remove)."""
+
+
+@dataclass(frozen=True)
 class AddonsChanged(AppEvent):
     """The app's add-ons changed: one was created, destroyed, attached, detached,
     promoted or had its credentials rotated (``addon`` names it). ``release`` is the

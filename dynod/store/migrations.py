@@ -284,9 +284,21 @@ def _v12(db: sqlite3.Connection) -> None:
     ) WITHOUT ROWID""")
 
 
+def _v13(db: sqlite3.Connection) -> None:
+    # Log drains (drains:add): where an app's stream is also sent. The position each
+    # drain has reached in the journal is runtime state, kept beside the shipper.
+    db.execute("""CREATE TABLE drains (
+        token      TEXT PRIMARY KEY,
+        app_id     INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        url        TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (app_id, url)
+    )""")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
 MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10,
-                               _v11, _v12]
+                               _v11, _v12, _v13]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

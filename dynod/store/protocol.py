@@ -22,6 +22,7 @@ from dynod.model.addons import Addon, Attachment, Backup, BackupScheduleRecord
 from dynod.model.apps import App
 from dynod.model.builds import Build, BuildSettings
 from dynod.model.domains import Domain
+from dynod.model.drains import Drain
 from dynod.model.formation import Process
 from dynod.model.keys import Key
 from dynod.model.releases import Release, ReleaseStatus
@@ -152,6 +153,20 @@ class KeysTx(Protocol):
         ...
 
 
+class DrainsTx(Protocol):
+    """Log drains: tokens are unique, and so is a URL within an app. Removing an app
+    removes its drains."""
+
+    def drains(self, app: str | None = None) -> list[Drain]:
+        """By app, then creation; every app's when ``app`` is None."""
+        ...
+
+    def add_drain(self, drain: Drain) -> None: ...
+    def remove_drain(self, app: str, token: str) -> bool:
+        """False if the app had no such drain."""
+        ...
+
+
 class AddonsTx(Protocol):
     """Add-ons (globally unique names, each owned by one app), their attachments (an
     add-on attached to an app under a name unique in that app) and Postgres backups
@@ -236,7 +251,7 @@ class UsersTx(Protocol):
 
 
 class Tx(AppsTx, AppSettingsTx, ReleasesTx, FormationTx, SlugsTx, DomainsTx, AcmTx,
-         BuildsTx, KeysTx, AddonsTx, UsersTx, Protocol):
+         BuildsTx, KeysTx, AddonsTx, UsersTx, DrainsTx, Protocol):
     """One transaction over every aggregate."""
 
 

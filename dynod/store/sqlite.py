@@ -32,6 +32,7 @@ from dynod.model.addons import (
 from dynod.model.apps import App
 from dynod.model.builds import Build, BuildSettings, BuildStatus
 from dynod.model.domains import Domain
+from dynod.model.drains import Drain
 from dynod.model.formation import Process
 from dynod.model.keys import Key
 from dynod.model.releases import Release, ReleaseStatus
@@ -358,6 +359,26 @@ class SqliteTx(SqliteUsersTx):
     def remove_key(self, key_id: str) -> bool:
         return self.db.execute("DELETE FROM ssh_keys WHERE id = ?", (key_id,)).rowcount > 0
 
+    # log drains
+    def drains(self, app: str | None = None) -> list[Drain]:
+        sql = ("SELECT a.name, d.token, d.url, d.created_at FROM drains d"
+               " JOIN apps a ON a.id = d.app_id")
+        args: tuple[str, ...] = ()
+        if app is not None:
+            sql += " WHERE a.name = ?"
+            args = (app,)
+        rows = self.db.execute(sql + " ORDER BY a.name, d.created_at, d.token", args)
+        return [Drain(str(r[0]), str(r[1]), str(r[2]), _time(str(r[3]))) for r in rows]
+
+    def add_drain(self, drain: Drain) -> None:
+        self.db.execute("INSERT INTO drains (token, app_id, url, created_at)"
+                        " SELECT ?, id, ?, ? FROM apps WHERE name = ?",
+                        (drain.token, drain.url, drain.created_at.isoformat(), drain.app))
+
+    def remove_drain(self, app: str, token: str) -> bool:
+        return self.db.execute(
+            "DELETE FROM drains WHERE token = ? AND app_id = (SELECT id FROM apps"
+            " WHERE name = ?)", (token, app)).rowcount > 0
 
     # add-ons, their attachments and backups
     _ADDON = ("SELECT x.name, x.service, x.plan, a.name, x.state, x.created_at, x.host,"

@@ -54,6 +54,8 @@ MASKED_UNITS = (
     "docker.service", "docker.socket", "containerd.service",
     "podman.socket", "podman.service", "podman-restart.service", "podman-auto-update.timer",
     "podman-auto-update.service", "podman-clean-transient.service",
+    # Tests run their own rsyslogd (a drain's receiver), never the host's system logger.
+    "rsyslog.service", "syslog.socket",
 )
 # Capabilities the machine's whole process tree loses: nothing in it may touch the
 # host's kernel modules, clock, raw I/O or kernel log.
