@@ -281,6 +281,11 @@ def test_install_deploy_upgrade_purge(suite: str, debian_machine: tuple[Machine,
     redis_unit = f"dynod-redis@{addon}.service"
     redis_before = unit_ids(m, redis_unit)
 
+    # The add-on's release rolls the dynos out (a new generation): let it finish first,
+    # or its last step, the old dyno's stop, would fall in the upgrade's window.
+    wait_for("the add-on release's rollout to finish", lambda: len(
+        {u.rsplit("-", 1)[1] for u in unit_ids(m, "dynod-flask-*.service")}) == 1, timeout=90)
+
     # ---- upgrade while the app takes requests: dynod restarts, no dyno does.
     dynos = unit_ids(m, "dynod-flask-*.service")
     assert any("web" in unit for unit in dynos), dynos
