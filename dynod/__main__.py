@@ -26,7 +26,7 @@ from dynod.addons.backups import BackupEngine
 from dynod.addons.manager import AddonManager
 from dynod.addons.schedule import Scheduler
 from dynod.api.daemon import Daemon
-from dynod.api.metrics import Metrics
+from dynod.api.metrics import DrainFigures, Metrics
 from dynod.api.server import TcpListen, start_api
 from dynod.build import gitrepos, layers
 from dynod.build.pipeline import Builder
@@ -183,6 +183,10 @@ def serve(config: Path) -> int:
     drains = drain_shipper.DrainShippers(store, settings.state_dir / "drains",
                                          drain_shipper.connect(ca_file))
     events.subscribe((DrainsChanged, AppDestroyed), lambda _e: drains.sync())
+    # /metrics shows each drain's buffer and what it dropped.
+    metrics.register_drains(lambda: [
+        DrainFigures(d.app, d.token, d.buffered, drain_shipper.BUFFER_LINES, d.dropped)
+        for d in drains.stats()])
     # A push reports on the release phase and the rollout it started.
     builder = Builder(store, settings, events, rollout=supervisor, release_phase=phase)
     daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
