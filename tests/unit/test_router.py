@@ -215,3 +215,11 @@ def test_config_keeps_dyno_connections_alive_unless_the_app_opts_out(tmp_path: P
     assert "    option http-server-close" in b
     assert f"pool-max-conn {haproxy_config.POOL_MAX_CONN} " in haproxy_config.SERVER_OPTIONS
     assert "tune.http.logurilen 8192" in config
+
+
+def test_the_router_takes_half_the_cores_as_threads(tmp_path: Path) -> None:
+    # With as many threads as cores, a thread preempted in the log ring's lock left the
+    # other spinning (benchmarks/router.py): the dynos need the rest of the machine.
+    assert [haproxy_config.router_threads(n) for n in (1, 2, 3, 8)] == [1, 1, 1, 4]
+    config = render_config(RouterPaths(tmp_path), {"a": []}, threads=4)
+    assert config.splitlines()[4] == "    nbthread 4"
