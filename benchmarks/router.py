@@ -6,7 +6,13 @@ Goal (issues 6, 16): router with every request logged >= 0.85 x direct requests/
 the router keeps its connections to it alive (bounded pools). The same run counts the
 requests wrk had answered through the router against the app's router lines in journald
 (equal, or the drops apps:info counted), and measures journald's CPU per entry (one
-line each, and 1000 lines each as dynod's batches) and dynod's CPU per router line.
+line each, and 1000 lines each as dynod's batches), dynod's CPU per router line, each
+part's CPU per request on both sides (HAProxy, the app, dynod, journald, wrk) and how
+often the router opened a new connection to the dyno.
+
+On 2 cores the client, HAProxy, the app and the log path all compete for the same CPU:
+the ratio is bounded by (wrk + app) / (wrk + app + HAProxy + logging) per request, so
+read it beside the CPU figures.
 
     .venv/bin/python -m benchmarks.router [--scale 1] [--json FILE]
 """
@@ -14,7 +20,9 @@ line each, and 1000 lines each as dynod's batches) and dynod's CPU per router li
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import resource
 import sys
 import time
 from pathlib import Path
@@ -49,6 +57,52 @@ def wrk(m: Machine, url: str, seconds: int, *headers: str) -> tuple[float, float
 
 
 ANSWERED: list[int] = []
+
+# Where the time goes: each part's CPU (user+system, from /proc) per request answered.
+_PARTS = {"haproxy": "haproxy -", "app": "fast_app|server.py", "dynod": "/usr/bin/dynod",
+          "journald": "systemd-journald"}
+_TICKS = """
+import json, os, re, sys
+pats = json.loads(sys.argv[1]); out = {k: 0 for k in pats}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    for k, pat in pats.items():
+        if re.search(pat, cmd):
+            out[k] += int(f[11]) + int(f[12])
+print(json.dumps({k: v * 1e9 / os.sysconf("SC_CLK_TCK") for k, v in out.items()}))
+"""
+
+
+def cpu_parts(m: Machine) -> dict[str, float]:
+    """ns of CPU used so far by each part (processes alive now), and by wrk (this
+    process's finished children: each wrk ran under nsenter, which waits for it)."""
+    out = json.loads(m.exec(["python3", "-c", _TICKS, json.dumps(_PARTS)]).stdout)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out["wrk"] = (usage.ru_utime + usage.ru_stime) * 1e9
+    return {k: float(v) for k, v in out.items()}
+
+
+def new_connections(m: Machine) -> int:
+    """Connections HAProxy opened to shop's dynos so far (its stats: ``connect``)."""
+    script = ("import socket;s=socket.socket(socket.AF_UNIX);"
+              "s.connect('/run/dynod/router/admin.sock');s.sendall(b'show stat\\n');"
+              "d=b''\nwhile (c:=s.recv(65536)): d+=c\nprint(d.decode())")
+    lines = m.exec(["python3", "-c", script]).stdout.splitlines()
+    head = lines[0][2:].split(",")
+    rows = [dict(zip(head, x.split(","), strict=False)) for x in lines[1:] if x]
+    return sum(int(r["connect"] or 0) for r in rows
+               if r["pxname"] == "app_shop" and r["svname"] not in ("BACKEND", "FRONTEND"))
+
+
+def per_request(spent: dict[str, float], requests: int) -> str:
+    return ", ".join(f"{k} {v / max(requests, 1) / 1000:.1f}" for k, v in spent.items()
+                     if v > 0)
 
 
 def cpu_ns(m: Machine, unit: str) -> int:
@@ -108,10 +162,23 @@ def collect(scale: float = 1.0) -> list[Figure]:
         wrk(m, "http://127.0.0.1/", 1, f"Host: {HOST}")  # warm up both paths
         through = ANSWERED[-1]
         wrk(m, direct_url, 1)
+        spent = {"router": dict.fromkeys((*_PARTS, "wrk"), 0.0),
+                 "direct": dict.fromkeys((*_PARTS, "wrk"), 0.0)}
+        served = {"router": 0, "direct": 0}
+        connects = new_connections(m)
         for _ in range(rounds):  # interleaved, so drift hits both alike
-            routed.append(wrk(m, "http://127.0.0.1/", seconds, f"Host: {HOST}"))
-            through += ANSWERED[-1]
-            direct.append(wrk(m, direct_url, seconds))
+            for side in ("router", "direct"):
+                before = cpu_parts(m)
+                if side == "router":
+                    routed.append(wrk(m, "http://127.0.0.1/", seconds, f"Host: {HOST}"))
+                    through += ANSWERED[-1]
+                else:
+                    direct.append(wrk(m, direct_url, seconds))
+                after = cpu_parts(m)
+                served[side] += ANSWERED[-1]
+                for k in spent[side]:
+                    spent[side][k] += after[k] - before[k]
+        connects = new_connections(m) - connects
         time.sleep(2)  # the reader's last flush
         dynod_ns = cpu_ns(m, "dynod.service") - dynod_before
         logged = int(m.exec(["sh", "-c", "journalctl -o cat DYNOD_APP=shop DYNOD_DYNO=router "
@@ -120,6 +187,11 @@ def collect(scale: float = 1.0) -> list[Figure]:
         dropped = re.search(r"Router Lines Dropped:\s+(.*)", info)
         print(f"requests answered through the router: {through}; router lines in the "
               f"journal: {logged}; counted drops: {dropped.group(1) if dropped else '?'}")
+        via = per_request(spent["router"], served["router"])
+        alone = per_request(spent["direct"], served["direct"])
+        print(f"CPU per request, us: through the router: {via}; direct: {alone}")
+        print(f"new connections to the dyno per request through the router: "
+              f"{connects / max(served['router'], 1):.3f}")
         print(f"dynod CPU per router line (reader and all else dynod did): "
               f"{dynod_ns / max(logged, 1) / 1000:.2f} us")
         one = journald_us_per_line(m, 8000, 1)  # under journald's burst limit (10,000)
