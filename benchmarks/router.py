@@ -146,6 +146,40 @@ def journald_us_per_line(m: Machine, lines: int, per_entry: int) -> float:
     return (cpu_ns(m, "systemd-journald.service") - before) / lines / 1000
 
 
+Sample = tuple[float, float, float]
+
+
+def side_by_side(m: Machine, direct_url: str, rounds: int, seconds: int,
+                 ) -> tuple[list[Sample], list[Sample], dict[str, dict[str, float]],
+                            dict[str, int]]:
+    """wrk through the router and straight to the dyno, interleaved (so drift hits both
+    alike): the samples of each side, each part's CPU (ns) and the requests answered."""
+    routed: list[Sample] = []
+    direct: list[Sample] = []
+    spent = {"router": dict.fromkeys((*_PARTS, "wrk"), 0.0),
+             "direct": dict.fromkeys((*_PARTS, "wrk"), 0.0)}
+    served = {"router": 0, "direct": 0}
+    for _ in range(rounds):
+        for side in ("router", "direct"):
+            before = cpu_parts(m)
+            if side == "router":
+                routed.append(wrk(m, "http://127.0.0.1/", seconds, f"Host: {HOST}"))
+            else:
+                direct.append(wrk(m, direct_url, seconds))
+            after = cpu_parts(m)
+            served[side] += ANSWERED[-1]
+            for k in spent[side]:
+                spent[side][k] += after[k] - before[k]
+    return routed, direct, spent, served
+
+
+def figures_of(routed: list[Sample], direct: list[Sample], what: str) -> list[Figure]:
+    return [Figure(f"router {name} ({what})", Summary.of([r[i] for r in routed], unit),
+                   "straight to the same dyno", Summary.of([d[i] for d in direct], unit))
+            for i, (name, unit) in enumerate((("requests/s", "req/s"), ("p50 latency", "ms"),
+                                              ("p99 latency", "ms")))]
+
+
 def collect(scale: float = 1.0) -> list[Figure]:
     rounds = max(2, round(5 * scale))
     seconds = max(2, round(5 * scale))
@@ -155,41 +189,39 @@ def collect(scale: float = 1.0) -> list[Figure]:
         deploy_echo(m, "shop", source=FAST_APP)
         dyno = all_up(m, "shop", 1)[0]
         direct_url = f"http://{dyno['address']}:5000/"
-        routed: list[tuple[float, float, float]] = []
-        direct: list[tuple[float, float, float]] = []
         ANSWERED.clear()
         dynod_before = cpu_ns(m, "dynod.service")
         wrk(m, "http://127.0.0.1/", 1, f"Host: {HOST}")  # warm up both paths
         through = ANSWERED[-1]
         wrk(m, direct_url, 1)
-        spent = {"router": dict.fromkeys((*_PARTS, "wrk"), 0.0),
-                 "direct": dict.fromkeys((*_PARTS, "wrk"), 0.0)}
-        served = {"router": 0, "direct": 0}
         connects = new_connections(m)
-        for _ in range(rounds):  # interleaved, so drift hits both alike
-            for side in ("router", "direct"):
-                before = cpu_parts(m)
-                if side == "router":
-                    routed.append(wrk(m, "http://127.0.0.1/", seconds, f"Host: {HOST}"))
-                    through += ANSWERED[-1]
-                else:
-                    direct.append(wrk(m, direct_url, seconds))
-                after = cpu_parts(m)
-                served[side] += ANSWERED[-1]
-                for k in spent[side]:
-                    spent[side][k] += after[k] - before[k]
+        routed, direct, spent, served = side_by_side(m, direct_url, rounds, seconds)
         connects = new_connections(m) - connects
+        # The same with the app held to half a core on both sides (CPUQuota): the app,
+        # not the machine's 2 cores, is then the limit, as it is for an app that does
+        # real work per request; what the router adds is what is left to see.
+        dyno_unit = m.exec(["systemctl", "list-units", "--no-legend", "--plain",
+                            "dynod-shop-web*.service"]).stdout.split()[0]
+        m.exec(["systemctl", "set-property", "--runtime", dyno_unit, "CPUQuota=50%"])
+        capped = side_by_side(m, direct_url, rounds, seconds)
+        through += served["router"] + capped[3]["router"]
         time.sleep(2)  # the reader's last flush
         dynod_ns = cpu_ns(m, "dynod.service") - dynod_before
-        logged = int(m.exec(["sh", "-c", "journalctl -o cat DYNOD_APP=shop DYNOD_DYNO=router "
-                             "| grep -c '^at=' || true"]).stdout.strip() or 0)
+        count = ("journalctl -o cat DYNOD_APP=shop DYNOD_DYNO=router | grep -c '{}' || true")
+        logged = int(m.exec(["sh", "-c", count.format("^at=")]).stdout.strip() or 0)
+        coded = int(m.exec(["sh", "-c", count.format("^at=[a-z]* code=")]).stdout.strip() or 0)
         info = m.exec(["dynoctl", "apps:info", "-a", "shop"]).stdout
         dropped = re.search(r"Router Lines Dropped:\s+(.*)", info)
-        print(f"requests answered through the router: {through}; router lines in the "
-              f"journal: {logged}; counted drops: {dropped.group(1) if dropped else '?'}")
-        via = per_request(spent["router"], served["router"])
-        alone = per_request(spent["direct"], served["direct"])
-        print(f"CPU per request, us: through the router: {via}; direct: {alone}")
+        runs = 2 * rounds + 1
+        print(f"requests answered through the router (as wrk counts them): {through}; router "
+              f"lines in the journal: {logged} ({coded} with an H-code); counted drops: "
+              f"{dropped.group(1) if dropped else '?'} (wrk leaves up to 16 requests in "
+              f"flight uncounted at the end of each of its {runs} runs: <= {16 * runs})")
+        for label, (sp, sv) in (("", (spent, served)), (", app at half a core",
+                                                        (capped[2], capped[3]))):
+            via = per_request(sp["router"], sv["router"])
+            alone = per_request(sp["direct"], sv["direct"])
+            print(f"CPU per request{label}, us: through the router: {via}; direct: {alone}")
         print(f"new connections to the dyno per request through the router: "
               f"{connects / max(served['router'], 1):.3f}")
         print(f"dynod CPU per router line (reader and all else dynod did): "
@@ -200,14 +232,8 @@ def collect(scale: float = 1.0) -> list[Figure]:
               "1000 lines per entry")
     finally:
         m.shutdown()
-    figures = []
-    for i, (name, unit) in enumerate((("requests/s", "req/s"), ("p50 latency", "ms"),
-                                      ("p99 latency", "ms"))):
-        figures.append(Figure(f"router {name} (wrk, keep-alive, 16 connections)",
-                              Summary.of([r[i] for r in routed], unit),
-                              "straight to the same dyno",
-                              Summary.of([d[i] for d in direct], unit)))
-    return figures
+    return (figures_of(routed, direct, "wrk, keep-alive, 16 connections")
+            + figures_of(capped[0], capped[1], "the same, app at half a core"))
 
 
 def main() -> int:
