@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 import time
@@ -40,6 +41,7 @@ from dynod.router.haproxy_config import (
     error_response,
     render_config,
     render_map,
+    router_threads,
     server_name,
 )
 from dynod.router.log_lines import LogReader, RouterLine
@@ -300,7 +302,8 @@ class HaproxyRouter:
         config = render_config(self.paths, {a: self._backends.get(a, []) for a in apps},
                                http_port=self.http_port, https_port=self.https_port,
                                tls=bool(self.certs.names()),
-                               no_keepalive=self._no_keepalive(apps))
+                               no_keepalive=self._no_keepalive(apps),
+                               threads=router_threads(os.cpu_count() or 1))
         # Servers change at run time; only a change of anything else (apps, TLS) is
         # worth a reload. The file is rewritten only then, with the servers of the moment.
         try:

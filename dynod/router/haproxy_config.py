@@ -29,18 +29,33 @@ LOG_MARK = "dynod-router1"
 # the dyno down at once, so the retry goes to another (leastconn would pick the idle dead
 # one again) until a TCP check finds it listening again. Up dynos are checked hourly only:
 # a check's connect-and-reset shows as noise in many apps' logs.
-# Keep-alive to dynos, with a small idle pool per server that is purged quickly: a
-# thread-per-connection app (http.server with threads, WEBrick) gives each open connection
-# a thread, so idle pooled connections must never hold all of them, or the next request
-# waits in the dyno's backlog until H12. With ``http-reuse always`` a new connection is
-# opened only when no idle one is free, and at most POOL_MAX_CONN stay idle: an app with
-# more threads than that is never starved. Options are repeated on each server line,
-# since servers added at run time get no default-server.
-POOL_MAX_CONN = 4
+# Keep-alive to dynos, with a bounded idle pool per server that is purged quickly. With
+# ``http-reuse always`` a new connection is opened only when no idle one is free, so the
+# connections to a dyno follow the requests in flight; at most POOL_MAX_CONN stay idle,
+# and one that would be the next is closed. That bound is a trade-off, measured
+# (benchmarks/router.py, 16 client connections to one dyno): at 4 the pool closed and
+# reopened a connection for 0.6-1.1 of every request (HAProxy ~70 us and the app ~60 us
+# CPU per request instead of ~30 and ~17); at 8, 0.35; at 16, none. A thread-per-
+# connection app (http.server with threads, WEBrick) gives each open connection a thread,
+# so it needs more threads per dyno than the bound, or idle connections can hold all of
+# them while a request waits in its backlog (H12); gunicorn's sync workers close after
+# each response and are never held. Options are repeated on each server line, since
+# servers added at run time get no default-server.
+POOL_MAX_CONN = 16
 POOL_PURGE_DELAY = "1s"
 SERVER_OPTIONS = ("weight 100 check inter 1h downinter 1s fall 2 rise 1 observe layer4 "
                   "error-limit 1 on-error mark-down "
                   f"pool-max-conn {POOL_MAX_CONN} pool-purge-delay {POOL_PURGE_DELAY}")
+# HAProxy's threads: half the cores, at least one. The router shares the machine with the
+# dynos; with more threads than free cores a thread preempted inside the log ring's write
+# lock leaves the others spinning on it (perf on 2 cores: 7.6% of HAProxy's samples in
+# that loop, and ~110 us CPU per request with 2 threads against ~70 with 1).
+
+
+def router_threads(cpus: int) -> int:
+    return max(1, cpus // 2)
+
+
 # Heroku's Router 2.0 opt-out (features:enable http-disable-keepalive-to-dyno): that
 # app's backend closes the dyno connection after each response.
 NO_KEEPALIVE = "http-disable-keepalive-to-dyno"
@@ -146,16 +161,18 @@ def _forwarded_for() -> list[str]:
 
 def render_config(paths: RouterPaths, routes: Mapping[str, Sequence[Backend]], *,
                   http_port: int = 80, https_port: int = 443, tls: bool = False,
-                  no_keepalive: frozenset[str] = frozenset()) -> str:
+                  no_keepalive: frozenset[str] = frozenset(), threads: int = 1) -> str:
     """haproxy.cfg for these apps and their current backends (written as static servers,
     so a reload keeps them; later changes go through the runtime API). Apps in
-    ``no_keepalive`` close each dyno connection after its response."""
+    ``no_keepalive`` close each dyno connection after its response; ``threads`` is
+    HAProxy's nbthread (``router_threads``)."""
     p = paths
     lines = [
         "# Written by dynod; changes are lost. Servers change through the admin socket.",
         "global",
         f"    stats socket {p.admin_socket} mode 600 level admin",
         "    stats timeout 30s",
+        f"    nbthread {threads}",
         f"    log ring@{LOG_RING} len {LOG_MAXLEN} format raw local0",
         "    tune.http.maxhdr 1000",
         # Paths up to the request-line limit are logged whole (1024 by default).

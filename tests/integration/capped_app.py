@@ -1,8 +1,9 @@
 """A thread-per-connection web process with its threads capped: ``capped_app.py PORT N``.
 
 Python's http.server, HTTP/1.1 with keep-alive, but at most N connections served at
-once (the others wait in the listen backlog), as gunicorn's sync workers or WEBrick
-with a thread cap: an idle kept-alive connection holds one of the N. Answers ``ok``.
+once (the others wait in the listen backlog), as WEBrick with a thread cap: an idle
+kept-alive connection holds one of the N (gunicorn's sync workers, also one request at a
+time, close each connection instead). Answers ``ok``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The router kept alive to the dynos and its log path (issue 16 items 1 and 2), on one
 machine: hostile client values logged once each without shifting a field, connections
-reused (and not, with http-disable-keepalive-to-dyno), a thread-capped app under a
-keep-alive soak never starved, every request answered also logged."""
+reused (and not, with http-disable-keepalive-to-dyno), thread-per-connection apps (a
+thread-capped http.server, gunicorn's sync workers) under a keep-alive soak never
+starved, every request answered also logged."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 
 from dynod.router.haproxy_config import POOL_MAX_CONN
 from tests.integration.conftest import _teardown, stack_bind
+from tests.integration.test_builds import EXAMPLES, push, setup_push
 from tests.integration.test_dynos import all_up, dynoctl, wait_for
 from tests.integration.test_router import CLIENT, deploy_echo, get, router_lines
 from tests.sandbox.machine import Machine
@@ -153,38 +155,68 @@ def idle_per_server(m: Machine) -> dict[str, int]:
     return idle
 
 
-def test_a_thread_capped_app_under_a_keepalive_soak_is_never_starved(m: Machine) -> None:
-    # 6 threads per dyno, more than the pool keeps idle: never all held by idle ones.
-    assert POOL_MAX_CONN < 6
-    deploy_echo(m, "capped", web="exec python3 -u server.py $PORT 6", source=CAPPED)
-    dynoctl(m, "ps:scale", "-a", "capped", "web=2")
-    all_up(m, "capped", 2)
-    wait_for("both routed", lambda: get(m, "capped.dynod.localhost")[0] == 200)
-    m.exec(["systemd-run", "--unit=soak", "--collect", "-p",
-            "StandardOutput=file:/tmp/soak.json", "python3", str(LOAD),
-            "capped.dynod.localhost", "/tmp/soak.stop", "10"])
+def soak(m: Machine, hosts: list[str], seconds: float, connections: int = 10,
+         ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """A keep-alive load on each host at once for ``seconds``: each host's totals
+    (load_client.py) and the most idle connections HAProxy held per server meanwhile."""
+    for i, host in enumerate(hosts):
+        m.exec(["rm", "-f", f"/tmp/soak{i}.stop"])
+        m.exec(["systemd-run", f"--unit=soak{i}", "--collect", "-p",
+                f"StandardOutput=file:/tmp/soak{i}.json", "python3", str(LOAD), host,
+                f"/tmp/soak{i}.stop", str(connections)])
     most: dict[str, int] = {}
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        for server, n in idle_per_server(m).items():
-            most[server] = max(most.get(server, 0), n)
-        time.sleep(1)
-    m.exec(["touch", "/tmp/soak.stop"])
-    wait_for("the soak to stop", lambda: m.exec(
-        ["systemctl", "is-active", "soak"], check=False).stdout.strip() != "active")
-    result = json.loads(m.exec(["cat", "/tmp/soak.json"]).stdout)
-    capped = {s: n for s, n in most.items() if s.startswith("app_capped/")}
-    assert len(capped) == 2 and max(capped.values()) <= POOL_MAX_CONN, most
-    assert result["requests"] > 1000, result
-    assert result["failed_connections"] == 0 and result["status_5xx"] == 0, result
-    assert result["over_1s"] == 0, result
-    lines = router_lines(m, "capped")
-    assert not [x for x in lines if "code=H12" in x]
-    # Every request answered is logged: the load's requests (and the routed checks
-    # above) against the router lines of the app.
-    answered = result["requests"]
-    wait_for("every line logged", lambda: len([
-        x for x in router_lines(m, "capped") if 'path="/"' in x]) >= answered, timeout=20)
-    logged = len([x for x in router_lines(m, "capped") if 'path="/"' in x])
-    assert logged - answered <= 5, (logged, answered)  # the few checks before the soak
-    assert "Router Lines Dropped: 0" in dynoctl(m, "apps:info", "-a", "capped")
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for server, n in idle_per_server(m).items():
+                most[server] = max(most.get(server, 0), n)
+            time.sleep(1)
+    finally:
+        for i in range(len(hosts)):
+            m.exec(["touch", f"/tmp/soak{i}.stop"])
+        for i in range(len(hosts)):
+            wait_for("the soak to stop", lambda i=i: m.exec(  # type: ignore[misc]
+                ["systemctl", "is-active", f"soak{i}"], check=False).stdout.strip() != "active")
+    return ({host: json.loads(m.exec(["cat", f"/tmp/soak{i}.json"]).stdout)
+             for i, host in enumerate(hosts)}, most)
+
+
+@pytest.mark.network
+def test_thread_per_connection_apps_under_a_keepalive_soak_are_never_starved(
+        m: Machine) -> None:
+    # http.server with more threads per dyno than the pool keeps idle (an idle kept-alive
+    # connection holds a thread), and gunicorn's sync workers (2 per dyno, one request
+    # at a time, each connection closed after its response), pushed from PyPI.
+    threads = POOL_MAX_CONN + 4
+    deploy_echo(m, "capped", web=f"exec python3 -u server.py $PORT {threads}", source=CAPPED)
+    setup_push(m, "sync", str(EXAMPLES / "gunicorn-sync"))
+    out = push(m, "sync")
+    assert "remote: Verifying deploy... done." in out, out
+    for app in ("capped", "sync"):
+        dynoctl(m, "ps:scale", "-a", app, "web=2")
+        all_up(m, app, 2)
+        wait_for(f"{app} routed", lambda app=app: get(  # type: ignore[misc]
+            m, f"{app}.dynod.localhost")[0] == 200)
+    assert "ok from gunicorn" in get(m, "sync.dynod.localhost")[2]
+    time.sleep(1)  # the checks' lines flushed (every 0.2 s)
+    before = {app: len([x for x in router_lines(m, app) if 'path="/"' in x])
+              for app in ("capped", "sync")}
+    results, most = soak(m, ["capped.dynod.localhost", "sync.dynod.localhost"], 40)
+    for app in ("capped", "sync"):
+        result = results[f"{app}.dynod.localhost"]
+        assert result["requests"] > 500, (app, result)
+        assert result["failed_connections"] == 0 and result["status_5xx"] == 0, (app, result)
+        assert result["over_1s"] == 0, (app, result)
+        # Idle connections per dyno, from HAProxy's stats socket: never above the bound.
+        idle = {s: n for s, n in most.items() if s.startswith(f"app_{app}/")}
+        assert len(idle) == 2 and max(idle.values()) <= POOL_MAX_CONN, most
+        assert not [x for x in router_lines(m, app) if "code=H12" in x]
+        # Every request answered is logged, once.
+        answered = before[app] + result["requests"]
+        wait_for(f"every line of {app} logged", lambda app=app, n=answered: len([  # type: ignore[misc]
+            x for x in router_lines(m, app) if 'path="/"' in x]) >= n, timeout=20)
+        logged = len([x for x in router_lines(m, app) if 'path="/"' in x])
+        assert logged == answered, (app, logged, answered)
+        assert "Router Lines Dropped: 0" in dynoctl(m, "apps:info", "-a", app)
+    # Sync workers closed every connection: HAProxy kept none of them idle.
+    assert max(n for s, n in most.items() if s.startswith("app_sync/")) == 0, most

@@ -195,6 +195,51 @@ def test_log_reader_batches_router_lines_into_the_apps_journal_stream(
     assert not thread.is_alive()
 
 
+class _Chunks:
+    """A connection whose reads return these chunks, then the end of the stream."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+
+    def settimeout(self, _: float) -> None:
+        pass
+
+    def recv(self, n: int) -> bytes:
+        assert n == log_lines.READ_CHUNK
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def __enter__(self) -> _Chunks:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+
+class _Waits(threading.Event):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return False
+
+
+def test_log_reader_pauses_after_a_short_read_so_lines_come_many_to_a_read(
+        tmp_path: Path) -> None:
+    reader = LogReader(tmp_path / "log.sock", journal_socket=str(tmp_path / "none"))
+    taken: list[int] = []
+    reader.take = lambda raws: taken.append(len(raws))  # type: ignore[method-assign]
+    pad = log_lines.READ_CHUNK - len(_frame(LINE)) - 7  # one frame filling a whole read
+    full = _frame(LINE) + _frame("x" * pad)
+    assert len(full) == log_lines.READ_CHUNK
+    stop = _Waits()
+    reader._read(_Chunks(_frame(LINE), full, _frame(LINE) * 3), stop)  # type: ignore[arg-type]
+    # A full read is followed by the next at once; a short one by a pause.
+    assert taken == [1, 2, 3]
+    assert stop.waits == [log_lines.READ_PAUSE, log_lines.READ_PAUSE]
+
+
 def test_batched_entries_read_back_as_lines() -> None:
     entry = {"DYNOD_SOURCE": "dynod", "DYNOD_DYNO": "router", "__REALTIME_TIMESTAMP": "5",
              "MESSAGE": "at=info one\nat=info two", "DYNOD_TIMES": "1000000 2000000"}
@@ -215,3 +260,11 @@ def test_config_keeps_dyno_connections_alive_unless_the_app_opts_out(tmp_path: P
     assert "    option http-server-close" in b
     assert f"pool-max-conn {haproxy_config.POOL_MAX_CONN} " in haproxy_config.SERVER_OPTIONS
     assert "tune.http.logurilen 8192" in config
+
+
+def test_the_router_takes_half_the_cores_as_threads(tmp_path: Path) -> None:
+    # With as many threads as cores, a thread preempted in the log ring's lock left the
+    # other spinning (benchmarks/router.py): the dynos need the rest of the machine.
+    assert [haproxy_config.router_threads(n) for n in (1, 2, 3, 8)] == [1, 1, 1, 4]
+    config = render_config(RouterPaths(tmp_path), {"a": []}, threads=4)
+    assert config.splitlines()[4] == "    nbthread 4"
