@@ -75,6 +75,10 @@ def load_credentials() -> Credentials | None:
                            str(raw.get("ca", "")))
     except FileNotFoundError:
         return None
+    except PermissionError:
+        # Another user's file (HOME left pointing at root's by sudo or systemd-run):
+        # not this user's login, so this user talks to the local socket.
+        return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CliError(f"{path}: unreadable ({exc}); remove it and run "
                        "`dynoctl login --host HOST` again") from exc
