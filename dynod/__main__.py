@@ -26,6 +26,7 @@ from dynod.addons.backups import BackupEngine
 from dynod.addons.manager import AddonManager
 from dynod.addons.schedule import Scheduler
 from dynod.api.daemon import Daemon
+from dynod.api.dashboard.server import start_dashboard
 from dynod.api.metrics import DrainFigures, Metrics
 from dynod.api.server import TcpListen, start_api
 from dynod.build import gitrepos, layers
@@ -73,26 +74,32 @@ def _watchdog_interval() -> float | None:
     return int(usec) / 2_000_000
 
 
-def api_tcp(settings: Settings, ca: local_ca.LocalCA) -> TcpListen | None:
-    """The TCP listener of the settings: the admin's certificate, else one from the
-    local CA for ``api_names`` (default: this machine's name, its FQDN, localhost),
-    made at each start and kept in memory only. Raises InvalidArgument."""
-    if not settings.api_listen:
-        return None
-    if bool(settings.api_tls_cert) != bool(settings.api_tls_key):
-        raise InvalidArgument("dynod.toml: set both api_tls_cert and api_tls_key, or "
-                              "neither (then dynod's local CA signs the API's certificate)")
-    if settings.api_tls_cert:
+def tls_pair(settings: Settings, ca: local_ca.LocalCA, prefix: str) -> tuple[str, str]:
+    """The certificate chain and key for ``<prefix>_listen``: the admin's
+    (``<prefix>_tls_cert``, ``<prefix>_tls_key``), else one from the local CA for
+    ``api_names`` (default: this machine's name, its FQDN, localhost), made at each start
+    and kept in memory only. Raises InvalidArgument."""
+    cert, key = getattr(settings, f"{prefix}_tls_cert"), getattr(settings, f"{prefix}_tls_key")
+    if bool(cert) != bool(key):
+        raise InvalidArgument(f"dynod.toml: set both {prefix}_tls_cert and {prefix}_tls_key, "
+                              f"or neither (then dynod's local CA signs the certificate)")
+    if cert:
         try:
-            return TcpListen(settings.api_listen, Path(settings.api_tls_cert).read_text(),
-                             Path(settings.api_tls_key).read_text())
+            return Path(cert).read_text(), Path(key).read_text()
         except OSError as exc:
-            raise InvalidArgument(f"dynod.toml: api_tls_cert/api_tls_key: {exc}; "
+            raise InvalidArgument(f"dynod.toml: {prefix}_tls_cert/{prefix}_tls_key: {exc}; "
                                   "fix the paths") from exc
     names = tuple(n.strip() for n in settings.api_names.split(",") if n.strip()) or tuple(
         dict.fromkeys((socket.gethostname(), socket.getfqdn(), "localhost")))
-    chain, key = local_ca.issue(ca, names, datetime.now(UTC))
-    return TcpListen(settings.api_listen, chain, key)
+    return local_ca.issue(ca, names, datetime.now(UTC))
+
+
+def api_tcp(settings: Settings, ca: local_ca.LocalCA) -> TcpListen | None:
+    """The API's TCP listener of the settings (:func:`tls_pair`'s certificate). Raises
+    InvalidArgument."""
+    if not settings.api_listen:
+        return None
+    return TcpListen(settings.api_listen, *tls_pair(settings, ca, "api"))
 
 
 def serve(config: Path) -> int:
@@ -117,6 +124,7 @@ def serve(config: Path) -> int:
     # package's postinst, else now) signs its certificate, which the router renews.
     ca = local_ca.ensure_ca(paths.tls_dir(settings.state_dir))
     tcp = api_tcp(settings, ca)  # a bad setting stops dynod before anything starts
+    dashboard_tls = tls_pair(settings, ca, "dashboard") if settings.dashboard_listen else None
     bridge = netns.plan_bridge(settings.address_pool)
     # Dynos resolve every app's <app>.<domain> to the router (their hosts file).
     dyno_hosts = partial(netns.add_dyno_hosts, settings.runtime_dir / "hosts",
@@ -227,6 +235,12 @@ def serve(config: Path) -> int:
             log.error("metrics_listen %s: %s; /metrics is off until that address is "
                       "free (or the setting changed) and dynod restarts",
                       settings.metrics_listen, exc)
+    dashboard = None
+    if dashboard_tls is not None:
+        try:
+            dashboard = start_dashboard(daemon, settings.dashboard_listen, *dashboard_tls)
+        except DynodError as exc:
+            log.error("%s; the dashboard is off until then", exc.message)
     log.info("dynod %s listening on %s%s", __version__, settings.socket_path,
              f" and {settings.api_listen} (TLS)" if settings.api_listen else "")
     # READY only now: the socket accepts calls and the router answers, so `systemctl start`
@@ -239,6 +253,8 @@ def serve(config: Path) -> int:
             notify.notify("WATCHDOG=1")
 
     notify.notify("STOPPING=1\nSTATUS=stopping")
+    if dashboard is not None:
+        dashboard.stop()
     api.stop(grace=5.0)
     runtime_metrics.stop()
     metrics.stop()

@@ -51,6 +51,12 @@ class Settings:
     api_names: str = ""
     api_tls_cert: str = ""
     api_tls_key: str = ""
+    # The web dashboard over HTTPS: off unless set, e.g. "0.0.0.0:5444". Its
+    # certificate follows the API's rules: the local CA's for api_names unless
+    # dashboard_tls_cert and dashboard_tls_key (PEM files) name the admin's own.
+    dashboard_listen: str = ""
+    dashboard_tls_cert: str = ""
+    dashboard_tls_key: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -108,5 +114,8 @@ def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
         if key == "metrics_listen" and value and not _is_listen(value):
             raise InvalidArgument(f"{path}: setting 'metrics_listen' must be HOST:PORT, "
                                   f'e.g. "127.0.0.1:9311", or "" for no /metrics')
+        if key == "dashboard_listen" and value and not _is_listen(value):
+            raise InvalidArgument(f"{path}: setting 'dashboard_listen' must be HOST:PORT, "
+                                  f'e.g. "0.0.0.0:5444", or "" for no dashboard')
         values[key] = Path(value) if key in _PATH_KEYS else value
     return Settings(**values)  # type: ignore[arg-type]
