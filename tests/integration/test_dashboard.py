@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.test_builds import sh
 from tests.integration.test_dynos import deploy, dynoctl
-from tests.integration.test_remote import PYTHON, SERVER
+from tests.integration.test_remote import PYTHON, SERVER, laptop_network
 from tests.sandbox.machine import Machine
 
 pytestmark = [pytest.mark.integration]
@@ -32,19 +32,9 @@ def laptop(m: Machine, script: str, *, ok: bool = True) -> tuple[int, str]:
 
 
 def test_dashboard_in_a_browser(stack_machine: Machine) -> None:
-    m = stack_machine
-    sh(m, "ip netns add laptop && ip link add lap0 type veth peer name eth0 netns laptop"
-          f" && ip addr add {SERVER}/24 dev lap0 && ip link set lap0 up"
-          " && ip netns exec laptop sh -c 'ip addr add 10.77.0.2/24 dev eth0 && "
-          "ip link set eth0 up && ip link set lo up'")
-    try:
-        sh(m, "mkdir -p /etc/dynod && printf '%s\\n' "
-              f"'dashboard_listen = \"{SERVER}:5444\"' 'api_names = \"{SERVER}\"' "
-              "> /etc/dynod/dynod.toml && systemctl restart dynod && "
-              "dynoctl certs:ca > /tmp/ca.pem")
-        run_dashboard(m)
-    finally:
-        sh(m, "ip netns del laptop; ip link del lap0", ok=False)
+    with laptop_network(stack_machine, f'dashboard_listen = "{SERVER}:5444"',
+                        f'api_names = "{SERVER}"'):
+        run_dashboard(stack_machine)
 
 
 def run_dashboard(m: Machine) -> None:

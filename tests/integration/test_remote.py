@@ -5,6 +5,8 @@ machine's address. Users, tokens, collaborators and strangers, as a user sees th
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,20 +47,27 @@ def sign_up(m: Machine, who: str) -> None:
                    "dynoctl keys:add .ssh/id_ed25519.pub")
 
 
-def test_dynoctl_and_git_push_from_a_laptop(stack_machine: Machine) -> None:
-    m = stack_machine
+@contextmanager
+def laptop_network(m: Machine, *settings: str) -> Iterator[None]:
+    """The laptop netns (10.77.0.2, the machine at SERVER), dynod restarted with
+    ``settings`` (dynod.toml lines) and its CA in /tmp/ca.pem; removed after."""
     sh(m, "ip netns add laptop && ip link add lap0 type veth peer name eth0 netns laptop"
           f" && ip addr add {SERVER}/24 dev lap0 && ip link set lap0 up"
           " && ip netns exec laptop sh -c 'ip addr add 10.77.0.2/24 dev eth0 && "
           "ip link set eth0 up && ip link set lo up'")
     try:
-        sh(m, "mkdir -p /etc/dynod && printf '%s\\n' "
-              f"'api_listen = \"{SERVER}:5443\"' 'api_names = \"{SERVER}\"' "
-              "> /etc/dynod/dynod.toml && systemctl restart dynod && "
-              "dynoctl certs:ca > /tmp/ca.pem")
-        run_laptop(m)
+        lines = " ".join(f"'{line}'" for line in settings)
+        sh(m, f"mkdir -p /etc/dynod && printf '%s\\n' {lines} > /etc/dynod/dynod.toml && "
+              "systemctl restart dynod && dynoctl certs:ca > /tmp/ca.pem")
+        yield
     finally:
         sh(m, "ip netns del laptop; ip link del lap0", ok=False)
+
+
+def test_dynoctl_and_git_push_from_a_laptop(stack_machine: Machine) -> None:
+    with laptop_network(stack_machine, f'api_listen = "{SERVER}:5443"',
+                        f'api_names = "{SERVER}"'):
+        run_laptop(stack_machine)
 
 
 def run_laptop(m: Machine) -> None:

@@ -60,6 +60,7 @@ PUBLIC = frozenset({"health", "signin", "signin_post"})
 STATUS = {NotFound: 404, PermissionDenied: 403, InvalidArgument: 400, AlreadyExists: 409,
           FailedPrecondition: 409, ResourceExhausted: 429, Unauthenticated: 401}
 TAIL_LINES = 100
+SIGNIN_TOKEN_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,11 @@ def make_app(daemon: Daemon) -> Flask:
         return Response("ok\n", mimetype="text/plain")
 
     def signin_page(status: int = 200, error: str = "", email: str = "") -> Response:
-        token = new_signin_token()
+        # One value per browser until it signs in: a second tab, or the browser's own
+        # favicon request redirected here, must not void the form already shown.
+        token = request.cookies.get(SIGNIN_COOKIE, "")
+        if len(token) < SIGNIN_TOKEN_LENGTH:
+            token = new_signin_token()
         response = render("signin.html", status, error=error, email=email, signin_csrf=token)
         response.set_cookie(SIGNIN_COOKIE, token, httponly=True, secure=True,
                             samesite="Strict", path="/signin")
