@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -13,6 +13,22 @@ from dynod.control import apps, logs
 from dynod.errors import Unavailable
 from dynod.system import processes
 from dynod.v1 import logs_pb2, logs_pb2_grpc
+
+
+def journal_opener(opened: list[processes.Lines], cancelled: threading.Event | None = None,
+                   ) -> Callable[[list[str]], processes.Lines]:
+    """Starts journalctl for :func:`dynod.control.logs.stream`, keeping each in
+    ``opened`` for the caller to close; none once ``cancelled``. Raises Unavailable."""
+    def open_source(argv: list[str]) -> processes.Lines:
+        if cancelled is not None and cancelled.is_set():
+            raise Unavailable("journal: the stream was cancelled")
+        try:
+            source = processes.Lines(argv)
+        except processes.CommandFailed as exc:
+            raise Unavailable(f"journal: {exc}") from exc
+        opened.append(source)
+        return source
+    return open_source
 
 
 class LogsServicer(logs_pb2_grpc.LogsServicer):
@@ -28,16 +44,7 @@ class LogsServicer(logs_pb2_grpc.LogsServicer):
                                 request.source, after=request.after)
         opened: list[processes.Lines] = []
         cancelled = threading.Event()
-
-        def open_source(argv: list[str]) -> processes.Lines:
-            if cancelled.is_set():
-                raise Unavailable("journal: the stream was cancelled")
-            try:
-                source = processes.Lines(argv)
-            except processes.CommandFailed as exc:
-                raise Unavailable(f"journal: {exc}") from exc
-            opened.append(source)
-            return source
+        open_source = journal_opener(opened, cancelled)
 
         # A cancelled stream (Ctrl-C in dynoctl logs --tail) ends journalctl --follow.
         def stop() -> None:

@@ -27,6 +27,7 @@ from dynod.api.dashboard.session import (
     csrf_ok,
     new_signin_token,
 )
+from dynod.api.logs import journal_opener
 from dynod.control import (
     access,
     addons,
@@ -48,7 +49,6 @@ from dynod.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
-    Unavailable,
 )
 from dynod.model.dynos import DynoInfo
 from dynod.model.formation import ScaleChange
@@ -328,15 +328,7 @@ def make_app(daemon: Daemon) -> Flask:
         after = request.args.get("after", "")
         query = logs.make_query(name, 0 if after else TAIL_LINES, after=after)
         opened: list[processes.Lines] = []
-
-        def open_source(argv: list[str]) -> processes.Lines:
-            try:
-                source = processes.Lines(argv)
-            except processes.CommandFailed as exc:
-                raise Unavailable(f"journal: {exc}") from exc
-            opened.append(source)
-            return source
-
+        open_source = journal_opener(opened)
         try:
             found = list(logs.stream(query, open_source))
         finally:
