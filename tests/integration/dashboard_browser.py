@@ -17,11 +17,18 @@ import uuid
 from pathlib import Path
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
+
+# A page read while the browser loads the next one.
+LOADING = (StaleElementReferenceException, NoSuchElementException)
 
 
 def browser(profile: str) -> WebDriver:
@@ -62,7 +69,8 @@ def run(driver: WebDriver, *, url: str, email: str, password: str, app: str, rou
                 driver.refresh()
             return check in text()
         try:
-            WebDriverWait(driver, timeout, poll_frequency=2.0 if reload else 0.5).until(seen)
+            WebDriverWait(driver, timeout, poll_frequency=2.0 if reload else 0.5,
+                          ignored_exceptions=LOADING).until(seen)
         except TimeoutException:
             driver.save_screenshot(str(artefacts / f"{step}-failed.png"))
             raise AssertionError(f"{step}: {check!r} not on the page:\n{text()}") from None
@@ -96,7 +104,8 @@ def run(driver: WebDriver, *, url: str, email: str, password: str, app: str, rou
         states = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#dynos td.state-up")]
         return len(states) == 2
     try:
-        WebDriverWait(driver, 120, poll_frequency=2.0).until(both_up)
+        WebDriverWait(driver, 120, poll_frequency=2.0,
+                      ignored_exceptions=LOADING).until(both_up)
     except TimeoutException:
         raise AssertionError(f"web.1 and web.2 not both up:\n{text()}") from None
     assert "web.2" in driver.find_element(By.ID, "dynos").text, text()
