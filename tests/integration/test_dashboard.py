@@ -45,8 +45,11 @@ def run_dashboard(m: Machine) -> None:
     dynoctl(m, "access:add", "alice@example.com", "-a", "shop")
     dynoctl(m, "config:set", "-a", "shop", "GREETING=hello")  # v3, to roll back from
 
-    # Unauthenticated: health and the sign-in page only; the certificate is the local CA's.
+    # Unauthenticated: health and the sign-in page only; the certificate is the local CA's,
+    # and plain HTTP gets no page.
     assert laptop(m, f"{CURL} {URL}/health")[1] == "ok\n"
+    rc, out = laptop(m, f"curl -sS --max-time 10 http://{SERVER}:5444/health", ok=False)
+    assert rc != 0 and "ok" not in out, out
     code = laptop(m, f"{CURL} -o /dev/null -w %{{http_code}} {URL}/apps/shop")[1]
     assert code == "303", code
     code = laptop(m, f"{CURL} -o /dev/null -w %{{http_code}} {URL}/apps/shop/logs/lines")[1]

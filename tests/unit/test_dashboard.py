@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from dynod.__main__ import tls_pair
 from dynod.api.daemon import Daemon
 from dynod.api.dashboard.app import make_app
 from dynod.api.dashboard.session import SESSION_COOKIE
 from dynod.control import access, apps, config_vars, releases, users
 from dynod.control.users import Throttle
-from dynod.settings import Settings
+from dynod.errors import InvalidArgument
+from dynod.router import local_ca
+from dynod.settings import Settings, load_settings
 from dynod.store.sqlite import SqliteStore
 
 
@@ -128,3 +131,18 @@ def test_actions_name_the_user_and_follow_access(daemon: Daemon) -> None:
     assert client.post("/signout", data={"csrf_token": token}).status_code == 303
     assert users.list_tokens(daemon.store, "alice@example.com") == []
     assert client.get("/").status_code == 303
+
+
+def test_bad_dashboard_settings_stop_dynod_with_the_fix(tmp_path: Path) -> None:
+    config = tmp_path / "dynod.toml"
+    config.write_text('dashboard_listen = "5444"\n')
+    with pytest.raises(InvalidArgument, match="'dashboard_listen' must be HOST:PORT"):
+        load_settings(config)
+    config.write_text('dashboard_listen = "127.0.0.1:5444"\n'
+                      'dashboard_tls_cert = "/etc/ssl/mine.pem"\n')
+    ca = local_ca.ensure_ca(tmp_path / "tls")
+    with pytest.raises(InvalidArgument, match="set both dashboard_tls_cert and "
+                                              "dashboard_tls_key, or neither"):
+        tls_pair(load_settings(config), ca, "dashboard")
+    chain, key = tls_pair(load_settings(config.with_name("none.toml")), ca, "dashboard")
+    assert "BEGIN CERTIFICATE" in chain and "PRIVATE KEY" in key
