@@ -62,6 +62,8 @@ MASKED_UNITS = (
     "podman-auto-update.service", "podman-clean-transient.service",
     # Tests run their own rsyslogd (a drain's receiver), never the host's system logger.
     "rsyslog.service", "syslog.socket",
+    # Debian's etcd-server ships its own member on 127.0.0.1; dynod runs dynod-etcd.
+    "etcd.service",
 )
 # Capabilities the machine's whole process tree loses: nothing in it may touch the
 # host's kernel modules, clock, raw I/O or kernel log.
