@@ -135,9 +135,11 @@ def _general_name(name: str) -> x509.GeneralName:
 
 
 def issue(ca: LocalCA, names: tuple[str, ...], now: datetime,
-          validity: timedelta = LEAF_VALIDITY) -> tuple[str, str]:
+          validity: timedelta = LEAF_VALIDITY, *, client_auth: bool = False
+          ) -> tuple[str, str]:
     """A server certificate for ``names`` signed by ``ca``: (certificate chain PEM,
-    key PEM). The chain is the leaf then the CA, as HAProxy serves it."""
+    key PEM). The chain is the leaf then the CA, as HAProxy serves it. ``client_auth``
+    makes it a client's certificate too (an etcd member is both to its peers)."""
     ca_key = serialization.load_pem_private_key(ca.key_pem.encode(), password=None)
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -157,7 +159,9 @@ def issue(ca: LocalCA, names: tuple[str, ...], now: datetime,
             .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH,
+                 *([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])]),
                            critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 ca_key.public_key()), critical=False)

@@ -3,20 +3,22 @@
 ``machine``: a fresh machine per test, powered off after it, with a check that it left
 nothing on the host. ``shared_machine``: one machine for a whole module, for tests that
 only look. ``persistent_machine``: a machine with a state directory, so
-``machine.reboot()`` is a host reboot.
+``machine.reboot()`` is a host reboot. ``cluster_machines``: three machines for a whole
+module on a test network of their own (``machine.test_address`` on each).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from dynod.build import layers, stacks
-from tests.sandbox.machine import Machine
+from tests.sandbox.machine import Machine, Network
 
 
 def _teardown(m: Machine) -> None:
@@ -33,6 +35,42 @@ def machine() -> Iterator[Machine]:
         yield m
     finally:
         _teardown(m)
+
+
+@contextlib.contextmanager
+def cluster(count: int, binds: Sequence[tuple[str, str]] = ()) -> Iterator[list[Machine]]:
+    """``count`` booted machines, each attached to one test network of their own; all
+    powered off and the network removed afterwards, with a residue check of each, also
+    when booting one of them fails."""
+    net = Network()
+    machines: list[Machine] = []
+    net.create()
+    try:
+        for _ in range(count):
+            m = Machine(binds=list(binds))
+            machines.append(m)
+            m.boot()
+            net.attach(m)
+        yield machines
+    finally:
+        errors = []
+        for m in machines:
+            try:
+                _teardown(m)
+            except AssertionError as exc:
+                errors.append(str(exc))
+        net.destroy()
+        left = net.residue()
+        if left:
+            errors.append(f"network {net.name} left residue on the host: {left}")
+        assert not errors, "\n".join(errors)
+
+
+@pytest.fixture(scope="module")
+def cluster_machines() -> Iterator[list[Machine]]:
+    """Three machines on a test network of their own, for a whole module."""
+    with cluster(3) as machines:
+        yield machines
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,12 @@ LOCK = BASE / "lock"
 NAME_PREFIX = "dsb-"
 # Link between host and machine: one /30 per machine out of this /16.
 LINK_NET = (10, 215)
+# A test network among machines (cluster tests): a bridge in a network namespace of its
+# own, NETNS_PREFIX + hex; its records live beside the machines' in NETWORK_RECORDS.
+NETWORK_RECORDS = BASE / "networks"
+NETNS_PREFIX = "dsbnet-"
+TEST_NET_PREFIX = "10.216.0"
+TEST_NET_IFACE = "cluster0"
 # Host units that follow into an overlay of / and have no business in a test machine.
 MASKED_UNITS = (
     "postgresql.service", "redis-server.service", "haproxy.service", "getty@tty1.service",
@@ -56,6 +62,8 @@ MASKED_UNITS = (
     "podman-auto-update.service", "podman-clean-transient.service",
     # Tests run their own rsyslogd (a drain's receiver), never the host's system logger.
     "rsyslog.service", "syslog.socket",
+    # Debian's etcd-server ships its own member on 127.0.0.1; dynod runs dynod-etcd.
+    "etcd.service",
 )
 # Capabilities the machine's whole process tree loses: nothing in it may touch the
 # host's kernel modules, clock, raw I/O or kernel log.
@@ -467,6 +475,9 @@ class Machine:
     record: Record | None = None
     systemd_pid: int = 0
     delegated: bool = False
+    # Its address on a test network (``Network.attach``), "" when on none.
+    test_address: str = ""
+    test_network: str = ""  # that network's namespace
     _proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -741,6 +752,138 @@ def purge_stale() -> list[str]:
     return purged
 
 
+# --------------------------------------------------------------------------- test network
+
+
+@dataclass
+class NetworkRecord:
+    """A test network, written down before its namespace is made."""
+
+    name: str
+    runner_pid: int
+
+    def path(self) -> Path:
+        return NETWORK_RECORDS / f"{self.name}.json"
+
+    def save(self) -> None:
+        NETWORK_RECORDS.mkdir(parents=True, exist_ok=True)
+        tmp = NETWORK_RECORDS / f".{self.name}.json.tmp"
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(self.path())
+
+    @classmethod
+    def load(cls, path: Path) -> NetworkRecord:
+        return cls(**json.loads(path.read_text()))
+
+
+def _netns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def _purge_network(rec: NetworkRecord) -> None:
+    """Delete the network's namespace (its bridge and every machine's far end go with
+    it), then its record."""
+    if _netns_exists(rec.name):
+        _run(["ip", "netns", "del", rec.name], check=False)
+    rec.path().unlink(missing_ok=True)
+
+
+def purge_stale_networks() -> list[str]:
+    """Remove the networks whose runner died (kill -9, a crashed CI job)."""
+    purged: list[str] = []
+    if not NETWORK_RECORDS.is_dir():
+        return purged
+    with host_lock():
+        for path in sorted(NETWORK_RECORDS.glob("*.json")):
+            try:
+                rec = NetworkRecord.load(path)
+            except (OSError, ValueError, TypeError):
+                path.unlink(missing_ok=True)
+                continue
+            if _alive(rec.runner_pid):
+                continue
+            _purge_network(rec)
+            purged.append(rec.name)
+    return purged
+
+
+@dataclass
+class Network:
+    """A network of its own for several machines: a bridge in a network namespace made
+    for it, with no other interface, route or forwarding, so nothing on it can reach the
+    host or anything beyond, and nothing outside can reach it.
+
+    ``attach(machine)`` gives the machine a second interface (``cluster0``) on the
+    bridge with the next address of 10.216.0.0/24 and returns that address. Each
+    network has a namespace of its own, so addresses repeat across networks freely.
+    """
+
+    name: str = ""
+    record: NetworkRecord | None = None
+    addresses: dict[str, str] = field(default_factory=dict)  # machine name -> address
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = NETNS_PREFIX + secrets.token_hex(4)
+
+    def create(self) -> None:
+        if os.geteuid() != 0:
+            raise SandboxError("the test network needs root (network namespaces)")
+        purge_stale_networks()
+        with host_lock():
+            self.record = NetworkRecord(name=self.name, runner_pid=os.getpid())
+            self.record.save()
+        try:
+            _run(["ip", "netns", "add", self.name])
+            ns = ["ip", "-n", self.name]
+            _run([*ns, "link", "set", "lo", "up"])
+            _run([*ns, "link", "add", "br0", "type", "bridge"])
+            _run([*ns, "link", "set", "br0", "up"])
+        except BaseException:
+            self.destroy()
+            raise
+
+    def attach(self, machine: Machine) -> str:
+        """Plug a booted machine into the network; return its address on it."""
+        if not machine.systemd_pid:
+            raise SandboxError(f"machine {machine.name} is not booted")
+        address = f"{TEST_NET_PREFIX}.{len(self.addresses) + 1}"
+        # The far end is named after its position; it is made in the network's namespace
+        # and its peer moved straight into the machine's, so it is never on the host.
+        far = f"m{len(self.addresses) + 1}"
+        ns = ["ip", "-n", self.name]
+        _run([*ns, "link", "add", far, "type", "veth", "peer", "name", TEST_NET_IFACE,
+              "netns", str(machine.systemd_pid)])
+        _run([*ns, "link", "set", far, "master", "br0", "up"])
+        inside = ["nsenter", "-t", str(machine.systemd_pid), "-n"]
+        _run([*inside, "ip", "addr", "add", f"{address}/24", "dev", TEST_NET_IFACE])
+        _run([*inside, "ip", "link", "set", TEST_NET_IFACE, "up"])
+        self.addresses[machine.name] = address
+        machine.test_address = address
+        machine.test_network = self.name
+        return address
+
+    def destroy(self) -> None:
+        if self.record is not None:
+            with host_lock():
+                _purge_network(self.record)
+
+    def residue(self) -> list[str]:
+        left = []
+        if _netns_exists(self.name):
+            left.append(f"netns {self.name}")
+        if (NETWORK_RECORDS / f"{self.name}.json").exists():
+            left.append(f"record {NETWORK_RECORDS / (self.name + '.json')}")
+        return left
+
+    def __enter__(self) -> Network:
+        self.create()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
 # --------------------------------------------------------------------------- stage 2
 
 
@@ -948,6 +1091,11 @@ def all_residue() -> list[str]:
             left.append(f"mount {line.split()[4]}")
     if RECORDS.is_dir():
         left += [f"record {p}" for p in RECORDS.glob("*.json")]
+    if NETWORK_RECORDS.is_dir():
+        left += [f"record {p}" for p in NETWORK_RECORDS.glob("*.json")]
+    with contextlib.suppress(OSError):
+        left += [f"netns {n.name}" for n in Path("/run/netns").iterdir()
+                 if n.name.startswith(NETNS_PREFIX)]
     return left
 
 
