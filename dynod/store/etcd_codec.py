@@ -41,7 +41,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _typed(hint: Any, value: Any) -> Any:  # noqa: ANN401 - a JSON value of any type
+def _typed(hint: Any, value: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None:
@@ -53,7 +53,7 @@ def _typed(hint: Any, value: Any) -> Any:  # noqa: ANN401 - a JSON value of any 
         return tuple(_typed(item, v) for v in value)
     if origin in (Mapping, dict) or hint is MappingProxyType:
         args = typing.get_args(hint)
-        item = args[1] if len(args) == 2 else Any  # noqa: PLR2004 - Mapping[K, V]
+        item = args[1] if len(args) == 2 else Any
         return MappingProxyType({k: _typed(item, v) for k, v in value.items()})
     if hint is datetime:
         return datetime.fromisoformat(value)
@@ -70,7 +70,7 @@ MappingProxyType = types.MappingProxyType
 
 
 def _record(cls: type[T], doc: Mapping[str, Any]) -> T:
-    hints = _hints(cls)
+    hints = _hints(cls)  # type: ignore[arg-type]
     kwargs = {f.name: _typed(hints[f.name], doc[f.name])
               for f in dataclasses.fields(cls) if f.name in doc}  # type: ignore[arg-type]
     return cls(**kwargs)
