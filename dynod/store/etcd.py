@@ -193,6 +193,10 @@ class EtcdTx(EtcdUsersTx):
             self.kv.put(f"formation/{app}/{process.type}", encode(replace(process, command="")))
 
     # slugs
+    def all_slugs(self) -> list[Slug]:
+        """Every app's (a migration's read-back)."""
+        return sorted(self._slugs("slugs/"), key=lambda s: (s.created_at, s.id))
+
     def _slugs(self, prefix: str) -> list[Slug]:
         return [decode(Slug, v) for _, v in self.kv.scan(prefix)]
 
@@ -440,7 +444,7 @@ class EtcdStore:
         return last
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Tx]:
+    def read(self) -> Iterator[EtcdTx]:
         tx = KvTx(self.kv)
         tx.start()
         yield EtcdTx(tx)
