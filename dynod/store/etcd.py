@@ -35,7 +35,6 @@ from dynod.store.etcd_codec import decode, encode
 from dynod.store.etcd_kv import Kv, KvTx, WriteLock, commit
 from dynod.store.etcd_users import EtcdUsersTx
 from dynod.store.migrations import FIRST_APP_UID
-from dynod.store.protocol import Tx
 
 DEFAULT_STACK = "debian-13"  # SQLite's column default (migration v4)
 
