@@ -164,15 +164,22 @@ class EtcdTx(EtcdUsersTx):
         return None if text is None else decode(Release, text)
 
     def releases(self, app: str, limit: int | None) -> list[Release]:
-        found = [decode(Release, v) for _, v in reversed(self.kv.scan(f"releases/{app}/"))]
-        return found if limit is None else found[:limit]
+        prefix = f"releases/{app}/"
+        pairs = (list(reversed(self.kv.scan(prefix))) if limit is None
+                 else self.kv.newest(prefix, limit))
+        return [decode(Release, v) for _, v in pairs]
 
     def latest_release(self, app: str) -> Release | None:
         return next(iter(self.releases(app, 1)), None)
 
     def latest_succeeded_release(self, app: str) -> Release | None:
-        return next((r for r in self.releases(app, None)
-                     if r.status == ReleaseStatus.SUCCEEDED), None)
+        # The newest few first: the one running is nearly always among them.
+        for limit in (4, None):
+            releases = self.releases(app, limit)
+            found = next((r for r in releases if r.status == ReleaseStatus.SUCCEEDED), None)
+            if found is not None or limit is None or len(releases) < limit:
+                return found
+        return None  # pragma: no cover - the loop returns
 
     def add_release(self, release: Release) -> None:
         if self._exists(release.app):
@@ -444,9 +451,7 @@ class EtcdStore:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[EtcdTx]:
-        tx = KvTx(self.kv)
-        tx.start()
-        yield EtcdTx(tx)
+        yield EtcdTx(KvTx(self.kv))  # its first range fixes the snapshot's revision
 
     @contextlib.contextmanager
     def write(self) -> Iterator[EtcdTx]:

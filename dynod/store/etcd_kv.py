@@ -58,11 +58,13 @@ class Kv:
                               "dynod.toml's etcd_endpoints and TLS files") from exc
         return result
 
-    def range(self, key: str, end: str | None, revision: int | None
-              ) -> tuple[int, list[tuple[str, str]]]:
+    def range(self, key: str, end: str | None, revision: int | None, *,
+              newest: int | None = None) -> tuple[int, list[tuple[str, str]]]:
         """The header revision and the (key, value) pairs of ``[key, end)`` (or ``key``),
-        relative to the root."""
+        relative to the root; only the ``newest`` last keys, last first, if given."""
         payload: dict[str, Any] = {"key": _b64(self.root + key)}
+        if newest is not None:
+            payload.update(limit=newest, sort_order=2, sort_target=0)  # DESCEND by KEY
         if end is not None:
             payload["range_end"] = _b64(self.root + end)
         if revision is not None:
@@ -121,8 +123,9 @@ class KvTx:
     def _covered(self, key: str) -> bool:
         return any(key.startswith(p) for p in self._scanned)
 
-    def _fetch(self, key: str, end: str | None) -> list[tuple[str, str]]:
-        revision, pairs = self.kv.range(key, end, self.revision)
+    def _fetch(self, key: str, end: str | None, newest: int | None = None
+               ) -> list[tuple[str, str]]:
+        revision, pairs = self.kv.range(key, end, self.revision, newest=newest)
         if self.revision is None:
             self.revision = revision
         return pairs
@@ -146,6 +149,20 @@ class KvTx:
             self._scanned.append(prefix)
         return sorted((k, v) for k, v in self._known.items()
                       if v is not None and k.startswith(prefix))
+
+    def newest(self, prefix: str, limit: int) -> list[tuple[str, str]]:
+        """The last ``limit`` (key, value) pairs under ``prefix``, last first, fetching
+        only those unless the prefix was scanned."""
+        if not self._covered(prefix):
+            fetched = self._fetch(prefix, prefix_end(prefix), limit)
+            for key, value in fetched:
+                self._known.setdefault(key, value)
+            found = sorted(((k, v) for k, v in self._known.items()
+                            if v is not None and k.startswith(prefix)
+                            and (k in self._puts or k in dict(fetched))), reverse=True)
+            if len(found) >= limit or len(fetched) < limit:
+                return found[:limit]
+        return list(reversed(self.scan(prefix)))[:limit]
 
     def put(self, key: str, value: str) -> None:
         self._known[key] = value
