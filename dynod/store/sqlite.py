@@ -187,15 +187,6 @@ class SqliteTx(SqliteUsersTx):
              ",".join(slug.layers), slug.app),
         )
 
-    # what only a migration to another store reads: every slug, the next app uid
-    def all_slugs(self) -> list[Slug]:
-        rows = self.db.execute("SELECT a.name, s.id FROM slugs s JOIN apps a"
-                               " ON a.id = s.app_id ORDER BY s.created_at, s.id").fetchall()
-        return [s for s in (self.slug(r[0], r[1]) for r in rows) if s is not None]
-
-    def next_uid(self) -> int:
-        return int(self.db.execute("SELECT next FROM app_uids").fetchone()[0])
-
     # apps: uid; settings: rollout generation
     def app_uid(self, name: str) -> int | None:
         row = self.db.execute("SELECT uid FROM apps WHERE name = ?", (name,)).fetchone()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynod.errors import FailedPrecondition
+from dynod.model.slugs import Slug
 from dynod.store.etcd import EtcdStore, EtcdTx
 from dynod.store.etcd_kv import GUARD, LOCK, KvTx
 from dynod.store.protocol import Tx
@@ -44,9 +45,12 @@ def snapshot(tx: Tx) -> dict[str, Any]:
             "backup_schedules": tx.list_backup_schedules(None)}
 
 
-def _slugs(tx: Tx) -> list[Any]:
+def _slugs(tx: Tx) -> list[Slug]:
+    """Every app's slugs (the protocol reads them one by one, by id)."""
     if isinstance(tx, SqliteTx):
-        return tx.all_slugs()
+        rows = tx.db.execute("SELECT a.name, s.id FROM slugs s JOIN apps a"
+                             " ON a.id = s.app_id ORDER BY s.created_at, s.id").fetchall()
+        return [s for s in (tx.slug(r[0], r[1]) for r in rows) if s is not None]
     assert isinstance(tx, EtcdTx)
     return tx.all_slugs()
 
@@ -78,8 +82,9 @@ def _copy(src: SqliteTx, dst: EtcdTx) -> None:
             dst.put_build(build)
         for backup in src.list_backups(n):
             dst.insert_backup(backup)
-    dst.kv.put("meta/next-uid", str(max(src.next_uid(), dst.next_uid())))
-    for slug in src.all_slugs():
+    next_uid = int(src.db.execute("SELECT next FROM app_uids").fetchone()[0])
+    dst.kv.put("meta/next-uid", str(max(next_uid, dst.next_uid())))
+    for slug in _slugs(src):
         dst.put_slug(slug)
     for user in src.users():
         dst.put_user(user)
