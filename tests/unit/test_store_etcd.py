@@ -6,6 +6,7 @@ migrates into etcd with nothing lost."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -251,77 +252,70 @@ def _three_apps(store: SqliteStore) -> None:
         fill(tx, "blog", 80)  # 81 releases: the copy spans several etcd txns
 
 
-def test_migration_copies_three_apps_with_nothing_lost(tmp_path: Path,
-                                                       etcd_server: Etcd) -> None:
+@pytest.fixture
+def stores(tmp_path: Path, etcd_server: Etcd) -> Iterator[tuple[SqliteStore, EtcdStore]]:
+    """A SQLite store with three apps, and an empty etcd store."""
     sqlite = SqliteStore.open(tmp_path / "state.db")
     etcd = etcd_store(etcd_server)
     try:
         _three_apps(sqlite)
-        done = migrate(sqlite, etcd)
-        assert (done.apps, done.releases) == (3, 3 + 5 + 81)
-        assert done.keys > 128  # more than one etcd txn can hold
-        with sqlite.read() as want, etcd.read() as got:
-            assert snapshot(got) == snapshot(want)
-            assert got.app_uid("blog") == want.app_uid("blog") == 70003
-            assert got.releases("blog", 1)[0].config == {"N": "81",
-                                                          "DATABASE_URL": "pg://blog"}
-            assert [p.quantity for p in got.processes("shop")] == [2, 1]
-            assert got.domains("api") == want.domains("api") != []
-            assert got.list_addons("shop") == want.list_addons("shop") != []
-        with etcd.write() as tx:  # and it is a working store: a new app's uid is new
-            tx.add_app(App("new", "me", T0))
-        with etcd.read() as tx:
-            assert tx.app_uid("new") == 70004
-        with pytest.raises(FailedPrecondition, match="already holds a migrated state"):
-            migrate(sqlite, etcd)
+        yield sqlite, etcd
     finally:
         sqlite.close()
         etcd.close()
 
 
-def test_migration_refuses_an_etcd_with_apps_of_its_own(tmp_path: Path,
-                                                        etcd_server: Etcd) -> None:
-    sqlite = SqliteStore.open(tmp_path / "state.db")
-    etcd = etcd_store(etcd_server)
-    try:
-        _three_apps(sqlite)
-        with etcd.write() as tx:
-            tx.add_app(App("theirs", "me", T0))
-        with pytest.raises(FailedPrecondition, match="apps of its own"):
-            migrate(sqlite, etcd)
-        with etcd.read() as tx:
-            assert [a.name for a in tx.apps()] == ["theirs"]
-    finally:
-        sqlite.close()
-        etcd.close()
-
-
-def test_an_interrupted_migration_is_redone_whole(tmp_path: Path, etcd_server: Etcd,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """etcd fails after the first batch: the next attempt wipes the half copy."""
-    sqlite = SqliteStore.open(tmp_path / "state.db")
-    etcd = etcd_store(etcd_server)
-    try:
-        _three_apps(sqlite)
-        real = etcd.kv.txn
-        calls = [0]
-
-        def failing(compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> bool:
-            calls[0] += 1
-            if calls[0] == 3:  # lock, first batch, then this one
-                raise Unavailable("etcd went away")
-            return real(compare, success)
-
-        monkeypatch.setattr(etcd.kv, "txn", failing)
-        with pytest.raises(Unavailable):
-            migrate(sqlite, etcd)
-        monkeypatch.setattr(etcd.kv, "txn", real)
-        etcd.kv.txn([], [etcd.kv.delete_op(LOCK)])  # the dead attempt's lock (its lease)
+def test_migration_copies_three_apps_with_nothing_lost(
+        stores: tuple[SqliteStore, EtcdStore]) -> None:
+    sqlite, etcd = stores
+    done = migrate(sqlite, etcd)
+    assert (done.apps, done.releases) == (3, 3 + 5 + 81)
+    assert done.keys > 128  # more than one etcd txn can hold
+    with sqlite.read() as want, etcd.read() as got:
+        assert snapshot(got) == snapshot(want)
+        assert got.app_uid("blog") == want.app_uid("blog") == 70003
+        assert got.releases("blog", 1)[0].config == {"N": "81",
+                                                      "DATABASE_URL": "pg://blog"}
+        assert [p.quantity for p in got.processes("shop")] == [2, 1]
+        assert got.domains("api") == want.domains("api") != []
+        assert got.list_addons("shop") == want.list_addons("shop") != []
+    with etcd.write() as tx:  # and it is a working store: a new app's uid is new
+        tx.add_app(App("new", "me", T0))
+    with etcd.read() as tx:
+        assert tx.app_uid("new") == 70004
+    with pytest.raises(FailedPrecondition, match="already holds a migrated state"):
         migrate(sqlite, etcd)
-        with sqlite.read() as want, etcd.read() as got:
-            assert snapshot(got) == snapshot(want)
-    finally:
-        sqlite.close()
-        etcd.close()
 
 
+def test_migration_refuses_an_etcd_with_apps_of_its_own(
+        stores: tuple[SqliteStore, EtcdStore]) -> None:
+    sqlite, etcd = stores
+    with etcd.write() as tx:
+        tx.add_app(App("theirs", "me", T0))
+    with pytest.raises(FailedPrecondition, match="apps of its own"):
+        migrate(sqlite, etcd)
+    with etcd.read() as tx:
+        assert [a.name for a in tx.apps()] == ["theirs"]
+
+
+def test_an_interrupted_migration_is_redone_whole(
+        stores: tuple[SqliteStore, EtcdStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd fails after the first batch: the next attempt wipes the half copy."""
+    sqlite, etcd = stores
+    real = etcd.kv.txn
+    calls = [0]
+
+    def failing(compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> bool:
+        calls[0] += 1
+        if calls[0] == 3:  # lock, first batch, then this one
+            raise Unavailable("etcd went away")
+        return real(compare, success)
+
+    monkeypatch.setattr(etcd.kv, "txn", failing)
+    with pytest.raises(Unavailable):
+        migrate(sqlite, etcd)
+    monkeypatch.setattr(etcd.kv, "txn", real)
+    etcd.kv.txn([], [etcd.kv.delete_op(LOCK)])  # the dead attempt's lock (its lease)
+    migrate(sqlite, etcd)
+    with sqlite.read() as want, etcd.read() as got:
+        assert snapshot(got) == snapshot(want)
