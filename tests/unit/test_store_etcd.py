@@ -5,6 +5,7 @@ migrates into etcd with nothing lost."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dynod.errors import FailedPrecondition, Unavailable
+from dynod.errors import FailedPrecondition, InvalidArgument, Unavailable
 from dynod.model.acm import AcmDomain, AcmStatus
 from dynod.model.addons import (
     Addon,
@@ -34,7 +35,8 @@ from dynod.model.keys import Key
 from dynod.model.releases import Release, ReleaseStatus
 from dynod.model.slugs import Slug
 from dynod.model.users import Collaborator, Role, Token, User
-from dynod.store.etcd import EtcdStore
+from dynod.settings import Settings, load_settings
+from dynod.store.etcd import EtcdSettings, EtcdStore, etcd_settings
 from dynod.store.etcd_kv import LOCK
 from dynod.store.protocol import Store, Tx
 from dynod.store.sqlite import SqliteStore
@@ -319,3 +321,30 @@ def test_an_interrupted_migration_is_redone_whole(
     migrate(sqlite, etcd)
     with sqlite.read() as want, etcd.read() as got:
         assert snapshot(got) == snapshot(want)
+
+
+def test_an_etcd_that_does_not_answer_is_named(tmp_path: Path) -> None:
+    from tests.etcd.server import _free_port  # noqa: PLC0415 - a port nothing listens on
+    endpoint = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(Unavailable, match=f"etcd at {endpoint}: .*etcd_endpoints"):
+        EtcdStore(EtcdSettings((endpoint,), timeout=2))
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('store = "postgres"', "'store' must be \"sqlite\""),
+    ('store = "etcd"\netcd_endpoints = "10.0.0.1"', "'etcd_endpoints' must be HOST:PORT"),
+    ('etcd_endpoints = "10.0.0.1:2379,"', "'etcd_endpoints' must be HOST:PORT"),
+])
+def test_bad_store_settings_are_refused(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "dynod.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        load_settings(path)
+
+
+def test_store_settings_read() -> None:
+    settings = Settings(store="etcd", etcd_endpoints="10.0.0.1:2379, 10.0.0.2:2379",
+                        etcd_ca_file="/etc/ca.pem")
+    assert etcd_settings(settings) == EtcdSettings(
+        ("10.0.0.1:2379", "10.0.0.2:2379"), Path("/etc/ca.pem"), None, None)
+    assert Settings().store == "sqlite"
