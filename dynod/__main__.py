@@ -58,7 +58,7 @@ from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, Settings, listen_address, load_settings
-from dynod.store.etcd import EtcdStore, etcd_settings
+from dynod.store.etcd import EtcdSettings, EtcdStore
 from dynod.store.protocol import Store
 from dynod.store.sqlite import SqliteStore
 from dynod.system import netns
@@ -95,6 +95,16 @@ def api_tcp(settings: Settings, ca: local_ca.LocalCA) -> TcpListen | None:
         dict.fromkeys((socket.gethostname(), socket.getfqdn(), "localhost")))
     chain, key = local_ca.issue(ca, names, datetime.now(UTC))
     return TcpListen(settings.api_listen, chain, key)
+
+
+def etcd_settings(settings: Settings) -> EtcdSettings:
+    """dynod.toml's etcd_* settings."""
+    def path(value: str) -> Path | None:
+        return Path(value) if value else None
+
+    return EtcdSettings(tuple(e.strip() for e in settings.etcd_endpoints.split(",")),
+                        path(settings.etcd_ca_file), path(settings.etcd_cert_file),
+                        path(settings.etcd_key_file))
 
 
 def open_store(settings: Settings) -> Store:

@@ -30,7 +30,6 @@ from dynod.model.formation import Process
 from dynod.model.keys import Key
 from dynod.model.releases import Release, ReleaseStatus
 from dynod.model.slugs import Slug
-from dynod.settings import Settings
 from dynod.store.etcd_codec import decode, encode
 from dynod.store.etcd_kv import Kv, KvTx, WriteLock, commit
 from dynod.store.etcd_users import EtcdUsersTx
@@ -408,16 +407,6 @@ class EtcdSettings:
     key_file: Path | None = None
     root: str = "/dynod/"
     timeout: float = 30.0
-
-
-def etcd_settings(settings: Settings) -> EtcdSettings:
-    """dynod.toml's etcd_* settings."""
-    def path(value: str) -> Path | None:
-        return Path(value) if value else None
-
-    return EtcdSettings(tuple(e.strip() for e in settings.etcd_endpoints.split(",")),
-                        path(settings.etcd_ca_file), path(settings.etcd_cert_file),
-                        path(settings.etcd_key_file))
 
 
 class EtcdStore:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from dynod.__main__ import etcd_settings
 from dynod.errors import FailedPrecondition, InvalidArgument, Unavailable
 from dynod.model.acm import AcmDomain, AcmStatus
 from dynod.model.addons import (
@@ -36,7 +37,7 @@ from dynod.model.releases import Release, ReleaseStatus
 from dynod.model.slugs import Slug
 from dynod.model.users import Collaborator, Role, Token, User
 from dynod.settings import Settings, load_settings
-from dynod.store.etcd import EtcdSettings, EtcdStore, etcd_settings
+from dynod.store.etcd import EtcdSettings, EtcdStore
 from dynod.store.etcd_kv import LOCK
 from dynod.store.protocol import Store, Tx
 from dynod.store.sqlite import SqliteStore
