@@ -59,6 +59,8 @@ from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, Settings, listen_address, load_settings
+from dynod.store.etcd import EtcdSettings, EtcdStore
+from dynod.store.protocol import Store
 from dynod.store.sqlite import SqliteStore
 from dynod.system import netns
 
@@ -102,6 +104,27 @@ def api_tcp(settings: Settings, ca: local_ca.LocalCA) -> TcpListen | None:
     return TcpListen(settings.api_listen, *tls_pair(settings, ca, "api"))
 
 
+def etcd_settings(settings: Settings) -> EtcdSettings:
+    """dynod.toml's etcd_* settings."""
+    def path(value: str) -> Path | None:
+        return Path(value) if value else None
+
+    return EtcdSettings(tuple(e.strip() for e in settings.etcd_endpoints.split(",")),
+                        path(settings.etcd_ca_file), path(settings.etcd_cert_file),
+                        path(settings.etcd_key_file))
+
+
+def open_store(settings: Settings) -> Store:
+    """The store dynod.toml names: SQLite (the default) or etcd."""
+    if settings.store == "etcd":
+        etcd = EtcdStore(etcd_settings(settings))
+        log.info("state in etcd at %s", settings.etcd_endpoints)
+        return etcd
+    sqlite = SqliteStore.open(settings.db_path)
+    log.info("state %s, schema version %d", settings.db_path, sqlite.schema_version)
+    return sqlite
+
+
 def serve(config: Path) -> int:
     settings = load_settings(config)
     settings.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -116,8 +139,7 @@ def serve(config: Path) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    store = SqliteStore.open(settings.db_path)
-    log.info("state %s, schema version %d", settings.db_path, store.schema_version)
+    store = open_store(settings)
     # The router before the dynos: the supervisor tells it about up web dynos from the start.
     # HAProxy comes up in a thread meanwhile (router calls wait for it).
     # HTTPS on the default domain from the first start: dynod's local CA (made by the

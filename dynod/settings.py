@@ -57,6 +57,15 @@ class Settings:
     dashboard_listen: str = ""
     dashboard_tls_cert: str = ""
     dashboard_tls_key: str = ""
+    # Where the desired state lives: "sqlite" (the embedded default, db_path) or "etcd"
+    # (a cluster): etcd_endpoints is a comma-separated list of HOST:PORT; with
+    # etcd_ca_file set dynod speaks HTTPS to etcd, verifying it against that CA, and
+    # presents etcd_cert_file/etcd_key_file (PEM) when etcd asks for client certificates.
+    store: str = "sqlite"
+    etcd_endpoints: str = "127.0.0.1:2379"
+    etcd_ca_file: str = ""
+    etcd_cert_file: str = ""
+    etcd_key_file: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -117,5 +126,12 @@ def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
         if key == "dashboard_listen" and value and not _is_listen(value):
             raise InvalidArgument(f"{path}: setting 'dashboard_listen' must be HOST:PORT, "
                                   f'e.g. "0.0.0.0:5444", or "" for no dashboard')
+        if key == "store" and value not in ("sqlite", "etcd"):
+            raise InvalidArgument(f"{path}: setting 'store' must be \"sqlite\" (one "
+                                  'machine, the default) or "etcd" (a cluster)')
+        if key == "etcd_endpoints" and not all(
+                _is_listen(e.strip()) for e in value.split(",")):
+            raise InvalidArgument(f"{path}: setting 'etcd_endpoints' must be HOST:PORT[,"
+                                  'HOST:PORT...], e.g. "10.0.0.1:2379,10.0.0.2:2379"')
         values[key] = Path(value) if key in _PATH_KEYS else value
     return Settings(**values)  # type: ignore[arg-type]

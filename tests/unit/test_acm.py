@@ -5,7 +5,7 @@ control use cases on a real store, certs:auto's output, and bad input."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,8 +24,9 @@ from dynod.router.acme import AcmeFailure, Issued
 from dynod.router.cert_store import CertStore
 from dynod.router.haproxy_config import RouterPaths, render_config
 from dynod.settings import load_settings
-from dynod.store.sqlite import SqliteStore
+from dynod.store.protocol import Store
 from dynod.v1 import domains_pb2
+from tests.unit.conftest import open_store
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -119,16 +120,18 @@ class FakeCA:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    s = SqliteStore.open(tmp_path / "state.db")
+def store(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Each kind of store (SQLite, etcd), with the app shop and a custom domain."""
+    s = open_store(store_kind, tmp_path, request)
     events = EventBus()
     create_app(s, events, "shop", "me")
     add_domain(s, events, "shop", "www.example.com", "dynod.localhost")
-    return s
+    yield s
+    s.close()
 
 
 def test_orders_install_renew_and_a_failure_keeps_the_certificate(
-        store: SqliteStore, tmp_path: Path) -> None:
+        store: Store, tmp_path: Path) -> None:
     certs = FakeCerts()
     ca = FakeCA(certs)
     # The control plane stamps records with the real time.
@@ -173,7 +176,7 @@ def test_orders_install_renew_and_a_failure_keeps_the_certificate(
 # -- control use cases and bad input
 
 
-def test_refresh_needs_acm_on_and_unknown_apps_are_named(store: SqliteStore) -> None:
+def test_refresh_needs_acm_on_and_unknown_apps_are_named(store: Store) -> None:
     events = EventBus()
     with pytest.raises(FailedPrecondition, match="certs:auto:enable -a shop"):
         control_acm.refresh_acm(store, events, "shop")
@@ -270,7 +273,7 @@ def test_certs_auto_shows_each_domain_and_what_to_do() -> None:
     ]
 
 
-def test_acm_records_go_with_their_domain(store: SqliteStore) -> None:
+def test_acm_records_go_with_their_domain(store: Store) -> None:
     events = EventBus()
     control_acm.set_acm(store, events, "shop", True)
     with store.read() as tx:

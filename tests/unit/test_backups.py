@@ -27,8 +27,9 @@ from dynod.model.addons import (
 )
 from dynod.model.apps import App
 from dynod.model.events import BackupFailed, EventBus
-from dynod.store.sqlite import SqliteStore
+from dynod.store.protocol import Store
 from dynod.system import timers
+from tests.unit.conftest import open_store
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -201,7 +202,7 @@ class FakeTimers:
 
 @dataclass
 class World:
-    store: SqliteStore
+    store: Store
     databases: pg.Databases
     files: FakeFiles
     timers: FakeTimers
@@ -213,8 +214,9 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    store = SqliteStore.open(tmp_path / "state.db")
+def world(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Iterator[World]:
+    """Each kind of store (SQLite, etcd) with shop's Postgres add-on, and fakes around."""
+    store = open_store(store_kind, tmp_path, request)
     creds = Credentials("10.213.0.1", 5432, "postgresql_a_1", "pw", "postgresql_a_1")
     with store.write() as tx:
         tx.add_app(App("shop", "jane", NOW))
@@ -226,8 +228,9 @@ def world(tmp_path: Path) -> World:
     lines: list[tuple[str, str]] = []
     events.subscribe(BackupFailed, Audit(lambda app, line: lines.append((app, line))))
     files, fake_timers = FakeFiles(), FakeTimers()
-    return World(store, pg.Databases(store, events, None, files, fake_timers), files,
-                 fake_timers, lines)
+    yield World(store, pg.Databases(store, events, None, files, fake_timers), files,
+                fake_timers, lines)
+    store.close()
 
 
 def test_capture_records_verified_backups_b001_b002(world: World) -> None:

@@ -23,8 +23,9 @@ from dynod.control.drain_shipper import (
 from dynod.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from dynod.model.drains import Drain, Scheme, Target, frame, overflow_message, parse_url
 from dynod.model.events import DrainsChanged, EventBus
-from dynod.store.sqlite import SqliteStore
+from dynod.store.protocol import Store
 from dynod.system.drain_sockets import DeliveryFailed
+from tests.unit.conftest import open_store
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -54,14 +55,15 @@ def test_frames_are_octet_counted_rfc5424_as_logplex_writes_them() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore.open(tmp_path / "state.db")
+def store(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Each kind of store (SQLite, etcd), with the app shop."""
+    s = open_store(store_kind, tmp_path, request)
     apps.create_app(s, EventBus(), "shop", "jane")
     yield s
     s.close()
 
 
-def test_add_list_remove_by_url_or_token(store: SqliteStore) -> None:
+def test_add_list_remove_by_url_or_token(store: Store) -> None:
     events, seen = EventBus(), list[DrainsChanged]()
     events.subscribe(DrainsChanged, seen.append)
     probed: list[Target] = []
@@ -82,7 +84,7 @@ def test_add_list_remove_by_url_or_token(store: SqliteStore) -> None:
 
 
 def test_a_receiver_that_does_not_answer_or_a_bad_url_adds_nothing(
-        store: SqliteStore) -> None:
+        store: Store) -> None:
     def refuse(_t: Target) -> None:
         raise DeliveryFailed("it refused the connection")
     with pytest.raises(FailedPrecondition, match="cannot reach h:1: it refused the "
@@ -209,7 +211,7 @@ def test_a_dead_receiver_fills_only_its_buffer_then_gets_l10_and_the_newest_line
     assert numbers == sorted(numbers) and len(numbers) == 30 - s.dropped
 
 
-def test_shippers_follow_the_store(store: SqliteStore, tmp_path: Path) -> None:
+def test_shippers_follow_the_store(store: Store, tmp_path: Path) -> None:
     receiver = Receiver()
     shippers = DrainShippers(store, tmp_path / "drains", lambda _d, _t: receiver,
                              lambda _a: FakeJournal([]))

@@ -1,4 +1,6 @@
-"""Fixtures of the control-plane tests: ``api``, an in-process server with stubs."""
+"""Fixtures of the control-plane tests: ``api``, an in-process server with stubs, on
+each store (SQLite, and etcd: a real etcd on 127.0.0.1, a fresh key prefix per test),
+so both behave the same."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.conftest import open_store
 from tests.unit.control_plane.harness import Api, start
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    client, server = start(tmp_path)
+def api(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Iterator[Api]:
+    client, server = start(tmp_path, open_store(store_kind, tmp_path, request))
     try:
         yield client
     finally:

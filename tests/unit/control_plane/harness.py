@@ -15,6 +15,8 @@ import grpc
 from dynod.api.daemon import Daemon
 from dynod.api.server import make_server
 from dynod.settings import Settings
+from dynod.store.etcd import EtcdStore
+from dynod.store.etcd_kv import GUARD, LOCK
 from dynod.store.sqlite import SqliteStore
 from dynod.v1 import (
     apps_pb2,
@@ -45,7 +47,7 @@ class Api:
 
     channel: grpc.Channel
     socket: Path
-    store: SqliteStore
+    store: SqliteStore | EtcdStore
     daemon: Daemon
 
     def __post_init__(self) -> None:
@@ -69,7 +71,11 @@ class Api:
         return release.release.version
 
     def dump(self) -> str:
-        """Every row of the state database, for "state unchanged" checks."""
+        """Every row of the state database (every key of the etcd store), for "state
+        unchanged" checks."""
+        if isinstance(self.store, EtcdStore):
+            return "\n".join(f"{k}={v}" for k, v in self.store.kv.everything()
+                             if k not in (GUARD, LOCK))
         db = sqlite3.connect(self.store.path)
         try:
             return "\n".join(db.iterdump())
@@ -77,8 +83,10 @@ class Api:
             db.close()
 
 
-def start(tmp_path: Path) -> tuple[Api, grpc.Server]:
-    store = SqliteStore.open(tmp_path / "state" / "state.db")
+def start(tmp_path: Path, store: SqliteStore | EtcdStore | None = None
+          ) -> tuple[Api, grpc.Server]:
+    """A server on ``store`` (a SQLite store in ``tmp_path`` if None)."""
+    store = store or SqliteStore.open(tmp_path / "state" / "state.db")
     daemon = Daemon(store, Settings(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"))
     server, _ = make_server(daemon, max_workers=32)
     sock = tmp_path / "api.sock"
