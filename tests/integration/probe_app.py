@@ -66,6 +66,12 @@ def path(target: str) -> tuple[bool, str]:
         return True, f"exists (mode {st.st_mode:o}), then {exc}"
 
 
+def glob(patterns: str) -> tuple[bool, str]:
+    """``PATTERN[,PATTERN...]``: any path matching one of them."""
+    found = [str(p) for pat in patterns.split(",") for p in Path("/").glob(pat.lstrip("/"))]
+    return bool(found), f"found {found[:3]}" if found else "nothing matches"
+
+
 def processes(spec: str) -> tuple[bool, str]:
     """``UID:MARKER``: any process of that uid, or with MARKER in its command line."""
     uid, _, marker = spec.partition(":")
@@ -122,7 +128,7 @@ def router(target: str) -> tuple[bool, str]:
     return status.split(" ")[1:2] == ["200"], f"{status}: {body.strip()[:60]}"
 
 
-KINDS = {"tcp": tcp, "unix": unix, "path": path, "processes": processes,
+KINDS = {"tcp": tcp, "unix": unix, "path": path, "glob": glob, "processes": processes,
          "environ": environ, "router": router}
 
 

@@ -1,13 +1,14 @@
 """Isolation between apps, probed from inside app A (issue 20 item 3): from its web
-dyno, a one-off dyno (``dynoctl run``) and its build (a custom buildpack's bin/compile),
-probe_app.py tries app B's dynos and add-ons (a real heroku-postgresql and
-heroku-redis), the machine's sshd, dynod's API (unix socket and TCP ``api_listen``),
-its metrics port, HAProxy's admin socket, and B's files and processes (``/run/dynod``,
-B's slug tree, build cache and repository, the store, ``/proc`` of B's processes and
-their environment). Every one of those must be refused; the one allowed path, B's
-router URL (``https://bravo.dynod.localhost``, the way Heroku apps call each other),
-must answer. The test prints the table (probe, from web/run/build, result) and fails
-naming every probe that got through.
+dyno, a one-off dyno (``dynoctl run``), its release phase and its build (a custom
+buildpack's bin/compile), probe_app.py tries app B's dynos and add-ons (a real
+heroku-postgresql and heroku-redis), the machine's sshd and every other TCP listener
+(dynod's ``api_listen``, its metrics port, HAProxy's), dynod's API socket, HAProxy's
+admin socket, and B's files and processes (``/run/dynod``, the store, B's slug tree,
+build cache and repository, ``/proc`` of B's processes and their environment). Every
+one of those must be refused; the one allowed path, B's router URL
+(``https://bravo.dynod.localhost``, the way Heroku apps call each other), must answer.
+The test prints the table (probe, from web/run/release/build, result) and fails naming
+every probe that got through.
 """
 
 from __future__ import annotations
@@ -37,14 +38,26 @@ set -e
 echo secret > "$2/cached-secret"
 """
 SECRET_VAR = "BRAVO_ONLY_SECRET"  # noqa: S105 - a name to look for, not a secret
-SOURCES = ("web", "run", "build")
+SOURCES = ("web", "run", "release", "build")
+# Probes that still get through, each with why, shown as such in the table; the test
+# fails when one is refused, so that the fix takes it out of here.
+# - The cgroup tree: dynos and builds see /sys/fs/cgroup read-only (ProtectControlGroups=)
+#   without a cgroup namespace, so the names of other apps' slices and dyno units, their
+#   memory and CPU use and the host PIDs in their cgroup.procs. systemd 252 has no
+#   private cgroup namespace for a unit (257's ProtectControlGroups=private), and hiding
+#   the tree would take apps' own limits (memory.max) from runtimes that size by them.
+KNOWN_GAPS = ("bravo cgroup",)
 
 
-def make_app(m: Machine, app: str) -> None:
-    """An app of probe_app.py, pushed with git through the probe buildpack."""
+def make_app(m: Machine, app: str, *, release: bool = False) -> None:
+    """An app of probe_app.py, pushed with git through the probe buildpack; with
+    ``release``, its release phase runs the probes too."""
     src = f"/tmp/src-{app}"
+    procfile = f"web: exec python3 -u probe_app.py serve {app}\n"
+    if release:
+        procfile += "release: python3 probe_app.py probe\n"
     sh(m, f"mkdir -p {src} && cp {PROBE_APP} {src}/probe_app.py && "
-          f"echo 'web: exec python3 -u probe_app.py serve {app}' > {src}/Procfile")
+          f"printf %s {shlex.quote(procfile)} > {src}/Procfile")
     setup_push(m, app, src)
     dynoctl(m, "buildpacks:set", "-a", app, BUILDPACK)
 
@@ -77,6 +90,16 @@ def deny_probes(m: Machine, victim: str) -> dict[str, list[str]]:
         f"metrics (metrics_listen :{METRICS_PORT})": ["tcp", f"{GW}:{METRICS_PORT}"],
         "dynod API socket": ["unix", "/run/dynod/dynod.sock"],
         "HAProxy admin socket": ["unix", "/run/dynod/router/admin.sock"],
+        # systemd's and D-Bus's sockets: unit properties (other apps' Environment=, so
+        # their config vars) are readable over D-Bus by any user; journald's would let
+        # a dyno write lines tagged with another app's DYNOD_APP.
+        "D-Bus system bus": ["unix", "/run/dbus/system_bus_socket"],
+        "systemd's private socket": ["unix", "/run/systemd/private"],
+        "journald's socket": ["unix", "/run/systemd/journal/socket"],
+        "journald's stdout socket": ["unix", "/run/systemd/journal/stdout"],
+        f"{victim} cgroup (dynod-{victim}.slice)": [
+            "glob", f"/sys/fs/cgroup/dynod.slice/dynod-{victim}.slice,"
+                    f"/sys/fs/cgroup/*/dynod.slice/dynod-{victim}.slice"],
         "/run/dynod": ["path", "/run/dynod"],
         "the store (state.db)": ["path", "/var/lib/dynod/state.db"],
         f"{victim} slug tree": ["path", trees[0]],
@@ -85,6 +108,17 @@ def deny_probes(m: Machine, victim: str) -> dict[str, list[str]]:
         f"{victim} processes in /proc": ["processes", f"{uid}:serve {victim}"],
         f"{victim} config vars in /proc/*/environ": ["environ", SECRET_VAR],
     }
+    # Every other TCP listener of the machine (HAProxy's own, a stats port if one is
+    # configured, whatever else runs), on the gateway: only the router's 80 and 443 and
+    # the attached apps' add-on ports may answer a dyno there.
+    covered = {int(t.rpartition(":")[2]) for kind, t in probes.values() if kind == "tcp"}
+    for line in sh(m, "ss -ltnpH")[1].splitlines():
+        cols = line.split()
+        port = int(cols[3].rpartition(":")[2])
+        who = re.search(r'\(\("([^"]+)"', line)
+        if port not in (80, 443, *covered):
+            covered.add(port)
+            probes[f"listener :{port} ({who.group(1) if who else '?'})"] = ["tcp", f"{GW}:{port}"]
     # The machine's other addresses (not the bridge's): its sshd and API there too.
     addrs = json.loads(sh(m, "ip -4 -j addr show")[1])
     for link in addrs:
@@ -139,7 +173,7 @@ def test_no_probe_from_another_app_gets_through(stack_machine: Machine) -> None:
     probes = {**deny, **allow}
 
     # The prober: its build runs the probes (they are in its config, so in ENV_DIR).
-    make_app(m, "alpha")
+    make_app(m, "alpha", release=True)
     dynoctl(m, "config:set", f"PROBE_TARGETS={json.dumps(probes)}", "-a", "alpha")
     got = {"build": results_from(push(m, "alpha"), "build")}
     web = all_up(m, "alpha", 1)[0]
@@ -147,17 +181,23 @@ def test_no_probe_from_another_app_gets_through(stack_machine: Machine) -> None:
     out = m.exec(["dynoctl", "run", "-a", "alpha", "--no-tty", "python3 probe_app.py probe"],
                  check=False, timeout=120)
     got["run"] = results_from(out.stdout + out.stderr, "one-off dyno")
+    got["release"] = results_from(dynoctl(m, "releases:output", "-a", "alpha"),
+                                  "release phase")
 
     rows = [("probe", "from", "expected", "result")]
-    breaches = []
+    breaches, closed = [], []
     for name in probes:
-        expected = "allowed" if name in allow else "refused"
+        gap = name.startswith(KNOWN_GAPS)
+        expected = "allowed" if name in allow else "KNOWN GAP" if gap else "refused"
         for where in SOURCES:
             r = got[where][name]
             reached = bool(r["reached"])
             verdict = ("reached" if reached else "refused") + f" ({r['detail']})"
             rows.append((name, where, expected, verdict))
-            if reached is (expected == "refused"):
+            if gap and not reached:
+                closed.append(f"{name} from {where}: refused now; take it out of KNOWN_GAPS")
+            elif not gap and reached is (expected == "refused"):
                 breaches.append(f"{name} from {where}: {expected} expected, got {verdict}")
     print("\nIsolation probes from app alpha at app bravo and the machine:\n" + table(rows))
     assert not breaches, "isolation probes that went wrong:\n" + "\n".join(breaches)
+    assert not closed, "\n".join(closed)
