@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_addon_isolation import GW, config_get, port_of
 from tests.integration.test_builds import push, setup_push, sh
 from tests.integration.test_dynos import all_up, dynoctl
 from tests.sandbox.machine import Machine
@@ -27,7 +28,6 @@ from tests.sandbox.machine import Machine
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
 PROBE_APP = Path(__file__).with_name("probe_app.py")
-GW = "10.213.0.1"
 API_PORT, METRICS_PORT = 5443, 9311
 BUILDPACK = "/opt/probe-bp"
 # Runs the probes at build time when the app has PROBE_TARGETS (from ENV_DIR, $3), and
@@ -62,16 +62,6 @@ def make_app(m: Machine, app: str, *, release: bool = False) -> None:
     dynoctl(m, "buildpacks:set", "-a", app, BUILDPACK)
 
 
-def config_get(m: Machine, app: str, var: str) -> str:
-    return dynoctl(m, "config:get", var, "-a", app).strip()
-
-
-def addon_port(url: str) -> int:
-    found = re.search(r"@([\d.]+):(\d+)/", url)
-    assert found and found.group(1) == GW, url
-    return int(found.group(2))
-
-
 def deny_probes(m: Machine, victim: str) -> dict[str, list[str]]:
     """Everything of ``victim``'s and of the machine's a dyno of another app must not
     reach, as probe_app.py's ``{name: [kind, target]}``."""
@@ -82,9 +72,9 @@ def deny_probes(m: Machine, victim: str) -> dict[str, list[str]]:
     probes: dict[str, list[str]] = {
         f"{victim} web dyno {web['address']}:5000": ["tcp", f"{web['address']}:5000"],
         f"{victim} postgres add-on": [
-            "tcp", f"{GW}:{addon_port(config_get(m, victim, 'DATABASE_URL'))}"],
+            "tcp", f"{GW}:{port_of(config_get(m, victim, 'DATABASE_URL'))}"],
         f"{victim} redis add-on": [
-            "tcp", f"{GW}:{addon_port(config_get(m, victim, 'REDIS_URL'))}"],
+            "tcp", f"{GW}:{port_of(config_get(m, victim, 'REDIS_URL'))}"],
         "sshd on the gateway": ["tcp", f"{GW}:22"],
         f"dynod API over TCP (api_listen :{API_PORT})": ["tcp", f"{GW}:{API_PORT}"],
         f"metrics (metrics_listen :{METRICS_PORT})": ["tcp", f"{GW}:{METRICS_PORT}"],
