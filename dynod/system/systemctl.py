@@ -78,6 +78,11 @@ def build_step_properties(spec: BuildStepSpec) -> list[str]:
         "ProtectControlGroups=yes",
         "ProtectClock=yes",
         "ProtectHostname=yes",
+        # The build shares the host's PID namespace (systemd 252 has no PrivatePIDs=):
+        # a /proc with hidepid=invisible shows it only its own processes, never another
+        # app's dynos (test_isolation_probes). No ProcSubset=pid: compilers and build
+        # tools read /proc/cpuinfo and /proc/meminfo to size their jobs.
+        "ProtectProc=invisible",
         "LockPersonality=yes",
         "KeyringMode=private",
         "MemoryAccounting=yes",

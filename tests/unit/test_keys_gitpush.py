@@ -125,7 +125,8 @@ def test_build_step_argv() -> None:
     props = [argv[i + 1] for i, a in enumerate(argv) if a == "-p"]
     for prop in ("RootDirectory=/var/lib/dynod/r", "WorkingDirectory=/tmp/build", "User=70001",
                  "Group=70001", "NoNewPrivileges=yes", "CapabilityBoundingSet=",
-                 "RestrictSUIDSGID=yes", "RuntimeMaxSec=900", f"MemoryMax={512 << 20}",
+                 "RestrictSUIDSGID=yes", "ProtectProc=invisible", "RuntimeMaxSec=900",
+                 f"MemoryMax={512 << 20}",
                  "TasksMax=4096", "MemorySwapMax=0",
                  "BindPaths=/var/lib/dynod/cache/shop:/tmp/cache",
                  "NetworkNamespacePath=/run/netns/build-01234567", "LogExtraFields=DYNOD_APP=shop"):
