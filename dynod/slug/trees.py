@@ -10,6 +10,7 @@ and unpacked again from the slug, whose checksum is verified first."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynod.errors import InvalidArgument, NotFound
+from dynod.errors import InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.slugs import path_of
 from dynod.settings import Settings
 from dynod.slug import unpack
@@ -34,7 +35,8 @@ def slug_tree(settings: Settings, checksum: str, uid: int,
 
     Owner-writable so the dyno's uid may write /app (writes land in its upper layer;
     the tree itself is only ever a lower layer). Raises NotFound for a missing tarball,
-    InvalidArgument for a bad one or one whose content is not its checksum's.
+    InvalidArgument for a bad one or one whose content is not its checksum's,
+    ResourceExhausted when the disk is full (nothing half-unpacked is kept).
     """
     sha = checksum.removeprefix("sha256:")
     trees = settings.state_dir / "slugs" / "trees"
@@ -67,9 +69,15 @@ def slug_tree(settings: Settings, checksum: str, uid: int,
                 path.chmod(path.lstat().st_mode | 0o200)
         _write_manifest(manifest, scan_tree(staging))
         staging.rename(final)
-    except OSError:
+    except OSError as exc:
         unpack.remove_tree(staging)
-        if not final.is_dir():
+        if final.is_dir():
+            pass  # another start unpacked it meanwhile
+        elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted(
+                f"No space left on device unpacking slug {checksum} into {trees}; free "
+                "space on the disk holding dynod's state and restart the dyno") from exc
+        else:
             raise
     except BaseException:
         unpack.remove_tree(staging)

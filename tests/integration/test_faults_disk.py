@@ -147,23 +147,30 @@ def _slug_tree_damaged(m: Machine, how: str, why: str) -> tuple[str, float]:
 
 def disk_full_slug_upload(m: Machine) -> tuple[str, float]:
     """No room for the slug's tarball: the deploy fails, nothing is kept."""
-    return _deploy_on_full_disk(m, leave_kib=0)
+    return _deploy_on_full_disk(m, leave_kib=0, said="No space left")
 
 
 def disk_full_slug_unpack(m: Machine) -> tuple[str, float]:
-    """Room for the tarball, not for its tree: the new release's dynos cannot start."""
+    """Room for the tarball, not for its tree: the new release's dynos cannot start, the
+    release is marked failed and the previous one keeps serving; the half-unpacked
+    tree is removed, and the dyno's stream says why."""
     m.exec(["sh", "-c", f"mkdir -p /tmp/{APP}-full1024/app && "
             f"head -c 8M /dev/zero > /tmp/{APP}-full1024/app/zeros"])
-    return _deploy_on_full_disk(m, leave_kib=1024)
+    saw, took = _deploy_on_full_disk(m, leave_kib=1024, said="did not come up")
+    logged = dynoctl(m, "logs", "-a", APP, "-s", "dynod", "-d", "web.1", "-n", "100")
+    assert "Error starting process: No space left on device unpacking slug" in logged, logged
+    assert not m.exec(["sh", "-c", f"ls -a {STATE}/slugs/trees | grep tmp || true"]
+                      ).stdout.strip(), "a half-unpacked tree was kept"
+    return saw, took
 
 
-def _deploy_on_full_disk(m: Machine, leave_kib: int) -> tuple[str, float]:
+def _deploy_on_full_disk(m: Machine, leave_kib: int, said: str) -> tuple[str, float]:
     before = store_consistent(m)
     fill_disk(m, leave_kib)
     try:
         code, out = deploy_slug(m, f"full{leave_kib}")
         assert code != 0, f"the deploy worked on a full disk: {out}"
-        assert "No space left" in out, out
+        assert said in out, out
         assert store_consistent(m) == before or _failed_last(m), versions(m, APP)
     finally:
         free_disk(m)
