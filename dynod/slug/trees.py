@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -98,12 +99,12 @@ def scan_tree(tree: Path) -> dict[str, list[object]]:
     out: dict[str, list[object]] = {}
     for directory, dirs, files in os.walk(tree):
         for name in [*dirs, *files]:
-            path = os.path.join(directory, name)
-            st = os.lstat(path)
-            rel = os.path.relpath(path, tree)
-            if os.path.islink(path):
-                out[rel] = ["l", 0, 0, os.readlink(path)]
-            elif name in dirs:
+            path = Path(directory) / name
+            st = path.lstat()
+            rel = str(path.relative_to(tree))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ["l", 0, 0, str(path.readlink())]
+            elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ["d", 0, 0, ""]
             else:
                 out[rel] = ["f", st.st_size, st.st_mtime_ns, ""]

@@ -13,7 +13,7 @@ import pytest
 
 from dynod.errors import InvalidArgument
 from dynod.settings import Settings
-from dynod.slug import blobs, trees
+from dynod.slug import blobs, trees, unpack
 
 UID = os.getuid()
 
@@ -53,7 +53,7 @@ def test_an_intact_tree_is_used_as_it_is(settings: Settings) -> None:
 @pytest.mark.parametrize("damage, why", [
     (lambda t: (t / "app/server.py").unlink(), "app/server.py is missing"),
     (lambda t: (t / "app/server.py").write_bytes(b"garbage"), "app/server.py changed"),
-    (lambda t: trees.unpack.remove_tree(t), "the tree is missing"),
+    (unpack.remove_tree, "the tree is missing"),
 ])
 def test_a_damaged_tree_is_unpacked_again_and_said(settings: Settings, damage: object,
                                                    why: str) -> None:
