@@ -3,9 +3,11 @@ caller is checked (root or the API group)."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import logging
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +50,34 @@ def _abort(context: grpc.ServicerContext, exc: errors.DynodError) -> None:
     context.abort(code_for(exc), exc.message)
 
 
+def disk_full(exc: BaseException) -> errors.ResourceExhausted | None:
+    """A full disk (ENOSPC or EDQUOT from a write, SQLITE_FULL from the store) anywhere
+    in ``exc``'s chain, as the error the user sees; else None. The write that failed
+    was rolled back (SQLite) or its temporary file removed, so the caller may retry."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        full = (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+            isinstance(seen, sqlite3.Error)
+            and getattr(seen, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)
+        if full:
+            return errors.ResourceExhausted(
+                f"No space left on device ({seen}); free space on the disk holding "
+                "dynod's state (/var/lib/dynod) and retry: nothing was changed, the "
+                "running release keeps serving")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _internal(behavior: Callable[..., Any], context: grpc.ServicerContext,
+              exc: Exception) -> None:
+    full = disk_full(exc)
+    if full is not None:
+        log.error("%s: %s", getattr(behavior, "__qualname__", behavior), full.message)
+        _abort(context, full)
+    log.exception("internal error in %s", getattr(behavior, "__qualname__", behavior))
+    context.abort(grpc.StatusCode.INTERNAL, "internal error; see journalctl -u dynod")
+
+
 def _admit(gate: Gate | None, method: str, context: grpc.ServicerContext,
            request: Any, streaming_request: bool) -> tuple[Caller | None, Any]:
     """The caller (registered for caller_of while the call runs) and the request (a
@@ -75,9 +105,8 @@ def _wrap(behavior: Callable[..., Any], streaming_response: bool, *, gate: Gate 
             return behavior(request, context)
         except errors.DynodError as exc:
             _abort(context, exc)
-        except Exception:
-            log.exception("internal error in %s", getattr(behavior, "__qualname__", behavior))
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see journalctl -u dynod")
+        except Exception as exc:
+            _internal(behavior, context, exc)
         finally:
             CALLS.clear(context)
 
@@ -87,9 +116,8 @@ def _wrap(behavior: Callable[..., Any], streaming_response: bool, *, gate: Gate 
             yield from behavior(request, context)
         except errors.DynodError as exc:
             _abort(context, exc)
-        except Exception:
-            log.exception("internal error in %s", getattr(behavior, "__qualname__", behavior))
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see journalctl -u dynod")
+        except Exception as exc:
+            _internal(behavior, context, exc)
         finally:
             CALLS.clear(context)
 

@@ -104,8 +104,17 @@ def collect(store: Store, settings: Settings,
             continue
         freed += size_of(tree.path)
         unpack.remove_tree(tree.path)
+        with contextlib.suppress(FileNotFoundError):
+            trees.manifest_of(tree.path).unlink()
         n_trees += 1
         log.info("gc: removed slug tree %s", tree.path.name)
+    for damaged in trees.damaged_trees(settings):
+        if in_use(damaged):
+            continue  # a dyno started before the repair still runs on it
+        freed += size_of(damaged)
+        unpack.remove_tree(damaged)
+        n_trees += 1
+        log.info("gc: removed damaged slug tree %s", damaged.name)
     with store.read() as tx:
         live = {a.name for a in tx.apps()}
     caches = settings.state_dir / "cache"

@@ -24,6 +24,7 @@ exists is complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import os
 import shutil
@@ -428,6 +429,8 @@ def unpack_slug(tarball: Path, dest: Path, limits: Limits = Limits()) -> Unpacke
                     for member in tar:
                         unpacker.add(tar, member)
             except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise  # a full disk, not a bad slug: the caller says so
                 raise InvalidArgument(
                     f"slug {tarball.name} is not a valid tar.gz ({exc}); build it again"
                 ) from exc

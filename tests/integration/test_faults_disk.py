@@ -1,0 +1,238 @@
+"""Issue 20, item 1, part A: disk and slug-tree faults under a steady request load.
+
+One machine for the module: its /var/lib/dynod is moved onto a small tmpfs (inside the
+machine's own mount namespace), so "the disk is full" is a real ENOSPC from the kernel.
+Each case ends with the running release serving (0 failed requests), the store
+consistent (release versions gap-free, the formation as scaled), no leaked unit, mount,
+netns or veth inside the machine (and the fixture's host residue check), and the
+message the user got when an action failed. Each case prints its row of the issue's
+table (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import _teardown, stack_bind
+from tests.integration.test_dynos import dynoctl, ps, wait_for
+from tests.integration.test_lifecycle import WEB, Load, settled, slug, versions
+from tests.sandbox.machine import Machine
+
+pytestmark = pytest.mark.integration
+
+APP, HOST = "shop", "shop.dynod.localhost"
+WANT = {"web": 2}
+STATE = "/var/lib/dynod"
+FILLER = f"{STATE}/filler"
+# Room enough for the state, the slugs and their trees of a few small releases.
+TMPFS_SIZE = "64m"
+
+ONTO_TMPFS = f"""set -e
+systemctl stop dynod.service
+mkdir -p /mnt/state-disk
+mount --rbind {STATE} /mnt/state-disk
+mount -t tmpfs -o size={TMPFS_SIZE},mode=0755 tmpfs {STATE}
+cd /mnt/state-disk
+# everything but what is mounted below (the stack, read-only)
+subs=$(findmnt -rn -o TARGET | grep '^/mnt/state-disk/' || true)
+tar --exclude=./stacks -cf - . | tar -C {STATE} -xpf -
+for s in $subs; do
+  rel=${{s#/mnt/state-disk/}}
+  mkdir -p "{STATE}/$rel"
+  mount --bind "$s" "{STATE}/$rel"
+done
+systemctl start dynod.service
+"""
+
+
+def deploy_slug(m: Machine, version: str) -> tuple[int, str]:
+    proc = m.run(["dynoctl", "slugs:deploy", "-a", APP, slug(m, APP, version),
+                  "--process-type", f"web={WEB}"], cwd="/tmp")
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def fill_disk(m: Machine, leave_kib: int = 0) -> None:
+    """Fill the state tmpfs, leaving about ``leave_kib`` KiB free."""
+    m.exec(["sh", "-c", f"dd if=/dev/zero of={FILLER} bs=64k 2>/dev/null; "
+            f"truncate -s -{leave_kib}K {FILLER} 2>/dev/null; sync"], check=False)
+
+
+def free_disk(m: Machine) -> None:
+    m.exec(["rm", "-f", FILLER])
+
+
+def leaks(m: Machine) -> list[str]:
+    """What inside the machine is not one of the app's dynos: units, overlay mounts,
+    netns and veths beyond the formation's (one spare network is dynod's own)."""
+    dynos = ps(m, APP)
+    want = {str(d["unit"]) for d in dynos}
+    units = set(m.exec(["sh", "-c", "systemctl list-units --plain --no-legend --all "
+                        f"'dynod-{APP}-*.service' | awk '{{print $1}}'"]).stdout.split())
+    out = [f"unit {u}" for u in sorted(units - want)]
+    overlays = {t.split("/")[4] for t in m.exec(
+        ["sh", "-c", "findmnt -rn -t overlay -o TARGET | grep ^/run/dynod/dynos/ || true"]
+    ).stdout.split()}
+    if len(overlays) != len(dynos):
+        out.append(f"{len(overlays)} overlay mounts for {len(dynos)} dynos: {overlays}")
+    netns = m.exec(["sh", "-c", "ls /run/netns 2>/dev/null | grep '^dynod-' || true"]
+                   ).stdout.split()
+    if not len(dynos) <= len(netns) <= len(dynos) + 1:
+        out.append(f"{len(netns)} netns for {len(dynos)} dynos: {netns}")
+    veths = m.exec(["sh", "-c", "ip -o link show master dynod0 type veth | wc -l"]
+                   ).stdout.strip()
+    if not len(dynos) <= int(veths) <= len(dynos) + 1:
+        out.append(f"{veths} veths for {len(dynos)} dynos")
+    return out
+
+
+def store_consistent(m: Machine) -> list[int]:
+    numbers = sorted(int(r["version"]) for r in versions(m, APP))
+    assert numbers == list(range(1, len(numbers) + 1)), f"release versions {numbers}"
+    return numbers
+
+
+@pytest.fixture(scope="module")
+def disk_machine(stack: Path) -> Iterator[Machine]:
+    m = Machine(binds=[stack_bind(stack)])
+    m.boot()
+    try:
+        m.exec(["sh", "-c", ONTO_TMPFS])
+        wait_for("dynod on the tmpfs", lambda: m.run(["dynoctl", "apps"]).returncode == 0)
+        dynoctl(m, "apps:create", APP)
+        code, out = deploy_slug(m, "d0")
+        assert code == 0, out
+        dynoctl(m, "ps:scale", "-a", APP, "web=2")
+        wait_for("web=2 up", lambda: settled(m, APP, WANT), timeout=90)
+        yield m
+    finally:
+        _teardown(m)
+
+
+# ---- the faults: each returns what the user saw, and the time the fault took to recover
+
+def slug_tree_deleted(m: Machine) -> tuple[str, float]:
+    return _slug_tree_damaged(m, "rm -rf {tree}", "the tree is missing")
+
+
+def slug_tree_corrupted(m: Machine) -> tuple[str, float]:
+    return _slug_tree_damaged(m, "echo garbage > {tree}/app/server.py",
+                              "app/server.py changed")
+
+
+def _slug_tree_damaged(m: Machine, how: str, why: str) -> tuple[str, float]:
+    tree = m.exec(["sh", "-c", f"ls -d {STATE}/slugs/trees/*-* | grep -v manifest"
+                   ]).stdout.split()
+    assert len(tree) >= 1, tree
+    current = max(tree, key=lambda t: int(m.exec(["stat", "-c", "%Y", t]).stdout))
+    m.exec(["sh", "-c", how.format(tree=current)])
+    before = {str(d["unit"]): str(d.get("since", "")) for d in ps(m, APP)}
+    t0 = time.monotonic()
+    dynoctl(m, "ps:restart", "-a", APP, "web.1")
+    wait_for("web.1 back", lambda: settled(m, APP, WANT) and ps(m, APP) != [] and any(
+        str(d["unit"]) not in before or str(d.get("since", "")) != before[str(d["unit"])]
+        for d in ps(m, APP) if d["name"] == "web.1"), timeout=90)
+    took = time.monotonic() - t0
+    said = str(wait_for("the repair said", lambda: "Slug tree repaired" in (out := dynoctl(
+        m, "logs", "-a", APP, "-s", "dynod", "-d", "web.1", "-n", "50")) and out, 30))
+    line = [x for x in said.splitlines() if "Slug tree repaired" in x][-1]
+    assert "dynod[web.1]" in line and why in line and "checksum verified" in line, said
+    assert m.exec(["sh", "-c", f"head -c 200 {current}/app/server.py"]).stdout.startswith(
+        '"""A web process'), "the tree was not unpacked again"
+    return line.split(": ", 1)[-1], took
+
+
+def disk_full_slug_upload(m: Machine) -> tuple[str, float]:
+    """No room for the slug's tarball: the deploy fails, nothing is kept."""
+    return _deploy_on_full_disk(m, leave_kib=0, said="No space left")
+
+
+def disk_full_slug_unpack(m: Machine) -> tuple[str, float]:
+    """Room for the tarball, not for its tree: the new release's dynos cannot start, the
+    release is marked failed and the previous one keeps serving; the half-unpacked
+    tree is removed, and the dyno's stream says why."""
+    m.exec(["sh", "-c", f"mkdir -p /tmp/{APP}-full1024/app && "
+            f"head -c 8M /dev/zero > /tmp/{APP}-full1024/app/zeros"])
+    saw, took = _deploy_on_full_disk(m, leave_kib=1024, said="did not come up")
+    logged = dynoctl(m, "logs", "-a", APP, "-s", "dynod", "-d", "web.1", "-n", "100")
+    assert "Error starting process: No space left on device unpacking slug" in logged, logged
+    assert not m.exec(["sh", "-c", f"ls -a {STATE}/slugs/trees | grep tmp || true"]
+                      ).stdout.strip(), "a half-unpacked tree was kept"
+    return saw, took
+
+
+def _deploy_on_full_disk(m: Machine, leave_kib: int, said: str) -> tuple[str, float]:
+    before = store_consistent(m)
+    fill_disk(m, leave_kib)
+    try:
+        code, out = deploy_slug(m, f"full{leave_kib}")
+        assert code != 0, f"the deploy worked on a full disk: {out}"
+        assert said in out, out
+        assert store_consistent(m) == before or _failed_last(m), versions(m, APP)
+    finally:
+        free_disk(m)
+    t0 = time.monotonic()
+    code, again = deploy_slug(m, f"after{leave_kib}")
+    assert code == 0, again
+    wait_for("the new release up", lambda: settled(m, APP, WANT, release=max(
+        store_consistent(m))), timeout=90)
+    return out.strip().splitlines()[-1], time.monotonic() - t0
+
+
+def _failed_last(m: Machine) -> bool:
+    return str(versions(m, APP)[0].get("status", "")) == "failed"
+
+
+def disk_full_config_set(m: Machine) -> tuple[str, float]:
+    before = store_consistent(m)
+    fill_disk(m)
+    try:
+        proc = m.run(["dynoctl", "config:set", "-a", APP, "FAULT=disk"], cwd="/tmp")
+        out = proc.stdout + proc.stderr
+        if proc.returncode == 0:  # SQLite had free pages: then the release must be whole
+            assert len(store_consistent(m)) == len(before) + 1, out
+        else:
+            assert "No space left" in out, out
+            assert store_consistent(m) == before
+    finally:
+        free_disk(m)
+    t0 = time.monotonic()
+    dynoctl(m, "config:set", "-a", APP, "FAULT=freed")
+    wait_for("the new release up", lambda: settled(m, APP, WANT, release=max(
+        store_consistent(m))), timeout=90)
+    return out.strip().splitlines()[-1] if out.strip() else "(nothing)", time.monotonic() - t0
+
+
+FAULTS: dict[str, Callable[[Machine], tuple[str, float]]] = {
+    "slug tree deleted": slug_tree_deleted,
+    "slug tree corrupted": slug_tree_corrupted,
+    "disk full: slug upload": disk_full_slug_upload,
+    "disk full: slug unpack": disk_full_slug_unpack,
+    "disk full: release write (config:set)": disk_full_config_set,
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_loses_nothing(disk_machine: Machine, fault: str) -> None:
+    m = disk_machine
+    name = "load-" + "".join(c if c.isalnum() else "-" for c in fault)
+    load = Load(m, HOST, conns=4, name=name)
+    wait_for("load running", lambda: m.exec(["systemctl", "is-active", name],
+                                            check=False).stdout.strip() == "active")
+    time.sleep(1)
+    try:
+        saw, took = FAULTS[fault](m)
+        time.sleep(1)
+    finally:
+        result = load.finish()
+    failed = result["failed_connections"] + result["status_5xx"]
+    print(f"\n| {fault} | {result['requests']} | {failed} | {saw} | "
+          f"{len(leaks(m))} | {took:.1f} s |")
+    assert result["requests"] > 0, result
+    assert failed == 0, result["failures"]
+    assert settled(m, APP, WANT), ps(m, APP)
+    store_consistent(m)
+    assert leaks(m) == [], leaks(m)
