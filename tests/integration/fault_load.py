@@ -4,10 +4,10 @@
 
 Like load_client.py (CONNECTIONS threads, one kept-alive connection each, GET / back to
 back until STOPFILE exists), but a fault makes the router refuse connections for a
-while, and a client spinning on ECONNREFUSED would count thousands of "failures" for one
-second of outage. So a thread that fails (or gets a 5xx) waits 0.1 s before it tries again (a browser's
-retry), and every failure's time is kept: the JSON totals give the failures, the first
-and last of them (monotonic seconds, comparable with the test's ``time.monotonic()``
+while, and a client spinning on ECONNREFUSED would count thousands of "failures" for
+one second of outage. So a thread that fails (or gets a 5xx) waits 0.1 s before it
+tries again (a browser's retry), and every failure's time is kept: the JSON totals
+give the failures, the first and last of them (monotonic seconds, comparable with the test's ``time.monotonic()``
 inside the same machine), and the answers' first words. Standard library only.
 """
 
