@@ -178,7 +178,7 @@ def _dbus_error(what: str, exc: Exception) -> Exception:
     if "ETIMEDOUT" in text or "ENOTCONN" in text:
         # sd-bus gave up waiting ($SYSTEMD_BUS_TIMEOUT, dynod.service) and dropped the
         # connection: systemd or the bus is busy or stalled.
-        return Unavailable(f"{what}: {_bus_stalled(text.split(chr(10))[0]).message}")
+        return Unavailable(f"{what}: {_bus_stalled(text.split(chr(10), maxsplit=1)[0]).message}")
     return Unavailable(f"{what}: systemd said: {text}")
 
 

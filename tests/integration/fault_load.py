@@ -7,8 +7,9 @@ back until STOPFILE exists), but a fault makes the router refuse connections for
 while, and a client spinning on ECONNREFUSED would count thousands of "failures" for
 one second of outage. So a thread that fails (or gets a 5xx) waits 0.1 s before it
 tries again (a browser's retry), and every failure's time is kept: the JSON totals
-give the failures, the first and last of them (monotonic seconds, comparable with the test's ``time.monotonic()``
-inside the same machine), and the answers' first words. Standard library only.
+give the failures, the first and last of them (monotonic seconds, comparable with a
+``time.monotonic()`` read inside the same machine), and the answers' first words.
+Standard library only.
 """
 
 from __future__ import annotations
