@@ -58,7 +58,9 @@ def append_release(
         version=1 if newest is None else newest.version + 1,
         description=description,
         user=user,
-        created_at=datetime.now(UTC),
+        # Never before the previous release, even when the wall clock was stepped back
+        # (NTP, an operator's `date -s`): `releases` lists them in order.
+        created_at=max(datetime.now(UTC), newest.created_at) if newest else datetime.now(UTC),
         slug_id=slug_id,
         config=MappingProxyType(dict(config)),
         status=ReleaseStatus.PENDING if pending else ReleaseStatus.SUCCEEDED,

@@ -150,6 +150,7 @@ class HaproxyRouter:
                 self._sync_config()
             else:
                 self._apply(app)
+                self._keep_file()
             self._sync_empty()
 
     def remove_app(self, app: str) -> None:
@@ -299,13 +300,9 @@ class HaproxyRouter:
         self._write(self.paths.empty_map, render_map(empty))
         # Certificates change at run time (cert_store); the file is for HAProxy's start.
         self.certs.write_crt_list()
-        config = render_config(self.paths, {a: self._backends.get(a, []) for a in apps},
-                               http_port=self.http_port, https_port=self.https_port,
-                               tls=bool(self.certs.names()),
-                               no_keepalive=self._no_keepalive(apps),
-                               threads=router_threads(os.cpu_count() or 1))
+        config = self._render(apps)
         # Servers change at run time; only a change of anything else (apps, TLS) is
-        # worth a reload. The file is rewritten only then, with the servers of the moment.
+        # worth a reload. (The file follows the servers too: ``_keep_file``.)
         try:
             shape_changed = config_shape(self.paths.config.read_text()) != config_shape(config)
         except FileNotFoundError:
@@ -324,6 +321,21 @@ class HaproxyRouter:
         for app in apps:
             self._apply(app)
         self._sync_maps()
+
+    def _render(self, apps: set[str]) -> str:
+        return render_config(self.paths, {a: self._backends.get(a, []) for a in apps},
+                             http_port=self.http_port, https_port=self.https_port,
+                             tls=bool(self.certs.names()),
+                             no_keepalive=self._no_keepalive(apps),
+                             threads=router_threads(os.cpu_count() or 1))
+
+    def _keep_file(self) -> None:
+        """Rewrite the file with the servers of the moment (no reload): when HAProxy dies
+        and systemd restarts it (Restart=always) before dynod notices, it comes up routing
+        to the dynos that are up now, not to those of the last reload (gone, or their
+        addresses since given to another app's dynos)."""
+        if self._apps:
+            self._write(self.paths.config, self._render(self._apps))
 
     def _unit(self, verb: str) -> None:
         try:

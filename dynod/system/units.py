@@ -10,6 +10,8 @@ in here; callers get ``DynoUnit`` and ``DynoStatus``.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -79,10 +81,50 @@ _MANAGER: Any = None
 _MANAGER_LOCK = threading.Lock()
 
 
+# How long the system bus may take to answer a new connection's handshake.
+BUS_ANSWER_TIMEOUT = 2.0
+
+
+def _bus_socket() -> str:
+    address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "")
+    if address.startswith("unix:path="):
+        return address.removeprefix("unix:path=").split(",", 1)[0]
+    return "/run/dbus/system_bus_socket"
+
+
+def check_bus(timeout: float = BUS_ANSWER_TIMEOUT) -> None:
+    """Raise Unavailable unless the system bus answers a connection's authentication
+    within ``timeout``. Every pystemd call opens a connection, and sd-bus waits up to
+    90 s for its handshake holding Python's GIL (pystemd does not release it): with the
+    bus stalled, all of dynod froze (API, router, watchdog pings) until the watchdog
+    killed it. Python's socket waits without the GIL, so the same handshake here costs a
+    stalled bus ``timeout`` and a clear error, and a live one well under a millisecond."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(_bus_socket())
+            uid = str(os.getuid()).encode().hex().encode()
+            sock.sendall(b"\0AUTH EXTERNAL " + uid + b"\r\n")
+            reply = sock.recv(512)
+    except TimeoutError as exc:
+        raise _bus_stalled(f"no answer in {timeout:g} s") from exc
+    except OSError as exc:
+        raise _bus_stalled(exc.strerror or repr(exc)) from exc
+    if not reply.startswith(b"OK"):
+        raise _bus_stalled(f"it answered {reply[:60]!r}")
+
+
+def _bus_stalled(why: str) -> Unavailable:
+    return Unavailable(f"systemd's D-Bus did not answer in time ({why}): it is busy or "
+                       "stalled; retry in a moment, and see `systemctl status dbus` if it "
+                       "lasts")
+
+
 def _manager() -> Any:
     """One loaded Manager for the process: loading introspects systemd and builds the
     interface classes (~40 ms); calls on a loaded one open their own bus, so it is
-    shared safely by threads."""
+    shared safely by threads. Raises Unavailable when the bus does not answer."""
+    check_bus()
     global _MANAGER  # noqa: PLW0603 - a process-wide cache
     with _MANAGER_LOCK:
         if _MANAGER is None:
@@ -128,9 +170,15 @@ def _properties(name: str, interfaces: Sequence[str]) -> dict[str, Any] | None:
 
 
 def _dbus_error(what: str, exc: Exception) -> Exception:
+    if isinstance(exc, Unavailable | NotFound):
+        return exc  # ours already (check_bus)
     text = str(exc)
     if "NoSuchUnit" in text or "not loaded" in text:
         return NotFound(f"{what}: no such unit")
+    if "ETIMEDOUT" in text or "ENOTCONN" in text:
+        # sd-bus gave up waiting ($SYSTEMD_BUS_TIMEOUT, dynod.service) and dropped the
+        # connection: systemd or the bus is busy or stalled.
+        return Unavailable(f"{what}: {_bus_stalled(text.split(chr(10), maxsplit=1)[0]).message}")
     return Unavailable(f"{what}: systemd said: {text}")
 
 

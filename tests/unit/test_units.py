@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import threading
+import time
 from ipaddress import IPv4Network
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -235,3 +238,50 @@ def test_systemd_version_is_the_major_number_systemctl_prints(
     monkeypatch.setattr(hostinfo, "systemctl", missing)
     with pytest.raises(Unavailable, match="systemd version"):
         hostinfo.systemd_version()
+
+
+def _bus(tmp_path: Path, answer: bytes | None, name: str = "bus"
+         ) -> tuple[str, threading.Thread]:
+    """A Unix socket standing in for the system bus: it answers the handshake with
+    ``answer``, or never (a SIGSTOP'd dbus-daemon accepts nothing either)."""
+    path = str(tmp_path / name)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+
+    def serve() -> None:
+        with server:
+            if answer is None:
+                time.sleep(1.5)
+                return
+            conn, _ = server.accept()
+            with conn:
+                assert conn.recv(512).startswith(b"\0AUTH EXTERNAL ")
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return path, thread
+
+
+def test_a_stalled_bus_is_reported_in_time_not_waited_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, thread = _bus(tmp_path, None)
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={path}")
+    began = time.monotonic()
+    with pytest.raises(Unavailable, match=r"did not answer in time \(no answer in 0.3 s\).*retry"):
+        units.check_bus(timeout=0.3)
+    assert time.monotonic() - began < 1.0
+    thread.join()
+
+
+def test_a_live_bus_passes_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, thread = _bus(tmp_path, b"OK 0123456789abcdef\r\n")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={path}")
+    units.check_bus(timeout=5.0)
+    thread.join()
+    path, thread = _bus(tmp_path, b"REJECTED EXTERNAL\r\n", "bus2")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={path}")
+    with pytest.raises(Unavailable, match="REJECTED"):
+        units.check_bus(timeout=5.0)
+    thread.join()
