@@ -102,8 +102,10 @@ def services() -> list[str]:
 
 # ---- values
 
-def _strings() -> st.SearchStrategy[str]:
-    return st.one_of(
+def _strings(big: bool = True) -> st.SearchStrategy[str]:
+    """Strings; ``big`` adds values up to ~1 MB (singular fields only: a list of them
+    would make messages past gRPC's 4 MB and the fuzzer's memory)."""
+    small = st.one_of(
         st.sampled_from(KNOWN),
         st.just(""),
         st.text(max_size=40),
@@ -111,17 +113,21 @@ def _strings() -> st.SearchStrategy[str]:
         st.sampled_from(["../../etc/passwd", "/", ".", "a\x00b", "a\nb", " ", "-h",
                          "--help", "%s%n", "' OR 1=1 --", "\u202e", "a" * 300,
                          "FUZZ_APP", "fuzz_app", "x" * 64]),
-        st.integers(1, 5).map(lambda n: "é" * (n * 100_000)),  # up to ~1 MB
     )
+    if not big:
+        return small
+    return st.one_of(small, st.integers(1, 5).map(lambda n: "é" * (n * 100_000)))
 
 
-def _bytes() -> st.SearchStrategy[bytes]:
-    return st.one_of(
+def _bytes(big: bool = True) -> st.SearchStrategy[bytes]:
+    small = st.one_of(
         st.binary(max_size=64),
         st.sampled_from([b"", b"\xff\xfe\xfd", b"\xc3\x28", b"\x00" * 16,
                          b"\x1f\x8b\x08\x00", b"ustar\x00"]),
-        st.integers(1, 4).map(lambda n: b"\xff" * (n * 250_000)),
     )
+    if not big:
+        return small
+    return st.one_of(small, st.integers(1, 4).map(lambda n: b"\xff" * (n * 250_000)))
 
 
 def _ints(lo: int, hi: int) -> st.SearchStrategy[int]:
@@ -134,14 +140,14 @@ def _ints(lo: int, hi: int) -> st.SearchStrategy[int]:
 _APP_FIELDS = {"app", "app_name", "name", "target", "source_app"}
 
 
-def _scalar(f: Any) -> st.SearchStrategy[Any]:
+def _scalar(f: Any, big: bool = True) -> st.SearchStrategy[Any]:
     t = f.type
     if t == d.FieldDescriptor.TYPE_STRING and f.name in _APP_FIELDS:
-        return st.one_of(st.just(APP), _strings())
+        return st.one_of(st.just(APP), _strings(big))
     if t == d.FieldDescriptor.TYPE_STRING:
-        return _strings()
+        return _strings(big)
     if t == d.FieldDescriptor.TYPE_BYTES:
-        return _bytes()
+        return _bytes(big)
     if t == d.FieldDescriptor.TYPE_BOOL:
         return st.booleans()
     if t in (d.FieldDescriptor.TYPE_DOUBLE, d.FieldDescriptor.TYPE_FLOAT):
@@ -154,28 +160,32 @@ def _scalar(f: Any) -> st.SearchStrategy[Any]:
     return _ints(lo, hi)
 
 
-def _value(f: Any, depth: int) -> st.SearchStrategy[Any]:
+def _value(f: Any, depth: int, big: bool = True) -> st.SearchStrategy[Any]:
     if f.type == d.FieldDescriptor.TYPE_MESSAGE:
-        return message_dicts(f.message_type, depth + 1)
-    return _scalar(f)
+        return message_dicts(f.message_type, depth + 1, big=False)
+    return _scalar(f, big)
 
 
-def message_dicts(desc: Any, depth: int = 0) -> st.SearchStrategy[dict[str, Any]]:
-    """A strategy of {field name: value} for ``desc``: each field present or not."""
+def message_dicts(desc: Any, depth: int = 0, *, big: bool = True,
+                  ) -> st.SearchStrategy[dict[str, Any]]:
+    """A strategy of {field name: value} for ``desc``: each field present or not; ``big``
+    allows ~1 MB values in its singular fields (the request's own, not nested ones)."""
     parts: dict[str, st.SearchStrategy[Any]] = {}
     for f in desc.fields:
         if depth > 3 and f.type == d.FieldDescriptor.TYPE_MESSAGE:
             continue
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
             key, val = f.message_type.fields_by_name["key"], f.message_type.fields_by_name["value"]
-            parts[f.name] = st.dictionaries(_scalar(key), _value(val, depth), max_size=4)
+            parts[f.name] = st.dictionaries(_scalar(key, False), _value(val, depth, False),
+                                            max_size=4)
         elif f.is_repeated:
-            parts[f.name] = st.one_of(st.lists(_value(f, depth), max_size=4),
-                                      st.lists(_value(f, depth), min_size=50, max_size=200)
+            parts[f.name] = st.one_of(st.lists(_value(f, depth, False), max_size=4),
+                                      st.lists(_value(f, depth, False), min_size=50,
+                                               max_size=200)
                                       if f.type != d.FieldDescriptor.TYPE_MESSAGE
                                       else st.just([]))
         else:
-            parts[f.name] = _value(f, depth)
+            parts[f.name] = _value(f, depth, big)
     if not parts:
         return st.just({})
     return st.fixed_dictionaries({}, optional=parts)
