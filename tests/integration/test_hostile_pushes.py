@@ -5,7 +5,8 @@ as they were.
 | push | outcome |
 |---|---|
 | a 2 GB file (sparse) | refused before archiving: source over the 1G limit (Heroku's) |
-| 100,000 files | built |
+| 100,000 files | built (minutes: a slow test of its own) |
+| package.json `null`, a bad .python-version, a Procfile linked out | a one-line build error |
 | a symlink out of the tree | built: the link stays a link (it resolves in the dyno) |
 | a submodule elsewhere | built: an empty directory (git archive leaves it out) |
 | non-UTF-8 and 255-byte file names | built, the names kept |
@@ -91,9 +92,16 @@ def test_hostile_pushes(stack_machine: Machine) -> None:
     assert "L" * 255 in listing and "./app/bad-\\377\\376" in listing
     assert "./app/vendor/sub/" in listing
 
-    # 100,000 files.
-    commit_all(m, "mkdir many && cd many && seq 100000 | xargs touch")
-    built(m)
+    # Nasty buildpack inputs: each a one-line build error, the release kept.
+    commit_all(m, "echo null > package.json")
+    refused(m, "remote:  !     Unable to parse package.json: it must be a JSON object")
+    sh(m, f"cd /tmp/{APP} && git reset -q --hard HEAD~1")
+    commit_all(m, "echo '3.13; rm -rf /' > .python-version")
+    refused(m, "remote:  !     Invalid Python version in .python-version: '3.13;rm-rf/'.")
+    sh(m, f"cd /tmp/{APP} && git reset -q --hard HEAD~1")
+    commit_all(m, "mv Procfile Procfile.real && ln -s /etc/shadow Procfile")
+    refused(m, "Procfile is a symbolic link; make it a regular file")
+    sh(m, f"cd /tmp/{APP} && git reset -q --hard HEAD~1")
 
     # An unrelated history: refused by git unless forced, then built.
     sh(m, f"cd /tmp/{APP} && git checkout -q --orphan other && git rm -rq --cached . && "
@@ -114,3 +122,14 @@ def test_hostile_pushes(stack_machine: Machine) -> None:
     assert versions(m) == before
     assert current(m, APP)["version"] == before[-1]
     sh(m, f"{BARE} fsck --no-progress")
+
+
+@pytest.mark.slow
+def test_a_push_of_100000_files_builds(stack_machine: Machine) -> None:
+    # Minutes (the slug packs 100,000 entries): a test of its own, started first.
+    m = stack_machine
+    setup_push(m, APP, str(EXAMPLES / "shell"))
+    built(m)
+    commit_all(m, "mkdir many && cd many && seq 100000 | xargs touch")
+    built(m)
+    assert current(m, APP)["version"] == 3
