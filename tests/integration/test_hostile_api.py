@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 
 import pytest
 
 from tests.hostile_api import services
+from tests.integration.conftest import _teardown
 from tests.sandbox.machine import PROJECT, Machine
 
 pytestmark = pytest.mark.integration
@@ -22,7 +24,20 @@ VENV_PY = str(PROJECT / ".venv/bin/python")
 EXAMPLES = int(os.environ.get("DYNOD_FUZZ_EXAMPLES", "50"))
 
 
-def test_every_rpc_survives_hostile_requests(shared_machine: Machine) -> None:
+@pytest.fixture(scope="module")
+def offline_machine() -> Iterator[Machine]:
+    """A machine without egress: a fuzzed SetAcm would otherwise have dynod order
+    certificates from Let's Encrypt for made-up names."""
+    m = Machine(egress=False)
+    m.boot()
+    try:
+        yield m
+    finally:
+        _teardown(m)
+
+
+def test_every_rpc_survives_hostile_requests(offline_machine: Machine) -> None:
+    shared_machine = offline_machine
     timeout = 600 + EXAMPLES * 19 * 0.5
     proc = shared_machine.run(
         [VENV_PY, "-m", "tests.hostile_api", "--examples", str(EXAMPLES)],

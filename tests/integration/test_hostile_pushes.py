@@ -96,7 +96,7 @@ def test_hostile_pushes(stack_machine: Machine) -> None:
     commit_all(m, "echo null > package.json")
     refused(m, "remote:  !     Unable to parse package.json: it must be a JSON object")
     sh(m, f"cd /tmp/{APP} && git reset -q --hard HEAD~1")
-    commit_all(m, "echo '3.13; rm -rf /' > .python-version")
+    commit_all(m, "echo '3.13; rm -rf /' > .python-version && touch requirements.txt")
     refused(m, "remote:  !     Invalid Python version in .python-version: '3.13;rm-rf/'.")
     sh(m, f"cd /tmp/{APP} && git reset -q --hard HEAD~1")
     commit_all(m, "mv Procfile Procfile.real && ln -s /etc/shadow Procfile")

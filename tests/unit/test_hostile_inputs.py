@@ -180,7 +180,7 @@ def test_every_detect_answers_on_any_tree(tmp_path: Path,
                               stdin=subprocess.DEVNULL)
         assert proc.returncode in (0, 1), f"{detect}: {proc.returncode} {proc.stderr}"
         if proc.returncode == 0:
-            assert re.fullmatch(r"[\w.+ -]+\n", proc.stdout), f"{detect}: {proc.stdout!r}"
+            assert re.fullmatch(r"[\w.+ ()/-]+\n", proc.stdout), f"{detect}: {proc.stdout!r}"
         assert "line " not in proc.stderr, f"{detect}: {proc.stderr}"  # no bash error
 
 
