@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dynod.build import buildpacks
 from dynod.cli import gitpush
 from dynod.errors import InvalidArgument
 from dynod.model.procfile import load_procfile, parse_procfile
@@ -193,3 +194,19 @@ def test_a_procfile_that_never_ends_is_refused(tmp_path: Path, kind: str) -> Non
         path.symlink_to("/dev/zero")
     with pytest.raises(InvalidArgument, match="Procfile"):
         load_procfile(tmp_path)
+
+
+def test_a_procfile_linked_out_fails_the_build_saying_why(tmp_path: Path) -> None:
+    # Found by test_hostile_pushes: the build failed with only "Push failed".
+    build_dir, cache, env_dir, work = (tmp_path / n for n in ("build", "cache", "env", "work"))
+    for d in (build_dir, cache, env_dir, work):
+        d.mkdir()
+    (build_dir / "Procfile").symlink_to("/etc/shadow")
+    pack = BUILDPACKS / "procfile"
+    lines: list[str] = []
+    with pytest.raises(InvalidArgument):
+        buildpacks.compile_app(build_dir, cache, env_dir, work, stack="debian-13",
+                               on_line=lines.append,
+                               buildpacks=[buildpacks.Buildpack(name="procfile", path=pack)],
+                               base_env={"PATH": "/usr/bin:/bin"})
+    assert lines[-1] == " !     Procfile is a symbolic link; make it a regular file"
