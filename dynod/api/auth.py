@@ -3,8 +3,6 @@ administrator's), and who may use an app."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import grpc
 
 from dynod.api.daemon import Daemon, timestamp
@@ -39,8 +37,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         token, secret = users.sign_in(
             self.daemon.store, self.daemon.sign_ins, request.email, request.password,
             address_of(context.peer()), description=request.description or "dynoctl",
-            expires_in=timedelta(seconds=request.expires_in) if request.expires_in > 0
-            else users.DEFAULT_TOKEN_LIFETIME)
+            expires_in=users.token_lifetime(request.expires_in))
         return auth_pb2.LoginResponse(token=token_to_proto(token), secret=secret)
 
     def WhoAmI(

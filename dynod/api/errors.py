@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf import message
 
 from dynod import errors
 from dynod.api.gate import Gate
@@ -43,6 +44,49 @@ def code_for(exc: errors.DynodError) -> grpc.StatusCode:
         if cls in CODES:
             return CODES[cls]
     return grpc.StatusCode.INTERNAL
+
+
+class Undecodable:
+    """A request whose bytes are not the method's message (invalid UTF-8 in a string,
+    a corrupt wire format): grpc would answer INTERNAL; dynod says what is wrong."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+    def error(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument(
+            f"request not understood: {self.problem}; send a valid protobuf message with "
+            "UTF-8 strings (dynoctl and grpcurl do)")
+
+
+def _decoding(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except message.DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return decode
+
+
+def _decoded(request: Any, streaming_request: bool) -> Any:
+    """The request, or a stream of them, with an undecodable message raised as
+    InvalidArgument (a stream's at the point it arrives)."""
+    if not streaming_request:
+        if isinstance(request, Undecodable):
+            raise request.error()
+        return request
+
+    def each() -> Any:
+        for item in request:
+            if isinstance(item, Undecodable):
+                raise item.error()
+            yield item
+
+    return each()
 
 
 def _abort(context: grpc.ServicerContext, exc: errors.DynodError) -> None:
@@ -101,6 +145,7 @@ def _wrap(behavior: Callable[..., Any], streaming_response: bool, *, gate: Gate 
           method: str, streaming_request: bool) -> Callable[..., Any]:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            request = _decoded(request, streaming_request)
             _, request = _admit(gate, method, context, request, streaming_request)
             return behavior(request, context)
         except errors.DynodError as exc:
@@ -112,6 +157,7 @@ def _wrap(behavior: Callable[..., Any], streaming_response: bool, *, gate: Gate 
 
     def stream(request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            request = _decoded(request, streaming_request)
             _, request = _admit(gate, method, context, request, streaming_request)
             yield from behavior(request, context)
         except errors.DynodError as exc:
@@ -126,7 +172,8 @@ def _wrap(behavior: Callable[..., Any], streaming_response: bool, *, gate: Gate 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Admits each call (the gate: the socket's peers, or a token over TCP), turns
-    DynodError into its status code; anything else is INTERNAL and logged. Without a
+    DynodError into its status code, an undecodable request into INVALID_ARGUMENT;
+    anything else is INTERNAL and logged. Without a
     gate (servicer tests) only the socket's rules apply."""
 
     def __init__(self, gate: Gate | None = None) -> None:
@@ -142,6 +189,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         wrap = functools.partial(_wrap, gate=self.gate, method=handler_call_details.method)
+        handler = handler._replace(request_deserializer=_decoding(handler.request_deserializer))
         if handler.unary_unary:
             return handler._replace(unary_unary=wrap(handler.unary_unary, False,
                                                      streaming_request=False))

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
 from dynod import paths
-from dynod.errors import FailedPrecondition, ResourceExhausted
+from dynod.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from dynod.model.builds import BUILTIN_BUILDPACKS, PREFIX_BUILDPACKS
 from dynod.model.procfile import MISCASED_WARNINGS, Procfile, load_procfile
 from dynod.slug.unpack import Limits, check_slug_size, format_size
@@ -394,7 +394,13 @@ def compile_app(
             defaults.update(info.default_process_types)
             wanted_addons += [a for a in info.addons if a not in wanted_addons]
 
-    procfile = load_procfile(build_dir)
+    try:
+        procfile = load_procfile(build_dir)
+    except InvalidArgument as exc:
+        # The build prints its own failures (the pipeline does not repeat them): a
+        # Procfile linked out of the tree, a FIFO, not UTF-8 would fail unexplained.
+        on_line(f"{ERROR}{exc.message}")
+        raise
     for note in procfile.warnings:
         on_line(f"{NOTE if note in MISCASED_WARNINGS else ERROR}{note}")
     for line in process_type_lines(procfile, defaults):

@@ -27,6 +27,7 @@ from dynod.build.gitrepos import (
     hook_script,
     repos_dir,
 )
+from dynod.build.source import MAX_SOURCE_BYTES
 from dynod.cli import deploy
 from dynod.cli.client import CliError
 from dynod.model.apps import NAME_RE
@@ -104,6 +105,33 @@ def shell(key_id: str) -> int:
     return 1  # pragma: no cover - replace_process does not return
 
 
+def _ref_name(ref: str) -> str:
+    """``feature`` for a branch, ``tag v1`` for a tag (git's own short names)."""
+    if ref.startswith("refs/tags/"):
+        return f"tag {ref.removeprefix('refs/tags/')}"
+    return ref.removeprefix("refs/heads/")
+
+
+def source_size(commit: str) -> int:
+    """The bytes of every file in ``commit``'s tree (what ``git archive`` would write),
+    from the objects' headers: no checkout, no path names (which need not be UTF-8)."""
+    listing = processes.output(["git", "ls-tree", "-r", "-z",
+                                "--format=%(objecttype) %(objectsize)", commit], timeout=600)
+    return sum(int(size) for kind, _, size in
+               (entry.partition(" ") for entry in listing.split("\0") if entry)
+               if kind == "blob")
+
+
+def _too_large(size: int) -> str | None:
+    # Heroku: the uncompressed checkout may be at most 1 GB (limits article). Checked
+    # before the archive is written, so a 2 GB file costs no 2 GB tar and upload.
+    if size <= MAX_SOURCE_BYTES:
+        return None
+    return (f"Your app's source is {size / 2**30:.1f}G uncompressed, over the "
+            f"{MAX_SOURCE_BYTES // 2**30}G limit; remove large files from the commit "
+            "(`git rm --cached FILE`, add it to .gitignore) and push again.")
+
+
 def pre_receive(stdin_text: str) -> int:
     app = os.environ.get("DYNOD_APP") or Path.cwd().name.removesuffix(".git")
     key_id = os.environ.get("DYNOD_KEY_ID", "")
@@ -114,12 +142,23 @@ def pre_receive(stdin_text: str) -> int:
         except ValueError:
             continue
         if ref not in DEPLOY_REFS:
-            print(f"Pushed to {ref.removeprefix('refs/heads/')}, which is not built; push to "
+            print(f"Pushed to {_ref_name(ref)}, which is not built; push to "
                   "main or master to deploy.", flush=True)
             continue
         if new == ZERO:
             print(f" !     Deleting {ref.removeprefix('refs/heads/')} is not allowed.",
                   flush=True)
+            status = 1
+            continue
+        try:
+            too_large = _too_large(source_size(new))
+        except processes.CommandFailed as exc:
+            too_large = str(exc)
+        if too_large is not None:
+            print(f" !     {too_large}", flush=True)
+            print(" !     Push failed", flush=True)
+            print(f"!\tPush rejected to {app}.", flush=True)
+            print("", flush=True)
             status = 1
             continue
         fd, name = tempfile.mkstemp(prefix="dynod-push-", suffix=".tar")

@@ -14,7 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from dynod.errors import AlreadyExists, NotFound, ResourceExhausted, Unauthenticated
+from dynod.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from dynod.model.users import (
     TOKEN_ID_RE,
     Token,
@@ -30,6 +36,20 @@ from dynod.store.protocol import Store
 
 # Heroku: a CLI login's token lasts a year (heroku/cli auth:login --expires-in).
 DEFAULT_TOKEN_LIFETIME = timedelta(days=365)
+# The longest lifetime a token may ask for; past it a date overflows (year 9999).
+MAX_TOKEN_LIFETIME = timedelta(days=100 * 365)
+
+
+def token_lifetime(seconds: int) -> timedelta:
+    """A token's lifetime from a request's seconds (0 or less: the default, a year).
+    Raises InvalidArgument past MAX_TOKEN_LIFETIME."""
+    if seconds <= 0:
+        return DEFAULT_TOKEN_LIFETIME
+    if seconds > MAX_TOKEN_LIFETIME.total_seconds():
+        raise InvalidArgument(
+            f"token lifetime {seconds} s is longer than {MAX_TOKEN_LIFETIME.days} days; "
+            "ask for a shorter one (or 0 for a year)")
+    return timedelta(seconds=seconds)
 LOGIN_FIX = "run `dynoctl login --host HOST` to sign in again"
 
 
