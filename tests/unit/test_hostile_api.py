@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
+from dynod.store.sqlite import SqliteStore
 from dynod.v1 import auth_pb2, auth_pb2_grpc, builds_pb2, builds_pb2_grpc
 from tests import hostile_api
 from tests.sandbox.machine import PROJECT
@@ -49,6 +50,7 @@ def test_every_service_is_driven() -> None:
 @pytest.mark.parametrize("service", hostile_api.services())
 def test_hostile_requests(fuzz_api: Api, service: str, caplog: pytest.LogCaptureFixture) -> None:
     tally = hostile_api.Tally()
+    assert isinstance(fuzz_api.store, SqliteStore)  # the fuzzer compares state.db
     with caplog.at_level(logging.WARNING):
         hostile_api.fuzz_service(fuzz_api.channel, service, EXAMPLES, fuzz_api.store.path, tally)
     assert tally.examples[service] == EXAMPLES
