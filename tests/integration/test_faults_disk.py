@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import _teardown, stack_bind
+from tests.integration.test_builds import EXAMPLES, SSH, sh
 from tests.integration.test_dynos import dynoctl, ps, wait_for
 from tests.integration.test_lifecycle import WEB, Load, settled, slug, versions
 from tests.sandbox.machine import Machine
@@ -206,12 +207,69 @@ def disk_full_config_set(m: Machine) -> tuple[str, float]:
     return out.strip().splitlines()[-1] if out.strip() else "(nothing)", time.monotonic() - t0
 
 
+def disk_full_git_push(m: Machine) -> tuple[str, float]:
+    """A build on a full disk: the push says so and the fix, nothing half-written is kept,
+    the repository is intact, the running release keeps serving; once space is freed the
+    same push builds and releases."""
+    src = f"/tmp/{APP}-push"
+    url = next(line.split(":", 1)[1].strip() for line in dynoctl(
+        m, "apps:info", "-a", APP).splitlines() if line.startswith("Git URL:"))
+    sh(m, "test -f /root/.ssh/id_ed25519 || { ssh-keygen -q -t ed25519 -N '' "
+          "-f /root/.ssh/id_ed25519 && dynoctl keys:add /root/.ssh/id_ed25519.pub; }")
+    sh(m, f"rm -rf {src} && cp -r {EXAMPLES / 'shell'} {src} && cd {src} && "
+          "git init -q -b main && git add -A && "
+          "git -c user.email=t@example.com -c user.name=t commit -qm init && "
+          f"git remote add dynod {url}")
+    push = f"cd {src} && GIT_SSH_COMMAND='{SSH}' timeout 300 git push dynod main 2>&1"
+    # A first push makes the repository (and the release that must keep serving).
+    assert "Released v" in sh(m, push)[1]
+    wait_for("the pushed release up", lambda: settled(m, APP, WANT, release=max(
+        store_consistent(m))), timeout=90)
+    # 4 MiB of zeros: a few KiB as git objects, 4 MiB in the build's source.
+    sh(m, f"cd {src} && head -c 4M /dev/zero > zeros && git add -A && "
+          "git -c user.email=t@example.com -c user.name=t commit -qm change")
+    repo = f"{STATE}/repos/{APP}.git"
+    head = sh(m, f"git -c safe.directory=* -C {repo} rev-parse main")[1]
+    before = store_consistent(m)
+    # (a failed build's log is kept for builds:output, as Heroku keeps it)
+    files = (f"find {STATE}/slugs {STATE}/builds -maxdepth 2 -not -path '*/builds/logs/*' "
+             "2>/dev/null | sort")
+    had = sh(m, files)[1]
+    said: list[str] = []
+    # Full: refused before git writes anything. Nearly full: the objects arrive, the build
+    # runs out of room.
+    for leave_kib in (0, 1536):
+        fill_disk(m, leave_kib)
+        try:
+            code, out = sh(m, push, ok=False)
+            print(out)
+            assert code not in (0, 124), f"the push worked (or hung) on a full disk: {out}"
+            assert "No space left" in out and STATE in out, out
+            assert "internal error" not in out.lower(), out
+            assert store_consistent(m) == before, versions(m, APP)
+            assert sh(m, files)[1] == had, "a half-written slug or build was kept"
+        finally:
+            free_disk(m)
+        said.append([x for x in out.splitlines() if "No space left" in x][-1].strip())
+    fsck = sh(m, f"git -c safe.directory=* -C {repo} fsck --strict 2>&1")[1]
+    assert "error" not in fsck.lower() and "missing" not in fsck.lower(), fsck
+    assert sh(m, f"git -c safe.directory=* -C {repo} rev-parse main")[1] == head, \
+        "the rejected push moved main"
+    t0 = time.monotonic()
+    code, again = sh(m, push, ok=False)
+    assert code == 0 and f"Released v{max(before) + 1}" in again, again
+    wait_for("the pushed release up", lambda: settled(m, APP, WANT, release=max(
+        store_consistent(m))), timeout=90)
+    return " / ".join(said), time.monotonic() - t0
+
+
 FAULTS: dict[str, Callable[[Machine], tuple[str, float]]] = {
     "slug tree deleted": slug_tree_deleted,
     "slug tree corrupted": slug_tree_corrupted,
     "disk full: slug upload": disk_full_slug_upload,
     "disk full: slug unpack": disk_full_slug_unpack,
     "disk full: release write (config:set)": disk_full_config_set,
+    "disk full: git push build": disk_full_git_push,
 }
 
 
