@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import _teardown, stack_bind
-from tests.integration.test_builds import EXAMPLES, SSH, sh
+from tests.integration.test_builds import SSH, sh
 from tests.integration.test_dynos import dynoctl, ps, wait_for
+from tests.integration.test_lifecycle import APP as SERVER
 from tests.integration.test_lifecycle import WEB, Load, settled, slug, versions
 from tests.sandbox.machine import Machine
 
@@ -216,7 +217,10 @@ def disk_full_git_push(m: Machine) -> tuple[str, float]:
         m, "apps:info", "-a", APP).splitlines() if line.startswith("Git URL:"))
     sh(m, "test -f /root/.ssh/id_ed25519 || { ssh-keygen -q -t ed25519 -N '' "
           "-f /root/.ssh/id_ed25519 && dynoctl keys:add /root/.ssh/id_ed25519.pub; }")
-    sh(m, f"rm -rf {src} && cp -r {EXAMPLES / 'shell'} {src} && cd {src} && "
+    # The same server as the slugs', as a Procfile app (named without .py: not a Python
+    # app).
+    sh(m, f"rm -rf {src} && mkdir -p {src} && cp {SERVER} {src}/server && cd {src} && "
+          "echo 'web: exec python3 -u server $PORT' > Procfile && echo push > VERSION && "
           "git init -q -b main && git add -A && "
           "git -c user.email=t@example.com -c user.name=t commit -qm init && "
           f"git remote add dynod {url}")
@@ -242,7 +246,6 @@ def disk_full_git_push(m: Machine) -> tuple[str, float]:
         fill_disk(m, leave_kib)
         try:
             code, out = sh(m, push, ok=False)
-            print(out)
             assert code not in (0, 124), f"the push worked (or hung) on a full disk: {out}"
             assert "No space left" in out and STATE in out, out
             assert "internal error" not in out.lower(), out
@@ -290,6 +293,10 @@ def test_fault_loses_nothing(disk_machine: Machine, fault: str) -> None:
     print(f"\n| {fault} | {result['requests']} | {failed} | {saw} | "
           f"{len(leaks(m))} | {took:.1f} s |")
     assert result["requests"] > 0, result
+    if failed:
+        print(m.exec(["sh", "-c", "journalctl --no-pager -o short-unix | grep -E "
+                      "'at=error|State changed|Started|Stopp|dynod\\[|Release' | tail -n 80"]
+                     ).stdout)
     assert failed == 0, result["failures"]
     assert settled(m, APP, WANT), ps(m, APP)
     store_consistent(m)
