@@ -266,6 +266,59 @@ def disk_full_git_push(m: Machine) -> tuple[str, float]:
     return " / ".join(said), time.monotonic() - t0
 
 
+DROP_IN = "/run/systemd/system/dynod.service.d/50-fault-memory.conf"
+
+
+def show(m: Machine, unit: str, prop: str) -> str:
+    return m.exec(["systemctl", "show", unit, "-p", prop, "--value"]).stdout.strip()
+
+
+def dynod_memory_max(m: Machine) -> tuple[str, float]:
+    """dynod over its own MemoryMax while it answers API calls: the kernel kills it,
+    systemd restarts it, it adopts its dynos (none restarted), the app serves throughout.
+
+    On a cgroup v1 host systemd writes only MemoryLimit= to memory.limit_in_bytes (and
+    cannot set it below the current use: EBUSY), so the drop-in sets both, 1 MiB above
+    what dynod uses now. If the burst of API calls does not take dynod over it (page
+    cache is reclaimed first), dynod is killed with SIGKILL instead, as the OOM killer
+    would, and the row says so."""
+    restarts = int(show(m, "dynod", "NRestarts"))
+    dynos = {str(d["unit"]): show(m, str(d["unit"]), "InvocationID") for d in ps(m, APP)}
+    limit = int(show(m, "dynod", "MemoryCurrent")) + (1 << 20)
+    m.exec(["sh", "-c", f"mkdir -p {Path(DROP_IN).parent} && printf '[Service]\\n"
+            f"MemoryMax={limit}\\nMemoryLimit={limit}\\nMemorySwapMax=0\\n' > {DROP_IN}"
+            " && systemctl daemon-reload"])
+    t0 = time.monotonic()
+    how = "MemoryMax"
+    try:
+        m.exec(["sh", "-c", "for i in $(seq 1 12); do dynoctl releases -a shop -n 1000 --json "
+                ">/dev/null 2>&1 & dynoctl logs -a shop -n 1500 >/dev/null 2>&1 & done; wait"],
+               check=False)
+        try:
+            wait_for("dynod killed and restarted", lambda: int(show(
+                m, "dynod", "NRestarts")) > restarts, timeout=15)
+        except AssertionError:
+            how = "SIGKILL (MemoryMax not reached)"
+            m.exec(["systemctl", "kill", "-s", "KILL", "dynod"])
+            wait_for("dynod restarted", lambda: int(show(
+                m, "dynod", "NRestarts")) > restarts, timeout=30)
+    finally:
+        m.exec(["sh", "-c", f"rm -f {DROP_IN} && systemctl daemon-reload"])
+    wait_for("dynod answering", lambda: m.run(["dynoctl", "apps"]).returncode == 0, 60)
+    took = time.monotonic() - t0
+    wait_for("dynos adopted", lambda: settled(m, APP, WANT), timeout=60)
+    now = {str(d["unit"]): show(m, str(d["unit"]), "InvocationID") for d in ps(m, APP)}
+    assert now == dynos, f"a dyno was restarted: {dynos} -> {now}"
+    said = m.exec(["sh", "-c", "journalctl -u dynod --no-pager -o cat | grep -iE "
+                   "'oom|killed|Main process exited' | tail -n 3"]).stdout.strip()
+    if how == "MemoryMax":
+        # cgroup v2: systemd reads memory.events ("oom-kill"); v1 has none, so it sees a
+        # SIGKILL that nobody but the kernel's OOM killer sent.
+        assert "oom" in said.lower() or "status=9/KILL" in said, f"not killed: {said}"
+    return f"{how}, NRestarts {restarts} -> {show(m, 'dynod', 'NRestarts')}: " + (
+        said.splitlines()[-1] if said else "(no line)"), took
+
+
 FAULTS: dict[str, Callable[[Machine], tuple[str, float]]] = {
     "slug tree deleted": slug_tree_deleted,
     "slug tree corrupted": slug_tree_corrupted,
@@ -273,6 +326,7 @@ FAULTS: dict[str, Callable[[Machine], tuple[str, float]]] = {
     "disk full: slug unpack": disk_full_slug_unpack,
     "disk full: release write (config:set)": disk_full_config_set,
     "disk full: git push build": disk_full_git_push,
+    "dynod over its MemoryMax": dynod_memory_max,
 }
 
 
