@@ -38,6 +38,10 @@ from dynod.system import processes
 DEPLOY_REFS = ("refs/heads/main", "refs/heads/master")
 ZERO = "0" * 40
 SERVICES = ("git-receive-pack", "git-upload-pack")
+# Below this much free space on the disk holding the repositories, a push is refused
+# before git starts: git's own "unable to write loose object file" names neither the
+# disk nor the fix.
+MIN_FREE_BYTES = 1 << 20
 
 
 
@@ -73,6 +77,17 @@ def _fail(message: str) -> int:
     return 1
 
 
+def disk_full(path: Path) -> str:
+    """What to tell the pusher when the disk holding ``path`` is (nearly) full, else ""."""
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free >= MIN_FREE_BYTES:
+        return ""
+    return (f"No space left on device: the disk holding dynod's state ({path}) has "
+            f"{free // 1024} KiB free; free space on it and push again: nothing was changed, "
+            "the running release keeps serving")
+
+
 def shell(key_id: str) -> int:
     if not KEY_ID_RE.match(key_id):
         return _fail("this key's entry is broken; re-add it with `dynoctl keys:add`")
@@ -88,6 +103,8 @@ def shell(key_id: str) -> int:
         return _fail(str(exc))
     settings = load_settings(DEFAULT_CONFIG)
     repo = repos_dir(settings.state_dir) / f"{app}.git"
+    if service == "git-receive-pack" and (full := disk_full(settings.state_dir)):
+        return _fail(full)
     if not (repo / "HEAD").is_file():
         if service == "git-upload-pack":
             return _fail(f"app {app} has no code yet; push to it first")

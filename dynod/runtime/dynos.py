@@ -200,7 +200,9 @@ class Host:
     def _new_network(self, key: str) -> netns.DynoNetwork:
         """Allocate an address and make a netns for ``key`` (under the lock)."""
         try:
-            address = netns.allocate_address(self.bridge, self._used)
+            # The veths read back too: a build's network takes an address behind our
+            # back, and a dyno given the same one loses its traffic.
+            address = netns.allocate_address(self.bridge, self._used | netns.used_addresses())
         except ResourceExhausted:
             self._used = netns.used_addresses()  # forget addresses freed behind our back
             address = netns.allocate_address(self.bridge, self._used)

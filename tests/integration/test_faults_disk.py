@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import _teardown, stack_bind
+from tests.integration.test_builds import SSH, sh
 from tests.integration.test_dynos import dynoctl, ps, wait_for
+from tests.integration.test_lifecycle import APP as SERVER
 from tests.integration.test_lifecycle import WEB, Load, settled, slug, versions
 from tests.sandbox.machine import Machine
 
@@ -206,12 +208,125 @@ def disk_full_config_set(m: Machine) -> tuple[str, float]:
     return out.strip().splitlines()[-1] if out.strip() else "(nothing)", time.monotonic() - t0
 
 
+def disk_full_git_push(m: Machine) -> tuple[str, float]:
+    """A build on a full disk: the push says so and the fix, nothing half-written is kept,
+    the repository is intact, the running release keeps serving; once space is freed the
+    same push builds and releases."""
+    src = f"/tmp/{APP}-push"
+    url = next(line.split(":", 1)[1].strip() for line in dynoctl(
+        m, "apps:info", "-a", APP).splitlines() if line.startswith("Git URL:"))
+    sh(m, "test -f /root/.ssh/id_ed25519 || { ssh-keygen -q -t ed25519 -N '' "
+          "-f /root/.ssh/id_ed25519 && dynoctl keys:add /root/.ssh/id_ed25519.pub; }")
+    # The same server as the slugs', as a Procfile app (named without .py: not a Python
+    # app).
+    sh(m, f"rm -rf {src} && mkdir -p {src} && cp {SERVER} {src}/server && cd {src} && "
+          "echo 'web: exec python3 -u server $PORT' > Procfile && echo push > VERSION && "
+          "git init -q -b main && git add -A && "
+          "git -c user.email=t@example.com -c user.name=t commit -qm init && "
+          f"git remote add dynod {url}")
+    push = f"cd {src} && GIT_SSH_COMMAND='{SSH}' timeout 300 git push dynod main 2>&1"
+    # A first push makes the repository (and the release that must keep serving).
+    assert "Released v" in sh(m, push)[1]
+    wait_for("the pushed release up", lambda: settled(m, APP, WANT, release=max(
+        store_consistent(m))), timeout=90)
+    # 4 MiB of zeros: a few KiB as git objects, 4 MiB in the build's source.
+    sh(m, f"cd {src} && head -c 4M /dev/zero > zeros && git add -A && "
+          "git -c user.email=t@example.com -c user.name=t commit -qm change")
+    repo = f"{STATE}/repos/{APP}.git"
+    head = sh(m, f"git -c safe.directory=* -C {repo} rev-parse main")[1]
+    before = store_consistent(m)
+    # (a failed build's log is kept for builds:output, as Heroku keeps it)
+    files = (f"find {STATE}/slugs {STATE}/builds -maxdepth 2 -not -path '*/builds/logs/*' "
+             "2>/dev/null | sort")
+    had = sh(m, files)[1]
+    said: list[str] = []
+    # Full: refused before git writes anything. Nearly full: the objects arrive, the build
+    # runs out of room.
+    for leave_kib in (0, 1536):
+        fill_disk(m, leave_kib)
+        try:
+            code, out = sh(m, push, ok=False)
+            assert code not in (0, 124), f"the push worked (or hung) on a full disk: {out}"
+            assert "No space left" in out and STATE in out, out
+            assert "internal error" not in out.lower(), out
+            assert store_consistent(m) == before, versions(m, APP)
+            assert sh(m, files)[1] == had, "a half-written slug or build was kept"
+        finally:
+            free_disk(m)
+        said.append([x for x in out.splitlines() if "No space left" in x][-1].strip())
+    fsck = sh(m, f"git -c safe.directory=* -C {repo} fsck --strict 2>&1")[1]
+    assert "error" not in fsck.lower() and "missing" not in fsck.lower(), fsck
+    assert sh(m, f"git -c safe.directory=* -C {repo} rev-parse main")[1] == head, \
+        "the rejected push moved main"
+    t0 = time.monotonic()
+    code, again = sh(m, push, ok=False)
+    assert code == 0 and f"Released v{max(before) + 1}" in again, again
+    wait_for("the pushed release up", lambda: settled(m, APP, WANT, release=max(
+        store_consistent(m))), timeout=90)
+    return " / ".join(said), time.monotonic() - t0
+
+
+DROP_IN = "/run/systemd/system/dynod.service.d/50-fault-memory.conf"
+
+
+def show(m: Machine, unit: str, prop: str) -> str:
+    return m.exec(["systemctl", "show", unit, "-p", prop, "--value"]).stdout.strip()
+
+
+def dynod_memory_max(m: Machine) -> tuple[str, float]:
+    """dynod over its own MemoryMax while it answers API calls: the kernel kills it,
+    systemd restarts it, it adopts its dynos (none restarted), the app serves throughout.
+
+    On a cgroup v1 host systemd writes only MemoryLimit= to memory.limit_in_bytes (and
+    cannot set it below the current use: EBUSY), so the drop-in sets both, 1 MiB above
+    what dynod uses now. If the burst of API calls does not take dynod over it (page
+    cache is reclaimed first), dynod is killed with SIGKILL instead, as the OOM killer
+    would, and the row says so."""
+    restarts = int(show(m, "dynod", "NRestarts"))
+    dynos = {str(d["unit"]): show(m, str(d["unit"]), "InvocationID") for d in ps(m, APP)}
+    limit = int(show(m, "dynod", "MemoryCurrent")) + (1 << 20)
+    m.exec(["sh", "-c", f"mkdir -p {Path(DROP_IN).parent} && printf '[Service]\\n"
+            f"MemoryMax={limit}\\nMemoryLimit={limit}\\nMemorySwapMax=0\\n' > {DROP_IN}"
+            " && systemctl daemon-reload"])
+    t0 = time.monotonic()
+    how = "MemoryMax"
+    try:
+        m.exec(["sh", "-c", "for i in $(seq 1 12); do dynoctl releases -a shop -n 1000 --json "
+                ">/dev/null 2>&1 & dynoctl logs -a shop -n 1500 >/dev/null 2>&1 & done; wait"],
+               check=False)
+        try:
+            wait_for("dynod killed and restarted", lambda: int(show(
+                m, "dynod", "NRestarts")) > restarts, timeout=15)
+        except AssertionError:
+            how = "SIGKILL (MemoryMax not reached)"
+            m.exec(["systemctl", "kill", "-s", "KILL", "dynod"])
+            wait_for("dynod restarted", lambda: int(show(
+                m, "dynod", "NRestarts")) > restarts, timeout=30)
+    finally:
+        m.exec(["sh", "-c", f"rm -f {DROP_IN} && systemctl daemon-reload"])
+    wait_for("dynod answering", lambda: m.run(["dynoctl", "apps"]).returncode == 0, 60)
+    took = time.monotonic() - t0
+    wait_for("dynos adopted", lambda: settled(m, APP, WANT), timeout=60)
+    now = {str(d["unit"]): show(m, str(d["unit"]), "InvocationID") for d in ps(m, APP)}
+    assert now == dynos, f"a dyno was restarted: {dynos} -> {now}"
+    said = m.exec(["sh", "-c", "journalctl -u dynod --no-pager -o cat | grep -iE "
+                   "'oom|killed|Main process exited' | tail -n 3"]).stdout.strip()
+    if how == "MemoryMax":
+        # cgroup v2: systemd reads memory.events ("oom-kill"); v1 has none, so it sees a
+        # SIGKILL that nobody but the kernel's OOM killer sent.
+        assert "oom" in said.lower() or "status=9/KILL" in said, f"not killed: {said}"
+    return f"{how}, NRestarts {restarts} -> {show(m, 'dynod', 'NRestarts')}: " + (
+        said.splitlines()[-1] if said else "(no line)"), took
+
+
 FAULTS: dict[str, Callable[[Machine], tuple[str, float]]] = {
     "slug tree deleted": slug_tree_deleted,
     "slug tree corrupted": slug_tree_corrupted,
     "disk full: slug upload": disk_full_slug_upload,
     "disk full: slug unpack": disk_full_slug_unpack,
     "disk full: release write (config:set)": disk_full_config_set,
+    "disk full: git push build": disk_full_git_push,
+    "dynod over its MemoryMax": dynod_memory_max,
 }
 
 
@@ -232,6 +347,10 @@ def test_fault_loses_nothing(disk_machine: Machine, fault: str) -> None:
     print(f"\n| {fault} | {result['requests']} | {failed} | {saw} | "
           f"{len(leaks(m))} | {took:.1f} s |")
     assert result["requests"] > 0, result
+    if failed:
+        print(m.exec(["sh", "-c", "journalctl --no-pager -o short-unix | grep -E "
+                      "'at=error|State changed|Started|Stopp|dynod\\[|Release' | tail -n 80"]
+                     ).stdout)
     assert failed == 0, result["failures"]
     assert settled(m, APP, WANT), ps(m, APP)
     store_consistent(m)
