@@ -18,7 +18,7 @@ from dynod.runtime.dynos import Host, read_meta, ref_of
 from dynod.runtime.executor import STOP_TIMEOUT
 from dynod.runtime.plan import Dyno
 from dynod.settings import Settings
-from dynod.slug import trees, unpack
+from dynod.slug import trees
 from dynod.store.protocol import Store
 from dynod.system import mounts, netns, units
 
@@ -74,4 +74,4 @@ def collect_trees(store: Store, settings: Settings) -> None:
         for tree in trees.list_trees(settings):
             if tree.uid == uid and not mounts.is_overlay_lower(tree.path):
                 log.info("removing slug tree %s (its app is gone)", tree.path)
-                unpack.remove_tree(tree.path)
+                trees.remove(tree.path)

@@ -103,9 +103,7 @@ def collect(store: Store, settings: Settings,
         if tree.sha256 in kept or in_use(tree.path):
             continue
         freed += size_of(tree.path)
-        unpack.remove_tree(tree.path)
-        with contextlib.suppress(FileNotFoundError):
-            trees.manifest_of(tree.path).unlink()
+        trees.remove(tree.path)
         n_trees += 1
         log.info("gc: removed slug tree %s", tree.path.name)
     for damaged in trees.damaged_trees(settings):

@@ -94,6 +94,13 @@ def manifest_of(tree: Path) -> Path:
     return tree.with_name(f".{tree.name}.manifest")
 
 
+def remove(tree: Path) -> None:
+    """Remove an unpacked slug tree and its manifest."""
+    unpack.remove_tree(tree)
+    with contextlib.suppress(FileNotFoundError):
+        manifest_of(tree).unlink()
+
+
 def scan_tree(tree: Path) -> dict[str, list[object]]:
     """Every entry under ``tree``: relative path -> [kind, size, mtime_ns, link]."""
     out: dict[str, list[object]] = {}

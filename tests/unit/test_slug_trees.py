@@ -50,6 +50,15 @@ def test_an_intact_tree_is_used_as_it_is(settings: Settings) -> None:
     assert said == []
 
 
+def test_removing_a_tree_leaves_nothing_of_it(settings: Settings) -> None:
+    # An app's destroy (or gc) must not leave the tree's manifest behind.
+    checksum = stored_slug(settings, {"./app/server.py": b"print(1)\n"})
+    tree = trees.slug_tree(settings, checksum, UID, None)
+    assert trees.manifest_of(tree).exists()
+    trees.remove(tree)
+    assert sorted(p.name for p in tree.parent.iterdir()) == []
+
+
 @pytest.mark.parametrize("damage, why", [
     (lambda t: (t / "app/server.py").unlink(), "app/server.py is missing"),
     (lambda t: (t / "app/server.py").write_bytes(b"garbage"), "app/server.py changed"),
