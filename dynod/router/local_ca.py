@@ -20,9 +20,7 @@ python3-cryptography) does the X.509 work: no openssl subprocess.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dynod import paths
 from dynod.errors import FailedPrecondition
+from dynod.system.files import write_atomic
 
 CA_KEY = "ca.key"
 CA_CERT = paths.ca_certificate(Path("/")).name
@@ -104,21 +103,9 @@ def ensure_ca(directory: Path, now: datetime | None = None) -> LocalCA:
     ca = make_ca(now or datetime.now(UTC), socket.gethostname())
     if have_key:  # a crash between the two writes: the key alone is worth nothing
         key_path.unlink()
-    _write(key_path, ca.key_pem, 0o600)
-    _write(cert_path, ca.cert_pem, 0o644)
+    write_atomic(key_path, ca.key_pem, 0o600)
+    write_atomic(cert_path, ca.cert_pem, 0o644)
     return ca
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def default_names(domain: str) -> tuple[str, ...]:

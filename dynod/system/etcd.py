@@ -13,7 +13,6 @@ strangers are refused.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from dynod.errors import InvalidArgument
 from dynod.system import systemctl
+from dynod.system.files import write_atomic
 
 UNIT = "dynod-etcd.service"
 # etcd's registered ports (IANA): clients, then peers.
@@ -133,16 +133,6 @@ def render_env(env: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
 def write_member(state_dir: Path, env: Mapping[str, str], ca_pem: str, cert_pem: str,
                  key_pem: str) -> None:
     """Put the member's certificates and settings in place (the settings last: the
@@ -150,10 +140,10 @@ def write_member(state_dir: Path, env: Mapping[str, str], ca_pem: str, cert_pem:
     tls = cluster_dir(state_dir) / "tls"
     tls.mkdir(mode=0o700, parents=True, exist_ok=True)
     data_dir(state_dir).mkdir(mode=0o700, exist_ok=True)
-    _write(tls / CA_CERT, ca_pem, 0o644)
-    _write(tls / MEMBER_CERT, cert_pem, 0o644)
-    _write(tls / MEMBER_KEY, key_pem, 0o600)
-    _write(cluster_dir(state_dir) / "etcd.env", render_env(env), 0o600)
+    write_atomic(tls / CA_CERT, ca_pem, 0o644)
+    write_atomic(tls / MEMBER_CERT, cert_pem, 0o644)
+    write_atomic(tls / MEMBER_KEY, key_pem, 0o600)
+    write_atomic(cluster_dir(state_dir) / "etcd.env", render_env(env), 0o600)
 
 
 def start() -> None:
