@@ -1,0 +1,141 @@
+"""dynod.model.cluster: the machines of a cluster, where each dyno runs, and what each
+machine says it runs. Values and the protocol the rest of dynod reads them through.
+
+A cluster keeps these beside the store's records, in etcd under their own root
+(``/dynod-cluster/``, not the store's ``/dynod/``, so a store migration or comparison
+never sees them). The keys, each holding one value's JSON (:func:`to_json`):
+
+============================================  ==========================  ==============
+key                                           value                       lifetime
+============================================  ==========================  ==============
+``members/<node>``                            :class:`Member`             until removed
+``join-token``                                :class:`JoinToken`          until rotated
+``nodes/<node>``                              :class:`Node`               the node's lease
+``leader``                                    the leader's node name      its lease
+``placement/<app>/<type>.<n>``                :class:`Placement`          until moved
+``dynos/<node>/<app>/<type>.<n>``             :class:`Located`            the node's lease
+============================================  ==========================  ==============
+
+A member is a machine that joined (``cluster:join``) and was not removed; a node is a
+member that is alive now: its dynod holds a lease (``NODE_TTL``) and keeps it alive, so
+its ``nodes/`` key and everything it published under ``dynos/`` vanish when it dies or
+loses etcd. The leader (etcd election on the ``leader`` key) alone writes placements.
+One machine without a cluster has none of this: its dynod runs every dyno itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol, TypeVar
+
+from dynod.errors import InvalidArgument
+
+ROOT = "/dynod-cluster/"
+# Seconds a node's lease lives without a keep-alive: how long a dead machine still
+# looks alive, and how long a machine cut off from etcd keeps its dynos.
+NODE_TTL = 10
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_node_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidArgument(f"node name {name!r}: use lowercase letters, digits and "
+                              "dashes (a host name), e.g. node-b")
+    return name
+
+
+@dataclass(frozen=True)
+class Member:
+    """A machine of the cluster: its name, its address on the cluster's network, its
+    API (``host:port``, TLS) for the other machines, and the dyno address pool it was
+    given (a CIDR no other member's overlaps)."""
+
+    name: str
+    address: str
+    api: str
+    pool: str
+    joined_at: str = ""
+
+    def __post_init__(self) -> None:
+        check_node_name(self.name)
+
+
+@dataclass(frozen=True)
+class JoinToken:
+    """What ``cluster:join --token`` is checked against: the token's SHA-256 only."""
+
+    sha256: str
+    created_at: str = ""
+
+
+@dataclass(frozen=True)
+class Node:
+    """A member that is alive, with what it can hold: memory for dynos in MB (dyno
+    sizes' ``memory_mb`` add up against it)."""
+
+    name: str
+    address: str
+    api: str
+    pool: str
+    memory_mb: int
+
+    def __post_init__(self) -> None:
+        check_node_name(self.name)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one dyno of a formation runs (``web.2`` of app ``shop`` on ``node-b``)."""
+
+    app: str
+    dyno: str  # "<type>.<n>"
+    node: str
+
+
+@dataclass(frozen=True)
+class Located:
+    """A dyno as the machine running it says it is: what ``ps`` shows and what every
+    machine's router routes to (web dynos that are ``up``)."""
+
+    node: str
+    app: str
+    dyno: str  # "<type>.<n>"
+    state: str  # model.dynos.DynoState's value
+    release: int
+    size: str
+    address: str = ""  # the dyno's address, reachable from every node's router
+    port: int = 0
+    since: str = ""  # ISO 8601, when it entered ``state``
+
+
+T = TypeVar("T")
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(asdict(value), sort_keys=True)
+
+
+def from_json(cls: type[T], text: str) -> T:
+    """The value of ``cls`` a key holds; unknown fields (a newer dynod's) are ignored."""
+    doc = json.loads(text)
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in doc.items() if k in names})
+
+
+class ClusterView(Protocol):
+    """What the cluster is now, as read from etcd. ``me`` is this machine's node name."""
+
+    @property
+    def me(self) -> str: ...
+
+    def members(self) -> list[Member]: ...
+
+    def nodes(self) -> list[Node]: ...
+
+    def leader(self) -> str | None: ...
+
+    def placements(self, app: str | None = None) -> list[Placement]: ...
+
+    def located(self, app: str | None = None) -> list[Located]: ...
