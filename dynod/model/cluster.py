@@ -13,7 +13,7 @@ key                                           value                       lifeti
 ``nodes/<node>``                              :class:`Node`               the node's lease
 ``leader``                                    the leader's node name      its lease
 ``placement/<app>/<type>.<n>``                :class:`Placement`          until moved
-``dynos/<node>/<app>/<type>.<n>``             :class:`Located`            the node's lease
+``dynos/<node>/<app>/<type>.<n>@<gen>``       :class:`Located`            the node's lease
 ============================================  ==========================  ==============
 
 A member is a machine that joined (``cluster:join``) and was not removed; a node is a
@@ -105,6 +105,7 @@ class Located:
     state: str  # model.dynos.DynoState's value
     release: int
     size: str
+    generation: int = 0  # a rollout runs two generations of web.1 side by side
     address: str = ""  # the dyno's address, reachable from every node's router
     port: int = 0
     since: str = ""  # ISO 8601, when it entered ``state``
