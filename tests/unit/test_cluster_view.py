@@ -39,13 +39,14 @@ def test_the_view_reads_each_prefix_and_leased_keys_go_with_their_lease(
     a = Member("node-a", "10.216.0.2", "10.216.0.2:5443", "10.213.16.0/20")
     b = Node("node-b", "10.216.0.3", "10.216.0.3:5443", "10.213.32.0/20", 4096)
     lease = kv.client.lease(5)
-    web = Located("node-b", "shop", "web.1", "up", 3, "standard-1x", "10.213.32.2", 5000)
+    web = Located("node-b", "shop", "web.1", "up", 3, "standard-1x", generation=2,
+                  address="10.213.32.2", port=5000)
     kv.txn([], [kv.put_op("members/node-a", to_json(a)),
                 kv.put_op("nodes/node-b", to_json(b), int(lease.id)),
                 kv.put_op("leader", "node-b", int(lease.id)),
                 kv.put_op("placement/shop/web.1", to_json(Placement("shop", "web.1", "node-b"))),
                 kv.put_op("placement/blog/web.1", to_json(Placement("blog", "web.1", "node-a"))),
-                kv.put_op("dynos/node-b/shop/web.1", to_json(web), int(lease.id))])
+                kv.put_op("dynos/node-b/shop/web.1@2", to_json(web), int(lease.id))])
     assert v.me == "node-a"
     assert v.members() == [a] and v.nodes() == [b] and v.leader() == "node-b"
     assert [p.app for p in v.placements()] == ["blog", "shop"]
