@@ -82,14 +82,19 @@ def trouble(m: Machine, app: str) -> str:
 
 
 class Load:
-    """load_client.py in its own unit: kept-alive connections through the router."""
+    """load_client.py in its own unit: kept-alive connections through the router,
+    running when the constructor returns. ``retry_after`` (seconds) makes a client that
+    failed wait before it tries again (see load_client.py)."""
 
-    def __init__(self, m: Machine, host: str, conns: int = 8, name: str = "load") -> None:
+    def __init__(self, m: Machine, host: str, conns: int = 8, name: str = "load",
+                 retry_after: float = 0.0) -> None:
         self.m = m
         self.name = name  # the unit, /tmp/NAME.json and /tmp/NAME.stop (several loads)
+        m.exec(["rm", "-f", f"/tmp/{name}.stop", f"/tmp/{name}.json"])
         m.exec(["systemd-run", f"--unit={name}", "--collect", "-p",
-                f"StandardOutput=file:/tmp/{name}.json", "python3", str(LOAD), host,
-                f"/tmp/{name}.stop", str(conns)])
+                f"StandardOutput=file:/tmp/{name}.json", "python3", str(LOAD),
+                f"--retry-after={retry_after}", host, f"/tmp/{name}.stop", str(conns)])
+        wait_for(f"{name} running", lambda: active(m, name))
 
     def finish(self) -> dict[str, Any]:
         self.m.exec(["touch", f"/tmp/{self.name}.stop"])
@@ -107,8 +112,6 @@ def test_rollouts_under_load_drop_no_request(stack_machine: Machine) -> None:
     dynoctl(m, "ps:scale", "-a", app, "web=2", "worker=1")
     wait_for("v2 up", lambda: settled(m, app, want), timeout=60)
     load = Load(m, f"{app}.dynod.localhost")
-    wait_for("load running", lambda: m.exec(["systemctl", "is-active", "load"],
-                                            check=False).stdout.strip() == "active")
     time.sleep(1)
     steps: list[tuple[str, float]] = []
 
