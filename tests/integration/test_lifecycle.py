@@ -164,7 +164,8 @@ def test_release_that_crashes_at_boot_is_not_rolled_out(stack_machine: Machine) 
     proc = deploy(m, app, "bad", crash=True, check=False)
     assert proc.returncode == 1, proc.stderr
     assert "Rolling out v3.... failed." in proc.stderr, proc.stderr
-    assert "release v3 failed: its web dynos did not come up" in proc.stderr, proc.stderr
+    assert ("release v3 failed: its web dynos did not come up: crashed at boot (exit status "
+            "1); v2 keeps serving") in proc.stderr, proc.stderr
     assert "v2 keeps serving" in proc.stderr, proc.stderr
     wait_for("v2 serving alone", lambda: settled(m, app, want, release=2), timeout=60)
     time.sleep(1)
@@ -181,7 +182,8 @@ def test_release_that_crashes_at_boot_is_not_rolled_out(stack_machine: Machine) 
     assert "v3" in dynoctl(m, "releases", "-a", app) and "failed" in dynoctl(
         m, "releases", "-a", app)
     logs = m.exec(["journalctl", "--no-pager", "-o", "cat", f"DYNOD_APP={app}"]).stdout
-    assert "Release v3 failed: its web dynos crashed at boot; v2 keeps serving" in logs
+    assert ("Release v3 failed: its web dynos crashed at boot (exit status 1); v2 keeps "
+            "serving") in logs, logs
     # The next good deploy rolls out as usual.
     deploy(m, app, "fixed")
     assert settled(m, app, want, release=4)
