@@ -403,7 +403,8 @@ class Builder:
         if verdict is False:
             with self.store.read() as tx:
                 failed = tx.release(app, version)
-            why = failed.failure if failed is not None and failed.failure else "crashed at boot"
+            why = (failed.failure if failed is not None and failed.failure
+                   else "crashed at boot or R10")  # a dynod that kept no cause
             emit(f"{buildpacks.ERROR}Release v{version} failed: its web dynos did "
                  f"not come up: {why}; the previous release keeps serving. See "
                  "dynoctl logs")
