@@ -32,22 +32,30 @@ from tests.sandbox.machine import PROJECT, Machine
 SOCKET = "unix:/run/dynod/dynod.sock"
 
 
+def release_calls(cfg: config_pb2_grpc.ConfigStub, rel: releases_pb2_grpc.ReleasesStub,
+                  releases: int, n: int, app: str = "bench") -> dict[str, list[float]]:
+    """Fill ``app`` (made, at v1) to ``releases`` releases with config:set, then ``n``
+    samples each of config:set (a new release) and releases (the 15 newest)."""
+    for i in range(releases - 1):  # v1 exists already
+        cfg.Set(config_pb2.SetConfigRequest(app=app, vars={"FILL": str(i)}))
+    counter = iter(range(10**9))
+    return {
+        "config_set": timed(lambda: cfg.Set(config_pb2.SetConfigRequest(
+            app=app, vars={"K": str(next(counter))})), n),
+        "releases_15": timed(lambda: rel.List(releases_pb2.ListReleasesRequest(
+            app=app, limit=15)), n),
+    }
+
+
 def inner(releases: int, n: int) -> dict[str, list[float]]:
     """In the machine: fill an app to ``releases`` releases, then time the calls."""
     ch = grpc.insecure_channel(SOCKET)
     apps_pb2_grpc.AppsStub(ch).Create(apps_pb2.CreateAppRequest(name="bench"))
-    cfg = config_pb2_grpc.ConfigStub(ch)
     rel = releases_pb2_grpc.ReleasesStub(ch)
     sysstub = system_pb2_grpc.SystemStub(ch)
-    for i in range(releases - 1):  # v1 exists already
-        cfg.Set(config_pb2.SetConfigRequest(app="bench", vars={"FILL": str(i)}))
-    counter = iter(range(10**9))
     return {
         "version": timed(lambda: sysstub.Version(system_pb2.VersionRequest()), n),
-        "config_set": timed(lambda: cfg.Set(config_pb2.SetConfigRequest(
-            app="bench", vars={"K": str(next(counter))})), n),
-        "releases_15": timed(lambda: rel.List(releases_pb2.ListReleasesRequest(
-            app="bench", limit=15)), n),
+        **release_calls(config_pb2_grpc.ConfigStub(ch), rel, releases, n),
         "releases_all": timed(lambda: rel.List(releases_pb2.ListReleasesRequest(
             app="bench")), max(10, n // 10)),
     }

@@ -14,35 +14,25 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.api import release_calls
 from benchmarks.common import Figure, Summary, timed, write
 from dynod.store.etcd import EtcdSettings, EtcdStore
 from dynod.store.sqlite import SqliteStore
-from dynod.v1 import config_pb2, formation_pb2, releases_pb2
+from dynod.v1 import formation_pb2
 from tests.etcd.server import running_etcd
-from tests.unit.control_plane.harness import start
+from tests.unit.control_plane.harness import serving
 
 
 def measure(store: SqliteStore | EtcdStore, tmp: Path, releases: int,
             n: int) -> dict[str, list[float]]:
     tmp.mkdir(parents=True, exist_ok=True)
-    api, server = start(tmp, store)
-    try:
+    with serving(tmp, store) as api:
         api.create_app("bench")
-        for i in range(releases - 1):  # v1 exists already
-            api.config.Set(config_pb2.SetConfigRequest(app="bench", vars={"FILL": str(i)}))
-        counter = iter(range(10**9))
         return {
-            "config_set": timed(lambda: api.config.Set(config_pb2.SetConfigRequest(
-                app="bench", vars={"K": str(next(counter))})), n),
-            "releases_15": timed(lambda: api.releases.List(releases_pb2.ListReleasesRequest(
-                app="bench", limit=15)), n),
+            **release_calls(api.config, api.releases, releases, n),
             "formation": timed(lambda: api.formation.Get(formation_pb2.GetFormationRequest(
                 app="bench")), n),
         }
-    finally:
-        api.channel.close()
-        server.stop(None).wait()
-        store.close()
 
 
 def collect(scale: float = 1.0, releases: int | None = None,

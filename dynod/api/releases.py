@@ -18,7 +18,7 @@ def release_to_proto(
         app=release.app, version=release.version, description=release.description,
         user=release.user, created_at=timestamp(release.created_at),
         slug_id=release.slug_id or "", config=dict(release.config) if with_config else {},
-        status=str(release.status), current=current,
+        status=str(release.status), current=current, failure=release.failure,
     )
 
 

@@ -401,9 +401,13 @@ class Builder:
         emit(f"{buildpacks.STEP}Verifying deploy...")
         verdict = self.rollout.follow_rollout(app, version)
         if verdict is False:
+            with self.store.read() as tx:
+                failed = tx.release(app, version)
+            why = (failed.failure if failed is not None and failed.failure
+                   else "crashed at boot or R10")  # a dynod that kept no cause
             emit(f"{buildpacks.ERROR}Release v{version} failed: its web dynos did "
-                 "not come up (crashed at boot or R10); the previous release keeps "
-                 "serving. See dynoctl logs")
+                 f"not come up: {why}; the previous release keeps serving. See "
+                 "dynoctl logs")
         elif verdict:
             emit(f"{buildpacks.INDENT}done.")
             emit(HEROKU_VERIFIED)

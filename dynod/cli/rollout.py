@@ -16,6 +16,12 @@ from dynod.v1 import dynos_pb2, dynos_pb2_grpc, releases_pb2, releases_pb2_grpc
 TIMEOUT = 150.0
 
 
+def failure_of(release: releases_pb2.Release) -> str:
+    """Why a failed release's web dynos never came up, as dynod recorded it (a dynod
+    from before it kept the cause records none)."""
+    return release.failure or "crashed at boot or R10"
+
+
 def wait_rollout(app: str, version: int, timeout: float = TIMEOUT) -> None:
     """``Rolling out vN.... done.`` once every web dyno runs ``version`` (old ones
     drained and stopped); raises CliError when the release failed."""
@@ -32,8 +38,8 @@ def wait_rollout(app: str, version: int, timeout: float = TIMEOUT) -> None:
                   file=sys.stderr, flush=True)
             serving = call(rels.List, releases_pb2.ListReleasesRequest(app=app)).releases
             now = next((f"v{r.version}" for r in serving if r.current), "the previous release")
-            raise CliError(f"release v{version} failed: its web dynos did not come up "
-                           f"(crashed at boot or R10); {now} keeps serving. See "
+            raise CliError(f"release v{version} failed: its web dynos did not come up: "
+                           f"{failure_of(release)}; {now} keeps serving. See "
                            "`dynoctl logs` and `dynoctl releases`")
         if newest and newest[0].version > version:
             if said:

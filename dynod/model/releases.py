@@ -29,6 +29,9 @@ class Release:
     slug_id: str | None
     config: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     status: ReleaseStatus = ReleaseStatus.SUCCEEDED
+    # A failed rollout's cause, as its web dynos showed it ("timed out (R10)", "could
+    # not start: No space left on device ..."); "" otherwise.
+    failure: str = ""
 
 
 # Heroku: a slug declaring this process type runs it before its release goes live.

@@ -29,6 +29,7 @@ from dynod import paths
 from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.dynos import DynoMeta, DynoRef
 from dynod.model.sizes import parse_size
+from dynod.runtime import truststores
 from dynod.runtime.limits import limits_for_size
 from dynod.settings import Settings
 from dynod.slug import trees
@@ -140,10 +141,13 @@ class Host:
                     stack: tuple[Path, ...]) -> mounts.RootfsPlan:
         """``stack``: the stack's language layers the slug needs, then the stack itself."""
         hosts = self.settings.runtime_dir / "hosts"
+        bundle = trust_bundle(self.settings, stack[-1])
+        java = (truststores.java_trust_store(self.settings.runtime_dir, stack[-1].name, bundle)
+                if bundle is not None and truststores.has_java(stack) else None)
         return mounts.plan_rootfs(
             self.settings.runtime_dir, ref.key, tree, stack,
             mounts.dyno_binds(self.init, self.resolv, hosts if hosts.exists() else None,
-                              trust_bundle(self.settings, stack[-1])))
+                              bundle, java))
 
     def start(self, ref: DynoRef, *, release: int, command: str, size: str,
               checksum: str, uid: int, config: dict[str, str], stack: str,

@@ -51,7 +51,7 @@ class Effects(Protocol):
     def remove_app(self, app: str) -> None: ...
     def in_flight(self, app: str, backend: Backend) -> int | None: ...
     def set_generation(self, app: str, generation: int) -> None: ...
-    def release_failed(self, app: str, version: int, message: str) -> None: ...
+    def release_failed(self, app: str, version: int, message: str, cause: str) -> None: ...
 
 
 class SystemEffects:
@@ -110,15 +110,27 @@ class SystemEffects:
             reads.require_app(tx, app)
             tx.set_generation(app, generation)
 
-    def release_failed(self, app: str, version: int, message: str) -> None:
+    def release_failed(self, app: str, version: int, message: str, cause: str) -> None:
         with self.store.write() as tx:
             reads.require_release(tx, app, version)
-            tx.set_release_status(app, version, ReleaseStatus.FAILED)
+            tx.set_release_status(app, version, ReleaseStatus.FAILED, failure=cause)
         self.events.publish(ReleaseFailed(app, version, message))
 
 
 def _mb(size: int) -> str:
     return f"{size / (1024 * 1024):.0f}M"
+
+
+def _exit_cause(action: plan.MarkCrashed) -> str:
+    """How the unit ended, briefly: "exit status 3", "R15, exit status 137",
+    "exit status 139, core-dump", "exit status unknown, resources" (systemd's Result=
+    when it says more than the code: a unit it could not set up is "resources")."""
+    code = "unknown" if action.exit_status is None else str(action.exit_status)
+    parts = ["R15"] if action.oom_quota else []
+    parts.append(f"exit status {code}")
+    if action.result not in ("", "success", "exit-code", "signal", "oom-kill"):
+        parts.append(action.result)
+    return ", ".join(parts)
 
 
 class Executor:
@@ -182,7 +194,7 @@ class Executor:
                 with contextlib.suppress(NotFound):  # the app was deleted meanwhile
                     self.effects.release_failed(
                         app, version, f"Release v{version} failed: its web dynos {why}; "
-                                      f"v{previous} keeps serving")
+                                      f"v{previous} keeps serving", why)
                 return
             case plan.Start():
                 self._start(action)
@@ -250,6 +262,7 @@ class Executor:
             with self.lock:
                 d.crashes += 1
                 d.restart_at = self.clock() + max(plan.backoff(d.crashes), 1.0)
+                d.failure = f"could not start: {exc.message}"
             self.set_state(d, DynoState.CRASHED)
             return
         with self.lock:
@@ -276,6 +289,7 @@ class Executor:
             d.peak_memory, d.killed, d.r14_at = 0, False, 0.0
             d.crashes += 1
             d.restart_at = self.clock() + action.restart_in
+            d.failure = f"crashed at boot ({_exit_cause(action)})"
         self.set_state(d, DynoState.CRASHED)
 
     # --- stopping -------------------------------------------------------------------

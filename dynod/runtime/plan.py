@@ -89,6 +89,9 @@ class Dyno:
     killed: bool = False  # dynod sent SIGKILL (R10), so a 137 is not an R15
     ever_up: bool = False  # came up at least once (a release that never does fails)
     timed_out: bool = False  # R10 at least once
+    # Its last start or exit that went wrong, as a failed release's summary says it:
+    # "crashed at boot (exit status 3)", "could not start: No space left on device ...".
+    failure: str = ""
     health: str = ""  # the health-check path of its release ("" = listening is enough)
     cycle_at: float = 0.0  # wall clock: the daily restart is due (0: never)
     # What it runs, kept while it is crashed (``meta`` None) for ``ps`` and rollouts.
@@ -193,6 +196,7 @@ class MarkCrashed:
     exit_status: int | None
     oom_quota: int = 0
     restart_in: float = 0.0
+    result: str = ""  # systemd's Result= ("exit-code", "signal", "core-dump", ...)
 
 
 @dataclass(frozen=True)
@@ -281,7 +285,7 @@ def plan_observed(dynos: Iterable[Dyno], seen: Observed) -> list[Action]:
             oom = ended.result == "oom-kill" or (
                 ended.exit_status == 137 and not d.killed and d.peak_memory > quota)
             out.append(MarkCrashed(d.ref, ended.exit_status, quota if oom else 0,
-                                   backoff(d.crashes + 1)))
+                                   backoff(d.crashes + 1), ended.result))
             continue
         if d.state is DynoState.STARTING:
             if not d.web or d.ref in seen.answering:
@@ -393,7 +397,10 @@ def plan_release_failed(want: Desired, current: Sequence[Dyno]) -> list[Action]:
         return []
     if not any(d.crashes >= FAILED_CRASHES or d.timed_out for d in new_web):
         return []
-    why = "timed out (R10)" if any(d.timed_out for d in new_web) else "crashed at boot"
+    # The cause the dynos showed, not a guess: R10, or the last start or exit.
+    causes = [d.failure for d in sorted(new_web, key=lambda d: d.ref.number) if d.failure]
+    why = ("timed out (R10)" if any(d.timed_out for d in new_web)
+           else causes[0] if causes else "crashed at boot")
     previous = max(d.release for d in serving)
     back_to = max(d.ref.generation for d in serving if d.release == previous)
     failed_gen = [d for d in current if d.ref.generation == want.generation]

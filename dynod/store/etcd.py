@@ -184,10 +184,12 @@ class EtcdTx(EtcdUsersTx):
         if self._exists(release.app):
             self.kv.put(f"releases/{release.app}/{release.version:010d}", encode(release))
 
-    def set_release_status(self, app: str, version: int, status: ReleaseStatus) -> None:
+    def set_release_status(self, app: str, version: int, status: ReleaseStatus,
+                           failure: str = "") -> None:
         release = self.release(app, version)
         if release is not None:
-            self.kv.put(f"releases/{app}/{version:010d}", encode(replace(release, status=status)))
+            self.kv.put(f"releases/{app}/{version:010d}",
+                        encode(replace(release, status=status, failure=failure)))
 
     # formation
     def processes(self, app: str) -> list[Process]:

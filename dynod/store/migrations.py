@@ -296,9 +296,15 @@ def _v13(db: sqlite3.Connection) -> None:
     )""")
 
 
+def _v14(db: sqlite3.Connection) -> None:
+    # Why a release's rollout failed (its web dynos' cause: R10, an exit, a start
+    # error such as ENOSPC), for the deploy's summary and `releases:info`.
+    db.execute("ALTER TABLE releases ADD COLUMN failure TEXT NOT NULL DEFAULT ''")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
 MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10,
-                               _v11, _v12, _v13]
+                               _v11, _v12, _v13, _v14]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

@@ -99,7 +99,8 @@ class SqliteTx(SqliteUsersTx):
 
     # releases
     _RELEASE = ("SELECT r.version, r.description, r.user, r.created_at, r.slug_id, r.config, "
-                "r.status FROM releases r JOIN apps a ON a.id = r.app_id WHERE a.name = ?")
+                "r.status, r.failure FROM releases r JOIN apps a ON a.id = r.app_id"
+                " WHERE a.name = ?")
 
     @staticmethod
     def _release(app: str, row: sqlite3.Row | tuple[object, ...]) -> Release:
@@ -107,6 +108,7 @@ class SqliteTx(SqliteUsersTx):
             app=app, version=int(str(row[0])), description=str(row[1]), user=str(row[2]),
             created_at=_time(str(row[3])), slug_id=None if row[4] is None else str(row[4]),
             config=MappingProxyType(json.loads(str(row[5]))), status=ReleaseStatus(str(row[6])),
+            failure=str(row[7]),
         )
 
     def release(self, app: str, version: int) -> Release | None:
@@ -123,10 +125,11 @@ class SqliteTx(SqliteUsersTx):
                               " ORDER BY r.version DESC LIMIT 1", (app,)).fetchone()
         return None if row is None else self._release(app, row)
 
-    def set_release_status(self, app: str, version: int, status: ReleaseStatus) -> None:
+    def set_release_status(self, app: str, version: int, status: ReleaseStatus,
+                           failure: str = "") -> None:
         self.db.execute(
-            "UPDATE releases SET status = ? WHERE version = ? AND app_id = "
-            "(SELECT id FROM apps WHERE name = ?)", (str(status), version, app))
+            "UPDATE releases SET status = ?, failure = ? WHERE version = ? AND app_id = "
+            "(SELECT id FROM apps WHERE name = ?)", (str(status), failure, version, app))
 
     def releases(self, app: str, limit: int | None) -> list[Release]:
         rows = self.db.execute(self._RELEASE + " ORDER BY r.version DESC LIMIT ?",
@@ -136,11 +139,12 @@ class SqliteTx(SqliteUsersTx):
     def add_release(self, release: Release) -> None:
         self.db.execute(
             "INSERT INTO releases (app_id, version, description, user, created_at, slug_id,"
-            " config, status) SELECT id, ?, ?, ?, ?, ?, ?, ? FROM apps WHERE name = ?",
+            " config, status, failure) SELECT id, ?, ?, ?, ?, ?, ?, ?, ? FROM apps"
+            " WHERE name = ?",
             (release.version, release.description, release.user,
              release.created_at.isoformat(), release.slug_id,
              json.dumps(dict(release.config), sort_keys=True), str(release.status),
-             release.app),
+             release.failure, release.app),
         )
 
     # formation

@@ -48,14 +48,19 @@ HOSTS_PATH = PurePosixPath("/etc/hosts")
 CA_BUNDLE_PATH = PurePosixPath("/etc/ssl/certs/ca-certificates.crt")
 
 
+# The JVM's own trust store (Debian's ca-certificates-java), in the jvm layer.
+JAVA_CACERTS_PATH = PurePosixPath("/etc/ssl/certs/java/cacerts")
+
+
 def dyno_binds(init_binary: Path, resolv_conf: Path | None, hosts: Path | None = None,
-               ca_bundle: Path | None = None) -> tuple[Bind, ...]:
+               ca_bundle: Path | None = None,
+               java_cacerts: Path | None = None) -> tuple[Bind, ...]:
     """The host files every dyno gets, read-only: dyno-init, and the resolv.conf and
-    hosts file that ``netns.ensure_bridge`` wrote, and the CA bundle that trusts the
-    local CA."""
+    hosts file that ``netns.ensure_bridge`` wrote, and the CA bundle and (with a JVM)
+    the Java trust store that trust the local CA."""
     binds = [Bind(init_binary, INIT_PATH)]
     for source, target in ((resolv_conf, RESOLV_CONF_PATH), (hosts, HOSTS_PATH),
-                           (ca_bundle, CA_BUNDLE_PATH)):
+                           (ca_bundle, CA_BUNDLE_PATH), (java_cacerts, JAVA_CACERTS_PATH)):
         if source is not None:
             binds.append(Bind(source, target))
     return tuple(binds)

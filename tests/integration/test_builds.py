@@ -317,7 +317,8 @@ def test_the_app_answers_the_moment_the_push_says_done(stack_machine: Machine) -
     commit(m, "prompt", "Procfile", "web: exit 3")
     out = sh(m, watch.format(ssh=SSH))[1]
     after = out.split("remote:        Released v4", 1)[1]
-    assert "remote:  !     Release v4 failed: its web dynos did not come up" in after, out
+    assert ("remote:  !     Release v4 failed: its web dynos did not come up: crashed at boot "
+            "(exit status 3); the previous release keeps serving") in after, out
     assert "Verifying deploy... done." not in after, out
     assert "second deploy" in sh(m, "curl -s -H 'Host: prompt.dynod.localhost' "
                                     "http://127.0.0.1/")[1]

@@ -60,12 +60,6 @@ def test_a_release_that_never_binds_leaves_the_serving_dyno_alone(
         assert serving[app][1]
     loads = {app: Load(m, f"{app}.dynod.localhost", conns=2, name=f"load-{app}")
              for app in apps}
-    def running(app: str) -> bool:
-        return m.exec(["systemctl", "is-active", f"load-{app}"],
-                      check=False).stdout.strip() == "active"
-
-    for app in apps:
-        wait_for(f"load of {app} running", partial(running, app))
     time.sleep(2)
     t0 = time.monotonic()
     with ThreadPoolExecutor(RUNS) as pool:

@@ -2,9 +2,10 @@
 
 One machine for the module (each case must leave it as it found it, which is itself the
 proof that the fault healed): app ``shop`` with web=2 and worker=1, a steady load
-through the router (fault_load.py), then one fault per case. Every case ends with the
-same checks: the running release still serving, release versions gap-free, the formation
-as asked, nothing leaked (router servers, units, dyno dirs, netns, veths, overlay roots).
+through the router (load_client.py, retrying 0.1 s after a failure), then one fault per
+case. Every case ends with the same checks: the running release still serving, release
+versions gap-free, the formation as asked, nothing leaked (router servers, units, dyno
+dirs, netns, veths, overlay roots).
 Each prints its row of the note's table: fault, requests sent, failed, what the user
 saw, leaks, time to recover.
 
@@ -28,6 +29,7 @@ import pytest
 
 from tests.integration.conftest import _teardown, stack_bind
 from tests.integration.test_dynos import dynoctl, ps, wait_for
+from tests.integration.test_lifecycle import Load as SteadyLoad
 from tests.integration.test_lifecycle import (
     active,
     deploy,
@@ -40,11 +42,11 @@ from tests.sandbox.machine import Machine
 
 pytestmark = pytest.mark.integration
 
-LOAD = Path(__file__).with_name("fault_load.py")
 APP = "shop"
 HOST = f"{APP}.dynod.localhost"
 WANT = {"web": 2, "worker": 1}
 CONNS = 4
+RETRY_AFTER = 0.1
 # Longer than dynod.service's SYSTEMD_BUS_TIMEOUT (10 s), so a call times out.
 STALL = 15.0
 
@@ -63,23 +65,18 @@ def fm(stack: Path) -> Iterator[Machine]:
         _teardown(m)
 
 
-class Load:
-    """fault_load.py in its own unit in the machine."""
+class Load(SteadyLoad):
+    """The module's load, one at a time: each client retries 0.1 s after a failure (a
+    browser's retry), so an outage counts its failures, not a spin on ECONNREFUSED;
+    a second of load on each side of the fault."""
 
     def __init__(self, m: Machine) -> None:
-        self.m = m
-        m.exec(["rm", "-f", "/tmp/fload.stop", "/tmp/fload.json"])
-        m.exec(["systemd-run", "--unit=fload", "--collect", "-p",
-                "StandardOutput=file:/tmp/fload.json", "python3", str(LOAD), HOST,
-                "/tmp/fload.stop", str(CONNS)])
-        wait_for("the load", lambda: active(m, "fload"))
+        super().__init__(m, HOST, CONNS, name="fload", retry_after=RETRY_AFTER)
         time.sleep(1)
 
     def finish(self) -> dict[str, Any]:
         time.sleep(1)
-        self.m.exec(["touch", "/tmp/fload.stop"])
-        wait_for("the load to stop", lambda: not active(self.m, "fload"))
-        return dict(json.loads(self.m.exec(["cat", "/tmp/fload.json"]).stdout))
+        return super().finish()
 
 
 def now(m: Machine) -> float:
@@ -154,7 +151,7 @@ def haproxy_killed(m: Machine) -> None:
     # CONNS clients fails at most once per 0.1 s retry in it (plus its one in flight).
     if result["failed"]:
         assert result["first_failure"] >= t0 and result["last_failure"] <= t0 + back, result
-    assert result["failed"] <= CONNS * (back / 0.1 + 2), json.dumps(result)[:3000]
+    assert result["failed"] <= CONNS * (back / RETRY_AFTER + 2), json.dumps(result)[:3000]
     assert result["requests"] > 0 and set(result["versions"]) == {"f0"}, result
     recovered = (result["last_failure"] - t0) if result["failed"] else 0.0
     row("HAProxy kill -9", result, f"{result['failed']} refused/reset requests in a "

@@ -6,6 +6,7 @@ the previous release serving; a Clojure app built with Debian's Leiningen."""
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 
@@ -24,6 +25,36 @@ POW = "2^100 is 1267650600228229401496703205376"
 def git(m: Machine, app: str, script: str) -> None:
     sh(m, f"cd /tmp/{app} && {script} && git add -A && "
           "git -c user.email=t@example.com -c user.name=t commit -qm change")
+
+
+# A Java client of https://<app>.<domain>, run as a single source file (java Fetch.java).
+FETCH = """import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+
+public class Fetch {
+    public static void main(String[] args) throws Exception {
+        HttpResponse<String> r = HttpClient.newHttpClient().send(
+            HttpRequest.newBuilder(URI.create(args[0])).build(),
+            HttpResponse.BodyHandlers.ofString());
+        System.out.println("status " + r.statusCode() + ": " + r.body());
+    }
+}
+"""
+
+
+def java_calls_over_https(m: Machine, app: str) -> None:
+    """A JVM dyno trusts dynod's local CA, as OpenSSL's users in dynos do: Java's own
+    trust store (cacerts) has it, so an app's https:// URL answers through the router
+    (before, the handshake failed: PKIX path building failed)."""
+    source = base64.b64encode(FETCH.encode()).decode()
+    out = sh(m, f"dynoctl run -a {app} -- 'echo {source} | base64 -d > /tmp/Fetch.java && "
+                f"java /tmp/Fetch.java https://{app}.dynod.localhost/tls; "
+                "keytool -list -cacerts -storepass changeit | grep -ic \"^dynod local ca\"' 2>&1",
+             ok=False)[1]
+    assert f"status 200: Hello from Java 21 at /tls: {POW}" in out, out
+    assert out.rstrip().endswith("\n1"), out  # with the password, as Debian's cacerts
 
 
 def test_java_maven_app(stack_machine: Machine) -> None:
@@ -56,6 +87,7 @@ def test_java_maven_app(stack_machine: Machine) -> None:
     run = sh(m, "dynoctl run -a javamvn -- 'java -version 2>&1; echo \"opts: $JAVA_OPTS\"'")[1]
     assert re.search(r'openjdk version "21\.', run), run
     assert "opts: -Xmx300m -Xss512k -XX:CICompilerCount=2" in run, run
+    java_calls_over_https(m, "javamvn")
 
     # A second push: ~/.m2 is restored, nothing downloaded.
     commit(m, "javamvn", "README", "again\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -63,12 +64,21 @@ def _builder(store: _Store, **watchers: Any) -> Builder:
 
 
 class _Rollout:
-    def __init__(self, verdict: bool | None) -> None:
+    """The supervisor's verdict; a failed rollout marks the release failed with
+    ``cause`` in ``store``, as the runtime does ("": a dynod that kept no cause)."""
+
+    def __init__(self, verdict: bool | None, store: _Store | None = None,
+                 cause: str = "") -> None:
         self.verdict = verdict
+        self.store = store
+        self.cause = cause
         self.calls: list[tuple[str, int]] = []
 
     def follow_rollout(self, app: str, version: int, timeout: float = 150.0) -> bool | None:
         self.calls.append((app, version))
+        if self.verdict is False and self.store is not None:
+            self.store.tx.releases[version] = replace(
+                _release(app, version, ReleaseStatus.FAILED), failure=self.cause)
         return self.verdict
 
 
@@ -93,16 +103,21 @@ def test_the_runtime_satisfies_the_watchers_by_shape() -> None:
     assert phase.follow_lines("shop", 2, lambda _: None) is ReleaseStatus.SUCCEEDED
 
 
-@pytest.mark.parametrize(("verdict", "last"), [
+@pytest.mark.parametrize(("verdict", "cause", "last"), [
     # Heroku's "Verifying deploy... done." only once the new release serves.
-    (True, ["       done.", "Verifying deploy... done."]),
-    (None, ["       still rolling out; see dynoctl ps"]),
-    (False, [" !     Release v2 failed: its web dynos did not come up (crashed at boot or "
-             "R10); the previous release keeps serving. See dynoctl logs"]),
+    (True, "", ["       done.", "Verifying deploy... done."]),
+    (None, "", ["       still rolling out; see dynoctl ps"]),
+    # The cause the web dynos showed, not a guess.
+    (False, "could not start: No space left on device unpacking slug sha256:x",
+     [" !     Release v2 failed: its web dynos did not come up: could not start: No space "
+      "left on device unpacking slug sha256:x; the previous release keeps serving. See "
+      "dynoctl logs"]),
+    (False, "", [" !     Release v2 failed: its web dynos did not come up: crashed at boot "
+                 "or R10; the previous release keeps serving. See dynoctl logs"]),
 ])
-def test_a_push_verifies_the_deploy(verdict: bool | None, last: list[str]) -> None:
+def test_a_push_verifies_the_deploy(verdict: bool | None, cause: str, last: list[str]) -> None:
     store = _Store({2: _release("shop", 2, ReleaseStatus.SUCCEEDED)})
-    rollout = _Rollout(verdict)
+    rollout = _Rollout(verdict, store, cause)
     lines: list[str] = []
     _builder(store, rollout=rollout)._report_release(
         "shop", 2, ReleaseStatus.SUCCEEDED, lines.append)

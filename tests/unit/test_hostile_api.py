@@ -21,20 +21,15 @@ from dynod.store.sqlite import SqliteStore
 from dynod.v1 import auth_pb2, auth_pb2_grpc, builds_pb2, builds_pb2_grpc
 from tests import hostile_api
 from tests.sandbox.machine import PROJECT
-from tests.unit.control_plane.harness import Api, start
+from tests.unit.control_plane.harness import Api, serving
 
 EXAMPLES = int(os.environ.get("DYNOD_FUZZ_EXAMPLES", "25"))
 
 
 @pytest.fixture(scope="module")
 def fuzz_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    client, server = start(Path(tmp_path_factory.mktemp("hostile")))
-    try:
+    with serving(Path(tmp_path_factory.mktemp("hostile"))) as client:
         yield client
-    finally:
-        client.channel.close()
-        server.stop(None).wait()
-        client.store.close()
 
 
 def test_every_service_is_driven() -> None:

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import pytest
 
+from dynod.errors import ResourceExhausted
 from dynod.model.dynos import DynoMeta, DynoRef, DynoState
 from dynod.model.formation import Process
 from dynod.router.protocol import Backend
@@ -32,6 +33,9 @@ def rec(n: int, gen: int, state: DynoState = DynoState.UP, *, release: int = 1,
     d = Dyno(DynoRef("shop", ptype, n, gen), meta, state, 0.0, launched=NOW - 1)
     d.ever_up = state is DynoState.UP
     return d
+
+
+NEW_WEB = DynoRef("shop", "web", 1, 2)
 
 
 def want(release: int = 1, gen: int = 1, **quantities: int) -> Desired:
@@ -121,10 +125,11 @@ def test_a_new_generation_is_above_every_tracked_one() -> None:
 def test_a_crash_restarts_at_once_then_backs_off_and_a_new_release_resets_it() -> None:
     d = rec(1, 1)
     actions = plan.plan_observed([d], seen(exits={d.ref: Exit("exit-code", 1)}))
-    assert actions == [plan.MarkCrashed(d.ref, 1, 0, 0.0)]  # the first: at once
+    assert actions == [plan.MarkCrashed(d.ref, 1, 0, 0.0, "exit-code")]  # the first: at once
     d.crashes = 3
     (crash,) = plan.plan_observed([d], seen(exits={d.ref: Exit("exit-code", 1)}))
-    assert crash == plan.MarkCrashed(d.ref, 1, 0, plan.backoff(4)) and plan.backoff(4) == 8.0
+    assert crash == plan.MarkCrashed(d.ref, 1, 0, plan.backoff(4), "exit-code")
+    assert plan.backoff(4) == 8.0
     # Crashed and waiting: not started before its time, started after.
     d.meta, d.state, d.restart_at = None, DynoState.CRASHED, NOW + 8
     assert not of(plan.Start, plan.plan_app(want(web=1), [d], seen()))
@@ -164,12 +169,12 @@ def test_r14_over_quota_every_20_s_and_r15_when_the_kernel_kills_it() -> None:
     assert plan.plan_observed([d], seen(memory={d.ref: 600 * MB})) == []
     # R15: systemd says oom-kill (v2); or a SIGKILL nobody sent after being over (v1).
     assert plan.plan_observed([d], seen(exits={d.ref: Exit("oom-kill", 137)})) == [
-        plan.MarkCrashed(d.ref, 137, quota, 0.0)]
+        plan.MarkCrashed(d.ref, 137, quota, 0.0, "oom-kill")]
     assert plan.plan_observed([d], seen(exits={d.ref: Exit("signal", 137)})) == [
-        plan.MarkCrashed(d.ref, 137, quota, 0.0)]
+        plan.MarkCrashed(d.ref, 137, quota, 0.0, "signal")]
     d.killed = True  # dynod's own SIGKILL (R10) is no R15
     assert plan.plan_observed([d], seen(exits={d.ref: Exit("signal", 137)})) == [
-        plan.MarkCrashed(d.ref, 137, 0, 0.0)]
+        plan.MarkCrashed(d.ref, 137, 0, 0.0, "signal")]
 
 
 # --- adoption ------------------------------------------------------------------------
@@ -280,8 +285,8 @@ class FakeEffects:
     def set_generation(self, app: str, generation: int) -> None:
         self.log.append(f"generation {generation}")
 
-    def release_failed(self, app: str, version: int, message: str) -> None:
-        self.log.append(message)
+    def release_failed(self, app: str, version: int, message: str, cause: str) -> None:
+        self.log.append(f"{message} [{cause}]")
 
 
 def test_executor_writes_heroku_lifecycle_lines() -> None:
@@ -319,8 +324,44 @@ def test_executor_marks_a_release_failed_with_the_serving_version() -> None:
     ex = Executor(fx, lambda: None)
     ex.apply([plan.MarkReleaseFailed("shop", 3, "timed out (R10)", 2),
               plan.SetGeneration("shop", 1)])
-    assert fx.log == ["Release v3 failed: its web dynos timed out (R10); v2 keeps serving",
-                      "generation 1"]
+    assert fx.log == ["Release v3 failed: its web dynos timed out (R10); v2 keeps serving "
+                      "[timed out (R10)]", "generation 1"]
+
+
+class FullDisk(FakeEffects):
+    def start(self, action: plan.Start) -> DynoMeta:
+        raise ResourceExhausted("No space left on device unpacking slug sha256:x")
+
+
+@pytest.mark.parametrize(("effects", "ended", "cause"), [
+    (FullDisk, None, "could not start: No space left on device unpacking slug sha256:x"),
+    (FakeEffects, plan.MarkCrashed(NEW_WEB, 3, result="exit-code"),
+     "crashed at boot (exit status 3)"),
+    (FakeEffects, plan.MarkCrashed(NEW_WEB, 139, result="core-dump"),
+     "crashed at boot (exit status 139, core-dump)"),
+    (FakeEffects, plan.MarkCrashed(NEW_WEB, 137, 512 * MB, result="oom-kill"),
+     "crashed at boot (R15, exit status 137)"),
+    (FakeEffects, plan.MarkCrashed(NEW_WEB, None, result="resources"),
+     "crashed at boot (exit status unknown, resources)"),
+])
+def test_a_failed_release_names_what_its_web_dynos_did(
+        effects: type[FakeEffects], ended: plan.MarkCrashed | None, cause: str) -> None:
+    """Not "crashed at boot or R10" for a dyno that never started (a full disk): the
+    release's summary carries the cause its web dynos showed."""
+    fx = effects()
+    ex = Executor(fx, lambda: None, clock=lambda: NOW, wall=lambda: NOW)
+    serving = rec(1, 1, release=1)
+    ex.dynos[serving.ref] = serving
+    for _ in range(plan.FAILED_CRASHES):
+        ex.apply([plan.Start(NEW_WEB, 2, "x", "basic", "sha256:x", 70000, {})])
+        if ended is not None:
+            ex.apply([ended])
+    actions = plan.plan_release_failed(want(release=2, gen=2, web=1), ex.records("shop"))
+    assert of(plan.MarkReleaseFailed, actions) == [
+        plan.MarkReleaseFailed("shop", 2, cause, 1)]
+    fx.log.clear()
+    ex.apply(of(plan.MarkReleaseFailed, actions))
+    assert fx.log == [f"Release v2 failed: its web dynos {cause}; v1 keeps serving [{cause}]"]
 
 
 # --- one-offs ------------------------------------------------------------------------

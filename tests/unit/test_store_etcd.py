@@ -117,7 +117,7 @@ def scenario(store: Store) -> list[Any]:
         tx.insert_attachment(Attachment("postgresql-blog", "shop", "BLOG_DB", at(4)))
         seen.append(tx.remove_app("nope"))
     with store.write() as tx:
-        tx.set_release_status("shop", 3, ReleaseStatus.FAILED)
+        tx.set_release_status("shop", 3, ReleaseStatus.FAILED, failure="timed out (R10)")
         tx.set_feature("shop", "preboot", False)
         tx.remove_domain("api.shop.example")
         tx.set_app_owner("api", "friend@example.com")
@@ -179,6 +179,24 @@ def test_a_failed_block_changes_nothing(store_kind: str, tmp_path: Path,
         with store.read() as tx:
             assert tx.releases("shop", None) == []
             assert tx.processes("shop") == []
+    finally:
+        store.close()
+
+
+def test_a_failed_release_keeps_its_cause(store_kind: str, tmp_path: Path,
+                                          request: pytest.FixtureRequest) -> None:
+    from tests.unit.conftest import open_store  # noqa: PLC0415 - beside its fixture
+    store = open_store(store_kind, tmp_path, request)
+    cause = "could not start: No space left on device unpacking slug sha256:x"
+    try:
+        with store.write() as tx:
+            tx.add_app(App("shop", "me", T0))
+            tx.add_release(Release("shop", 1, "x", "me", T0, None))
+            tx.add_release(Release("shop", 2, "y", "me", T0, None))
+            tx.set_release_status("shop", 2, ReleaseStatus.FAILED, failure=cause)
+        with store.read() as tx:
+            got = [(r.version, r.status, r.failure) for r in tx.releases("shop", None)]
+        assert got == [(2, ReleaseStatus.FAILED, cause), (1, ReleaseStatus.SUCCEEDED, "")]
     finally:
         store.close()
 

@@ -10,15 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.unit.conftest import open_store
-from tests.unit.control_plane.harness import Api, start
+from tests.unit.control_plane.harness import Api, serving
 
 
 @pytest.fixture
 def api(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Iterator[Api]:
-    client, server = start(tmp_path, open_store(store_kind, tmp_path, request))
-    try:
+    with serving(tmp_path, open_store(store_kind, tmp_path, request)) as client:
         yield client
-    finally:
-        client.channel.close()
-        server.stop(None).wait()
-        client.store.close()

@@ -7,6 +7,8 @@ import hashlib
 import io
 import sqlite3
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +95,16 @@ def start(tmp_path: Path, store: SqliteStore | EtcdStore | None = None
     server.add_insecure_port(f"unix:{sock}")
     server.start()
     return Api(grpc.insecure_channel(f"unix:{sock}"), sock, store, daemon), server
+
+
+@contextmanager
+def serving(tmp_path: Path, store: SqliteStore | EtcdStore | None = None) -> Iterator[Api]:
+    """``start``, then the teardown every user needs: the channel closed, the server
+    stopped, the store closed (also when the block fails)."""
+    client, server = start(tmp_path, store)
+    try:
+        yield client
+    finally:
+        client.channel.close()
+        server.stop(None).wait()
+        client.store.close()

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynod.v1 import apps_pb2, config_pb2, formation_pb2, releases_pb2
-from tests.unit.control_plane.harness import Api, start
+from tests.unit.control_plane.harness import Api, serving
 
 KEYS = st.sampled_from(["A", "B", "LONG_NAME", "PORT", "DYNOD_X", "1X", "a-b", ""])
 VALUES = st.text(max_size=20)
@@ -42,13 +42,8 @@ _names = (f"app-{i}" for i in itertools.count())
 
 @pytest.fixture(scope="module")
 def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    client, server = start(Path(tmp_path_factory.mktemp("prop")))
-    try:
+    with serving(Path(tmp_path_factory.mktemp("prop"))) as client:
         yield client
-    finally:
-        client.channel.close()
-        server.stop(None).wait()
-        client.store.close()
 
 
 def _do(api: Api, app: str, op: tuple[Any, ...]) -> releases_pb2.Release | None:
