@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from dynod.model.cluster import Node, Placement
 from dynod.model.formation import Process
@@ -145,3 +146,19 @@ def shortfall(formations: Formations, nodes: Sequence[Node], current: Iterable[P
     others = sum(w.memory_mb for w in wanted(formations)
                  if not (w.app == app and w.process_type == process.type))
     return Shortfall(app, process, max(0, total - others), total)
+
+
+class LeaderSeat(Protocol):
+    """The ``leader`` key and the ``placement/`` keys it guards (etcd's implementation
+    is :class:`dynod.store.etcd_leader.EtcdLeaderSeat`). Raises Unavailable when the
+    cluster's store cannot be reached."""
+
+    def campaign(self, lease: int) -> bool:
+        """Take ``leader`` for this node on ``lease`` if nobody holds it; True if this
+        node holds it now."""
+        ...
+
+    def write(self, old: Sequence[Placement], new: Sequence[Placement]) -> bool:
+        """Replace the placements ``old`` by ``new``, only while this node is the
+        leader (compare and swap on ``leader``); False if it is not."""
+        ...

@@ -127,10 +127,16 @@ class Desired:
     config: dict[str, str]
     processes: dict[str, Process] = field(default_factory=dict)
     stack: str = ""
+    # In a cluster, the dynos (``web.1``) placed on this node: it runs only those.
+    # None: one machine, it runs them all.
+    placed: frozenset[str] | None = None
 
-    def wants(self, ref: DynoRef) -> bool:
+    def in_formation(self, ref: DynoRef) -> bool:
         p = self.processes.get(ref.process_type)
         return ref.generation == self.generation and p is not None and ref.number <= p.quantity
+
+    def wants(self, ref: DynoRef) -> bool:
+        return self.in_formation(ref) and (self.placed is None or ref.dyno in self.placed)
 
 
 @dataclass(frozen=True)
@@ -334,6 +340,8 @@ def plan_app(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[Act
     for ptype, proc in sorted(want.processes.items()):
         for n in range(1, proc.quantity + 1):
             ref = DynoRef(want.app, ptype, n, want.generation)
+            if not want.wants(ref):
+                continue
             have = by_ref.get(ref)
             if have is not None and (have.meta is not None or have.restart_at > seen.monotonic):
                 continue
@@ -345,7 +353,8 @@ def plan_app(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[Act
     extra = sorted((d for d in current if d.live and d.ref.generation == want.generation
                     and not want.wants(d.ref)),
                    key=lambda d: (d.ref.process_type, -d.ref.number))
-    out += [Stop(d.ref, "scaled down") for d in extra]
+    out += [Stop(d.ref, "scaled down" if not want.in_formation(d.ref)
+                 else "placed on another node") for d in extra]
     old = [d for d in current if d.live and d.ref.generation != want.generation]
     new = [d for d in current if d.ref.generation == want.generation] + started
     out += [Stop(d.ref, "rollout") for d in rollout(want.app, old, new, seen)]

@@ -73,6 +73,28 @@ def answers(d: Dyno) -> bool:
         not d.health or healthy(meta.address, meta.port, d.health))
 
 
+def read_desired(store: Store) -> dict[str, Desired]:
+    """Every app's desired dynos at its current release, on every node."""
+    out: dict[str, Desired] = {}
+    with store.read() as tx:
+        for app in tx.apps():
+            release = reads.current_release(tx, app.name)
+            uid, gen = tx.app_uid(app.name), tx.generation(app.name)
+            if release.slug_id is None or uid is None or gen is None:
+                out[app.name] = Desired(app.name, release.version, gen or 1, "", 0, {})
+                continue
+            slug = tx.slug(app.name, release.slug_id)
+            if slug is None or not slug.uploaded:
+                out[app.name] = Desired(app.name, release.version, gen, "", uid, {})
+                continue
+            rows = {p.type: p for p in tx.processes(app.name)}
+            procs = {name: Process(name, rows[name].quantity, rows[name].size, command)
+                     for name, command in slug.process_types.items() if name in rows}
+            out[app.name] = Desired(app.name, release.version, gen, slug.checksum, uid,
+                                    dict(release.config), procs, slug.stack)
+    return out
+
+
 class Supervisor:
     """Owns every formation dyno. ``changed``, ``dynos``, ``restart`` are safe from any
     thread. ``host_factory`` makes the dyno host on first use; ``effects`` replaces the
@@ -80,8 +102,11 @@ class Supervisor:
 
     def __init__(self, store: Store, settings: Settings, router: Router,
                  host_factory: Callable[[], Host], events: EventBus, *,
-                 effects: Effects | None = None) -> None:
+                 effects: Effects | None = None,
+                 share: Callable[[], Mapping[str, frozenset[str]]] | None = None) -> None:
         self.store = store
+        # In a cluster: the dynos placed on this node, by app (runtime.leader.Share).
+        self.share = share
         self.settings = settings
         self.router = router
         self._host_factory = host_factory
@@ -199,24 +224,17 @@ class Supervisor:
     # --- desired state ------------------------------------------------------------
 
     def desired(self) -> dict[str, Desired]:
-        out: dict[str, Desired] = {}
-        with self.store.read() as tx:
-            for app in tx.apps():
-                release = reads.current_release(tx, app.name)
-                uid, gen = tx.app_uid(app.name), tx.generation(app.name)
-                if release.slug_id is None or uid is None or gen is None:
-                    out[app.name] = Desired(app.name, release.version, gen or 1, "", 0, {})
-                    continue
-                slug = tx.slug(app.name, release.slug_id)
-                if slug is None or not slug.uploaded:
-                    out[app.name] = Desired(app.name, release.version, gen, "", uid, {})
-                    continue
-                rows = {p.type: p for p in tx.processes(app.name)}
-                procs = {name: Process(name, rows[name].quantity, rows[name].size, command)
-                         for name, command in slug.process_types.items() if name in rows}
-                out[app.name] = Desired(app.name, release.version, gen, slug.checksum, uid,
-                                        dict(release.config), procs, slug.stack)
-        return out
+        out = read_desired(self.store)
+        if self.share is None:
+            return out
+        mine = self.share()
+        return {app: replace(want, placed=mine.get(app, frozenset()))
+                for app, want in out.items()}
+
+    def formations(self) -> dict[str, list[Process]]:
+        """Every app's formation at its current release (what placement places)."""
+        return {app: list(want.processes.values())
+                for app, want in read_desired(self.store).items()}
 
     def bump_generation(self, app: str) -> int:
         """A rollout: every dyno of ``app`` is replaced (``ps:restart``). The new

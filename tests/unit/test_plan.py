@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -69,6 +70,28 @@ def test_scale_down_stops_the_highest_numbers_first() -> None:
     assert refs(plan.Stop, actions) == [("web", 3, 1), ("web", 2, 1)]
     assert {a.why for a in of(plan.Stop, actions)} == {"scaled down"}
     assert not of(plan.Start, actions)
+
+
+def test_a_cluster_node_starts_only_the_dynos_placed_on_it() -> None:
+    mine = replace(want(web=4, worker=2), placed=frozenset({"web.2", "web.4", "worker.1"}))
+    actions = plan.plan_app(mine, [], seen())
+    assert refs(plan.Start, actions) == [("web", 2, 1), ("web", 4, 1), ("worker", 1, 1)]
+
+
+def test_a_dyno_placed_elsewhere_stops_and_one_scaled_away_says_so() -> None:
+    mine = replace(want(web=2), placed=frozenset({"web.1"}))
+    actions = plan.plan_app(mine, [rec(1, 1), rec(2, 1), rec(3, 1)], seen())
+    assert refs(plan.Stop, actions) == [("web", 3, 1), ("web", 2, 1)]
+    assert [a.why for a in of(plan.Stop, actions)] == ["scaled down", "placed on another node"]
+    assert not of(plan.Start, actions)
+
+
+def test_a_fenced_node_runs_nothing_and_one_machine_runs_everything() -> None:
+    fenced = replace(want(web=2), placed=frozenset())
+    assert refs(plan.Stop, plan.plan_app(fenced, [rec(1, 1), rec(2, 1)], seen())) == [
+        ("web", 2, 1), ("web", 1, 1)]
+    assert refs(plan.Start, plan.plan_app(want(web=2), [], seen())) == [
+        ("web", 1, 1), ("web", 2, 1)]
 
 
 # --- a rollout ----------------------------------------------------------------------
