@@ -45,7 +45,7 @@ class FormationServicer(formation_pb2_grpc.FormationServicer):
         user = caller_of(context).name
         found = formation.scale(self.store, self.daemon.events, request.app,
                                 [change_of(u) for u in request.updates], user,
-                                self.daemon.cluster)
+                                cluster=self.daemon.cluster)
         return formation_pb2.ScaleFormationResponse(processes=[process_to_proto(p) for p in found])
 
     def Resize(
@@ -54,7 +54,7 @@ class FormationServicer(formation_pb2_grpc.FormationServicer):
         user = caller_of(context).name
         found = formation.resize(self.store, self.daemon.events, request.app,
                                  {u.type: u.size for u in request.updates}, user,
-                                 self.daemon.cluster)
+                                 cluster=self.daemon.cluster)
         return formation_pb2.ResizeFormationResponse(processes=[process_to_proto(p) for p in found])
 
 

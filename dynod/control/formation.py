@@ -92,7 +92,7 @@ def get_formation(store: Store, app: str) -> list[Process]:
 
 
 def scale(store: Store, events: EventBus, app: str, changes: Sequence[ScaleChange],
-          user: str, cluster: ClusterView | None = None) -> list[Process]:
+          user: str, *, cluster: ClusterView | None = None) -> list[Process]:
     """Apply ``changes`` atomically (all or none); returns the whole formation and
     publishes FormationChanged.
 
@@ -161,7 +161,7 @@ def scale(store: Store, events: EventBus, app: str, changes: Sequence[ScaleChang
 
 
 def resize(store: Store, events: EventBus, app: str, new_sizes: Mapping[str, str],
-           user: str, cluster: ClusterView | None = None) -> list[Process]:
+           user: str, *, cluster: ClusterView | None = None) -> list[Process]:
     """Set the size of each named type (counts unchanged); returns the whole formation
     and publishes FormationChanged.
 
