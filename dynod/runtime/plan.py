@@ -46,6 +46,10 @@ CYCLE = 24 * 3600.0
 CYCLE_JITTER = 216 * 60.0
 # How often an R14 is logged while a dyno stays over its quota.
 R14_EVERY = 20.0
+# A fenced node (its cluster lease surely lapsed: the others are taking its dynos)
+# gives its dynos this long after SIGTERM, not Heroku's 30 s, so that none still runs
+# once its lease has lapsed (runtime.leader.FENCE_AFTER leaves 3 s before NODE_TTL).
+FENCED_GRACE = 2.0
 
 
 def backoff(crashes: int) -> float:
@@ -130,6 +134,8 @@ class Desired:
     # In a cluster, the dynos (``web.1``) placed on this node: it runs only those.
     # None: one machine, it runs them all.
     placed: frozenset[str] | None = None
+    # In a cluster: this node's lease is surely lapsed, it must run nothing, at once.
+    fenced: bool = False
 
     def in_formation(self, ref: DynoRef) -> bool:
         p = self.processes.get(ref.process_type)
@@ -251,6 +257,9 @@ class Stop:
 
     ref: DynoRef
     why: str
+    # Seconds between SIGTERM and SIGKILL, without draining first; None: Heroku's
+    # drain, then 30 s.
+    grace: float | None = None
 
 
 @dataclass(frozen=True)
@@ -317,6 +326,10 @@ def plan_app(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[Act
     """One app's pass: roll out a new release (or size), give up on a release that does
     not come up, cycle, start what is missing (respecting the back-off), stop what is
     not wanted."""
+    if want.fenced:
+        return [*(Stop(d.ref, "fenced: this node lost the cluster", FENCED_GRACE)
+                  for d in current if d.live),
+                *(Forget(d.ref) for d in current if d.meta is None)]
     out: list[Action] = []
     # A new release (or a new size) replaces every dyno: a rollout, a new generation.
     if any(d.meta is not None and d.ref.generation == want.generation and (

@@ -29,6 +29,7 @@ from dynod.router.protocol import Backend, Router
 from dynod.runtime import adoption, gc, plan
 from dynod.runtime.dynos import Host, cgroup_of, unit_of
 from dynod.runtime.executor import Effects, Executor, SystemEffects
+from dynod.runtime.leader import Share
 from dynod.runtime.plan import Desired, Dyno, Exit, Observed
 from dynod.settings import Settings
 from dynod.store import reads
@@ -103,9 +104,9 @@ class Supervisor:
     def __init__(self, store: Store, settings: Settings, router: Router,
                  host_factory: Callable[[], Host], events: EventBus, *,
                  effects: Effects | None = None,
-                 share: Callable[[], Mapping[str, frozenset[str]]] | None = None) -> None:
+                 share: Share | None = None) -> None:
         self.store = store
-        # In a cluster: the dynos placed on this node, by app (runtime.leader.Share).
+        # In a cluster: the dynos placed on this node, and whether it is fenced.
         self.share = share
         self.settings = settings
         self.router = router
@@ -227,8 +228,9 @@ class Supervisor:
         out = read_desired(self.store)
         if self.share is None:
             return out
-        mine = self.share()
-        return {app: replace(want, placed=mine.get(app, frozenset()))
+        fenced = self.share.fenced()
+        mine = {} if fenced else self.share.mine()
+        return {app: replace(want, placed=mine.get(app, frozenset()), fenced=fenced)
                 for app, want in out.items()}
 
     def formations(self) -> dict[str, list[Process]]:
