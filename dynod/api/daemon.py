@@ -21,6 +21,7 @@ from dynod.settings import Settings
 from dynod.store.protocol import Store
 
 if TYPE_CHECKING:
+    from dynod.control.cluster import Membership
     from dynod.control.pg import Databases
     from dynod.runtime.oneoff import OneOffs
     from dynod.runtime.release_phase import ReleasePhase
@@ -60,6 +61,8 @@ class Daemon:
     # In a cluster: what its nodes run and hold (ps across the nodes, ps:scale's
     # capacity check); None on one machine.
     cluster: ClusterView | None = None
+    # cluster:init, join, cluster, cluster:remove; None in servicer tests.
+    membership: Membership | None = None
 
     @property
     def slugs_dir(self) -> Path:
