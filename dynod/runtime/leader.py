@@ -23,30 +23,32 @@ import time
 from collections.abc import Callable, Mapping
 
 from dynod.errors import DynodError
-from dynod.model.cluster import NODE_TTL, ClusterView
+from dynod.model.cluster import ClusterView
 from dynod.model.placement import Formations, LeaderSeat, place
 
 log = logging.getLogger(__name__)
 
 POLL = 1.0
-# A node whose last successful keep-alive is older than this stops its dynos: before
-# its lease (NODE_TTL) can have lapsed in etcd and the leader moved them elsewhere.
-FENCE_AFTER = NODE_TTL - 3.0
+# A node stops its dynos this long before its lease surely lapses in etcd (the
+# keeper's ``lease_surely_gone_at``), so they are down before the leader, seeing the
+# lease gone, places them elsewhere (plan.FENCED_GRACE fits in it).
+FENCE_MARGIN = 3.0
 
 
 class NodeLease:
-    """What the node keeper tells of this node's lease: its id (None while it has
-    none) and the monotonic time of its last successful keep-alive."""
+    """What the node keeper (``dynod.store.etcd_node.NodeKeeper``) tells of this node's
+    lease: its id (None while it has none) and the monotonic time after which it has
+    surely lapsed (None before the first keep-alive)."""
 
     def __init__(self, lease_id: Callable[[], int | None],
-                 last_keepalive: Callable[[], float | None]) -> None:
+                 surely_gone_at: Callable[[], float | None]) -> None:
         self.lease_id = lease_id
-        self.last_keepalive = last_keepalive
+        self.surely_gone_at = surely_gone_at
 
     def surely_alive(self, now: float | None = None) -> bool:
-        last = self.last_keepalive()
+        gone = self.surely_gone_at()
         now = time.monotonic() if now is None else now
-        return last is not None and now - last < FENCE_AFTER
+        return gone is not None and now < gone - FENCE_MARGIN
 
 
 class Leader:

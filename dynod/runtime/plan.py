@@ -48,7 +48,7 @@ CYCLE_JITTER = 216 * 60.0
 R14_EVERY = 20.0
 # A fenced node (its cluster lease surely lapsed: the others are taking its dynos)
 # gives its dynos this long after SIGTERM, not Heroku's 30 s, so that none still runs
-# once its lease has lapsed (runtime.leader.FENCE_AFTER leaves 3 s before NODE_TTL).
+# once its lease has lapsed (runtime.leader.FENCE_MARGIN leaves it 3 s).
 FENCED_GRACE = 2.0
 
 

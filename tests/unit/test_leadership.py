@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 from dynod.errors import Unavailable
-from dynod.model.cluster import Node, Placement, to_json
+from dynod.model.cluster import NODE_TTL, Node, Placement, to_json
 from dynod.model.formation import Process
 from dynod.model.placement import Formations
-from dynod.runtime.leader import FENCE_AFTER, Leader, NodeLease, Share
+from dynod.runtime.leader import FENCE_MARGIN, Leader, NodeLease, Share
 from dynod.store.etcd_cluster import EtcdClusterView, cluster_kv
 from dynod.store.etcd_kv import Kv
 from dynod.store.etcd_leader import EtcdLeaderSeat
@@ -37,7 +37,9 @@ class Machine:
         node = Node(name, "10.216.0.2", "10.216.0.2:5443", "10.213.16.0/20", memory_mb)
         kv.txn([], [kv.put_op(f"nodes/{name}", to_json(node), int(self.lease.id))])
         self.view = EtcdClusterView(kv, name)
-        self.node_lease = NodeLease(lambda: int(self.lease.id), lambda: self.kept)
+        self.node_lease = NodeLease(
+            lambda: int(self.lease.id),
+            lambda: None if self.kept is None else self.kept + NODE_TTL)
         self.leader = Leader(self.view, EtcdLeaderSeat(kv, name), self.node_lease,
                              lambda: FORMATION)
 
@@ -96,7 +98,7 @@ def test_the_leaders_death_hands_over_leadership_and_its_dynos(
 def test_a_node_whose_lease_is_not_surely_alive_does_not_campaign(
         machines: list[Machine]) -> None:
     a, b, _ = machines
-    a.kept = time.monotonic() - FENCE_AFTER - 1
+    a.kept = time.monotonic() - (NODE_TTL - FENCE_MARGIN) - 1
     assert not a.leader.tick() and not a.leader.leading()
     assert b.leader.tick() and b.view.leader() == "node-b"
 
@@ -125,7 +127,7 @@ def test_a_nodes_share_is_its_placements_and_nothing_once_fenced(
     # etcd out of reach: the last placements read, until the lease is surely lapsed.
     view.down = True
     assert share.mine() == mine and not share.fenced()
-    b.kept = time.monotonic() - FENCE_AFTER - 0.5
+    b.kept = time.monotonic() - (NODE_TTL - FENCE_MARGIN) - 0.5
     assert share.fenced() and share.mine() == {}
     # Back: it runs what it is assigned, nothing else.
     view.down = False
