@@ -327,9 +327,7 @@ def plan_app(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[Act
     not come up, cycle, start what is missing (respecting the back-off), stop what is
     not wanted."""
     if want.fenced:
-        return [*(Stop(d.ref, "fenced: this node lost the cluster", FENCED_GRACE)
-                  for d in current if d.live),
-                *(Forget(d.ref) for d in current if d.meta is None)]
+        return plan_fenced(current)
     out: list[Action] = []
     # A new release (or a new size) replaces every dyno: a rollout, a new generation.
     if any(d.meta is not None and d.ref.generation == want.generation and (
@@ -434,6 +432,14 @@ def plan_cycle(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[A
         return []
     return [*(Cycle(d.ref) for d in due),
             SetGeneration(want.app, next_generation(want, current))]
+
+
+def plan_fenced(current: Iterable[Dyno]) -> list[Action]:
+    """A fenced node: every dyno stops at once (see FENCED_GRACE), crashed records go."""
+    current = list(current)
+    return [*(Stop(d.ref, "fenced: this node lost the cluster", FENCED_GRACE)
+              for d in current if d.live),
+            *(Forget(d.ref) for d in current if d.meta is None)]
 
 
 def plan_gone(app: str, current: Sequence[Dyno]) -> list[Action]:

@@ -43,6 +43,8 @@ POLL = 0.5
 POLL_STARTING = 0.02
 # Slugs of releases past the retention are collected this often (and by `dynoctl gc`).
 GC_EVERY = 3600.0
+# How often a cluster node checks whether it is fenced (its lease surely lapsing).
+FENCE_POLL = 0.25
 # dynod reports READY once every formation is up and routed (a reboot), or after this.
 READY_WAIT = 45.0
 
@@ -148,6 +150,8 @@ class Supervisor:
             log.exception("first supervisor pass failed; the supervisor retries")
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._thread.start()
+        if self.share is not None:
+            threading.Thread(target=self._watch_fence, name="fence", daemon=True).start()
         self.wait_settled(READY_WAIT)
 
     def _starting(self) -> bool:
@@ -212,6 +216,16 @@ class Supervisor:
                 except Exception:
                     log.exception("gc failed; retrying in an hour")
 
+    def _watch_fence(self) -> None:
+        """In a cluster: once this node's lease is surely lapsing, every dyno stops, even
+        while a pass waits on the unreachable store (a read may take its 30 s)."""
+        while not self._stop.wait(FENCE_POLL):
+            if self.share is not None and self.share.fenced():
+                try:
+                    self.executor.apply(plan.plan_fenced(self.executor.records()))
+                except Exception:
+                    log.exception("fencing failed; retrying")
+
     def _check_starting(self) -> None:
         starting = [d for d in self.executor.records() if d.state is DynoState.STARTING
                     and d.live and d.web]
@@ -225,12 +239,15 @@ class Supervisor:
     # --- desired state ------------------------------------------------------------
 
     def desired(self) -> dict[str, Desired]:
+        if self.share is not None and self.share.fenced():
+            # Without reading the store: it is out of reach, most likely.
+            return {app: Desired(app, 0, 0, "", 0, {}, fenced=True)
+                    for app in {d.ref.app for d in self.executor.records()}}
         out = read_desired(self.store)
         if self.share is None:
             return out
-        fenced = self.share.fenced()
-        mine = {} if fenced else self.share.mine()
-        return {app: replace(want, placed=mine.get(app, frozenset()), fenced=fenced)
+        mine = self.share.mine()
+        return {app: replace(want, placed=mine.get(app, frozenset()))
                 for app, want in out.items()}
 
     def formations(self) -> dict[str, list[Process]]:
