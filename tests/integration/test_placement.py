@@ -182,6 +182,7 @@ def test_a_dead_machines_dynos_come_back_on_the_others(nodes: list[Machine]) -> 
     # worker never ran twice for longer than the lease (node-c's last lines are in its
     # journal, gone with it: what the others logged must not overlap among themselves).
     lines = ticks(a, "node-a") + ticks(b, "node-b")
+    assert {d for _, d, _ in lines} >= {"worker.1", "worker.2", "worker.3"}, lines[-20:]
     for n in (1, 2, 3):
         assert overlap(lines, f"worker.{n}") < 10.0
 
@@ -219,6 +220,9 @@ def test_a_machine_cut_off_from_etcd_stops_its_dynos_and_heals_without_duplicate
     time.sleep(3)
     assert one_each()
     lines = ticks(a, "node-a") + ticks(b, "node-b")
+    # node-b's worker logged there until it was fenced, then on node-a.
+    assert any({n for _, d, n in lines if d == f"worker.{k}"} == {"node-a", "node-b"}
+               for k in (1, 2, 3)), lines[-20:]
     worst = max(overlap(lines, f"worker.{n}") for n in (1, 2, 3))
     print(f"worker ran on two nodes at once for at most {worst:.1f} s")
     assert worst < 10.0
