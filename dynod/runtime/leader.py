@@ -11,8 +11,10 @@ its ``leader`` key lapsed takes over.
 
 :class:`Share` is what this node's supervisor runs: the dynos placed on it, and none
 once its lease is surely lapsed (fencing: the others have taken its dynos by then, so
-``worker.1`` never runs twice for longer than the lease). Cluster-wide work (gc of
-slugs, ACM orders, scheduled backups) asks :meth:`Leader.leading` first.
+``worker.1`` never runs twice for longer than the lease). Cluster-wide work asks
+:meth:`Leader.leading` first: ACM's certificate orders. (Slug gc is each machine's own
+disk, and a backup timer lives on the machine whose add-on server it backs up: both stay
+on every machine.)
 """
 
 from __future__ import annotations
