@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from dynod.errors import DynodError
-from dynod.model.cluster import ClusterView
+from dynod.model.cluster import NODE_TTL, ClusterView
 from dynod.model.placement import Formations, LeaderSeat, place
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,21 @@ class NodeLease:
     surely lapsed (None before the first keep-alive)."""
 
     def __init__(self, lease_id: Callable[[], int | None],
-                 surely_gone_at: Callable[[], float | None]) -> None:
+                 surely_gone_at: Callable[[], float | None],
+                 started: float | None = None) -> None:
         self.lease_id = lease_id
         self.surely_gone_at = surely_gone_at
+        # Before the keeper's first keep-alive (dynod just started), the lease of the
+        # dynod before it may still hold this node's placements: its dynos, adopted,
+        # keep running as long as that lease can live (a restart restarts no dyno).
+        self.started = time.monotonic() if started is None else started
 
     def surely_alive(self, now: float | None = None) -> bool:
         gone = self.surely_gone_at()
         now = time.monotonic() if now is None else now
-        return gone is not None and now < gone - FENCE_MARGIN
+        if gone is None:
+            gone = self.started + NODE_TTL
+        return now < gone - FENCE_MARGIN
 
 
 class Leader:

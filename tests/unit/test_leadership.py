@@ -133,3 +133,11 @@ def test_a_nodes_share_is_its_placements_and_nothing_once_fenced(
     view.down = False
     b.kept = time.monotonic()
     assert share.mine() == mine
+
+
+def test_a_starting_node_is_not_fenced_before_its_first_keep_alive() -> None:
+    lease = NodeLease(lambda: None, lambda: None, started=100.0)
+    assert lease.surely_alive(now=100.0 + NODE_TTL - FENCE_MARGIN - 0.1)
+    assert not lease.surely_alive(now=100.0 + NODE_TTL - FENCE_MARGIN)
+    kept = NodeLease(lambda: 7, lambda: 200.0 + NODE_TTL, started=100.0)
+    assert kept.surely_alive(now=200.0) and not kept.surely_alive(now=200.0 + 7.5)
