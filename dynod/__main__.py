@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -34,9 +35,11 @@ from dynod.build.pipeline import Builder
 from dynod.control import addons as control_addons
 from dynod.control import drain_shipper
 from dynod.control.audit import Audit
+from dynod.control.cluster import Membership
 from dynod.control.keys import AuthorizedKeys
 from dynod.control.pg import Databases
 from dynod.errors import DynodError, InvalidArgument
+from dynod.model.cluster import Node
 from dynod.model.events import (
     DYNOS_CHANGED,
     ROUTES_CHANGED,
@@ -54,15 +57,20 @@ from dynod.router.acme import AcmeIssuer
 from dynod.router.haproxy import HaproxyRouter
 from dynod.runtime.addon_access import make_addon_access
 from dynod.runtime.dynos import Host
+from dynod.runtime.leader import Leader, NodeLease, Share
+from dynod.runtime.located import located_of
 from dynod.runtime.metrics import RuntimeMetrics
 from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, Settings, listen_address, load_settings
 from dynod.store.etcd import EtcdSettings, EtcdStore
+from dynod.store.etcd_cluster import EtcdClusterView, cluster_kv
+from dynod.store.etcd_leader import EtcdLeaderSeat
+from dynod.store.etcd_node import NodeKeeper
 from dynod.store.protocol import Store
 from dynod.store.sqlite import SqliteStore
-from dynod.system import netns
+from dynod.system import hostinfo, netns, systemctl
 
 log = logging.getLogger("dynod")
 
@@ -123,6 +131,47 @@ def open_store(settings: Settings) -> Store:
     sqlite = SqliteStore.open(settings.db_path)
     log.info("state %s, schema version %d", settings.db_path, sqlite.schema_version)
     return sqlite
+
+
+def restart_soon(delay: float = 1.0) -> None:
+    """Restart dynod.service shortly, once the reply of the call that asked is out
+    (cluster:init and join switch the store so). The dynos go on running."""
+    def later() -> None:
+        threading.Event().wait(delay)
+        systemctl.systemctl(["--no-block", "restart", "dynod.service"])
+    threading.Thread(target=later, name="restart", daemon=True).start()
+
+
+def node_keeper(store: Store, settings: Settings, supervisor: Supervisor) -> NodeKeeper | None:
+    """A cluster member's lease keeper (nodes/<me>, its dynos' records); None on a
+    machine of its own."""
+    if not isinstance(store, EtcdStore) or not settings.node_name:
+        return None
+    port = settings.api_listen.rpartition(":")[2] or "5443"
+    node = Node(settings.node_name, settings.node_address,
+                f"{settings.node_address}:{port}", settings.address_pool,
+                hostinfo.memory_mb())
+    return NodeKeeper(cluster_kv(store), node,
+                      lambda: located_of(node.name, supervisor.executor.records()))
+
+
+@dataclass(frozen=True)
+class ClusterPlacement:
+    """A cluster member's share of placement: its view of the cluster, the election
+    and placement loop, and the dynos placed on it (``Supervisor.share``)."""
+
+    view: EtcdClusterView
+    leader: Leader
+    share: Share
+
+
+def placement(keeper: NodeKeeper, supervisor: Supervisor) -> ClusterPlacement:
+    """Placement on the keeper's cluster keys, with its lease."""
+    view = EtcdClusterView(keeper.kv, keeper.node.name)
+    lease = NodeLease(lambda: keeper.lease, keeper.lease_surely_gone_at)
+    leader = Leader(view, EtcdLeaderSeat(keeper.kv, keeper.node.name), lease,
+                    supervisor.formations)
+    return ClusterPlacement(view, leader, Share(view, lease))
 
 
 def serve(config: Path) -> int:
@@ -219,11 +268,28 @@ def serve(config: Path) -> int:
         for d in drains.stats()])
     # A push reports on the release phase and the rollout it started.
     builder = Builder(store, settings, events, rollout=supervisor, release_phase=phase)
+    # cluster:init, cluster:join (each ends with a restart of dynod on etcd), cluster.
+    membership = Membership(
+        store, settings, config, restart=restart_soon,
+        dyno_addresses=lambda: [d.meta.address for d in supervisor.executor.records()
+                                if d.meta is not None])
+    keeper = node_keeper(store, settings, supervisor)
+    placed = None
+    if keeper is not None:
+        events.subscribe(DYNOS_CHANGED, lambda _e: keeper.changed())
+        # Placement: this node runs only the dynos placed on it (none once fenced); the
+        # leader re-plans on every formation change and node change, and alone orders
+        # ACM certificates.
+        placed = placement(keeper, supervisor)
+        supervisor.share = placed.share
+        acm.leading = placed.leader.leading
+        events.subscribe(DYNOS_CHANGED, lambda _e: placed.leader.kick())
     daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
                     release_phase=phase, addons=addon_services,
                     databases=databases, certs=router.certs,
                     router_log_drops=router.log_drops,
-                    drain_probe=drain_shipper.probe(ca_file))
+                    drain_probe=drain_shipper.probe(ca_file), membership=membership,
+                    cluster=None if placed is None else placed.view)
     # Dynos before READY: running ones are adopted (never restarted), the formation is
     # started; a dyno that fails to start is retried by the supervisor's own thread.
     # The servers before the dynos (a release phase migrates at once), and access as the
@@ -240,6 +306,10 @@ def serve(config: Path) -> int:
     except DynodError as exc:
         log.error("backups: %s", exc.message)
     supervisor.start()
+    if keeper is not None:
+        keeper.start()
+    if placed is not None:
+        placed.leader.start()
     # labs:enable log-runtime-metrics: dyno memory and load lines, read from the cgroups.
     runtime_metrics = RuntimeMetrics(store, supervisor.executor.records)
     runtime_metrics.start()
@@ -280,6 +350,10 @@ def serve(config: Path) -> int:
     api.stop(grace=5.0)
     runtime_metrics.stop()
     metrics.stop()
+    if placed is not None:
+        placed.leader.stop()
+    if keeper is not None:
+        keeper.stop()
     supervisor.stop()
     drains.stop()
     acm.stop()

@@ -14,12 +14,14 @@ from dynod.control.users import Throttle
 from dynod.errors import FailedPrecondition
 from dynod.model.addons import AddonServices
 from dynod.model.certs import CertInstaller
+from dynod.model.cluster import ClusterView
 from dynod.model.drains import Target
 from dynod.model.events import EventBus
 from dynod.settings import Settings
 from dynod.store.protocol import Store
 
 if TYPE_CHECKING:
+    from dynod.control.cluster import Membership
     from dynod.control.pg import Databases
     from dynod.runtime.oneoff import OneOffs
     from dynod.runtime.release_phase import ReleasePhase
@@ -56,6 +58,11 @@ class Daemon:
     # Connects once to a new drain's receiver (drains:add), raising DeliveryFailed;
     # None in servicer tests, which then keep any well-formed URL.
     drain_probe: Callable[[Target], None] | None = None
+    # In a cluster: what its nodes run and hold (ps across the nodes, ps:scale's
+    # capacity check); None on one machine.
+    cluster: ClusterView | None = None
+    # cluster:init, join, cluster, cluster:remove; None in servicer tests.
+    membership: Membership | None = None
 
     @property
     def slugs_dir(self) -> Path:

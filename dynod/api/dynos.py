@@ -8,8 +8,10 @@ import grpc
 
 from dynod.api.daemon import Daemon, timestamp
 from dynod.api.peer import caller_of
+from dynod.control import formation
 from dynod.errors import Unavailable
 from dynod.model.dynos import DynoInfo
+from dynod.runtime.cluster_ps import cluster_dynos
 from dynod.runtime.supervisor import Supervisor
 from dynod.v1 import dynos_pb2, dynos_pb2_grpc
 
@@ -19,7 +21,7 @@ def dyno_to_proto(d: DynoInfo) -> dynos_pb2.Dyno:
         name=d.name, type=d.process_type, state=str(d.state),
         since=timestamp(datetime.fromtimestamp(d.since, UTC)), command=d.command,
         size=d.size, release=d.release, unit=d.unit, address=d.address, port=d.port,
-        memory_quota_bytes=d.memory_quota,
+        memory_quota_bytes=d.memory_quota, node=d.node,
     )
     if d.memory_bytes is not None:
         out.memory_bytes = d.memory_bytes
@@ -42,6 +44,11 @@ class DynosServicer(dynos_pb2_grpc.DynosServicer):
     ) -> dynos_pb2.ListDynosResponse:
         caller_of(context)
         found = self._supervisor().dynos(request.app)
+        cluster = self.daemon.cluster
+        if cluster is not None:
+            commands = {p.type: p.command
+                        for p in formation.get_formation(self.daemon.store, request.app)}
+            found = cluster_dynos(cluster.me, found, cluster.located(request.app), commands)
         if self.daemon.oneoffs is not None:  # one-offs first, as Heroku's ps lists them
             found = self.daemon.oneoffs.dynos(request.app) + found
         return dynos_pb2.ListDynosResponse(dynos=[

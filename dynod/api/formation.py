@@ -44,7 +44,8 @@ class FormationServicer(formation_pb2_grpc.FormationServicer):
     ) -> formation_pb2.ScaleFormationResponse:
         user = caller_of(context).name
         found = formation.scale(self.store, self.daemon.events, request.app,
-                                [change_of(u) for u in request.updates], user)
+                                [change_of(u) for u in request.updates], user,
+                                cluster=self.daemon.cluster)
         return formation_pb2.ScaleFormationResponse(processes=[process_to_proto(p) for p in found])
 
     def Resize(
@@ -52,7 +53,8 @@ class FormationServicer(formation_pb2_grpc.FormationServicer):
     ) -> formation_pb2.ResizeFormationResponse:
         user = caller_of(context).name
         found = formation.resize(self.store, self.daemon.events, request.app,
-                                 {u.type: u.size for u in request.updates}, user)
+                                 {u.type: u.size for u in request.updates}, user,
+                                 cluster=self.daemon.cluster)
         return formation_pb2.ResizeFormationResponse(processes=[process_to_proto(p) for p in found])
 
 

@@ -168,7 +168,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
         size = next((label(d.size) for d in members if d.size), "")
         print(f"=== {ptype} ({size}): {command} ({len(members)})")
         for d in members:
-            print(f"{d.name}: {d.state} {output.ago(output.when(d.since))}{usage(d)}")
+            # In a cluster, after Heroku's line: where it runs ("... (~ 1m ago) on node-b").
+            where = f" on {d.node}" if d.node else ""
+            print(f"{d.name}: {d.state} {output.ago(output.when(d.since))}{where}{usage(d)}")
     return 0
 
 

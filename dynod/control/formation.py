@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from dynod.control import slugs
 from dynod.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from dynod.model import sizes
+from dynod.model.cluster import ClusterView
 from dynod.model.events import EventBus, FormationChanged
 from dynod.model.formation import MAX_DYNOS_PER_APP, Process, ScaleChange
+from dynod.model.placement import shortfall
 from dynod.store import reads
 from dynod.store.protocol import Store, Tx
 
@@ -59,6 +61,26 @@ def _check_declared(app: str, version: int, declared: Mapping[str, str], name: s
     )
 
 
+def _check_capacity(tx: Tx, cluster: ClusterView | None, app: str,
+                    rows: Mapping[str, Process], grown: Sequence[str]) -> None:
+    """In a cluster, refuse a formation of ``app`` whose ``grown`` types the alive
+    nodes cannot hold beside every other app's dynos. Raises ResourceExhausted."""
+    if cluster is None or not grown:
+        return
+    formations = {a.name: _entries(tx, a.name, _declared(tx, a.name)[1])
+                  for a in tx.apps() if a.name != app}
+    formations[app] = list(rows.values())
+    short = shortfall(formations, cluster.nodes(), cluster.placements(), app, grown)
+    if short is not None:
+        raise ResourceExhausted(short.message())
+
+
+def _grown(old: Process, new: Process) -> bool:
+    return new.quantity > old.quantity or (
+        new.quantity > 0 and sizes.parse_size(new.size).memory_mb
+        > sizes.parse_size(old.size).memory_mb)
+
+
 def get_formation(store: Store, app: str) -> list[Process]:
     """The entries of the process types the current release declares, by type name.
 
@@ -70,13 +92,14 @@ def get_formation(store: Store, app: str) -> list[Process]:
 
 
 def scale(store: Store, events: EventBus, app: str, changes: Sequence[ScaleChange],
-          user: str) -> list[Process]:
+          user: str, *, cluster: ClusterView | None = None) -> list[Process]:
     """Apply ``changes`` atomically (all or none); returns the whole formation and
     publishes FormationChanged.
 
     Raises InvalidArgument (empty, duplicate type, negative count, unknown size),
     FailedPrecondition (undeclared type, a decrease below zero), ResourceExhausted
-    (over MAX_DYNOS_PER_APP), NotFound.
+    (over MAX_DYNOS_PER_APP; in a ``cluster``, more memory than its nodes have),
+    NotFound.
     """
     if not changes:
         raise InvalidArgument("nothing to scale; use TYPE=N, TYPE+N or TYPE-N")
@@ -99,6 +122,7 @@ def scale(store: Store, events: EventBus, app: str, changes: Sequence[ScaleChang
     with store.write() as tx:
         version, declared = _declared(tx, app)
         rows = {p.type: p for p in _entries(tx, app, declared)}
+        before = dict(rows)
         for c in changes:
             _check_declared(app, version, declared, c.type)
             if c.type == "release" and (c.quantity or c.delta or 0) > 0:
@@ -126,6 +150,8 @@ def scale(store: Store, events: EventBus, app: str, changes: Sequence[ScaleChang
                 f'app "{app}": {total} dynos would exceed the limit of {MAX_DYNOS_PER_APP} '
                 "per app; scale other types down first"
             )
+        _check_capacity(tx, cluster, app, rows,
+                        [c.type for c in changes if _grown(before[c.type], rows[c.type])])
         for c in changes:
             p = rows[c.type]
             tx.put_process(app, Process(p.type, p.quantity, p.size))
@@ -135,12 +161,12 @@ def scale(store: Store, events: EventBus, app: str, changes: Sequence[ScaleChang
 
 
 def resize(store: Store, events: EventBus, app: str, new_sizes: Mapping[str, str],
-           user: str) -> list[Process]:
+           user: str, *, cluster: ClusterView | None = None) -> list[Process]:
     """Set the size of each named type (counts unchanged); returns the whole formation
     and publishes FormationChanged.
 
     Raises InvalidArgument (empty, unknown size), FailedPrecondition (undeclared type),
-    NotFound.
+    ResourceExhausted (in a ``cluster``, more memory than its nodes have), NotFound.
     """
     if not new_sizes:
         raise InvalidArgument("nothing to resize; use TYPE=SIZE")
@@ -148,8 +174,13 @@ def resize(store: Store, events: EventBus, app: str, new_sizes: Mapping[str, str
     with store.write() as tx:
         version, declared = _declared(tx, app)
         rows = {p.type: p for p in _entries(tx, app, declared)}
-        for name, size in parsed.items():
+        for name in parsed:
             _check_declared(app, version, declared, name)
+        after = {**rows, **{n: Process(n, rows[n].quantity, size, rows[n].command)
+                            for n, size in parsed.items()}}
+        _check_capacity(tx, cluster, app, after,
+                        [n for n in parsed if _grown(rows[n], after[n])])
+        for name, size in parsed.items():
             tx.put_process(app, Process(name, rows[name].quantity, size))
         found = _entries(tx, app, declared)
     events.publish(FormationChanged(app, user, tuple(found), scaled=False))

@@ -94,3 +94,4 @@ class DynoInfo:
     memory_bytes: int | None = None
     memory_quota: int = 0
     cpu_nsec: int | None = None
+    node: str = ""  # in a cluster: the node that runs it

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Wake at least this often (a clock jump, a record changed behind our back).
 MAX_SLEEP = timedelta(hours=1)
+# A node that is not the leader looks again this often: it may become the leader.
+FOLLOWER_WAKE = timedelta(seconds=30)
 
 
 class Certs(Protocol):
@@ -79,8 +81,11 @@ class AcmManager:
     """The ACM thread. ``start``, ``kick`` after a change, ``stop``."""
 
     def __init__(self, store: Store, certs: Certs, issuer: Issuer,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 leading: Callable[[], bool] | None = None) -> None:
         self.store = store
+        # In a cluster only the leader orders (one order per domain, not one per node).
+        self.leading = leading
         self.certs = certs
         self.issuer = issuer
         self.clock = clock
@@ -126,6 +131,8 @@ class AcmManager:
         files = {n.removeprefix(ACM_PREFIX) for n in self.certs.cert_names()
                  if n.startswith(ACM_PREFIX)}
         todo = plan(managed, records, files, self.clock())
+        if todo.orders and self.leading is not None and not self.leading():
+            todo = Plan((), todo.remove, min(todo.wake, self.clock() + FOLLOWER_WAKE))
         for host in todo.remove:
             log.info("acm: %s is no longer managed; its certificate is removed", host)
             self.certs.remove_cert(self.cert_name(host))

@@ -228,8 +228,8 @@ class Executor:
                         del self.dynos[d.ref]
             case plan.Cycle():
                 self.effects.event(d.ref, "Cycling")
-            case plan.Stop(_, why):
-                self.stop(d, why)
+            case plan.Stop(_, why, grace):
+                self.stop(d, why, grace)
 
     def set_state(self, d: Dyno, state: DynoState) -> None:
         with self.lock:
@@ -294,14 +294,14 @@ class Executor:
 
     # --- stopping -------------------------------------------------------------------
 
-    def stop(self, d: Dyno, why: str) -> None:
-        """Stop ``d`` in its own thread (once)."""
+    def stop(self, d: Dyno, why: str, grace: float | None = None) -> None:
+        """Stop ``d`` in its own thread (once); ``grace``: see ``plan.Stop``."""
         with self.lock:
             if d.stopping or d.meta is None:
                 return
             d.stopping = True
         log.info("stopping %s of %s (%s)", unit_of(d.ref), d.ref.app, why)
-        threading.Thread(target=self._stop_one, args=(d,), daemon=True,
+        threading.Thread(target=self._stop_one, args=(d, grace), daemon=True,
                          name=f"stop {unit_of(d.ref)}").start()
 
     def _drain(self, d: Dyno) -> None:
@@ -328,16 +328,20 @@ class Executor:
                 return
             time.sleep(0.05)
 
-    def _stop_one(self, d: Dyno) -> None:
+    def _stop_one(self, d: Dyno, grace: float | None = None) -> None:
         """Heroku's stop: SIGTERM to every process, 30 s, SIGKILL (R12). A web dyno
-        is drained from the router first."""
+        is drained from the router first. With ``grace`` (a fenced node): no drain,
+        SIGKILL after ``grace`` seconds."""
         try:
-            self._drain(d)
+            if grace is None:
+                self._drain(d)
+            wait = STOP_TIMEOUT if grace is None else grace
             self.effects.event(d.ref, "Stopping all processes with SIGTERM")
             self.effects.kill(d.ref, signal.SIGTERM)
-            if not self.effects.wait_exit(d.ref, STOP_TIMEOUT):
+            if not self.effects.wait_exit(d.ref, wait):
                 self.effects.event(d.ref, "Error R12 (Exit timeout) -> At least one process "
-                                          "failed to exit within 30 seconds of SIGTERM")
+                                          f"failed to exit within {wait:.0f} seconds of "
+                                          "SIGTERM")
                 self.effects.event(d.ref, "Stopping remaining processes with SIGKILL")
                 self.effects.kill(d.ref, signal.SIGKILL)
                 self.effects.wait_exit(d.ref, 10.0)

@@ -46,6 +46,10 @@ CYCLE = 24 * 3600.0
 CYCLE_JITTER = 216 * 60.0
 # How often an R14 is logged while a dyno stays over its quota.
 R14_EVERY = 20.0
+# A fenced node (its cluster lease surely lapsed: the others are taking its dynos)
+# gives its dynos this long after SIGTERM, not Heroku's 30 s, so that none still runs
+# once its lease has lapsed (runtime.leader.FENCE_MARGIN leaves it 3 s).
+FENCED_GRACE = 2.0
 
 
 def backoff(crashes: int) -> float:
@@ -130,10 +134,18 @@ class Desired:
     config: dict[str, str]
     processes: dict[str, Process] = field(default_factory=dict)
     stack: str = ""
+    # In a cluster, the dynos (``web.1``) placed on this node: it runs only those.
+    # None: one machine, it runs them all.
+    placed: frozenset[str] | None = None
+    # In a cluster: this node's lease is surely lapsed, it must run nothing, at once.
+    fenced: bool = False
 
-    def wants(self, ref: DynoRef) -> bool:
+    def in_formation(self, ref: DynoRef) -> bool:
         p = self.processes.get(ref.process_type)
         return ref.generation == self.generation and p is not None and ref.number <= p.quantity
+
+    def wants(self, ref: DynoRef) -> bool:
+        return self.in_formation(ref) and (self.placed is None or ref.dyno in self.placed)
 
 
 @dataclass(frozen=True)
@@ -249,6 +261,9 @@ class Stop:
 
     ref: DynoRef
     why: str
+    # Seconds between SIGTERM and SIGKILL, without draining first; None: Heroku's
+    # drain, then 30 s.
+    grace: float | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +330,8 @@ def plan_app(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[Act
     """One app's pass: roll out a new release (or size), give up on a release that does
     not come up, cycle, start what is missing (respecting the back-off), stop what is
     not wanted."""
+    if want.fenced:
+        return plan_fenced(current)
     out: list[Action] = []
     # A new release (or a new size) replaces every dyno: a rollout, a new generation.
     if any(d.meta is not None and d.ref.generation == want.generation and (
@@ -338,6 +355,8 @@ def plan_app(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[Act
     for ptype, proc in sorted(want.processes.items()):
         for n in range(1, proc.quantity + 1):
             ref = DynoRef(want.app, ptype, n, want.generation)
+            if not want.wants(ref):
+                continue
             have = by_ref.get(ref)
             if have is not None and (have.meta is not None or have.restart_at > seen.monotonic):
                 continue
@@ -349,7 +368,8 @@ def plan_app(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[Act
     extra = sorted((d for d in current if d.live and d.ref.generation == want.generation
                     and not want.wants(d.ref)),
                    key=lambda d: (d.ref.process_type, -d.ref.number))
-    out += [Stop(d.ref, "scaled down") for d in extra]
+    out += [Stop(d.ref, "scaled down" if not want.in_formation(d.ref)
+                 else "placed on another node") for d in extra]
     old = [d for d in current if d.live and d.ref.generation != want.generation]
     new = [d for d in current if d.ref.generation == want.generation] + started
     out += [Stop(d.ref, "rollout") for d in rollout(want.app, old, new, seen)]
@@ -419,6 +439,14 @@ def plan_cycle(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[A
         return []
     return [*(Cycle(d.ref) for d in due),
             SetGeneration(want.app, next_generation(want, current))]
+
+
+def plan_fenced(current: Iterable[Dyno]) -> list[Action]:
+    """A fenced node: every dyno stops at once (see FENCED_GRACE), crashed records go."""
+    current = list(current)
+    return [*(Stop(d.ref, "fenced: this node lost the cluster", FENCED_GRACE)
+              for d in current if d.live),
+            *(Forget(d.ref) for d in current if d.meta is None)]
 
 
 def plan_gone(app: str, current: Sequence[Dyno]) -> list[Action]:

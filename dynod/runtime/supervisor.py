@@ -29,6 +29,7 @@ from dynod.router.protocol import Backend, Router
 from dynod.runtime import adoption, gc, plan
 from dynod.runtime.dynos import Host, cgroup_of, unit_of
 from dynod.runtime.executor import Effects, Executor, SystemEffects
+from dynod.runtime.leader import Share
 from dynod.runtime.plan import Desired, Dyno, Exit, Observed
 from dynod.settings import Settings
 from dynod.store import reads
@@ -42,6 +43,8 @@ POLL = 0.5
 POLL_STARTING = 0.02
 # Slugs of releases past the retention are collected this often (and by `dynoctl gc`).
 GC_EVERY = 3600.0
+# How often a cluster node checks whether it is fenced (its lease surely lapsing).
+FENCE_POLL = 0.25
 # dynod reports READY once every formation is up and routed (a reboot), or after this.
 READY_WAIT = 45.0
 
@@ -73,6 +76,28 @@ def answers(d: Dyno) -> bool:
         not d.health or healthy(meta.address, meta.port, d.health))
 
 
+def read_desired(store: Store) -> dict[str, Desired]:
+    """Every app's desired dynos at its current release, on every node."""
+    out: dict[str, Desired] = {}
+    with store.read() as tx:
+        for app in tx.apps():
+            release = reads.current_release(tx, app.name)
+            uid, gen = tx.app_uid(app.name), tx.generation(app.name)
+            if release.slug_id is None or uid is None or gen is None:
+                out[app.name] = Desired(app.name, release.version, gen or 1, "", 0, {})
+                continue
+            slug = tx.slug(app.name, release.slug_id)
+            if slug is None or not slug.uploaded:
+                out[app.name] = Desired(app.name, release.version, gen, "", uid, {})
+                continue
+            rows = {p.type: p for p in tx.processes(app.name)}
+            procs = {name: Process(name, rows[name].quantity, rows[name].size, command)
+                     for name, command in slug.process_types.items() if name in rows}
+            out[app.name] = Desired(app.name, release.version, gen, slug.checksum, uid,
+                                    dict(release.config), procs, slug.stack)
+    return out
+
+
 class Supervisor:
     """Owns every formation dyno. ``changed``, ``dynos``, ``restart`` are safe from any
     thread. ``host_factory`` makes the dyno host on first use; ``effects`` replaces the
@@ -80,8 +105,11 @@ class Supervisor:
 
     def __init__(self, store: Store, settings: Settings, router: Router,
                  host_factory: Callable[[], Host], events: EventBus, *,
-                 effects: Effects | None = None) -> None:
+                 effects: Effects | None = None,
+                 share: Share | None = None) -> None:
         self.store = store
+        # In a cluster: the dynos placed on this node, and whether it is fenced.
+        self.share = share
         self.settings = settings
         self.router = router
         self._host_factory = host_factory
@@ -122,6 +150,8 @@ class Supervisor:
             log.exception("first supervisor pass failed; the supervisor retries")
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._thread.start()
+        if self.share is not None:
+            threading.Thread(target=self._watch_fence, name="fence", daemon=True).start()
         self.wait_settled(READY_WAIT)
 
     def _starting(self) -> bool:
@@ -186,6 +216,16 @@ class Supervisor:
                 except Exception:
                     log.exception("gc failed; retrying in an hour")
 
+    def _watch_fence(self) -> None:
+        """In a cluster: once this node's lease is surely lapsing, every dyno stops, even
+        while a pass waits on the unreachable store (a read may take its 30 s)."""
+        while not self._stop.wait(FENCE_POLL):
+            if self.share is not None and self.share.fenced():
+                try:
+                    self.executor.apply(plan.plan_fenced(self.executor.records()))
+                except Exception:
+                    log.exception("fencing failed; retrying")
+
     def _check_starting(self) -> None:
         starting = [d for d in self.executor.records() if d.state is DynoState.STARTING
                     and d.live and d.web]
@@ -199,24 +239,21 @@ class Supervisor:
     # --- desired state ------------------------------------------------------------
 
     def desired(self) -> dict[str, Desired]:
-        out: dict[str, Desired] = {}
-        with self.store.read() as tx:
-            for app in tx.apps():
-                release = reads.current_release(tx, app.name)
-                uid, gen = tx.app_uid(app.name), tx.generation(app.name)
-                if release.slug_id is None or uid is None or gen is None:
-                    out[app.name] = Desired(app.name, release.version, gen or 1, "", 0, {})
-                    continue
-                slug = tx.slug(app.name, release.slug_id)
-                if slug is None or not slug.uploaded:
-                    out[app.name] = Desired(app.name, release.version, gen, "", uid, {})
-                    continue
-                rows = {p.type: p for p in tx.processes(app.name)}
-                procs = {name: Process(name, rows[name].quantity, rows[name].size, command)
-                         for name, command in slug.process_types.items() if name in rows}
-                out[app.name] = Desired(app.name, release.version, gen, slug.checksum, uid,
-                                        dict(release.config), procs, slug.stack)
-        return out
+        if self.share is not None and self.share.fenced():
+            # Without reading the store: it is out of reach, most likely.
+            return {app: Desired(app, 0, 0, "", 0, {}, fenced=True)
+                    for app in {d.ref.app for d in self.executor.records()}}
+        out = read_desired(self.store)
+        if self.share is None:
+            return out
+        mine = self.share.mine()
+        return {app: replace(want, placed=mine.get(app, frozenset()))
+                for app, want in out.items()}
+
+    def formations(self) -> dict[str, list[Process]]:
+        """Every app's formation at its current release (what placement places)."""
+        return {app: list(want.processes.values())
+                for app, want in read_desired(self.store).items()}
 
     def bump_generation(self, app: str) -> int:
         """A rollout: every dyno of ``app`` is replaced (``ps:restart``). The new

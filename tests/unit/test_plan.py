@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -73,6 +74,32 @@ def test_scale_down_stops_the_highest_numbers_first() -> None:
     assert refs(plan.Stop, actions) == [("web", 3, 1), ("web", 2, 1)]
     assert {a.why for a in of(plan.Stop, actions)} == {"scaled down"}
     assert not of(plan.Start, actions)
+
+
+def test_a_cluster_node_starts_only_the_dynos_placed_on_it() -> None:
+    mine = replace(want(web=4, worker=2), placed=frozenset({"web.2", "web.4", "worker.1"}))
+    actions = plan.plan_app(mine, [], seen())
+    assert refs(plan.Start, actions) == [("web", 2, 1), ("web", 4, 1), ("worker", 1, 1)]
+
+
+def test_a_dyno_placed_elsewhere_stops_and_one_scaled_away_says_so() -> None:
+    mine = replace(want(web=2), placed=frozenset({"web.1"}))
+    actions = plan.plan_app(mine, [rec(1, 1), rec(2, 1), rec(3, 1)], seen())
+    assert refs(plan.Stop, actions) == [("web", 3, 1), ("web", 2, 1)]
+    assert [a.why for a in of(plan.Stop, actions)] == ["scaled down", "placed on another node"]
+    assert not of(plan.Start, actions)
+
+
+def test_a_fenced_node_runs_nothing_and_one_machine_runs_everything() -> None:
+    fenced = replace(want(web=2, worker=1), placed=frozenset(), fenced=True)
+    crashed = Dyno(DynoRef("shop", "worker", 1, 1), None, DynoState.CRASHED, 0.0)
+    actions = plan.plan_app(fenced, [rec(1, 1), rec(2, 1), crashed], seen())
+    assert refs(plan.Stop, actions) == [("web", 1, 1), ("web", 2, 1)]
+    assert {(a.why, a.grace) for a in of(plan.Stop, actions)} == {
+        ("fenced: this node lost the cluster", plan.FENCED_GRACE)}
+    assert of(plan.Forget, actions) == [plan.Forget(crashed.ref)] and not of(plan.Start, actions)
+    assert refs(plan.Start, plan.plan_app(want(web=2), [], seen())) == [
+        ("web", 1, 1), ("web", 2, 1)]
 
 
 # --- a rollout ----------------------------------------------------------------------
@@ -406,3 +433,32 @@ def test_executor_drains_a_web_dyno_before_sigterm() -> None:
     assert fx.log == ["route []", "web.1: Stopping all processes with SIGTERM", "kill SIGTERM",
                       "web.1: Process exited with status 143", "removed",
                       "web.1: State changed from up to down"]
+
+
+class Stubborn(FakeEffects):
+    """A dyno that ignores SIGTERM; records how long the executor waited."""
+
+    waited: list[float]
+
+    def wait_exit(self, ref: DynoRef, timeout: float) -> bool:
+        self.waited = [*getattr(self, "waited", []), timeout]
+        return len(self.waited) > 1
+
+
+def test_a_fenced_stop_skips_the_drain_and_kills_after_the_short_grace() -> None:
+    fx = Stubborn()
+    ex = Executor(fx, lambda: None)
+    ref = DynoRef("shop", "web", 1, 1)
+    ex.apply([plan.Start(ref, 1, "python app.py", "basic", "sha", 70000, {}),
+              plan.MarkUp(ref)])
+    ex.apply(plan.plan_routes(ex.records(), ["shop"], ex.routed_view()))
+    fx.log.clear()
+    ex.apply([plan.Stop(ref, "fenced", plan.FENCED_GRACE)])  # still routed: no drain
+    deadline = time.monotonic() + 5
+    while ref in ex.dynos and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fx.waited[0] == plan.FENCED_GRACE
+    assert fx.log[:4] == ["web.1: Stopping all processes with SIGTERM", "kill SIGTERM",
+                          "web.1: Error R12 (Exit timeout) -> At least one process failed "
+                          "to exit within 2 seconds of SIGTERM",
+                          "web.1: Stopping remaining processes with SIGKILL"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from dynod.model.events import EventBus
 from dynod.model.releases import RELEASE_TYPE
 from dynod.runtime import oneoff, plan
 from dynod.runtime.oneoff import OneOffs, Stdio
-from dynod.runtime.supervisor import Supervisor
+from dynod.runtime.supervisor import read_desired
 from dynod.settings import Settings
 from dynod.store.sqlite import SqliteStore
 from dynod.system import journal
@@ -35,7 +34,7 @@ def _release(store: SqliteStore, stack: str | None) -> int:
 
 
 def _start_stack(store: SqliteStore) -> str:
-    want = Supervisor.desired(SimpleNamespace(store=store))["shop"]  # type: ignore[arg-type]
+    want = read_desired(store)["shop"]
     starts = [a for a in plan.plan_app(want, [], plan.Observed(0.0, 0.0))
               if isinstance(a, plan.Start)]
     assert len(starts) == 1  # web.1
