@@ -28,6 +28,7 @@ from dynod.addons.schedule import Scheduler
 from dynod.api.daemon import Daemon
 from dynod.api.dashboard.server import start_dashboard
 from dynod.api.metrics import DrainFigures, Metrics
+from dynod.api.peers import PeerSlugs, PeerTls, start_peer_api
 from dynod.api.server import TcpListen, start_api
 from dynod.build import gitrepos, layers
 from dynod.build.pipeline import Builder
@@ -59,12 +60,18 @@ from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, Settings, listen_address, load_settings
+from dynod.slug.fetch import SlugPeers
 from dynod.store.etcd import EtcdSettings, EtcdStore
+from dynod.store.etcd_cluster import EtcdClusterView, cluster_kv
 from dynod.store.protocol import Store
 from dynod.store.sqlite import SqliteStore
-from dynod.system import netns
+from dynod.system import etcd, netns
 
 log = logging.getLogger("dynod")
+
+# In a cluster, how often the git user's authorized_keys is compared with the store's
+# keys (those added through another machine's API raise no event here).
+KEYS_FOLLOW_INTERVAL = 2.0
 
 
 def _watchdog_interval() -> float | None:
@@ -123,6 +130,15 @@ def open_store(settings: Settings) -> Store:
     sqlite = SqliteStore.open(settings.db_path)
     log.info("state %s, schema version %d", settings.db_path, sqlite.schema_version)
     return sqlite
+
+
+def follow_keys(keys: AuthorizedKeys, stop: threading.Event) -> None:
+    """Keep the git user's authorized_keys in step with the store's keys until ``stop``."""
+    while not stop.wait(KEYS_FOLLOW_INTERVAL):
+        try:
+            keys.sync()
+        except (DynodError, OSError) as exc:
+            log.warning("authorized_keys: %s", getattr(exc, "message", exc))
 
 
 def serve(config: Path) -> int:
@@ -186,8 +202,28 @@ def serve(config: Path) -> int:
     events.subscribe(AppDestroyed, lambda e: databases.forget_app(e.app))
     events.subscribe(AddonsChanged, lambda e: databases.prune_schedules(e.app))
     events.subscribe((AddonsChanged, AppDestroyed), lambda _e: access.refresh())
+    # In a cluster, a slug this machine lacks is fetched from another that has it, over
+    # the peer API (mutual TLS with the etcd member's certificate); this machine serves
+    # its own slugs there to the others.
+    slug_peers: SlugPeers | None = None
+    peer_api = None
+    if isinstance(store, EtcdStore):
+        tls_dir = etcd.cluster_dir(settings.state_dir) / "tls"
+
+        def peer_tls() -> PeerTls:
+            return PeerTls.read(tls_dir, etcd.CA_CERT, etcd.MEMBER_CERT, etcd.MEMBER_KEY)
+        me = settings.node_name or socket.gethostname()
+        slug_peers = PeerSlugs(EtcdClusterView(cluster_kv(store), me), peer_tls)
+        if settings.peer_listen:
+            try:
+                peer_api = start_peer_api(settings.peer_listen, peer_tls(),
+                                          settings.state_dir / "slugs", me)
+            except OSError as exc:
+                raise InvalidArgument(f"peer_listen: the cluster's certificates in {tls_dir}"
+                                      f" ({exc}); join the cluster first") from exc
     supervisor = Supervisor(store, settings, router,
-                            partial(Host, settings, require_stack, watcher=access), events)
+                            partial(Host, settings, require_stack, watcher=access,
+                                    slug_peers=slug_peers), events)
     oneoffs = OneOffs(store, settings, lambda: supervisor.host)
     phase = ReleasePhase(store, settings, oneoffs, supervisor.changed, events)
     events.subscribe(DYNOS_CHANGED, lambda e: supervisor.changed(e.app))
@@ -207,6 +243,9 @@ def serve(config: Path) -> int:
     gitrepos.ensure_layout(settings.state_dir)
     authorized_keys.sync()
     events.subscribe(KeysChanged, authorized_keys.sync)
+    if isinstance(store, EtcdStore):
+        threading.Thread(target=follow_keys, args=(authorized_keys, stop),
+                         name="keys follower", daemon=True).start()
     # Log drains: a reader and a sender thread per drain, each following the journal
     # from its own position; TLS trusts the system's CAs and dynod's local CA.
     ca_file = paths.ca_certificate(settings.state_dir)
@@ -278,6 +317,8 @@ def serve(config: Path) -> int:
     if dashboard is not None:
         dashboard.stop()
     api.stop(grace=5.0)
+    if peer_api is not None:
+        peer_api.stop(5.0).wait()
     runtime_metrics.stop()
     metrics.stop()
     supervisor.stop()

@@ -66,6 +66,12 @@ class Settings:
     etcd_ca_file: str = ""
     etcd_cert_file: str = ""
     etcd_key_file: str = ""
+    # A machine of a cluster (store = "etcd"): its node name (default: the host name)
+    # and the peer API's "host:port" on the cluster's network, which the other machines
+    # fetch slugs from (mutual TLS with the member certificates of <state>/cluster/tls;
+    # the address its members/ and nodes/ records give as "api"); "" = off.
+    node_name: str = ""
+    peer_listen: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -126,6 +132,9 @@ def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
         if key == "dashboard_listen" and value and not _is_listen(value):
             raise InvalidArgument(f"{path}: setting 'dashboard_listen' must be HOST:PORT, "
                                   f'e.g. "0.0.0.0:5444", or "" for no dashboard')
+        if key == "peer_listen" and value and not _is_listen(value):
+            raise InvalidArgument(f"{path}: setting 'peer_listen' must be HOST:PORT on the "
+                                  'cluster\'s network, e.g. "10.0.0.2:5480", or "" for none')
         if key == "store" and value not in ("sqlite", "etcd"):
             raise InvalidArgument(f"{path}: setting 'store' must be \"sqlite\" (one "
                                   'machine, the default) or "etcd" (a cluster)')
