@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from dynod.model.cluster import Member, to_json
 from dynod.router import local_ca
 from tests.integration.conftest import cluster, stack_bind
 from tests.integration.test_builds import EXAMPLES, SSH, commit, push, setup_push, sh
-from tests.integration.test_cluster import CURL, MEMBER, TLS
+from tests.integration.test_cluster import CURL, TLS, start_members
 from tests.integration.test_dynos import all_up, ps, wait_for
 from tests.sandbox.machine import PROJECT, Machine
 
@@ -47,24 +46,7 @@ def put(m: Machine, key: str, value: str) -> None:
 def form_cluster(machines: list[Machine]) -> None:
     """Three etcd members over TLS, each machine's dynod on them with its peer API, and
     the members' records (what cluster:join will write)."""
-    ca = local_ca.make_ca(datetime.now(UTC), "test-cluster")
-    members = [(m.name, m.test_address) for m in machines]
-    starts = []
-    for m in machines:
-        cert, key = local_ca.issue(ca, (m.name, m.test_address), datetime.now(UTC),
-                                   client_auth=True)
-        spec = json.dumps({"members": members, "me": m.name, "ca": ca.cert_pem,
-                           "cert": cert, "key": key})
-        proc = subprocess.Popen(
-            [*m._nsenter(), str(PROJECT / ".venv/bin/python"), "-c", MEMBER],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, cwd=PROJECT)
-        assert proc.stdin is not None
-        proc.stdin.write(spec)
-        proc.stdin.close()
-        starts.append(proc)
-    for m, proc in zip(machines, starts, strict=True):
-        assert proc.wait(180) == 0, f"{m.name}: {proc.stdout.read() if proc.stdout else ''}"
+    start_members(machines, local_ca.make_ca(datetime.now(UTC), "test-cluster"))
     for m in machines:
         put(m, f"/dynod-cluster/members/{m.name}", to_json(Member(
             m.name, m.test_address, f"{m.test_address}:{PEER_PORT}", "10.217.0.0/24")))
@@ -192,3 +174,26 @@ def test_only_members_download_slugs(machines: list[Machine]) -> None:
     # A member's certificate gets the whole tarball.
     size = int(sh(c, f"stat -c %s /var/lib/dynod/slugs/{checksum[7:]}.tgz")[1])
     assert fetch("member").strip() == f"GOT {size}"
+
+
+def test_a_slug_no_machine_has_fails_the_dyno_saying_what_to_do(
+        machines: list[Machine]) -> None:
+    a, b, c = machines
+    newest = sh(b, "ls -t /var/lib/dynod/slugs/ | grep '[.]tgz$' | head -1")[1].strip()
+    checksum = "sha256:" + newest.removesuffix(".tgz")
+    for m in machines:
+        sh(m, f"rm -f /var/lib/dynod/slugs/{newest}")
+    # C's unpacked tree gone too (set aside, as a damaged one is): a start must fetch.
+    sh(c, f"cd /var/lib/dynod/slugs/trees && for t in {checksum[7:]}-*; do "
+          f"mv $t .$t.damaged-1; rm -f .$t.manifest; done")
+    sh(c, "dynoctl ps:restart -a shop web.1")
+    wait_for("web.1 crashed on C", lambda: any(
+        d["name"] == "web.1" and d["state"] == "crashed" for d in ps(c, "shop")), timeout=90)
+    lines = journal(c)
+    assert (f"Error starting process: slug {checksum} is stored on no machine of the "
+            f"cluster that answered ({a.name}: slug {checksum} is not stored on {a.name}; "
+            f"{b.name}: slug {checksum} is not stored on {b.name}); deploy the app again "
+            "(git push, or dynoctl releases:rollback to a release whose slug a machine "
+            "has)") in lines, lines[-3000:]
+    # The machines that have its tree keep serving.
+    all_up(a, "shop", 1)
