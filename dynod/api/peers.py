@@ -126,7 +126,11 @@ class PeerSlugs:
         address = self._addresses().get(peer)
         if address is None:
             raise Unavailable(f"{peer} is no longer in the cluster")
-        tls = self.tls()
+        try:
+            tls = self.tls()
+        except OSError as exc:
+            raise Unavailable(f"this machine's cluster certificates: {exc}; join the "
+                              "cluster again to get them") from exc
         channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(
             root_certificates=tls.ca_pem.encode(), private_key=tls.key_pem.encode(),
             certificate_chain=tls.cert_pem.encode()))

@@ -236,3 +236,15 @@ def test_nobody_without_a_member_certificate_gets_a_byte(
         first = next(peers_pb2_grpc.PeersStub(channel).FetchSlug(
             peers_pb2.FetchSlugRequest(checksum=checksum), timeout=10))
     assert first.size > 0 and first.data[:2] == b"\x1f\x8b"
+
+
+def test_without_its_certificates_a_machine_asks_nobody_and_says_why(
+        settings: Settings, tmp_path: Path) -> None:
+    def missing() -> PeerTls:
+        return PeerTls.read(tmp_path / "no-tls", "ca.crt", "member.crt", "member.key")
+
+    peers = PeerSlugs(View("node-b", {"node-a": "127.0.0.1:1"}), missing)
+    checksum = "sha256:" + hashlib.sha256(b"x").hexdigest()
+    with pytest.raises(NotFound, match="node-a: this machine's cluster certificates: "
+                                       r".*No such file.*; join the cluster again"):
+        fetch.fetch_slug(settings.state_dir / "slugs", checksum, peers)
