@@ -69,7 +69,8 @@ class Settings:
     # A machine of a cluster (store = "etcd"): its node name (default: the host name)
     # and the peer API's "host:port" on the cluster's network, which the other machines
     # fetch slugs from (mutual TLS with the member certificates of <state>/cluster/tls;
-    # the address its members/ and nodes/ records give as "api"); "" = off.
+    # they look for it at the machine's address, port 5480, unless its members/ record's
+    # "peer" names another); "" = off.
     node_name: str = ""
     peer_listen: str = ""
 

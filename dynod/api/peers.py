@@ -22,7 +22,7 @@ import grpc
 from dynod.api.errors import ErrorInterceptor
 from dynod.api.peer import Caller
 from dynod.errors import NotFound, Unauthenticated, Unavailable
-from dynod.model.cluster import ClusterView
+from dynod.model.cluster import ClusterView, peer_address
 from dynod.model.slugs import parse_checksum, path_of
 from dynod.v1 import peers_pb2, peers_pb2_grpc
 
@@ -104,7 +104,8 @@ def start_peer_api(address: str, tls: PeerTls, slugs_dir: Path, me: str) -> grpc
 
 class PeerSlugs:
     """:class:`dynod.slug.fetch.SlugPeers` over the Peers service: the cluster's other
-    machines (alive nodes first, then the other members), each at its ``api`` address."""
+    machines (alive nodes first, then the other members), each at its peer API's
+    address (:func:`dynod.model.cluster.peer_address`)."""
 
     def __init__(self, view: ClusterView, tls: Callable[[], PeerTls]) -> None:
         self.view = view
@@ -112,11 +113,11 @@ class PeerSlugs:
 
     def _addresses(self) -> dict[str, str]:
         found: dict[str, str] = {}
-        pairs = [*sorted((n.name, n.api) for n in self.view.nodes()),
-                 *sorted((m.name, m.api) for m in self.view.members())]
-        for name, api in pairs:
-            if name != self.view.me and api:
-                found.setdefault(name, api)
+        pairs = [*sorted((n.name, peer_address(n)) for n in self.view.nodes()),
+                 *sorted((m.name, peer_address(m)) for m in self.view.members())]
+        for name, address in pairs:
+            if name != self.view.me:
+                found.setdefault(name, address)
         return found
 
     def peers(self) -> list[str]:

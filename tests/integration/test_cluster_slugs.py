@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dynod.model.cluster import Member, to_json
+from dynod.model.cluster import PEER_PORT, Member, to_json
 from dynod.router import local_ca
 from tests.integration.conftest import cluster, stack_bind
 from tests.integration.test_builds import EXAMPLES, SSH, commit, push, setup_push, sh
@@ -26,8 +26,6 @@ from tests.integration.test_dynos import all_up, ps, wait_for
 from tests.sandbox.machine import PROJECT, Machine
 
 pytestmark = pytest.mark.integration
-
-PEER_PORT = 5480
 
 
 def journal(m: Machine, unit: str = "") -> str:
@@ -48,8 +46,9 @@ def form_cluster(machines: list[Machine]) -> None:
     the members' records (what cluster:join will write)."""
     start_members(machines, local_ca.make_ca(datetime.now(UTC), "test-cluster"))
     for m in machines:
+        # The peer API at the member's address, PEER_PORT: the record need not say so.
         put(m, f"/dynod-cluster/members/{m.name}", to_json(Member(
-            m.name, m.test_address, f"{m.test_address}:{PEER_PORT}", "10.217.0.0/24")))
+            m.name, m.test_address, f"{m.test_address}:5443", "10.217.0.0/24")))
         settings = [
             'store = "etcd"', f'etcd_endpoints = "{m.test_address}:2379"',
             f'etcd_ca_file = "{TLS}/ca.crt"', f'etcd_cert_file = "{TLS}/member.crt"',

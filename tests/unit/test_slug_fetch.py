@@ -18,7 +18,7 @@ import pytest
 
 from dynod.api.peers import PeerSlugs, PeerTls, start_peer_api
 from dynod.errors import NotFound, Unavailable
-from dynod.model.cluster import Located, Member, Node, Placement
+from dynod.model.cluster import Located, Member, Node, Placement, from_json, peer_address
 from dynod.model.slugs import path_of
 from dynod.router import local_ca
 from dynod.settings import Settings
@@ -122,11 +122,12 @@ class View:
         return self._me
 
     def members(self) -> list[Member]:
-        return [Member(n, "127.0.0.1", api, "10.1.0.0/16") for n, api in self.machines.items()]
+        return [Member(n, "127.0.0.1", "127.0.0.1:5443", "10.1.0.0/16", peer=peer)
+                for n, peer in self.machines.items()]
 
     def nodes(self) -> list[Node]:
-        return [Node(n, "127.0.0.1", api, "10.1.0.0/16", 1024)
-                for n, api in self.machines.items()]
+        return [Node(n, "127.0.0.1", "127.0.0.1:5443", "10.1.0.0/16", 1024, peer=peer)
+                for n, peer in self.machines.items()]
 
     def leader(self) -> None:
         return None
@@ -248,3 +249,15 @@ def test_without_its_certificates_a_machine_asks_nobody_and_says_why(
     with pytest.raises(NotFound, match="node-a: this machine's cluster certificates: "
                                        r".*No such file.*; join the cluster again"):
         fetch.fetch_slug(settings.state_dir / "slugs", checksum, peers)
+
+
+def test_a_machines_peer_api_is_at_its_address_unless_its_record_says_otherwise() -> None:
+    assert peer_address(Member("node-a", "10.0.0.1", "10.0.0.1:5443", "10.1.0.0/16")) \
+        == "10.0.0.1:5480"
+    assert peer_address(Node("node-a", "fd00::1", "[fd00::1]:5443", "10.1.0.0/16", 1)) \
+        == "[fd00::1]:5480"
+    assert peer_address(Member("node-a", "10.0.0.1", "", "10.1.0.0/16",
+                               peer="10.0.0.9:7000")) == "10.0.0.9:7000"
+    # A record without the field (an older dynod's) reads as at the default port.
+    old = '{"name": "node-a", "address": "10.0.0.1", "api": "x", "pool": "10.1.0.0/16"}'
+    assert peer_address(from_json(Member, old)) == "10.0.0.1:5480"
