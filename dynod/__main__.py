@@ -29,6 +29,7 @@ from dynod.addons.schedule import Scheduler
 from dynod.api.daemon import Daemon
 from dynod.api.dashboard.server import start_dashboard
 from dynod.api.metrics import DrainFigures, Metrics
+from dynod.api.peers import PeerSlugs, PeerTls, start_peer_api
 from dynod.api.server import TcpListen, start_api
 from dynod.build import gitrepos, layers
 from dynod.build.pipeline import Builder
@@ -39,7 +40,7 @@ from dynod.control.cluster import Membership
 from dynod.control.keys import AuthorizedKeys
 from dynod.control.pg import Databases
 from dynod.errors import DynodError, InvalidArgument
-from dynod.model.cluster import Node
+from dynod.model.cluster import PEER_PORT, Node
 from dynod.model.events import (
     DYNOS_CHANGED,
     ROUTES_CHANGED,
@@ -64,15 +65,20 @@ from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, Settings, listen_address, load_settings
+from dynod.slug.fetch import SlugPeers
 from dynod.store.etcd import EtcdSettings, EtcdStore
 from dynod.store.etcd_cluster import EtcdClusterView, cluster_kv
 from dynod.store.etcd_leader import EtcdLeaderSeat
 from dynod.store.etcd_node import NodeKeeper
 from dynod.store.protocol import Store
 from dynod.store.sqlite import SqliteStore
-from dynod.system import hostinfo, netns, systemctl
+from dynod.system import etcd, hostinfo, netns, systemctl
 
 log = logging.getLogger("dynod")
+
+# In a cluster, how often the git user's authorized_keys is compared with the store's
+# keys (those added through another machine's API raise no event here).
+KEYS_FOLLOW_INTERVAL = 2.0
 
 
 def _watchdog_interval() -> float | None:
@@ -174,6 +180,15 @@ def placement(keeper: NodeKeeper, supervisor: Supervisor) -> ClusterPlacement:
     return ClusterPlacement(view, leader, Share(view, lease))
 
 
+def follow_keys(keys: AuthorizedKeys, stop: threading.Event) -> None:
+    """Keep the git user's authorized_keys in step with the store's keys until ``stop``."""
+    while not stop.wait(KEYS_FOLLOW_INTERVAL):
+        try:
+            keys.sync()
+        except (DynodError, OSError) as exc:
+            log.warning("authorized_keys: %s", getattr(exc, "message", exc))
+
+
 def serve(config: Path) -> int:
     settings = load_settings(config)
     settings.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -235,8 +250,31 @@ def serve(config: Path) -> int:
     events.subscribe(AppDestroyed, lambda e: databases.forget_app(e.app))
     events.subscribe(AddonsChanged, lambda e: databases.prune_schedules(e.app))
     events.subscribe((AddonsChanged, AppDestroyed), lambda _e: access.refresh())
+    # In a cluster, a slug this machine lacks is fetched from another that has it, over
+    # the peer API (mutual TLS with the etcd member's certificate); this machine serves
+    # its own slugs there to the others.
+    slug_peers: SlugPeers | None = None
+    peer_api = None
+    if isinstance(store, EtcdStore):
+        tls_dir = etcd.cluster_dir(settings.state_dir) / "tls"
+
+        def peer_tls() -> PeerTls:
+            return PeerTls.read(tls_dir, etcd.CA_CERT, etcd.MEMBER_CERT, etcd.MEMBER_KEY)
+        me = settings.node_name or socket.gethostname()
+        slug_peers = PeerSlugs(EtcdClusterView(cluster_kv(store), me), peer_tls)
+        # A member made by cluster:init or join serves it at its address, PEER_PORT.
+        listen = settings.peer_listen or (f"{settings.node_address}:{PEER_PORT}"
+                                          if settings.node_address else "")
+        if listen:
+            try:
+                peer_api = start_peer_api(listen, peer_tls(),
+                                          settings.state_dir / "slugs", me)
+            except OSError as exc:
+                raise InvalidArgument(f"peer_listen: the cluster's certificates in {tls_dir}"
+                                      f" ({exc}); join the cluster first") from exc
     supervisor = Supervisor(store, settings, router,
-                            partial(Host, settings, require_stack, watcher=access), events)
+                            partial(Host, settings, require_stack, watcher=access,
+                                    slug_peers=slug_peers), events)
     oneoffs = OneOffs(store, settings, lambda: supervisor.host)
     phase = ReleasePhase(store, settings, oneoffs, supervisor.changed, events)
     events.subscribe(DYNOS_CHANGED, lambda e: supervisor.changed(e.app))
@@ -256,6 +294,9 @@ def serve(config: Path) -> int:
     gitrepos.ensure_layout(settings.state_dir)
     authorized_keys.sync()
     events.subscribe(KeysChanged, authorized_keys.sync)
+    if isinstance(store, EtcdStore):
+        threading.Thread(target=follow_keys, args=(authorized_keys, stop),
+                         name="keys follower", daemon=True).start()
     # Log drains: a reader and a sender thread per drain, each following the journal
     # from its own position; TLS trusts the system's CAs and dynod's local CA.
     ca_file = paths.ca_certificate(settings.state_dir)
@@ -348,6 +389,8 @@ def serve(config: Path) -> int:
     if dashboard is not None:
         dashboard.stop()
     api.stop(grace=5.0)
+    if peer_api is not None:
+        peer_api.stop(5.0).wait()
     runtime_metrics.stop()
     metrics.stop()
     if placed is not None:

@@ -71,6 +71,11 @@ class Settings:
     # address_pool); "" on a machine of its own.
     node_name: str = ""
     node_address: str = ""
+    # The peer API's "host:port" on the cluster's network, which the other machines
+    # fetch slugs from (mutual TLS with the member certificates of <state>/cluster/tls;
+    # they look for it at the machine's address, port 5480, unless its members/ record's
+    # "peer" names another); "" = node_address:5480 on a cluster member, else off.
+    peer_listen: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -149,6 +154,9 @@ def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:
         if key == "dashboard_listen" and value and not _is_listen(value):
             raise InvalidArgument(f"{path}: setting 'dashboard_listen' must be HOST:PORT, "
                                   f'e.g. "0.0.0.0:5444", or "" for no dashboard')
+        if key == "peer_listen" and value and not _is_listen(value):
+            raise InvalidArgument(f"{path}: setting 'peer_listen' must be HOST:PORT on the "
+                                  'cluster\'s network, e.g. "10.0.0.2:5480", or "" for none')
         if key == "store" and value not in ("sqlite", "etcd"):
             raise InvalidArgument(f"{path}: setting 'store' must be \"sqlite\" (one "
                                   'machine, the default) or "etcd" (a cluster)')

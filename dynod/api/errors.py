@@ -9,16 +9,23 @@ import itertools
 import logging
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import message
 
 from dynod import errors
-from dynod.api.gate import Gate
 from dynod.api.peer import CALLS, Caller, caller_of
 
 log = logging.getLogger(__name__)
+
+class Admission(Protocol):
+    """Who may call: :class:`dynod.api.gate.Gate` on the API, the peer API's own."""
+
+    def caller(self, method: str, context: grpc.ServicerContext) -> Caller | None: ...
+
+    def check(self, method: str, caller: Caller | None, request: Any) -> None: ...
+
 
 CODES: dict[type[errors.DynodError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
@@ -122,7 +129,7 @@ def _internal(behavior: Callable[..., Any], context: grpc.ServicerContext,
     context.abort(grpc.StatusCode.INTERNAL, "internal error; see journalctl -u dynod")
 
 
-def _admit(gate: Gate | None, method: str, context: grpc.ServicerContext,
+def _admit(gate: Admission | None, method: str, context: grpc.ServicerContext,
            request: Any, streaming_request: bool) -> tuple[Caller | None, Any]:
     """The caller (registered for caller_of while the call runs) and the request (a
     stream's first message put back in front)."""
@@ -141,7 +148,7 @@ def _admit(gate: Gate | None, method: str, context: grpc.ServicerContext,
     return caller, request
 
 
-def _wrap(behavior: Callable[..., Any], streaming_response: bool, *, gate: Gate | None,
+def _wrap(behavior: Callable[..., Any], streaming_response: bool, *, gate: Admission | None,
           method: str, streaming_request: bool) -> Callable[..., Any]:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         try:
@@ -176,7 +183,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     anything else is INTERNAL and logged. Without a
     gate (servicer tests) only the socket's rules apply."""
 
-    def __init__(self, gate: Gate | None = None) -> None:
+    def __init__(self, gate: Admission | None = None) -> None:
         self.gate = gate
 
     def intercept_service(

@@ -104,5 +104,13 @@ class AuthorizedKeys:
     shell: Sequence[str]
 
     def sync(self, _event: KeysChanged | None = None) -> None:
-        write_authorized_keys(self.home, render_authorized_keys(
-            list_keys(self.store), list(self.shell)))
+        """Write the file if what the store holds differs from it. In a cluster the
+        composition root also calls this every few seconds: keys added through another
+        machine's API raise no event here."""
+        content = render_authorized_keys(list_keys(self.store), list(self.shell))
+        try:
+            if (self.home / ".ssh" / "authorized_keys").read_text() == content:
+                return
+        except OSError:
+            pass
+        write_authorized_keys(self.home, content)

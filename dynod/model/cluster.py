@@ -36,6 +36,9 @@ ROOT = "/dynod-cluster/"
 # Seconds a node's lease lives without a keep-alive: how long a dead machine still
 # looks alive, and how long a machine cut off from etcd keeps its dynos.
 NODE_TTL = 10
+# The peer API's port (slugs between machines, mutual TLS) on a member's address, where
+# the others look for it unless its record's ``peer`` says otherwise.
+PEER_PORT = 5480
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -50,13 +53,15 @@ def check_node_name(name: str) -> str:
 class Member:
     """A machine of the cluster: its name, its address on the cluster's network, its
     API (``host:port``, TLS) for the other machines, and the dyno address pool it was
-    given (a CIDR no other member's overlaps)."""
+    given (a CIDR no other member's overlaps). ``peer``: its peer API's ``host:port``
+    when not at ``PEER_PORT`` on its address (:func:`peer_address`)."""
 
     name: str
     address: str
     api: str
     pool: str
     joined_at: str = ""
+    peer: str = ""
 
     def __post_init__(self) -> None:
         check_node_name(self.name)
@@ -80,6 +85,7 @@ class Node:
     api: str
     pool: str
     memory_mb: int
+    peer: str = ""  # as Member's
 
     def __post_init__(self) -> None:
         check_node_name(self.name)
@@ -109,6 +115,15 @@ class Located:
     address: str = ""  # the dyno's address, reachable from every node's router
     port: int = 0
     since: str = ""  # ISO 8601, when it entered ``state``
+
+
+def peer_address(machine: Member | Node) -> str:
+    """Where ``machine``'s peer API listens: its record's ``peer``, else its address at
+    ``PEER_PORT``."""
+    if machine.peer:
+        return machine.peer
+    host = f"[{machine.address}]" if ":" in machine.address else machine.address
+    return f"{host}:{PEER_PORT}"
 
 
 T = TypeVar("T")

@@ -33,6 +33,7 @@ from dynod.runtime import truststores
 from dynod.runtime.limits import limits_for_size
 from dynod.settings import Settings
 from dynod.slug import trees
+from dynod.slug.fetch import SlugPeers
 from dynod.system import hostinfo, journal, mounts, netns, unit_names, unit_properties, units
 from dynod.system.unit_properties import DynoSpec, PidMode
 from dynod.system.users import ensure_user
@@ -120,9 +121,12 @@ class Host:
 
     def __init__(self, settings: Settings,
                  require_stack: Callable[[str, str], tuple[Path, ...]],
-                 mode: PidMode | None = None, watcher: NetworkWatcher | None = None) -> None:
+                 mode: PidMode | None = None, watcher: NetworkWatcher | None = None,
+                 slug_peers: SlugPeers | None = None) -> None:
         self.settings = settings
         self.watcher = watcher
+        # In a cluster, the other machines a slug this one lacks is fetched from.
+        self.slug_peers = slug_peers
         # A dyno's root is laid over the stack its slug was built on, by name, with the
         # language layers of its build, by the slug's checksum: the lower directories,
         # top first (the build owns stacks, the store knows each slug's: injected).
@@ -161,9 +165,11 @@ class Host:
             raise InvalidArgument(f"app {ref.app}: process type {ref.process_type} has no command")
         # What the unpacker refused or changed goes to the app's log stream, e.g.
         # dynod[web.1]: slug entry "./app/x": device node; skipped.
+        # A slug fetched from another machine (or refused from one) is said there too.
         tree = trees.slug_tree(self.settings, checksum, uid,
-                         lambda message: journal.app_event(ref.app, ref.dyno, message,
-                                                           priority=4))
+                               lambda message: journal.app_event(ref.app, ref.dyno, message,
+                                                                 priority=4),
+                               peers=self.slug_peers)
         ensure_user(uid)
         plan = self.rootfs_plan(ref, tree, self.require_stack(stack, checksum))
         with self._addresses:

@@ -25,14 +25,18 @@ from dynod.errors import InvalidArgument, NotFound, ResourceExhausted
 from dynod.model.slugs import path_of
 from dynod.settings import Settings
 from dynod.slug import unpack
+from dynod.slug.fetch import SlugPeers, fetch_slug
 
 
 def slug_tree(settings: Settings, checksum: str, uid: int,
-              on_message: Callable[[str], None] | None = None) -> Path:
+              on_message: Callable[[str], None] | None = None, *,
+              peers: SlugPeers | None = None) -> Path:
     """The slug's tree for ``uid`` (holding ``app/``), unpacked and chowned once, and
     unpacked again if it was deleted or changed on disk since (checked against its
     manifest). ``on_message`` gets what the unpacker said (an entry skipped or changed,
-    and why) and that a tree was repaired.
+    and why), that a tree was repaired, and how a slug was fetched. A slug this
+    machine does not store is fetched from ``peers`` (the other machines of a
+    cluster) first, when given.
 
     Owner-writable so the dyno's uid may write /app (writes land in its upper layer;
     the tree itself is only ever a lower layer). Raises NotFound for a missing tarball,
@@ -52,7 +56,9 @@ def slug_tree(settings: Settings, checksum: str, uid: int,
         damage = ""  # never unpacked: the first start
     tarball = path_of(settings.state_dir / "slugs", checksum)
     if not tarball.is_file():
-        raise NotFound(f"slug {checksum} is not stored; deploy it again")
+        if peers is None:
+            raise NotFound(f"slug {checksum} is not stored; deploy it again")
+        fetch_slug(settings.state_dir / "slugs", checksum, peers, on_message)
     staging = trees / f".{sha}-{uid}.tmp-{os.getpid()}-{threading.get_ident()}"
     unpack.remove_tree(staging)
     staging.mkdir(mode=0o755, parents=True)

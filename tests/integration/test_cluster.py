@@ -116,12 +116,11 @@ CURL = ["curl", "-sS", "-m", "10", "--cacert", f"{TLS}/ca.crt", "--cert", f"{TLS
         "--key", f"{TLS}/member.key"]
 
 
-def test_three_etcd_members_make_one_cluster_over_tls_only(
-        cluster_machines: list[Machine]) -> None:
-    ca = local_ca.make_ca(datetime.now(UTC), "test-cluster")
-    members = [(m.name, m.test_address) for m in cluster_machines]
+def start_members(machines: list[Machine], ca: local_ca.LocalCA) -> None:
+    """An etcd member on each machine, certificates from ``ca``, one cluster of them."""
+    members = [(m.name, m.test_address) for m in machines]
     starts = []
-    for m in cluster_machines:
+    for m in machines:
         cert, key = local_ca.issue(ca, (m.name, m.test_address), datetime.now(UTC),
                                    client_auth=True)
         spec = json.dumps({"members": members, "me": m.name, "ca": ca.cert_pem,
@@ -134,8 +133,16 @@ def test_three_etcd_members_make_one_cluster_over_tls_only(
         assert starts[-1].stdin is not None
         starts[-1].stdin.write(spec)
         starts[-1].stdin.close()
-    for m, proc in zip(cluster_machines, starts, strict=True):
+    for m, proc in zip(machines, starts, strict=True):
         assert proc.wait(180) == 0, f"{m.name}: {proc.stdout.read() if proc.stdout else ''}"
+
+
+def test_three_etcd_members_make_one_cluster_over_tls_only(
+        cluster_machines: list[Machine]) -> None:
+    ca = local_ca.make_ca(datetime.now(UTC), "test-cluster")
+    members = [(m.name, m.test_address) for m in cluster_machines]
+    start_members(cluster_machines, ca)
+    for m in cluster_machines:
         assert m.exec(["systemctl", "is-active", "dynod-etcd.service"]).stdout.strip() \
             == "active"
         assert m.exec(["test", "-d", "/var/lib/dynod/etcd/member"], check=False).returncode == 0

@@ -268,6 +268,7 @@ def test_host_tells_the_watcher_before_the_process_and_before_freeing(
     settings: Any = type("S", (), {"runtime_dir": tmp_path, "state_dir": tmp_path})()
     host.settings = settings
     host.watcher = rec
+    host.slug_peers = None
     host.bridge = netns.plan_bridge("10.213.0.0/16")
     host.require_stack = lambda _name, _checksum: (tmp_path / "stack",)
     host.init = tmp_path / "init"
