@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dynod import paths
-from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
+from dynod.errors import DynodError, InvalidArgument, ResourceExhausted
 from dynod.model.dynos import DynoMeta, DynoRef
 from dynod.model.sizes import parse_size
 from dynod.runtime.limits import limits_for_size
