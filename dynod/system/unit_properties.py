@@ -8,8 +8,8 @@ namespace and dyno-init only reaps and forwards (``--no-pidns``); that allows th
 tightest sandbox (no capability at all, ``PrivateUsers=``). On older systemd (Debian
 12 has 252) dyno-init makes the PID namespace itself, which costs an ambient
 CAP_SYS_ADMIN (dropped before the command runs), ``@mount`` and
-``RestrictNamespaces=pid mnt cgroup``: ``systemd-analyze security`` exposure 1.5
-against 0.5. Either way the dyno has its own cgroup namespace and sees only its own
+``RestrictNamespaces=pid mnt cgroup``: ``systemd-analyze security`` exposure 1.6
+(1.5 before the cgroup namespace) against 0.5. Either way the dyno has its own cgroup namespace and sees only its own
 cgroup under /sys/fs/cgroup (dyno-init makes it on systemd < 257).
 """
 
