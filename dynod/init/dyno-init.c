@@ -52,6 +52,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <linux/capability.h>
 #include <sched.h>
 #include <signal.h>
@@ -232,13 +233,18 @@ struct cgroup_view {
  * unit of its own) mounts none. */
 static void read_cgroups(struct cgroup_view *view)
 {
-	char lines[MAX_HIERARCHIES][256];
+	static char lines[MAX_HIERARCHIES][PATH_MAX];
 	int n = 0;
 	FILE *f = fopen("/proc/self/cgroup", "re");
 	if (f == NULL)
 		die("open /proc/self/cgroup");
 	while (n < MAX_HIERARCHIES && fgets(lines[n], sizeof(lines[n]), f) != NULL) {
-		lines[n][strcspn(lines[n], "\n")] = '\0';
+		size_t len = strcspn(lines[n], "\n");
+		if (lines[n][len] != '\n') {
+			fputs("dyno-init: a line of /proc/self/cgroup is too long\n", stderr);
+			_exit(EXIT_INIT_FAILED);
+		}
+		lines[n][len] = '\0';
 		n++;
 	}
 	fclose(f);
