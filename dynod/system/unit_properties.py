@@ -9,8 +9,9 @@ tightest sandbox (no capability at all, ``PrivateUsers=``). On older systemd (De
 12 has 252) dyno-init makes the PID namespace itself, which costs an ambient
 CAP_SYS_ADMIN (dropped before the command runs), ``@mount`` and
 ``RestrictNamespaces=pid mnt cgroup``: ``systemd-analyze security`` exposure 1.6
-(1.5 before the cgroup namespace) against 0.5. Either way the dyno has its own cgroup namespace and sees only its own
-cgroup under /sys/fs/cgroup (dyno-init makes it on systemd < 257).
+(1.5 before the cgroup namespace) against 0.5. Either way the dyno has its own cgroup
+namespace and sees only its own cgroup under /sys/fs/cgroup (dyno-init makes it on
+systemd < 257, systemd itself from 257).
 """
 
 from __future__ import annotations
