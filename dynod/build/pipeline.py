@@ -293,6 +293,7 @@ class Builder:
             netns.create_dyno_network(net)
             ctx = BuildContext(app=app, build_id=build.id, uid=uid, root=root, cache=cache,
                                memory_max=parse_memory(settings.build_memory_max),
+                               init=mounts.find_init(settings.dyno_init),
                                netns_path=net.netns_path, resolv=resolv)
 
             # Unpack as the app's uid, inside the build's root: whatever the archive holds

@@ -60,6 +60,7 @@ class BuildContext:
     root: Path
     cache: Path
     memory_max: int
+    init: Path  # dyno-init (mounts.find_init), every step's wrapper
     netns_path: Path | None = None
     resolv: Path | None = None
     steps: int = 0
@@ -85,7 +86,7 @@ class BuildContext:
         spec = systemctl.BuildStepSpec(
             app=self.app, build_id=self.build_id, step=self.steps,
             argv=tuple(self.inside(a) for a in argv), root=self.root, uid=self.uid,
-            cwd=self.inside(str(cwd)),
+            cwd=self.inside(str(cwd)), init=self.init,
             env=tuple((k, self.inside(v)) for k, v in env.items()),
             binds=tuple(binds), netns_path=self.netns_path, memory_max=self.memory_max,
             tasks_max=BUILD_TASKS_MAX,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dynod import paths
-from dynod.errors import DynodError, InvalidArgument, NotFound, ResourceExhausted
+from dynod.errors import DynodError, InvalidArgument, ResourceExhausted
 from dynod.model.dynos import DynoMeta, DynoRef
 from dynod.model.sizes import parse_size
 from dynod.runtime import truststores
@@ -46,7 +46,6 @@ META = "dyno.json"
 # The key of the network made ahead of the next start (not a dyno key: parse_key
 # refuses it, so adoption removes one that a previous dynod left).
 SPARE = "spare"
-PROJECT_INIT = Path(__file__).resolve().parents[2] / "build" / "dyno-init"
 
 
 def unit_of(ref: DynoRef) -> str:
@@ -69,17 +68,6 @@ def read_meta(settings: Settings, ref: DynoRef) -> DynoMeta | None:
         return DynoMeta(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-
-
-def find_init(settings: Settings) -> Path:
-    """dyno-init: the configured path, else build/dyno-init of this source tree."""
-    for path in (settings.dyno_init, PROJECT_INIT):
-        if os.access(path, os.X_OK):
-            return path
-    raise NotFound(
-        f"dyno-init is missing at {settings.dyno_init}; build it with "
-        f"dynod/init/build.sh {settings.dyno_init} (or set dyno_init in dynod.toml)"
-    )
 
 
 def trust_bundle(settings: Settings, stack: Path) -> Path | None:
@@ -133,7 +121,7 @@ class Host:
         self.require_stack = require_stack
         self.bridge = netns.plan_bridge(settings.address_pool)
         self.resolv = netns.ensure_bridge(self.bridge, settings.runtime_dir)
-        self.init = find_init(settings)
+        self.init = mounts.find_init(settings.dyno_init)
         self.mode = mode or unit_properties.pid_mode_for(hostinfo.systemd_version())
         self._addresses = threading.RLock()
         # Addresses in use, read from the veths once and kept up to date here (reading

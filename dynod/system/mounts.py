@@ -19,11 +19,12 @@ entries: systemd bind-mounts them in the unit's own mount namespace
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from dynod.errors import InvalidArgument, Unavailable
+from dynod.errors import InvalidArgument, NotFound, Unavailable
 from dynod.system import libc
 
 # Characters overlayfs's option parser treats specially in a lowerdir list.
@@ -41,6 +42,8 @@ class Bind:
 
 # Where the host's dyno-init and resolv.conf appear inside every dyno.
 INIT_PATH = PurePosixPath("/dyno-init")
+# dyno-init of this source tree (development), when the configured one is missing.
+PROJECT_INIT = Path(__file__).resolve().parents[2] / "build" / "dyno-init"
 RESOLV_CONF_PATH = PurePosixPath("/etc/resolv.conf")
 HOSTS_PATH = PurePosixPath("/etc/hosts")
 # Debian's CA bundle (update-ca-certificates), which OpenSSL, curl, git and Python's ssl
@@ -50,6 +53,18 @@ CA_BUNDLE_PATH = PurePosixPath("/etc/ssl/certs/ca-certificates.crt")
 
 # The JVM's own trust store (Debian's ca-certificates-java), in the jvm layer.
 JAVA_CACERTS_PATH = PurePosixPath("/etc/ssl/certs/java/cacerts")
+
+
+def find_init(configured: Path) -> Path:
+    """dyno-init, the PID 1 of every dyno and the wrapper of every build step: the
+    configured path, else build/dyno-init of this source tree. Raises NotFound."""
+    for path in (configured, PROJECT_INIT):
+        if os.access(path, os.X_OK):
+            return path
+    raise NotFound(
+        f"dyno-init is missing at {configured}; build it with "
+        f"dynod/init/build.sh {configured} (or set dyno_init in dynod.toml)"
+    )
 
 
 def dyno_binds(init_binary: Path, resolv_conf: Path | None, hosts: Path | None = None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dynod.errors import InvalidArgument
 from dynod.system import processes
-from dynod.system.mounts import Bind
+from dynod.system.mounts import INIT_PATH, Bind
 from dynod.system.unit_names import build_unit_name
 from dynod.system.unit_properties import literal
 
@@ -27,6 +27,7 @@ def systemctl(argv: Sequence[str], timeout: float = 60.0) -> str:
 # --- build steps ------------------------------------------------------------------
 
 BUILDS_SLICE = "dynod-builds.slice"
+CAP_SYS_ADMIN_NAME = "CAP_SYS_ADMIN"
 # What `systemd-run --wait` exits with when the unit failed without an exit status of
 # its own (killed by the OOM killer, by RuntimeMaxSec=, by a signal).
 RUN_EXCEPTION = 255
@@ -36,7 +37,9 @@ RUN_EXCEPTION = 255
 class BuildStepSpec:
     """One command of a build (a buildpack's detect, compile or release) as a transient
     unit on the build's root filesystem. Paths in ``argv``, ``env`` and ``cwd`` are
-    paths inside ``root``; ``binds`` bring host directories in (the build cache)."""
+    paths inside ``root``; ``binds`` bring host directories in (the build cache).
+    ``init`` is the host's dyno-init: the step runs under it, in a cgroup namespace of
+    its own, so that it sees its own cgroup (its memory limit) and no other unit's."""
 
     app: str
     build_id: str
@@ -45,6 +48,7 @@ class BuildStepSpec:
     root: Path
     uid: int
     cwd: str
+    init: Path
     env: tuple[tuple[str, str], ...] = ()
     binds: tuple[Bind, ...] = ()
     netns_path: Path | None = None
@@ -67,8 +71,11 @@ def build_step_properties(spec: BuildStepSpec) -> list[str]:
         f"User={spec.uid}",
         f"Group={spec.uid}",
         # Unprivileged and no way back up: no capabilities, no setuid, no new privileges.
+        # dyno-init alone holds CAP_SYS_ADMIN, for its cgroup namespace and mounts, and
+        # drops it before it runs the step's command (a non-root uid keeps none).
         "NoNewPrivileges=yes",
-        "CapabilityBoundingSet=",
+        f"CapabilityBoundingSet={CAP_SYS_ADMIN_NAME}",
+        f"AmbientCapabilities={CAP_SYS_ADMIN_NAME}",
         "RestrictSUIDSGID=yes",
         "PrivateDevices=yes",
         "PrivateIPC=yes",
@@ -94,7 +101,7 @@ def build_step_properties(spec: BuildStepSpec) -> list[str]:
         f"LogExtraFields=DYNOD_APP={spec.app}",
         "LogExtraFields=DYNOD_DYNO=build",
     ]
-    for bind in spec.binds:
+    for bind in (Bind(spec.init, INIT_PATH), *spec.binds):
         kind = "BindReadOnlyPaths" if bind.read_only else "BindPaths"
         props.append(f"{kind}={bind.source}:{bind.target}")
     if spec.netns_path is not None:
@@ -119,7 +126,9 @@ def build_step_argv(spec: BuildStepSpec) -> list[str]:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise InvalidArgument(f"build environment variable {key!r} is not a valid name")
         argv.append(f"--setenv={key}={value}")
-    return [*argv, "--", *(literal(a) for a in spec.argv)]
+    # --no-pidns: the step keeps the host's PID namespace (its /proc is hidepid'd).
+    init = [str(INIT_PATH), "--no-pidns", "--"]
+    return [*argv, "--", *init, *(literal(a) for a in spec.argv)]
 
 
 def run_build_step(spec: BuildStepSpec, on_line: Callable[[str], None]) -> tuple[int, str]:

@@ -36,6 +36,7 @@ _SIGNATURES: dict[bytes, bytes] = {
     b"RestrictSUIDSGID": b"b",
     b"PrivateIPC": b"b",
     b"PrivatePIDs": b"s",
+    b"ProtectControlGroupsEx": b"s",  # systemd >= 257
     b"ProtectProc": b"s",
     b"ProcSubset": b"s",
     b"UMask": b"u",

@@ -93,10 +93,13 @@ def test_stop_and_teardown_leave_nothing(web: dict[str, Any]) -> None:
     assert web["residue"] == NO_RESIDUE
 
 
-def test_security_exposure_at_most_1_5(web: dict[str, Any]) -> None:
+def test_security_exposure_at_most_1_6(web: dict[str, Any]) -> None:
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d)", web["security"])
     assert m is not None, web["security"][-2000:]
-    assert float(m.group(1)) <= 1.5, web["security"]
+    # 1.5 until dyno-init made the dyno's cgroup namespace: systemd-analyze counts 0.1
+    # for RestrictNamespaces= allowing cgroup, and nothing for what it hides (every
+    # other unit's cgroup).
+    assert float(m.group(1)) <= 1.6, web["security"]
 
 
 def test_memory_max_kills_the_dyno(shared_machine: Machine) -> None:

@@ -171,7 +171,8 @@ def test_isolation_and_security(stack_machine: Machine) -> None:
                  check=False).stdout
     level = float(out.strip().splitlines()[-1].split(":")[1].split()[0])
     print(f"systemd-analyze security exposure: {level}")
-    assert level <= 1.5, out
+    # 0.1 of it is RestrictNamespaces= allowing cgroup, for the dyno's cgroup namespace.
+    assert level <= 1.6, out
 
 
 def test_stop_sigterm_and_r12(stack_machine: Machine) -> None:

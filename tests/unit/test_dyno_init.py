@@ -15,6 +15,8 @@ from dynod.system import processes
 
 PROJECT = Path(__file__).resolve().parents[2]
 BUILD = PROJECT / "dynod/init/build.sh"
+# A plain reaper: no namespace of its own, no capability needed.
+PLAIN = ["--no-pidns", "--no-cgroupns"]
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
@@ -34,12 +36,13 @@ def _userns_works() -> bool:
     return True
 
 
-def _in_pidns(init: Path, *cmd: str) -> list[str]:
-    """dyno-init with its own PID namespace, in a user namespace of ours (which gives
-    it CAP_SYS_ADMIN there, as the unit's ambient capability does in a dyno)."""
+def _in_pidns(init: Path, *cmd: str, options: tuple[str, ...] = ()) -> list[str]:
+    """dyno-init with its own PID namespace (or ``options``), in a user namespace of
+    ours (which gives it CAP_SYS_ADMIN there, as the unit's ambient capability does in a
+    dyno)."""
     if not _userns_works():
         pytest.skip("unprivileged user namespaces are disabled")
-    return ["unshare", "--user", "--map-root-user", str(init), "--", *cmd]
+    return ["unshare", "--user", "--map-root-user", str(init), *options, "--", *cmd]
 
 
 def _rc(argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess[str]:
@@ -52,7 +55,7 @@ def test_static_and_small(init: Path) -> None:
     assert b"/lib64/ld-linux" not in init.read_bytes()
 
 
-@pytest.mark.parametrize("mode", [["--no-pidns"], []])
+@pytest.mark.parametrize("mode", [PLAIN, []])
 def test_exit_status_is_the_commands(init: Path, mode: list[str]) -> None:
     def argv(*cmd: str) -> list[str]:
         return [str(init), *mode, "--", *cmd] if mode else _in_pidns(init, *cmd)
@@ -82,6 +85,26 @@ def test_pidns_command_sees_only_the_dyno(init: Path) -> None:
     assert set(lines[1:]) <= {"1", "2"}
 
 
+_CGROUPS = ("cat /proc/self/cgroup; "
+            "touch /sys/fs/cgroup/x 2>/dev/null && echo writable || echo read-only")
+
+
+@pytest.mark.parametrize("options", [(), ("--no-pidns",)])
+def test_cgroup_namespace_hides_the_hosts_paths(init: Path, options: tuple[str, ...]) -> None:
+    """Every hierarchy's path is "/" (the namespace's root) and the fresh /sys/fs/cgroup
+    is read-only. (Which hierarchies it mounts needs a unit's cgroup:
+    tests/integration/test_dyno_cgroups.py.)"""
+    proc = _rc(_in_pidns(init, "sh", "-c", _CGROUPS, options=options))
+    assert proc.returncode == 0, proc.stderr
+    *cgroups, access = proc.stdout.splitlines()
+    assert cgroups and all(line.endswith(":/") for line in cgroups), proc.stdout
+    assert access == "read-only"
+    # Without it, the process's own full paths as the test sees them.
+    own = Path("/proc/self/cgroup").read_text().splitlines()
+    plain = _rc([str(init), *PLAIN, "--", "cat", "/proc/self/cgroup"])
+    assert plain.stdout.splitlines() == own
+
+
 def test_pidns_orphans_are_reaped(init: Path) -> None:
     # Double-forked children become PID 1's; none may stay a zombie.
     script = (
@@ -93,7 +116,7 @@ def test_pidns_orphans_are_reaped(init: Path) -> None:
     assert "Z" not in proc.stdout.split()
 
 
-@pytest.mark.parametrize("mode", [["--no-pidns"], []])
+@pytest.mark.parametrize("mode", [PLAIN, []])
 def test_sigterm_is_forwarded(init: Path, mode: list[str], tmp_path: Path) -> None:
     marker = tmp_path / "got-term"
     script = f'trap "echo term > {marker}; exit 0" TERM; while :; do sleep 0.05; done'
@@ -124,7 +147,7 @@ def test_a_terminal_becomes_the_commands_controlling_terminal(init: Path) -> Non
 
     master, slave = pty.openpty()
     try:
-        proc = subprocess.run([str(init), "--no-pidns", "--", "python3", "-c", _CTTY],
+        proc = subprocess.run([str(init), *PLAIN, "--", "python3", "-c", _CTTY],
                               stdin=slave, stdout=slave, stderr=slave, timeout=10,
                               check=False, start_new_session=True)
         os.close(slave)
@@ -144,6 +167,6 @@ def test_a_terminal_becomes_the_commands_controlling_terminal(init: Path) -> Non
 
 
 def test_without_a_terminal_no_new_session(init: Path) -> None:
-    got = _rc([str(init), "--no-pidns", "--", "python3", "-c", _CTTY])
+    got = _rc([str(init), *PLAIN, "--", "python3", "-c", _CTTY])
     assert got.returncode == 0, got.stderr
     assert got.stdout.strip() == "leader=False foreground=False"

@@ -113,7 +113,8 @@ def test_build_step_argv() -> None:
     spec = systemctl.BuildStepSpec(
         app="shop", build_id="0123456789abcdef", step=2,
         argv=("/tmp/bp/bin/compile", "/tmp/build", "$HOME"), root=Path("/var/lib/dynod/r"),
-        uid=70001, cwd="/tmp/build", env=(("PATH", "/usr/bin"), ("STACK", "debian-13")),
+        uid=70001, cwd="/tmp/build", init=Path("/usr/lib/dynod/dyno-init"),
+        env=(("PATH", "/usr/bin"), ("STACK", "debian-13")),
         binds=(mounts.Bind(Path("/var/lib/dynod/cache/shop"), PurePosixPath("/tmp/cache"),
                            read_only=False),),
         netns_path=Path("/run/netns/build-01234567"), memory_max=512 << 20, tasks_max=4096,
@@ -124,7 +125,10 @@ def test_build_step_argv() -> None:
                         f"--slice={systemctl.BUILDS_SLICE}"]
     props = [argv[i + 1] for i, a in enumerate(argv) if a == "-p"]
     for prop in ("RootDirectory=/var/lib/dynod/r", "WorkingDirectory=/tmp/build", "User=70001",
-                 "Group=70001", "NoNewPrivileges=yes", "CapabilityBoundingSet=",
+                 "Group=70001", "NoNewPrivileges=yes",
+                 # Only for dyno-init's cgroup namespace; dropped before the command.
+                 "CapabilityBoundingSet=CAP_SYS_ADMIN", "AmbientCapabilities=CAP_SYS_ADMIN",
+                 "BindReadOnlyPaths=/usr/lib/dynod/dyno-init:/dyno-init",
                  "RestrictSUIDSGID=yes", "ProtectProc=invisible", "RuntimeMaxSec=900",
                  f"MemoryMax={512 << 20}",
                  "TasksMax=4096", "MemorySwapMax=0",
@@ -132,12 +136,15 @@ def test_build_step_argv() -> None:
                  "NetworkNamespacePath=/run/netns/build-01234567", "LogExtraFields=DYNOD_APP=shop"):
         assert prop in props, prop
     assert "--setenv=PATH=/usr/bin" in argv and "--setenv=STACK=debian-13" in argv
-    # The command after --, with $ kept literal (systemd would expand it).
-    assert argv[argv.index("--") + 1:] == ["/tmp/bp/bin/compile", "/tmp/build", "$$HOME"]
+    # The command after --, under dyno-init (its cgroup namespace, the host's PID
+    # namespace), with $ kept literal (systemd would expand it).
+    assert argv[argv.index("--") + 1:] == ["/dyno-init", "--no-pidns", "--",
+                                           "/tmp/bp/bin/compile", "/tmp/build", "$$HOME"]
 
 
 def test_build_step_argv_refuses_a_bad_variable_name() -> None:
     spec = systemctl.BuildStepSpec(app="shop", build_id="0123456789abcdef", step=0, argv=("true",),
-                               root=Path("/r"), uid=70001, cwd="/", env=(("A=B", "x"),))
+                               root=Path("/r"), uid=70001, cwd="/", init=Path("/i"),
+                               env=(("A=B", "x"),))
     with pytest.raises(InvalidArgument, match="not a valid name"):
         systemctl.build_step_argv(spec)

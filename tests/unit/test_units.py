@@ -165,7 +165,9 @@ def test_properties_wrapper_mode() -> None:
     ]
     assert props["CapabilityBoundingSet"] == [1 << 21]
     assert props["AmbientCapabilities"] == [1 << 21]
-    assert props["RestrictNamespaces"] == [0x20000000 | 0x00020000]
+    # pid, mnt and cgroup: dyno-init's namespaces.
+    assert props["RestrictNamespaces"] == [0x20000000 | 0x00020000 | 0x02000000]
+    assert props["ProtectControlGroups"] == [True] and "ProtectControlGroupsEx" not in props
     assert "PrivatePIDs" not in props and "PrivateUsers" not in props
     assert props["IPAddressDeny"] == [[(2, bytes(4), 0), (10, bytes(16), 0)]]
     assert props["IPAddressAllow"] == [[(2, b"\x7f\0\0\0", 8), (2, b"\x0a\xd5\0\x02", 32)]]
@@ -186,7 +188,10 @@ def test_no_empty_list_property(mode: PidMode) -> None:
 def test_properties_private_pids_mode() -> None:
     props = _props(_spec(user="shop"), PidMode.PRIVATE_PIDS)
     [[(_, argv, _)]] = props["ExecStart"]
-    assert argv[:3] == ["/dyno-init", "--no-pidns", "--"]
+    assert argv[:4] == ["/dyno-init", "--no-pidns", "--no-cgroupns", "--"]
+    # systemd makes the cgroup namespace (read-only /sys/fs/cgroup); dyno-init has no
+    # capability to.
+    assert props["ProtectControlGroupsEx"] == ["strict"] and "ProtectControlGroups" not in props
     assert props["PrivatePIDs"] == ["yes"] and props["PrivateUsers"] == [True]
     assert props["CapabilityBoundingSet"] == [0] and props["AmbientCapabilities"] == [0]
     assert props["RestrictNamespaces"] == [0]

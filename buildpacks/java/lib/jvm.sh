@@ -89,7 +89,8 @@ jvm::write_profile() {
 		cat <<'SH'
 export PATH="${HOME}/bin:${JAVA_HOME}/bin:${PATH}"
 jvm_memory_bytes() {
-	# The dyno's own cgroup (no cgroup namespace: /sys/fs/cgroup is the host's tree).
+	# The dyno's own cgroup: its path in /proc/self/cgroup under /sys/fs/cgroup ("/" in
+	# the cgroup namespace dynod gives every dyno, the full path without one).
 	# cgroup v2: memory.high is the size's RAM (dynod's quota, R14); v1 has only the kill
 	# limit, twice the quota (R15) as on Heroku.
 	local line path value

@@ -98,8 +98,8 @@ def test_user_records_for_nss_systemd(tmp_path: Path) -> None:
 
 def test_missing_dyno_init_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dynod.errors import NotFound  # noqa: PLC0415
-    from dynod.settings import Settings  # noqa: PLC0415
+    from dynod.system import mounts  # noqa: PLC0415
 
-    monkeypatch.setattr(dynos, "PROJECT_INIT", tmp_path / "none")
+    monkeypatch.setattr(mounts, "PROJECT_INIT", tmp_path / "none")
     with pytest.raises(NotFound, match=r"build it with dynod/init/build\.sh"):
-        dynos.find_init(Settings(dyno_init=tmp_path / "dyno-init"))
+        mounts.find_init(tmp_path / "dyno-init")
