@@ -37,6 +37,7 @@ from dynod.control.audit import Audit
 from dynod.control.keys import AuthorizedKeys
 from dynod.control.pg import Databases
 from dynod.errors import DynodError, InvalidArgument
+from dynod.model.cluster import ClusterView, check_node_name
 from dynod.model.events import (
     DYNOS_CHANGED,
     ROUTES_CHANGED,
@@ -51,8 +52,10 @@ from dynod.model.events import (
 from dynod.router import local_ca
 from dynod.router.acm import AcmManager
 from dynod.router.acme import AcmeIssuer
+from dynod.router.cluster_routes import ClusterRoutes
 from dynod.router.haproxy import HaproxyRouter
 from dynod.runtime.addon_access import make_addon_access
+from dynod.runtime.cluster_network import ClusterNetwork
 from dynod.runtime.dynos import Host
 from dynod.runtime.metrics import RuntimeMetrics
 from dynod.runtime.oneoff import OneOffs
@@ -60,9 +63,10 @@ from dynod.runtime.release_phase import ReleasePhase
 from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, Settings, listen_address, load_settings
 from dynod.store.etcd import EtcdSettings, EtcdStore
+from dynod.store.etcd_cluster import EtcdClusterView, cluster_kv
 from dynod.store.protocol import Store
 from dynod.store.sqlite import SqliteStore
-from dynod.system import netns
+from dynod.system import dyno_names, netns
 
 log = logging.getLogger("dynod")
 
@@ -125,6 +129,18 @@ def open_store(settings: Settings) -> Store:
     return sqlite
 
 
+def cluster_view(settings: Settings, store: Store) -> ClusterView | None:
+    """The cluster this machine is node ``node_name`` of, None for one machine.
+    Raises InvalidArgument for a node name without the etcd store."""
+    if not settings.node_name:
+        return None
+    check_node_name(settings.node_name)
+    if not isinstance(store, EtcdStore):
+        raise InvalidArgument("dynod.toml: node_name is set but store is not \"etcd\"; a "
+                              "cluster keeps its state in etcd (set store = \"etcd\")")
+    return EtcdClusterView(cluster_kv(store), settings.node_name)
+
+
 def serve(config: Path) -> int:
     settings = load_settings(config)
     settings.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -140,6 +156,7 @@ def serve(config: Path) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     store = open_store(settings)
+    view = cluster_view(settings, store)
     # The router before the dynos: the supervisor tells it about up web dynos from the start.
     # HAProxy comes up in a thread meanwhile (router calls wait for it).
     # HTTPS on the default domain from the first start: dynod's local CA (made by the
@@ -149,7 +166,7 @@ def serve(config: Path) -> int:
     dashboard_tls = tls_pair(settings, ca, "dashboard") if settings.dashboard_listen else None
     bridge = netns.plan_bridge(settings.address_pool)
     # Dynos resolve every app's <app>.<domain> to the router (their hosts file).
-    dyno_hosts = partial(netns.add_dyno_hosts, settings.runtime_dir / "hosts",
+    dyno_hosts = partial(dyno_names.add_dyno_hosts, settings.runtime_dir / "hosts",
                          gateway=bridge.gateway)
     # /metrics (opt-in): the router's log reader counts requests into it; dynos, builds
     # and health are read at each scrape (the supervisor is made below).
@@ -186,8 +203,16 @@ def serve(config: Path) -> int:
     events.subscribe(AppDestroyed, lambda e: databases.forget_app(e.app))
     events.subscribe(AddonsChanged, lambda e: databases.prune_schedules(e.app))
     events.subscribe((AddonsChanged, AppDestroyed), lambda _e: access.refresh())
+    # A cluster: routes to the other members' dyno pools, their routers let in and
+    # dynos kept off them (followed from the members); the other nodes' up web dynos
+    # routed to by this machine's router too (followed from what they publish).
+    cluster_net = (None if view is None else
+                   ClusterNetwork(view, bridge, settings.runtime_dir))
+    cluster_routes = None if view is None else ClusterRoutes(view, router)
     supervisor = Supervisor(store, settings, router,
-                            partial(Host, settings, require_stack, watcher=access), events)
+                            partial(Host, settings, require_stack, watcher=access,
+                                    peer_pools=cluster_net.peer_pools if cluster_net
+                                    else tuple), events)
     oneoffs = OneOffs(store, settings, lambda: supervisor.host)
     phase = ReleasePhase(store, settings, oneoffs, supervisor.changed, events)
     events.subscribe(DYNOS_CHANGED, lambda e: supervisor.changed(e.app))
@@ -239,6 +264,12 @@ def serve(config: Path) -> int:
         databases.recover()
     except DynodError as exc:
         log.error("backups: %s", exc.message)
+    if cluster_net is not None:
+        try:  # the routes and sets before the dynos' allow-lists are made
+            cluster_net.sync()
+        except DynodError as exc:
+            log.error("cluster network: %s; retrying", exc.message)
+        cluster_net.start()
     supervisor.start()
     # labs:enable log-runtime-metrics: dyno memory and load lines, read from the cgroups.
     runtime_metrics = RuntimeMetrics(store, supervisor.executor.records)
@@ -249,6 +280,8 @@ def serve(config: Path) -> int:
     api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder,
                     tcp=tcp)
     router_started.join()
+    if cluster_routes is not None:
+        cluster_routes.start()
     acm.start()
     if settings.metrics_listen:
         try:
@@ -280,6 +313,9 @@ def serve(config: Path) -> int:
     api.stop(grace=5.0)
     runtime_metrics.stop()
     metrics.stop()
+    for follower in (cluster_routes, cluster_net):
+        if follower is not None:
+            follower.stop()
     supervisor.stop()
     drains.stop()
     acm.stop()

@@ -66,6 +66,10 @@ class Settings:
     etcd_ca_file: str = ""
     etcd_cert_file: str = ""
     etcd_key_file: str = ""
+    # A cluster (store = "etcd"): this machine's node name, as its members/ key names
+    # it. With it, the router also routes to the other nodes' web dynos and the dyno
+    # network routes to the other members' pools (their address_pool); "" = one machine.
+    node_name: str = ""
 
     @property
     def socket_path(self) -> Path:

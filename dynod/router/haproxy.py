@@ -86,6 +86,8 @@ class HaproxyRouter:
         self.publish_hosts = publish_hosts
         self._lock = threading.RLock()
         self._backends: dict[str, list[Backend]] = {}
+        # Other machines' up web dynos, by app (a cluster: ``cluster_routes``).
+        self._remote: dict[str, list[Backend]] = {}
         self._apps: set[str] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -157,6 +159,23 @@ class HaproxyRouter:
         with self._lock:
             self._backends.pop(app, None)
             self._sync_config()
+
+    def set_remote(self, backends: dict[str, list[Backend]]) -> None:
+        """Route each app also to these web dynos of other machines (the whole set,
+        as ``cluster_routes`` reads it), through the runtime API without a reload."""
+        with self._lock:
+            old, self._remote = self._remote, {a: sorted(set(b)) for a, b in backends.items()}
+            changed = {a for a in set(old) | set(self._remote)
+                       if old.get(a) != self._remote.get(a)}
+            for app in sorted(changed & self._apps):
+                self._apply(app)
+            if changed:
+                self._keep_file()
+                self._sync_empty()
+
+    def _servers(self, app: str) -> list[Backend]:
+        """What ``app`` is routed to: this machine's up web dynos and the others'."""
+        return sorted(set(self._backends.get(app, [])) | set(self._remote.get(app, [])))
 
     def server_status(self, app: str, backend: Backend) -> tuple[str, int] | None:
         """HAProxy's view of one server: (status, requests in flight or queued), None
@@ -272,7 +291,7 @@ class HaproxyRouter:
         with self.store.read() as tx:
             hosts.update({d.hostname: d.app for d in tx.domains(None) if d.app in apps})
             maint = {a: "1" for a in apps if tx.maintenance(a)}
-        empty = {a: self._empty_code(a) for a in apps if not self._backends.get(a)}
+        empty = {a: self._empty_code(a) for a in apps if not self._servers(a)}
         return hosts, maint, empty
 
     def _empty_code(self, app: str) -> str:
@@ -323,7 +342,7 @@ class HaproxyRouter:
         self._sync_maps()
 
     def _render(self, apps: set[str]) -> str:
-        return render_config(self.paths, {a: self._backends.get(a, []) for a in apps},
+        return render_config(self.paths, {a: self._servers(a) for a in apps},
                              http_port=self.http_port, https_port=self.https_port,
                              tls=bool(self.certs.names()),
                              no_keepalive=self._no_keepalive(apps),
@@ -364,7 +383,7 @@ class HaproxyRouter:
     def _apply(self, app: str) -> None:
         """Make the app's live servers equal the desired ones, through the admin socket."""
         be = backend_name(app)
-        desired = {server_name(b): b for b in self._backends.get(app, [])}
+        desired = {server_name(b): b for b in self._servers(app)}
         live = {s.name: s for s in
                 parse_servers_state(self.admin(f"show servers state {be}")).get(be, [])}
         for name, b in desired.items():
