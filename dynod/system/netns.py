@@ -258,6 +258,7 @@ add rule {t} forward oifname "{br}" ip saddr @{PEER_HOSTS} ip daddr {plan.pool} 
 add rule {t} forward oifname "{br}" drop
 add rule {t} forward iifname "{br}" ip daddr {METADATA} drop
 add rule {t} forward iifname "{br}" ip daddr {plan.pool} drop
+add rule {t} forward iifname "{br}" ip daddr @{PEER_HOSTS} ct direction reply accept
 add rule {t} forward iifname "{br}" ip daddr @{PEER_POOLS} drop
 add rule {t} forward iifname "{br}" ip daddr @{PEER_HOSTS} drop
 add rule {t} input iifname "{br}" ip daddr {gw} jump {ADDONS_CHAIN}

@@ -78,8 +78,10 @@ def test_nftables_lets_peers_routers_in_and_keeps_dynos_off_peers() -> None:
     let_in = ('forward oifname "dynod0" ip saddr @peer_hosts ip daddr 10.213.0.0/20 '
               'tcp dport 1024-65535 ct state new accept')
     assert rules.index(let_in) < rules.index('forward oifname "dynod0" drop')
+    # Dynos answer a peer's router (replies), and open nothing towards a peer.
+    replies = 'forward iifname "dynod0" ip daddr @peer_hosts ct direction reply accept'
+    assert rules.index(replies) < rules.index('forward iifname "dynod0" ip daddr @peer_hosts drop')
     assert 'forward iifname "dynod0" ip daddr @peer_pools drop' in rules
-    assert 'forward iifname "dynod0" ip daddr @peer_hosts drop' in rules
 
 
 def test_allow_list_leaves_out_other_members_pools_not_their_routers() -> None:

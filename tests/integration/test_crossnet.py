@@ -1,0 +1,259 @@
+"""Networks and routing across machines (issue 19 item 6), on two sandbox machines of
+one test network: each has a dyno pool of its own and routes to the other's; an app's
+web dynos on both machines answer through each machine's router; a dyno on one
+machine reaches neither the other machine's dynos nor its sshd, API, etcd or router,
+while that machine itself (its router) does; a node's records vanishing takes its dynos
+out of the other router within seconds, and a removed member loses its route.
+
+Until the members branch lands (``cluster:init``/``cluster:join`` and the node keeper),
+the test forms the cluster itself, the test_cluster.py way: one etcd (on node-b, plain
+HTTP on the closed test network), both dynods on ``store = "etcd"`` with their
+``node_name`` and ``address_pool``, the ``members/`` keys written here, and each node's
+dynos published under ``dynos/`` on a lease of its own from what that machine's
+``ps --json`` says (the keeper's job). Until the placement branch lands, each machine
+runs the whole formation (web.1 on each); until the slugs branch lands, the slug
+reaches node-b by deploying the same tarball there (same checksum, so both machines
+have its blob and run the same slug).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import textwrap
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import cluster, stack_bind
+from tests.integration.test_builds import sh
+from tests.integration.test_dynos import dynoctl, ps, wait_for
+from tests.sandbox.machine import Machine
+
+pytestmark = [pytest.mark.integration, pytest.mark.network]
+
+NODES = ("node-a", "node-b")
+POOLS = ("10.213.0.0/20", "10.213.16.0/20")
+API_PORT = 5443
+ETCD = 2379
+HOST = "shop.dynod.localhost"
+# Says which dyno answered (its DYNO and the address it was reached at: the pool tells
+# the machine); /connect?to=HOST:PORT says whether the dyno can open that connection.
+SERVER = textwrap.dedent("""
+    import http.server, os, socket, urllib.parse
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            url = urllib.parse.urlsplit(self.path)
+            if url.path == "/connect":
+                host, _, port = urllib.parse.parse_qs(url.query)["to"][0].rpartition(":")
+                try:
+                    socket.create_connection((host, int(port)), timeout=3).close()
+                    body = "reached"
+                except OSError as exc:
+                    body = f"refused ({exc})"
+            else:
+                body = f"{os.environ['DYNO']} at {self.connection.getsockname()[0]}"
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), H).serve_forever()
+""")
+
+
+def etcd(m: Machine, call: str, body: dict[str, object]) -> dict[str, object]:
+    """One call of the v3 JSON gateway of the etcd on ``m`` (node-b)."""
+    out = m.exec(["curl", "-sS", "-m", "10", "-X", "POST", f"http://127.0.0.1:{ETCD}/v3/{call}",
+                  "-d", json.dumps(body)]).stdout
+    got: dict[str, object] = json.loads(out)
+    return got
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def put(m: Machine, key: str, value: dict[str, object], lease: str = "0") -> None:
+    etcd(m, "kv/put", {"key": b64("/dynod-cluster/" + key), "value": b64(json.dumps(value)),
+                       "lease": lease})
+
+
+def up_web(m: Machine) -> dict[str, object]:
+    """This machine's web.1, up on the app's newest release."""
+    latest = json.loads(dynoctl(m, "releases:info", "-a", "shop", "--json"))["version"]
+
+    def check() -> dict[str, object] | None:
+        found = [d for d in ps(m, "shop") if d["name"] == "web.1" and d["state"] == "up"
+                 and d.get("release") == latest]
+        return found[0] if len(found) == 1 else None
+
+    got = wait_for(f"web.1 of v{latest} up on {m.name}", check, timeout=120)
+    assert isinstance(got, dict)
+    return got
+
+
+def answers(m: Machine, count: int = 8) -> set[str]:
+    """Who answers ``count`` requests through ``m``'s router."""
+    return {sh(m, f"curl -sS -m 10 -H 'Host: {HOST}' http://127.0.0.1/")[1].strip()
+            for _ in range(count)}
+
+
+def answered_by(m: Machine, want: set[str]) -> bool:
+    return answers(m) == want
+
+
+ADMIN = ("import socket; s = socket.socket(socket.AF_UNIX); "
+         "s.connect('/run/dynod/router/admin.sock'); s.sendall(b'show servers state\\n'); "
+         "print(s.makefile().read())")
+
+
+def diagnose(m: Machine) -> str:
+    return "\n".join([
+        f"answers: {sorted(answers(m, 4))}",
+        sh(m, f"python3 -c \"{ADMIN}\"", ok=False)[1],
+        sh(m, "ip -4 route; nft list table ip dynod", ok=False)[1],
+        sh(m, "journalctl -u dynod -o cat --no-pager | tail -40", ok=False)[1]])
+
+
+def api_ready(m: Machine) -> bool:
+    return sh(m, "dynoctl apps", ok=False)[0] == 0
+
+
+def connect(m: Machine, dyno_address: str, target: str) -> str:
+    """Whether the dyno at ``dyno_address`` (on ``m``) can connect to ``target``."""
+    return sh(m, f"curl -sS -m 20 'http://{dyno_address}:5000/connect?to={target}'")[1]
+
+
+@pytest.fixture(scope="module")
+def two(stack: Path) -> Iterator[list[Machine]]:
+    with cluster(2, binds=[stack_bind(stack)]) as machines:
+        yield machines
+
+
+@pytest.fixture(scope="module")
+def formed(two: list[Machine]) -> dict[str, object]:
+    """The two machines as one cluster running app shop's web.1 on each, each node's
+    dynos published on a lease of its own. Returns what the tests need."""
+    a, b = two
+    sh(b, f"systemd-run -q --unit etcd-test -p StateDirectory=etcd-test /usr/bin/etcd "
+          f"--name b --data-dir /var/lib/etcd-test/data "
+          f"--listen-client-urls http://127.0.0.1:{ETCD},http://{b.test_address}:{ETCD} "
+          f"--advertise-client-urls http://{b.test_address}:{ETCD} "
+          f"--listen-peer-urls http://{b.test_address}:2380 "
+          f"--initial-advertise-peer-urls http://{b.test_address}:2380 "
+          f"--initial-cluster b=http://{b.test_address}:2380")
+    wait_for("etcd healthy", lambda: '"true"' in sh(
+        b, f"curl -s http://127.0.0.1:{ETCD}/health", ok=False)[1])
+    for m, name, pool in zip(two, NODES, POOLS, strict=True):
+        put(b, f"members/{name}", {"name": name, "address": m.test_address,
+                                   "api": f"{m.test_address}:{API_PORT}", "pool": pool})
+    for m, name, pool in zip(two, NODES, POOLS, strict=True):
+        settings = ['store = "etcd"', f'etcd_endpoints = "{b.test_address}:{ETCD}"',
+                    f'node_name = "{name}"', f'address_pool = "{pool}"',
+                    f'api_listen = "0.0.0.0:{API_PORT}"']
+        sh(m, "mkdir -p /etc/dynod && printf '%s\\n' " + " ".join(f"'{s}'" for s in settings)
+           + " > /etc/dynod/dynod.toml && rm -f /var/lib/dynod/state.db* && "
+             "systemctl restart dynod")
+        wait_for(f"the API on {name}", partial(api_ready, m))
+    # The same slug on both machines (see the module's docstring).
+    a.exec(["mkdir", "-p", "/tmp/shop/app"])
+    a.exec(["sh", "-c", "cat > /tmp/shop/app/server.py"], input=SERVER)
+    a.exec(["tar", "-C", "/tmp/shop", "-czf", "/tmp/shop.tgz", "./app"])
+    tarball = a.exec(["base64", "-w0", "/tmp/shop.tgz"]).stdout
+    b.exec(["sh", "-c", "base64 -d > /tmp/shop.tgz"], input=tarball)
+    dynoctl(a, "apps:create", "shop")
+    web = ("--process-type", "web=exec python3 -u server.py")
+    dynoctl(a, "slugs:deploy", "-a", "shop", "/tmp/shop.tgz", *web)
+    dynoctl(b, "slugs:deploy", "-a", "shop", "/tmp/shop.tgz", *web)
+    dynos = [up_web(m) for m in two]
+    leases = []
+    for name, d in zip(NODES, dynos, strict=True):
+        lease = str(etcd(b, "lease/grant", {"TTL": 900})["ID"])
+        leases.append(lease)
+        put(b, f"dynos/{name}/shop/web.1@{d.get('generation', 0)}", {
+            "node": name, "app": "shop", "dyno": "web.1", "state": "up",
+            "release": d["release"], "size": "standard-1x", "address": d["address"],
+            "port": 5000, "generation": d.get("generation", 0)}, lease)
+    return {"dynos": dynos, "leases": leases}
+
+
+def test_each_router_reaches_every_web_dyno_of_the_cluster(
+        two: list[Machine], formed: dict[str, object]) -> None:
+    dynos = formed["dynos"]
+    assert isinstance(dynos, list)
+    addresses = [str(d["address"]) for d in dynos]
+    # Each machine's dyno has an address of its own pool.
+    assert addresses[0].startswith("10.213.") and int(addresses[0].split(".")[2]) < 16
+    assert 16 <= int(addresses[1].split(".")[2]) < 32
+    for m, other_pool, other in zip(two, reversed(POOLS), reversed(two), strict=True):
+        routes = sh(m, "ip -4 route show proto 213")[1]
+        assert f"{other_pool} via {other.test_address}" in routes, routes
+    want = {f"web.1 at {a}" for a in addresses}
+    for m in two:
+        try:
+            wait_for(f"both dynos through {m.name}'s router", partial(answered_by, m, want),
+                     timeout=30)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diagnose(m)}") from None
+        print(f"{m.name}'s router answers from: {sorted(want)}")
+
+
+def test_a_dyno_reaches_nothing_of_the_other_machine(
+        two: list[Machine], formed: dict[str, object]) -> None:
+    dynos = formed["dynos"]
+    assert isinstance(dynos, list)
+    rows, breaches = [], []
+    for i, (m, d) in enumerate(zip(two, dynos, strict=True)):
+        other, other_dyno = two[1 - i], dynos[1 - i]
+        targets = {
+            f"{NODES[1 - i]}'s web.1": f"{other_dyno['address']}:5000",
+            f"{NODES[1 - i]}'s sshd": f"{other.test_address}:22",
+            f"{NODES[1 - i]}'s API": f"{other.test_address}:{API_PORT}",
+            f"{NODES[1 - i]}'s router": f"{other.test_address}:80",
+        }
+        if NODES[1 - i] == "node-b":
+            targets["node-b's etcd (client)"] = f"{other.test_address}:{ETCD}"
+            targets["node-b's etcd (peer)"] = f"{other.test_address}:2380"
+        for what, target in targets.items():
+            # The control: the machine itself reaches it (so it listens and routes).
+            host, _, port = target.rpartition(":")
+            rc, out = sh(m, f"python3 -c 'import socket; socket.create_connection("
+                            f"(\"{host}\", {port}), timeout=3).close()'", ok=False)
+            from_host = "reached" if rc == 0 else f"refused ({out.strip()[-80:]})"
+            from_dyno = connect(m, str(d["address"]), target)
+            rows.append(f"{NODES[i]} host -> {what} {target}: {from_host}; "
+                        f"{NODES[i]} web.1 -> it: {from_dyno}")
+            if not from_host.startswith("reached"):
+                breaches.append(f"control: {NODES[i]}'s host cannot reach {what}: {from_host}")
+            if not from_dyno.startswith("refused"):
+                breaches.append(f"{NODES[i]}'s web.1 reached {what} ({target})")
+    print("\n" + "\n".join(rows))
+    assert not breaches, "\n".join(breaches)
+
+
+def test_a_nodes_records_vanishing_takes_its_dynos_out_of_every_router(
+        two: list[Machine], formed: dict[str, object]) -> None:
+    a, b = two
+    dynos, leases = formed["dynos"], formed["leases"]
+    assert isinstance(dynos, list) and isinstance(leases, list)
+    mine = f"web.1 at {dynos[0]['address']}"
+    # node-b's lease lapses (revoked: the same for its keys as a missed keep-alive).
+    etcd(b, "lease/revoke", {"ID": leases[1]})
+    gone = time.monotonic()
+    wait_for("node-b's dyno out of node-a's router",
+             lambda: answers(a, 6) == {mine}, timeout=15)
+    print(f"node-b's dyno left node-a's router {time.monotonic() - gone:.1f} s after "
+          "its records vanished")
+    # cluster:remove node-b: node-a's route to its pool goes.
+    etcd(b, "kv/deleterange", {"key": b64("/dynod-cluster/members/node-b")})
+    wait_for("node-a's route to node-b's pool removed",
+             lambda: POOLS[1] not in sh(a, "ip -4 route show proto 213")[1], timeout=15)
