@@ -24,13 +24,14 @@ import textwrap
 import time
 from collections.abc import Iterator
 from functools import partial
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import cluster, stack_bind
 from tests.integration.test_builds import sh
-from tests.integration.test_dynos import dynoctl, ps, wait_for
+from tests.integration.test_dynos import all_up, deploy, dynoctl, http, ps, wait_for
 from tests.sandbox.machine import Machine
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
@@ -116,10 +117,15 @@ ADMIN = ("import socket; s = socket.socket(socket.AF_UNIX); "
          "print(s.makefile().read())")
 
 
+def servers(m: Machine) -> str:
+    """HAProxy's ``show servers state`` on ``m``."""
+    return m.exec(["python3", "-c", ADMIN], check=False).stdout
+
+
 def diagnose(m: Machine) -> str:
     return "\n".join([
         f"answers: {sorted(answers(m, 4))}",
-        sh(m, f"python3 -c \"{ADMIN}\"", ok=False)[1],
+        servers(m),
         sh(m, "ip -4 route; nft list table ip dynod", ok=False)[1],
         sh(m, "journalctl -u dynod -o cat --no-pager | tail -40", ok=False)[1]])
 
@@ -236,6 +242,12 @@ def test_a_dyno_reaches_nothing_of_the_other_machine(
                 breaches.append(f"control: {NODES[i]}'s host cannot reach {what}: {from_host}")
             if not from_dyno.startswith("refused"):
                 breaches.append(f"{NODES[i]}'s web.1 reached {what} ({target})")
+        # Defence in depth, the dyno's own cgroup filter: the other machine's pool is
+        # out of its IPAddressAllow=, that machine's address (its router) is in.
+        allow = [IPv4Network(n) for n in sh(
+            m, f"systemctl show -p IPAddressAllow --value {d['unit']}")[1].split()]
+        assert allow and not any(n.overlaps(IPv4Network(POOLS[1 - i])) for n in allow), allow
+        assert any(IPv4Address(other.test_address) in n for n in allow), allow
     print("\n" + "\n".join(rows))
     assert not breaches, "\n".join(breaches)
 
@@ -249,11 +261,41 @@ def test_a_nodes_records_vanishing_takes_its_dynos_out_of_every_router(
     # node-b's lease lapses (revoked: the same for its keys as a missed keep-alive).
     etcd(b, "lease/revoke", {"ID": leases[1]})
     gone = time.monotonic()
-    wait_for("node-b's dyno out of node-a's router",
-             lambda: answers(a, 6) == {mine}, timeout=15)
+    theirs = f" {dynos[1]['address']} "
+    wait_for("node-b's dyno out of node-a's HAProxy",
+             lambda: theirs not in servers(a), timeout=15)
     print(f"node-b's dyno left node-a's router {time.monotonic() - gone:.1f} s after "
           "its records vanished")
+    assert answers(a, 6) == {mine}
     # cluster:remove node-b: node-a's route to its pool goes.
     etcd(b, "kv/deleterange", {"key": b64("/dynod-cluster/members/node-b")})
     wait_for("node-a's route to node-b's pool removed",
              lambda: POOLS[1] not in sh(a, "ip -4 route show proto 213")[1], timeout=15)
+
+
+def test_the_pool_shrinks_to_the_machines_share_with_dynos_running(
+        stack_machine: Machine) -> None:
+    """``cluster:init`` gives the first machine the first /20 of the range it had whole
+    (10.213.0.0/16): its running dynos keep serving, new ones take addresses of the
+    /20, and the bridge is the /20's gateway only."""
+    m = stack_machine
+    deploy(m, "shop", web="exec python3 -u server.py")
+    before = all_up(m, "shop", 1)[0]
+    assert sh(m, "ip -4 -o addr show dynod0")[1].count("10.213.0.1/16") == 1
+    sh(m, "mkdir -p /etc/dynod && echo 'address_pool = \"10.213.0.0/20\"' "
+          "> /etc/dynod/dynod.toml && systemctl restart dynod")
+    wait_for("the API", partial(api_ready, m))
+    # The running dyno was adopted, not restarted.
+    still = all_up(m, "shop", 1)[0]
+    assert (still["unit"], still["address"]) == (before["unit"], before["address"])
+    # The next dyno's start lays the bridge out for the new pool (the dyno host does it).
+    dynoctl(m, "ps:scale", "-a", "shop", "web=2")
+    new = next(d for d in all_up(m, "shop", 2) if d["name"] == "web.2")
+    assert IPv4Address(str(new["address"])) in IPv4Network("10.213.0.0/20")
+    bridge = sh(m, "ip -4 -o addr show dynod0")[1]
+    assert "10.213.0.1/20" in bridge and "/16" not in bridge, bridge
+    # Both serve, directly and through the router: the old one's gateway still answers.
+    for d in (still, new):
+        assert http(m, str(d["address"])) == "hello from dyno\n"
+    got = {sh(m, f"curl -sS -m 10 -H 'Host: {HOST}' http://127.0.0.1/")[1] for _ in range(4)}
+    assert got == {"hello from dyno\n"}, got
