@@ -141,20 +141,26 @@ def test_two_machines_join_and_every_one_sees_three_alive(machines: list[Machine
 
     pools = set()
     for m in machines:
-        def three_alive(m: Machine = m) -> dict[str, Any] | None:
-            s = status(m)
-            nodes = s["nodes"]
-            assert isinstance(nodes, list)
-            ok = len(nodes) == 3 and all(n.get("alive") and n.get("etcdHealthy")
-                                         for n in nodes)
-            return s if ok and s.get("etcdLeader") else None
+        seen: list[dict[str, Any]] = []
 
-        s = wait_for(f"three alive members seen from {m.name}", three_alive, timeout=90)
+        def three_alive(m: Machine = m) -> dict[str, Any] | None:
+            seen[:] = [status(m)]
+            nodes = seen[0]["nodes"]
+            ok = len(nodes) == 3 and all(n.get("alive") and n.get("etcd_healthy")
+                                         for n in nodes)
+            return seen[0] if ok and seen[0].get("etcd_leader") else None
+
+        try:
+            s = wait_for(f"three alive members seen from {m.name}", three_alive, timeout=90)
+        except AssertionError as exc:
+            logs = m.exec(["journalctl", "--no-pager", "-o", "cat", "-n", "80", "-u",
+                           "dynod", "-u", "dynod-etcd"], check=False).stdout
+            raise AssertionError(f"{exc}\n{seen}\n{logs}") from None
         assert isinstance(s, dict)
         nodes = s["nodes"]
         assert [n["member"]["name"] for n in nodes] == ["node-a", "node-b", "node-c"]
         assert [n["member"]["address"] for n in nodes] == [x.test_address for x in machines]
-        assert all(int(n["memoryMb"]) > 0 for n in nodes)
+        assert all(int(n["memory_mb"]) > 0 for n in nodes)
         pools = {n["member"]["pool"] for n in nodes}
         print(dynoctl(m, "cluster"))
     assert pools == {"10.213.0.0/20", "10.213.16.0/20", "10.213.32.0/20"}
@@ -170,6 +176,9 @@ def test_two_machines_join_and_every_one_sees_three_alive(machines: list[Machine
     plain = b.exec(["curl", "-sS", "-m", "5", f"http://{a.test_address}:2379/health"],
                    check=False)
     assert plain.returncode != 0 and "health" not in plain.stdout
+    anonymous = b.exec(["curl", "-sS", "-m", "5", "--cacert", f"{TLS}/ca.crt",
+                        f"https://{a.test_address}:2379/health"], check=False)
+    assert anonymous.returncode != 0 and "health" not in anonymous.stdout
 
     # node-a's dynos, on its lease, seen from the others.
     want = {"/dynod-cluster/dynos/node-a/shop/web.1", "/dynod-cluster/dynos/node-a/shop/web.2",
