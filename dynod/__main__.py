@@ -34,10 +34,11 @@ from dynod.build.pipeline import Builder
 from dynod.control import addons as control_addons
 from dynod.control import drain_shipper
 from dynod.control.audit import Audit
+from dynod.control.cluster import Membership
 from dynod.control.keys import AuthorizedKeys
 from dynod.control.pg import Databases
 from dynod.errors import DynodError, InvalidArgument
-from dynod.model.cluster import ClusterView, check_node_name
+from dynod.model.cluster import ClusterView, Node, check_node_name
 from dynod.model.events import (
     DYNOS_CHANGED,
     ROUTES_CHANGED,
@@ -57,6 +58,7 @@ from dynod.router.haproxy import HaproxyRouter
 from dynod.runtime.addon_access import make_addon_access
 from dynod.runtime.cluster_network import ClusterNetwork
 from dynod.runtime.dynos import Host
+from dynod.runtime.located import located_of
 from dynod.runtime.metrics import RuntimeMetrics
 from dynod.runtime.oneoff import OneOffs
 from dynod.runtime.release_phase import ReleasePhase
@@ -64,9 +66,10 @@ from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, Settings, listen_address, load_settings
 from dynod.store.etcd import EtcdSettings, EtcdStore
 from dynod.store.etcd_cluster import EtcdClusterView, cluster_kv
+from dynod.store.etcd_node import NodeKeeper
 from dynod.store.protocol import Store
 from dynod.store.sqlite import SqliteStore
-from dynod.system import dyno_names, netns
+from dynod.system import dyno_names, hostinfo, netns, systemctl
 
 log = logging.getLogger("dynod")
 
@@ -139,6 +142,28 @@ def cluster_view(settings: Settings, store: Store) -> ClusterView | None:
         raise InvalidArgument("dynod.toml: node_name is set but store is not \"etcd\"; a "
                               "cluster keeps its state in etcd (set store = \"etcd\")")
     return EtcdClusterView(cluster_kv(store), settings.node_name)
+
+
+def restart_soon(delay: float = 1.0) -> None:
+    """Restart dynod.service shortly, once the reply of the call that asked is out
+    (cluster:init and join switch the store so). The dynos go on running."""
+    def later() -> None:
+        threading.Event().wait(delay)
+        systemctl.systemctl(["--no-block", "restart", "dynod.service"])
+    threading.Thread(target=later, name="restart", daemon=True).start()
+
+
+def node_keeper(store: Store, settings: Settings, supervisor: Supervisor) -> NodeKeeper | None:
+    """A cluster member's lease keeper (nodes/<me>, its dynos' records); None on a
+    machine of its own."""
+    if not isinstance(store, EtcdStore) or not settings.node_name:
+        return None
+    port = settings.api_listen.rpartition(":")[2] or "5443"
+    node = Node(settings.node_name, settings.node_address,
+                f"{settings.node_address}:{port}", settings.address_pool,
+                hostinfo.memory_mb())
+    return NodeKeeper(cluster_kv(store), node,
+                      lambda: located_of(node.name, supervisor.executor.records()))
 
 
 def serve(config: Path) -> int:
@@ -244,11 +269,19 @@ def serve(config: Path) -> int:
         for d in drains.stats()])
     # A push reports on the release phase and the rollout it started.
     builder = Builder(store, settings, events, rollout=supervisor, release_phase=phase)
+    # cluster:init, cluster:join (each ends with a restart of dynod on etcd), cluster.
+    membership = Membership(
+        store, settings, config, restart=restart_soon,
+        dyno_addresses=lambda: [d.meta.address for d in supervisor.executor.records()
+                                if d.meta is not None])
+    keeper = node_keeper(store, settings, supervisor)
+    if keeper is not None:
+        events.subscribe(DYNOS_CHANGED, lambda _e: keeper.changed())
     daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
                     release_phase=phase, addons=addon_services,
                     databases=databases, certs=router.certs,
                     router_log_drops=router.log_drops,
-                    drain_probe=drain_shipper.probe(ca_file))
+                    drain_probe=drain_shipper.probe(ca_file), membership=membership)
     # Dynos before READY: running ones are adopted (never restarted), the formation is
     # started; a dyno that fails to start is retried by the supervisor's own thread.
     # The servers before the dynos (a release phase migrates at once), and access as the
@@ -271,6 +304,8 @@ def serve(config: Path) -> int:
             log.error("cluster network: %s; retrying", exc.message)
         cluster_net.start()
     supervisor.start()
+    if keeper is not None:
+        keeper.start()
     # labs:enable log-runtime-metrics: dyno memory and load lines, read from the cgroups.
     runtime_metrics = RuntimeMetrics(store, supervisor.executor.records)
     runtime_metrics.start()
@@ -313,7 +348,7 @@ def serve(config: Path) -> int:
     api.stop(grace=5.0)
     runtime_metrics.stop()
     metrics.stop()
-    for follower in (cluster_routes, cluster_net):
+    for follower in (cluster_routes, cluster_net, keeper):
         if follower is not None:
             follower.stop()
     supervisor.stop()

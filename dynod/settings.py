@@ -66,10 +66,12 @@ class Settings:
     etcd_ca_file: str = ""
     etcd_cert_file: str = ""
     etcd_key_file: str = ""
-    # A cluster (store = "etcd"): this machine's node name, as its members/ key names
-    # it. With it, the router also routes to the other nodes' web dynos and the dyno
-    # network routes to the other members' pools (their address_pool); "" = one machine.
+    # A cluster member's name and its address on the cluster's network (cluster:init
+    # and cluster:join write them, with the store's settings and the member's own dyno
+    # address_pool); "" on a machine of its own. With node_name, the router also routes
+    # to the other nodes' web dynos and the dyno network to the other members' pools.
     node_name: str = ""
+    node_address: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -93,6 +95,24 @@ def listen_address(value: str) -> tuple[str, int]:
     """``"127.0.0.1:9311"`` -> ``("127.0.0.1", 9311)``; ``"[::1]:9311"`` too."""
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def settings_text_with(text: str, values: dict[str, str], why: str) -> str:
+    """dynod.toml's ``text`` with ``values`` set: each key's old line goes, the new
+    ones are appended under a comment saying ``why``; the admin's other lines and
+    comments stay as they were. Values are strings (TOML basic strings)."""
+    keys = set(values)
+    kept = [line for line in text.splitlines()
+            if line.split("=", 1)[0].strip() not in keys or "=" not in line]
+    while kept and not kept[-1].strip():
+        kept.pop()
+    added = [f"{key} = {_toml_string(value)}" for key, value in values.items()]
+    return "\n".join([*kept, *([""] if kept else []), f"# {why}", *added]) + "\n"
+
+
+def _toml_string(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def load_settings(path: Path = DEFAULT_CONFIG) -> Settings:

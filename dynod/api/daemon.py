@@ -20,6 +20,7 @@ from dynod.settings import Settings
 from dynod.store.protocol import Store
 
 if TYPE_CHECKING:
+    from dynod.control.cluster import Membership
     from dynod.control.pg import Databases
     from dynod.runtime.oneoff import OneOffs
     from dynod.runtime.release_phase import ReleasePhase
@@ -56,6 +57,8 @@ class Daemon:
     # Connects once to a new drain's receiver (drains:add), raising DeliveryFailed;
     # None in servicer tests, which then keep any well-formed URL.
     drain_probe: Callable[[Target], None] | None = None
+    # cluster:init, join, cluster, cluster:remove; None in servicer tests.
+    membership: Membership | None = None
 
     @property
     def slugs_dir(self) -> Path:

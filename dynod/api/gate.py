@@ -50,6 +50,8 @@ POLICY: dict[str, Rule] = {
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": USER,
     "/dynod.v1.Auth/Login": PUBLIC,
+    # A joining machine has no user token: the join token in the request admits it.
+    "/dynod.v1.Cluster/Admit": PUBLIC,
     **_methods("Auth", USER, "WhoAmI", "ListTokens", "RevokeToken"),
     **_methods("Access", app(), "List", "Add", "Remove"),
     "/dynod.v1.Access/Transfer": owner(),

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from dynod.api import addons as addons_api
 from dynod.api import apps, auth, config, dynos, formation, oneoff, peer, releases, slugs, system
 from dynod.api import builds as builds_api
+from dynod.api import cluster as cluster_api
 from dynod.api import domains as domains_api
 from dynod.api import drains as drains_api
 from dynod.api import features as features_api
@@ -36,6 +37,7 @@ REGISTRARS: list[Registrar] = [
     slugs.register, dynos.register, keys_api.register,
     logs_api.register, domains_api.register, oneoff.register, addons_api.register,
     postgres_api.register, features_api.register, auth.register, drains_api.register,
+    cluster_api.register,
 ]
 
 

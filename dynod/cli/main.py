@@ -14,6 +14,7 @@ from dynod.cli import acm as acm_cli
 from dynod.cli import addons as addons_cli
 from dynod.cli import apps, auth, client, config, ps, releases, slugs
 from dynod.cli import builds as builds_cli
+from dynod.cli import cluster as cluster_cli
 from dynod.cli import deploy as deploy_cli
 from dynod.cli import domains as domains_cli
 from dynod.cli import drains as drains_cli
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     for noun in (apps, config, releases, ps, slugs, logs_cli, domains_cli,
                  builds_cli, deploy_cli, keys_cli, stacks_cli, run_cli, healthcheck_cli,
                  addons_cli, pg_cli, acm_cli, features_cli, auth, access_cli,
-                 drains_cli):
+                 drains_cli, cluster_cli):
         noun.register(sub, common)
     return parser
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -150,3 +151,18 @@ def start() -> None:
     """Start the member and wait until it serves (Type=notify). A member joining an
     existing cluster is ready only once the others let it in."""
     systemctl.systemctl(["start", UNIT], timeout=150.0)
+
+
+def write_ca_key(state_dir: Path, key_pem: str) -> None:
+    """The cluster CA's key beside its certificate (0600): every member can admit the
+    next joiner and renew certificates."""
+    write_atomic(cluster_dir(state_dir) / "tls" / "ca.key", key_pem, 0o600)
+
+
+def stop_and_forget(state_dir: Path) -> None:
+    """Stop the member and remove its settings, certificates and data: what undoing a
+    failed cluster:init or cluster:join leaves is a machine of its own again."""
+    systemctl.systemctl(["stop", UNIT], timeout=90.0)
+    for directory in (cluster_dir(state_dir), data_dir(state_dir)):
+        if directory.exists():
+            shutil.rmtree(directory)

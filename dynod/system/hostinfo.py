@@ -35,3 +35,11 @@ def systemd_version() -> int:
     if match is None:
         raise Unavailable(f"systemd version: systemctl --version printed {out[:80]!r}")
     return int(match.group(1))
+
+
+def memory_mb(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """The machine's memory (MemTotal) in MB: what a cluster node offers dynos."""
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    raise Unavailable(f"{meminfo} has no MemTotal line")
