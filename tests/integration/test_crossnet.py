@@ -5,15 +5,15 @@ machine reaches neither the other machine's dynos nor its sshd, API, etcd or rou
 while that machine itself (its router) does; a node's records vanishing takes its dynos
 out of the other router within seconds, and a removed member loses its route.
 
-Until the members branch lands (``cluster:init``/``cluster:join`` and the node keeper),
-the test forms the cluster itself, the test_cluster.py way: one etcd (on node-b, plain
-HTTP on the closed test network), both dynods on ``store = "etcd"`` with their
-``node_name`` and ``address_pool``, the ``members/`` keys written here, and each node's
-dynos published under ``dynos/`` on a lease of its own from what that machine's
-``ps --json`` says (the keeper's job). Until the placement branch lands, each machine
-runs the whole formation (web.1 on each); until the slugs branch lands, the slug
-reaches node-b by deploying the same tarball there (same checksum, so both machines
-have its blob and run the same slug).
+The test forms the cluster itself, the test_cluster.py way, rather than with
+``cluster:init``/``cluster:join`` (members' test covers those, over TLS with three etcd
+members): one etcd (on node-b, plain HTTP on the closed test network), both dynods on
+``store = "etcd"`` with their ``node_name``, ``node_address`` and ``address_pool``, and
+the ``members/`` keys written here. Each node's keeper (merged from the members
+branch) publishes its dynos under ``dynos/`` on its lease. Without the placement branch
+each machine runs the whole formation (web.1 on each); without the slugs branch the
+slug reaches node-b by deploying the same tarball there (same checksum, so both
+machines have its blob and run the same slug).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from dynod.model.cluster import NODE_TTL
 from tests.integration.conftest import cluster, stack_bind
 from tests.integration.test_builds import sh
 from tests.integration.test_dynos import all_up, deploy, dynoctl, http, ps, wait_for
@@ -83,9 +84,8 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def put(m: Machine, key: str, value: dict[str, object], lease: str = "0") -> None:
-    etcd(m, "kv/put", {"key": b64("/dynod-cluster/" + key), "value": b64(json.dumps(value)),
-                       "lease": lease})
+def put(m: Machine, key: str, value: dict[str, object]) -> None:
+    etcd(m, "kv/put", {"key": b64("/dynod-cluster/" + key), "value": b64(json.dumps(value))})
 
 
 def up_web(m: Machine) -> dict[str, object]:
@@ -115,6 +115,16 @@ def answered_by(m: Machine, want: set[str]) -> bool:
 ADMIN = ("import socket; s = socket.socket(socket.AF_UNIX); "
          "s.connect('/run/dynod/router/admin.sock'); s.sendall(b'show servers state\\n'); "
          "print(s.makefile().read())")
+
+
+def dynos_key(m: Machine, node: str) -> list[str]:
+    """The keys of what ``node`` publishes under ``dynos/``, read from the etcd on ``m``."""
+    prefix = f"/dynod-cluster/dynos/{node}/"
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    got = etcd(m, "kv/range", {"key": b64(prefix), "range_end": b64(end), "keys_only": True})
+    kvs = got.get("kvs", [])
+    assert isinstance(kvs, list)
+    return [base64.b64decode(kv["key"]).decode() for kv in kvs]
 
 
 def servers(m: Machine) -> str:
@@ -148,7 +158,7 @@ def two(stack: Path) -> Iterator[list[Machine]]:
 @pytest.fixture(scope="module")
 def formed(two: list[Machine]) -> dict[str, object]:
     """The two machines as one cluster running app shop's web.1 on each, each node's
-    dynos published on a lease of its own. Returns what the tests need."""
+    dynos published by its keeper. Returns each machine's web.1 (``ps --json``)."""
     a, b = two
     sh(b, f"systemd-run -q --unit etcd-test -p StateDirectory=etcd-test /usr/bin/etcd "
           f"--name b --data-dir /var/lib/etcd-test/data "
@@ -164,7 +174,8 @@ def formed(two: list[Machine]) -> dict[str, object]:
                                    "api": f"{m.test_address}:{API_PORT}", "pool": pool})
     for m, name, pool in zip(two, NODES, POOLS, strict=True):
         settings = ['store = "etcd"', f'etcd_endpoints = "{b.test_address}:{ETCD}"',
-                    f'node_name = "{name}"', f'address_pool = "{pool}"',
+                    f'node_name = "{name}"', f'node_address = "{m.test_address}"',
+                    f'address_pool = "{pool}"',
                     f'api_listen = "0.0.0.0:{API_PORT}"']
         sh(m, "mkdir -p /etc/dynod && printf '%s\\n' " + " ".join(f"'{s}'" for s in settings)
            + " > /etc/dynod/dynod.toml && rm -f /var/lib/dynod/state.db* && "
@@ -180,16 +191,7 @@ def formed(two: list[Machine]) -> dict[str, object]:
     web = ("--process-type", "web=exec python3 -u server.py")
     dynoctl(a, "slugs:deploy", "-a", "shop", "/tmp/shop.tgz", *web)
     dynoctl(b, "slugs:deploy", "-a", "shop", "/tmp/shop.tgz", *web)
-    dynos = [up_web(m) for m in two]
-    leases = []
-    for name, d in zip(NODES, dynos, strict=True):
-        lease = str(etcd(b, "lease/grant", {"TTL": 900})["ID"])
-        leases.append(lease)
-        put(b, f"dynos/{name}/shop/web.1@{d.get('generation', 0)}", {
-            "node": name, "app": "shop", "dyno": "web.1", "state": "up",
-            "release": d["release"], "size": "standard-1x", "address": d["address"],
-            "port": 5000, "generation": d.get("generation", 0)}, lease)
-    return {"dynos": dynos, "leases": leases}
+    return {"dynos": [up_web(m) for m in two]}
 
 
 def test_each_router_reaches_every_web_dyno_of_the_cluster(
@@ -255,17 +257,24 @@ def test_a_dyno_reaches_nothing_of_the_other_machine(
 def test_a_nodes_records_vanishing_takes_its_dynos_out_of_every_router(
         two: list[Machine], formed: dict[str, object]) -> None:
     a, b = two
-    dynos, leases = formed["dynos"], formed["leases"]
-    assert isinstance(dynos, list) and isinstance(leases, list)
+    dynos = formed["dynos"]
+    assert isinstance(dynos, list)
     mine = f"web.1 at {dynos[0]['address']}"
-    # node-b's lease lapses (revoked: the same for its keys as a missed keep-alive).
-    etcd(b, "lease/revoke", {"ID": leases[1]})
-    gone = time.monotonic()
     theirs = f" {dynos[1]['address']} "
+    assert theirs in servers(a)
+    # node-b's dynod stops: its keeper's lease lapses within NODE_TTL, and with it every
+    # record node-b published (its dyno itself goes on running).
+    dynod_b = dynos_key(b, "node-b")
+    sh(b, "systemctl stop dynod")
+    stopped = time.monotonic()
+    wait_for("node-b's records gone", lambda: not dynos_key(b, "node-b"),
+             timeout=NODE_TTL + 10)
+    vanished = time.monotonic()
     wait_for("node-b's dyno out of node-a's HAProxy",
              lambda: theirs not in servers(a), timeout=15)
-    print(f"node-b's dyno left node-a's router {time.monotonic() - gone:.1f} s after "
-          "its records vanished")
+    print(f"node-b's records (had {dynod_b}) vanished {vanished - stopped:.1f} s after its "
+          f"dynod stopped; its dyno left node-a's router "
+          f"{time.monotonic() - vanished:.1f} s after that")
     assert answers(a, 6) == {mine}
     # cluster:remove node-b: node-a's route to its pool goes.
     etcd(b, "kv/deleterange", {"key": b64("/dynod-cluster/members/node-b")})
