@@ -53,10 +53,10 @@ from dynod.model.events import (
 from dynod.router import local_ca
 from dynod.router.acm import AcmManager
 from dynod.router.acme import AcmeIssuer
-from dynod.router.cluster_routes import ClusterRoutes
 from dynod.router.haproxy import HaproxyRouter
 from dynod.runtime.addon_access import make_addon_access
 from dynod.runtime.cluster_network import ClusterNetwork
+from dynod.runtime.cluster_routes import ClusterRoutes
 from dynod.runtime.dynos import Host
 from dynod.runtime.located import located_of
 from dynod.runtime.metrics import RuntimeMetrics

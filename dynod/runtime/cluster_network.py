@@ -12,13 +12,12 @@ only forgotten once the cluster says it was removed).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from dynod.errors import DynodError
 from dynod.model.cluster import ClusterView
+from dynod.runtime.follower import Follower
 from dynod.system import netns, peers
 
 log = logging.getLogger(__name__)
@@ -27,26 +26,25 @@ log = logging.getLogger(__name__)
 INTERVAL = 1.0
 
 
-class ClusterNetwork:
+class ClusterNetwork(Follower):
     """Follows ``view.members()`` into routes and nftables sets. ``peer_pools`` (the
     other members' pools as last applied) is what each new dyno's ``IPAddressAllow=``
     leaves out."""
+
+    name = "cluster-network"
 
     def __init__(self, view: ClusterView, bridge: netns.BridgePlan, runtime_dir: Path, *,
                  interval: float = INTERVAL,
                  apply: Callable[[netns.BridgePlan, list[peers.Peer]], None] = netns.apply_peers,
                  ensure: Callable[[netns.BridgePlan, Path], object] = netns.ensure_bridge,
                  ) -> None:
+        super().__init__(interval)
         self.view = view
         self.bridge = bridge
         self.runtime_dir = runtime_dir
-        self.interval = interval
         self._apply = apply
         self._ensure = ensure
         self._applied: list[peers.Peer] | None = None
-        self._failing = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def peer_pools(self) -> list[IPv4Network]:
         return [p.pool for p in self._applied or ()]
@@ -68,32 +66,3 @@ class ClusterNetwork:
                  f" (removed {', '.join(map(str, sorted(gone)))})" if gone else "")
         self._applied = found
         return True
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cluster-network", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.sync()
-                if self._failing:
-                    log.info("cluster network: in step with the members again")
-                self._failing = ""
-            except DynodError as exc:
-                # Said once per distinct failure, not every second.
-                if exc.message != self._failing:
-                    log.error("cluster network: %s; what was applied stays, retrying",
-                              exc.message)
-                self._failing = exc.message
-            except Exception as exc:  # the follower must not die
-                if str(exc) != self._failing:
-                    log.exception("cluster network: reading the members failed")
-                self._failing = str(exc)
-            if self._stop.wait(self.interval):
-                return

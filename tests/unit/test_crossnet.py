@@ -4,14 +4,16 @@ web dynos handed to the router."""
 
 from __future__ import annotations
 
+import threading
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from dynod.errors import Unavailable
 from dynod.model.cluster import Located, Member, Node, Placement
-from dynod.router.cluster_routes import ClusterRoutes, remote_backends
 from dynod.router.protocol import Backend
 from dynod.runtime.cluster_network import ClusterNetwork
+from dynod.runtime.cluster_routes import ClusterRoutes, remote_backends
+from dynod.runtime.follower import Follower
 from dynod.system import netns, peers
 
 OWN = IPv4Network("10.213.0.0/20")
@@ -194,3 +196,29 @@ def test_cluster_routes_hand_changes_to_the_router_and_drop_vanished_nodes() -> 
     assert not routes.sync() and len(router.calls) == 1
     view.dynos = []  # node-b's lease lapsed: its records are gone
     assert routes.sync() and router.calls[-1] == {}
+
+
+def test_a_follower_goes_on_after_failures_and_stops_when_told() -> None:
+    class Counting(Follower):
+        name = "counting"
+
+        def __init__(self) -> None:
+            super().__init__(0.01)
+            self.calls = 0
+            self.enough = threading.Event()
+
+        def sync(self) -> bool:
+            self.calls += 1
+            if self.calls == 5:
+                self.enough.set()
+            if self.calls < 3:
+                raise Unavailable("etcd at 10.216.0.2:2379: down")
+            if self.calls == 3:
+                raise RuntimeError("a bug")
+            return True
+
+    f = Counting()
+    f.start()
+    assert f.enough.wait(10), f.calls
+    f.stop()
+    assert f._thread is not None and not f._thread.is_alive()

@@ -3,7 +3,7 @@ machine's own come from its supervisor (``Router.set_backends``), the other mach
 from what each publishes under ``dynos/`` (``ClusterView.located``, on its lease).
 
 A follower thread reads ``located()`` every second and hands the router the other
-nodes' up web dynos whenever they change (``RemoteRoutes.set_remote``); HAProxy's
+nodes' up web dynos whenever they change (``router.protocol.RemoteRoutes``); HAProxy's
 runtime API adds and removes the servers, without a reload. A node whose lease lapsed
 has no records any more, so its dynos leave every router within about a second of
 etcd dropping them. When etcd cannot be read, the last routes stay.
@@ -15,25 +15,14 @@ and two dynos up at once never share one.
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Iterable
-from typing import Protocol
 
-from dynod.errors import DynodError
 from dynod.model.cluster import ClusterView, Located
 from dynod.model.dynos import DynoState
-from dynod.router.protocol import Backend
-
-log = logging.getLogger(__name__)
+from dynod.router.protocol import Backend, RemoteRoutes
+from dynod.runtime.follower import Follower
 
 INTERVAL = 1.0
-
-
-class RemoteRoutes(Protocol):
-    def set_remote(self, backends: dict[str, list[Backend]]) -> None:
-        """Route each app also to these (other machines') backends; an app missing
-        from ``backends`` has none elsewhere."""
 
 
 def remote_backends(located: Iterable[Located], me: str) -> dict[str, list[Backend]]:
@@ -47,18 +36,17 @@ def remote_backends(located: Iterable[Located], me: str) -> dict[str, list[Backe
     return {app: sorted(bs) for app, bs in sorted(found.items())}
 
 
-class ClusterRoutes:
+class ClusterRoutes(Follower):
     """Follows ``view.located()`` into ``router.set_remote``."""
+
+    name = "cluster-routes"
 
     def __init__(self, view: ClusterView, router: RemoteRoutes, *,
                  interval: float = INTERVAL) -> None:
+        super().__init__(interval)
         self.view = view
         self.router = router
-        self.interval = interval
         self._routed: dict[str, list[Backend]] | None = None
-        self._failing = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def sync(self) -> bool:
         """One pass; True when the router was given new routes. Raises DynodError."""
@@ -68,29 +56,3 @@ class ClusterRoutes:
         self.router.set_remote(found)
         self._routed = found
         return True
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cluster-routes", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.sync()
-                self._failing = ""
-            except DynodError as exc:
-                if exc.message != self._failing:
-                    log.error("router: the cluster's dynos: %s; routing to those last "
-                              "seen, retrying", exc.message)
-                self._failing = exc.message
-            except Exception as exc:  # the follower must not die
-                if str(exc) != self._failing:
-                    log.exception("router: the cluster's dynos")
-                self._failing = str(exc)
-            if self._stop.wait(self.interval):
-                return
