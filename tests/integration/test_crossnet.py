@@ -43,20 +43,29 @@ API_PORT = 5443
 ETCD = 2379
 HOST = "shop.dynod.localhost"
 # Says which dyno answered (its DYNO and the address it was reached at: the pool tells
-# the machine); /connect?to=HOST:PORT says whether the dyno can open that connection.
+# the machine); /connect?to=HOST:PORT says whether the dyno can open that connection;
+# ``python3 server.py probe HOST:PORT...`` says it for each, from a one-off dyno.
 SERVER = textwrap.dedent("""
-    import http.server, os, socket, urllib.parse
+    import http.server, os, socket, sys, urllib.parse
+
+    def reach(target):
+        host, _, port = target.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+            return "reached"
+        except OSError as exc:
+            return f"refused ({exc})"
+
+    if sys.argv[1:2] == ["probe"]:
+        for target in sys.argv[2:]:
+            print(target, reach(target))
+        sys.exit(0)
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             url = urllib.parse.urlsplit(self.path)
             if url.path == "/connect":
-                host, _, port = urllib.parse.parse_qs(url.query)["to"][0].rpartition(":")
-                try:
-                    socket.create_connection((host, int(port)), timeout=3).close()
-                    body = "reached"
-                except OSError as exc:
-                    body = f"refused ({exc})"
+                body = reach(urllib.parse.parse_qs(url.query)["to"][0])
             else:
                 body = f"{os.environ['DYNO']} at {self.connection.getsockname()[0]}"
             data = body.encode()
@@ -250,8 +259,18 @@ def test_a_dyno_reaches_nothing_of_the_other_machine(
             m, f"systemctl show -p IPAddressAllow --value {d['unit']}")[1].split()]
         assert allow and not any(n.overlaps(IPv4Network(POOLS[1 - i])) for n in allow), allow
         assert any(IPv4Address(other.test_address) in n for n in allow), allow
+    # A one-off dyno (dynoctl run) on node-a: the same network as a web dyno.
+    a, b = two
+    probed = [f"{dynos[1]['address']}:5000", f"{b.test_address}:22",
+              f"{b.test_address}:{ETCD}"]
+    run = a.exec(["dynoctl", "run", "-a", "shop", "--no-tty",
+                  "python3 server.py probe " + " ".join(probed)], check=False, timeout=120)
+    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines() if " " in line)
+    rows += [f"node-a one-off -> {t}: {lines.get(t, 'no answer')}" for t in probed]
+    breaches += [f"node-a's one-off dyno: {t}: {lines.get(t)}" for t in probed
+                 if not lines.get(t, "").startswith("refused")]
     print("\n" + "\n".join(rows))
-    assert not breaches, "\n".join(breaches)
+    assert not breaches, "\n".join(breaches) + f"\n{run.stdout}{run.stderr}"
 
 
 def test_a_nodes_records_vanishing_takes_its_dynos_out_of_every_router(
