@@ -16,6 +16,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from functools import partial
+from ipaddress import IPv4Address
 from pathlib import Path
 from types import FrameType
 
@@ -199,7 +200,8 @@ def serve(config: Path) -> int:
                       restarts=lambda: dict(supervisor.executor.starts))
     router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
                            state_dir=settings.state_dir, ca=ca, publish_hosts=dyno_hosts,
-                           observe_lines=metrics.observe_router)
+                           observe_lines=metrics.observe_router,
+                           is_local=lambda ip: IPv4Address(ip) in bridge.pool)
     router_started = router.start()
     # The dyno host lays each dyno's root over the stack its slug was built on, with the
     # language layers its build had (the build pipeline made both).

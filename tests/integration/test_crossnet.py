@@ -280,6 +280,10 @@ def test_a_nodes_records_vanishing_takes_its_dynos_out_of_every_router(
     assert isinstance(dynos, list)
     mine = f"web.1 at {dynos[0]['address']}"
     theirs = f" {dynos[1]['address']} "
+    # node-a's dynod restarts first: its router adopts node-b's server as node-b's
+    # (to keep or drop by what node-b publishes), not as one of its own dynos.
+    sh(a, "systemctl restart dynod")
+    wait_for("the API on node-a", partial(api_ready, a))
     assert theirs in servers(a)
     # node-b's dynod stops: its keeper's lease lapses within NODE_TTL, and with it every
     # record node-b published (its dyno itself goes on running).

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from dynod.errors import Unavailable
 from dynod.model.cluster import Located, Member, Node, Placement
+from dynod.router.admin_socket import parse_servers_state
+from dynod.router.haproxy import adopted
 from dynod.router.protocol import Backend
 from dynod.runtime.cluster_network import ClusterNetwork
 from dynod.runtime.cluster_routes import ClusterRoutes, remote_backends
@@ -222,3 +224,22 @@ def test_a_follower_goes_on_after_failures_and_stops_when_told() -> None:
     assert f.enough.wait(10), f.calls
     f.stop()
     assert f._thread is not None and not f._thread.is_alive()
+
+
+def test_a_restarted_router_adopts_other_machines_servers_as_theirs() -> None:
+    state = parse_servers_state(
+        "1\n# be_id be_name srv_id srv_name srv_addr ...\n" + "".join(
+            f"4 {be} {i} {name} {ip} 2 {admin} 100 100 40 6 3 2 6 0 0 0 - 5000 - 0 0 - - 0\n"
+            for i, (be, name, ip, admin) in enumerate([
+                ("app_shop", "web.1_10.213.0.3_5000", "10.213.0.3", 0),
+                ("app_shop", "web.1_10.213.16.2_5000", "10.213.16.2", 0),
+                ("app_blog", "web.1_10.213.16.5_5000", "10.213.16.5", 0),
+                ("app_blog", "web.2_10.213.16.6_5000", "10.213.16.6", 1),  # draining
+                ("stats", "x", "127.0.0.1", 0)])))
+    local, remote = adopted(state, lambda ip: IPv4Address(ip) in OWN)
+    assert local == {"shop": [Backend("web.1", "10.213.0.3", 5000)], "blog": []}
+    # blog has no web dyno here: its server is node-b's, for the follower to drop.
+    assert remote == {"shop": [Backend("web.1", "10.213.16.2", 5000)],
+                      "blog": [Backend("web.1", "10.213.16.5", 5000)]}
+    # One machine (no cluster): everything is its own, as before.
+    assert adopted(state, lambda _ip: True)[1] == {}
