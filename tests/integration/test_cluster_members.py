@@ -57,14 +57,16 @@ def status(m: Machine) -> dict[str, Any]:
     return dict(json.loads(dynoctl(m, "cluster", "--json")))
 
 
-def keys(m: Machine, at: Machine, prefix: str) -> list[str]:
-    """etcd's keys under ``prefix``, read from machine ``m`` at ``at``'s member."""
+def records(m: Machine, prefix: str) -> dict[str, dict[str, Any]]:
+    """etcd's keys under ``prefix`` and their JSON values, read from machine ``m`` at its
+    own etcd member."""
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(), "keys_only": True,
+    body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
                        "range_end": base64.b64encode(end.encode()).decode()})
     out = m.exec([*CURL, "-X", "POST", "-d", body,
-                  f"https://{at.test_address}:2379/v3/kv/range"]).stdout
-    return [base64.b64decode(kv["key"]).decode() for kv in json.loads(out).get("kvs", [])]
+                  f"https://{m.test_address}:2379/v3/kv/range"]).stdout
+    return {base64.b64decode(kv["key"]).decode(): json.loads(base64.b64decode(kv["value"]))
+            for kv in json.loads(out).get("kvs", [])}
 
 
 def three_alive(m: Machine) -> dict[str, Any]:
@@ -194,12 +196,22 @@ def test_two_machines_join_and_every_one_sees_three_alive(machines: list[Machine
     for m in machines:
         assert json.dumps(state_of(m, ["shop", "blog"])) == JOIN["state"], m.name
 
-    # node-a's dynos, on its lease, seen from the others.
-    want = {"/dynod-cluster/dynos/node-a/shop/web.1", "/dynod-cluster/dynos/node-a/shop/web.2",
-            "/dynod-cluster/dynos/node-a/blog/web.1"}
+    # node-a's dynos, on its lease, seen from the others; a change is published.
+    prefix = "/dynod-cluster/dynos/node-a/"
+
+    def up(m: Machine) -> set[str]:
+        return {k.removeprefix(prefix).rsplit("@", 1)[0]
+                for k, v in records(m, prefix).items() if v["state"] == "up"}
+
     for m in (b, c):
-        found = {k.rsplit("@", 1)[0] for k in keys(m, m, "/dynod-cluster/dynos/node-a/")}
-        assert found == want, found
+        assert up(m) == {"shop/web.1", "shop/web.2", "blog/web.1"}
+        web = [v for k, v in records(m, prefix).items() if "/shop/web.1@" in k]
+        assert web[0]["address"].startswith("10.213.0.") and web[0]["port"] == 5000, web
+    dynoctl(a, "ps:scale", "-a", "shop", "web=3")
+    wait_for("shop web.3 up, seen from node-c", lambda: "shop/web.3" in up(c))
+    dynoctl(a, "ps:scale", "-a", "shop", "web=2")
+    wait_for("shop web.3 gone, seen from node-b", lambda: up(b) == {
+        "shop/web.1", "shop/web.2", "blog/web.1"})
 
 
 def test_remove_a_member_and_not_the_last(machines: list[Machine]) -> None:
