@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from ipaddress import IPv4Address
 from pathlib import Path
 from types import FrameType
 
@@ -40,7 +41,7 @@ from dynod.control.cluster import Membership
 from dynod.control.keys import AuthorizedKeys
 from dynod.control.pg import Databases
 from dynod.errors import DynodError, InvalidArgument
-from dynod.model.cluster import PEER_PORT, Node
+from dynod.model.cluster import PEER_PORT, ClusterView, Node, check_node_name
 from dynod.model.events import (
     DYNOS_CHANGED,
     ROUTES_CHANGED,
@@ -57,6 +58,8 @@ from dynod.router.acm import AcmManager
 from dynod.router.acme import AcmeIssuer
 from dynod.router.haproxy import HaproxyRouter
 from dynod.runtime.addon_access import make_addon_access
+from dynod.runtime.cluster_network import ClusterNetwork
+from dynod.runtime.cluster_routes import ClusterRoutes
 from dynod.runtime.dynos import Host
 from dynod.runtime.leader import Leader, NodeLease, Share
 from dynod.runtime.located import located_of
@@ -72,7 +75,7 @@ from dynod.store.etcd_leader import EtcdLeaderSeat
 from dynod.store.etcd_node import NodeKeeper
 from dynod.store.protocol import Store
 from dynod.store.sqlite import SqliteStore
-from dynod.system import etcd, hostinfo, netns, systemctl
+from dynod.system import dyno_names, etcd, hostinfo, netns, systemctl
 
 log = logging.getLogger("dynod")
 
@@ -137,6 +140,18 @@ def open_store(settings: Settings) -> Store:
     sqlite = SqliteStore.open(settings.db_path)
     log.info("state %s, schema version %d", settings.db_path, sqlite.schema_version)
     return sqlite
+
+
+def cluster_view(settings: Settings, store: Store) -> ClusterView | None:
+    """The cluster this machine is node ``node_name`` of, None for one machine.
+    Raises InvalidArgument for a node name without the etcd store."""
+    if not settings.node_name:
+        return None
+    check_node_name(settings.node_name)
+    if not isinstance(store, EtcdStore):
+        raise InvalidArgument("dynod.toml: node_name is set but store is not \"etcd\"; a "
+                              "cluster keeps its state in etcd (set store = \"etcd\")")
+    return EtcdClusterView(cluster_kv(store), settings.node_name)
 
 
 def restart_soon(delay: float = 1.0) -> None:
@@ -204,6 +219,7 @@ def serve(config: Path) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     store = open_store(settings)
+    view = cluster_view(settings, store)
     # The router before the dynos: the supervisor tells it about up web dynos from the start.
     # HAProxy comes up in a thread meanwhile (router calls wait for it).
     # HTTPS on the default domain from the first start: dynod's local CA (made by the
@@ -213,7 +229,7 @@ def serve(config: Path) -> int:
     dashboard_tls = tls_pair(settings, ca, "dashboard") if settings.dashboard_listen else None
     bridge = netns.plan_bridge(settings.address_pool)
     # Dynos resolve every app's <app>.<domain> to the router (their hosts file).
-    dyno_hosts = partial(netns.add_dyno_hosts, settings.runtime_dir / "hosts",
+    dyno_hosts = partial(dyno_names.add_dyno_hosts, settings.runtime_dir / "hosts",
                          gateway=bridge.gateway)
     # /metrics (opt-in): the router's log reader counts requests into it; dynos, builds
     # and health are read at each scrape (the supervisor is made below).
@@ -221,7 +237,8 @@ def serve(config: Path) -> int:
                       restarts=lambda: dict(supervisor.executor.starts))
     router = HaproxyRouter(store, settings.runtime_dir, settings.domain,
                            state_dir=settings.state_dir, ca=ca, publish_hosts=dyno_hosts,
-                           observe_lines=metrics.observe_router)
+                           observe_lines=metrics.observe_router,
+                           is_local=lambda ip: IPv4Address(ip) in bridge.pool)
     router_started = router.start()
     # The dyno host lays each dyno's root over the stack its slug was built on, with the
     # language layers its build had (the build pipeline made both).
@@ -272,9 +289,17 @@ def serve(config: Path) -> int:
             except OSError as exc:
                 raise InvalidArgument(f"peer_listen: the cluster's certificates in {tls_dir}"
                                       f" ({exc}); join the cluster first") from exc
+    # A cluster: routes to the other members' dyno pools, their routers let in and
+    # dynos kept off them (followed from the members); the other nodes' up web dynos
+    # routed to by this machine's router too (followed from what they publish).
+    cluster_net = (None if view is None else
+                   ClusterNetwork(view, bridge, settings.runtime_dir))
+    cluster_routes = None if view is None else ClusterRoutes(view, router)
     supervisor = Supervisor(store, settings, router,
                             partial(Host, settings, require_stack, watcher=access,
-                                    slug_peers=slug_peers), events)
+                                    slug_peers=slug_peers,
+                                    peer_pools=cluster_net.peer_pools if cluster_net
+                                    else tuple), events)
     oneoffs = OneOffs(store, settings, lambda: supervisor.host)
     phase = ReleasePhase(store, settings, oneoffs, supervisor.changed, events)
     events.subscribe(DYNOS_CHANGED, lambda e: supervisor.changed(e.app))
@@ -346,6 +371,12 @@ def serve(config: Path) -> int:
         databases.recover()
     except DynodError as exc:
         log.error("backups: %s", exc.message)
+    if cluster_net is not None:
+        try:  # the routes and sets before the dynos' allow-lists are made
+            cluster_net.sync()
+        except DynodError as exc:
+            log.error("cluster network: %s; retrying", exc.message)
+        cluster_net.start()
     supervisor.start()
     if keeper is not None:
         keeper.start()
@@ -360,6 +391,8 @@ def serve(config: Path) -> int:
     api = start_api(settings.socket_path, settings.api_group, daemon, builder=builder,
                     tcp=tcp)
     router_started.join()
+    if cluster_routes is not None:
+        cluster_routes.start()
     acm.start()
     if settings.metrics_listen:
         try:
@@ -395,8 +428,9 @@ def serve(config: Path) -> int:
     metrics.stop()
     if placed is not None:
         placed.leader.stop()
-    if keeper is not None:
-        keeper.stop()
+    for follower in (cluster_routes, cluster_net, keeper):
+        if follower is not None:
+            follower.stop()
     supervisor.stop()
     drains.stop()
     acm.stop()

@@ -68,7 +68,8 @@ class Settings:
     etcd_key_file: str = ""
     # A cluster member's name and its address on the cluster's network (cluster:init
     # and cluster:join write them, with the store's settings and the member's own dyno
-    # address_pool); "" on a machine of its own.
+    # address_pool); "" on a machine of its own. With node_name, the router also routes
+    # to the other nodes' web dynos and the dyno network to the other members' pools.
     node_name: str = ""
     node_address: str = ""
     # The peer API's "host:port" on the cluster's network, which the other machines

@@ -170,11 +170,17 @@ class Membership:
                 "etcd_key_file": str(key), "node_name": name, "node_address": address,
                 "address_pool": pool}
 
+    def _issue(self, ca: local_ca.LocalCA, name: str, address: str) -> tuple[str, str]:
+        """An etcd member's certificate: server and client (to its peers), for its name
+        and address, valid as long as the CA (renewal is the leader's, later)."""
+        return local_ca.issue(ca, (name, address), self.now(), local_ca.CA_VALIDITY,
+                              client_auth=True)
+
     def _start_member(self, me: etcd.Member, members: list[etcd.Member],
-                      state: etcd.ClusterState, ca: local_ca.LocalCA) -> None:
+                      state: etcd.ClusterState, ca: local_ca.LocalCA,
+                      pair: tuple[str, str]) -> None:
         state_dir = self.settings.state_dir
-        cert, key = local_ca.issue(ca, (me.name, me.address), self.now(),
-                                   local_ca.CA_VALIDITY, client_auth=True)
+        cert, key = pair
         env = etcd.member_env(me, members, state, "dynod", state_dir)
         etcd.write_member(state_dir, env, ca.cert_pem, cert, key)
         etcd.write_ca_key(state_dir, ca.key_pem)
@@ -204,7 +210,8 @@ class Membership:
         pool = first_pool(self.settings.address_pool, self.dyno_addresses())
         ca = local_ca.make_ca(self.now(), f"dynod cluster of {name}")
         try:
-            self._start_member(me, [me], etcd.ClusterState.NEW, ca)
+            self._start_member(me, [me], etcd.ClusterState.NEW, ca,
+                               self._issue(ca, name, address))
             store = EtcdStore(_etcd_settings(self.settings.state_dir,
                                              (f"{address}:{etcd.CLIENT_PORT}",)))
             migrated = to_etcd.migrate(sqlite, store)
@@ -282,8 +289,7 @@ class Membership:
         ca_dir = etcd.cluster_dir(self.settings.state_dir) / "tls"
         ca = local_ca.LocalCA((ca_dir / etcd.CA_CERT).read_text(),
                               (ca_dir / "ca.key").read_text())
-        cert, key = local_ca.issue(ca, (name, address), self.now(), local_ca.CA_VALIDITY,
-                                   client_auth=True)
+        cert, key = self._issue(ca, name, address)
         added, everyone = membership.add_learner(joiner.peer_url)
         try:
             membership.add(Member(name, address, f"{address}:{API_PORT}", pool,
@@ -324,7 +330,8 @@ class Membership:
                      for m in sorted(members, key=lambda m: m != me)]
         try:
             self._start_member(me, members, etcd.ClusterState.EXISTING,
-                               local_ca.LocalCA(admission.ca_cert, admission.ca_key))
+                               local_ca.LocalCA(admission.ca_cert, admission.ca_key),
+                               (admission.cert, admission.key))
             store = EtcdStore(_etcd_settings(self.settings.state_dir, tuple(endpoints)))
             try:
                 EtcdMembership(cluster_kv(store), store.settings).promote(admission.member_id)

@@ -46,9 +46,8 @@ def check_token(token: str, sha256: str | None) -> None:
         raise InvalidArgument("the join token is malformed; copy the whole --token value "
                               "`dynoctl cluster:init` printed")
     if sha256 is None or not hmac.compare_digest(token_sha256(token), sha256):
-        raise PermissionDenied("the join token is wrong (or was replaced); copy the join "
-                               "command `dynoctl cluster:init` printed, or make a new one "
-                               "with `dynoctl cluster:token` on a member")
+        raise PermissionDenied("the join token is wrong; copy the whole join command "
+                               "`dynoctl cluster:init` printed")
 
 
 def ca_hash(cert_pem: str) -> str:

@@ -27,7 +27,12 @@ from pathlib import Path
 
 from dynod.errors import NotFound, Unavailable
 from dynod.router import local_ca
-from dynod.router.admin_socket import AdminSocket, parse_server_stat, parse_servers_state
+from dynod.router.admin_socket import (
+    AdminSocket,
+    LiveServer,
+    parse_server_stat,
+    parse_servers_state,
+)
 from dynod.router.cert_store import DEFAULT, CertStore
 from dynod.router.haproxy_config import (
     NO_KEEPALIVE,
@@ -58,6 +63,25 @@ Clock = Callable[[], datetime]
 RENEW_CHECK = 24 * 3600.0
 
 
+def adopted(state: Mapping[str, Sequence[LiveServer]], is_local: Callable[[str], bool],
+            ) -> tuple[dict[str, list[Backend]], dict[str, list[Backend]]]:
+    """The servers a running HAProxy routes to (``show servers state``), by app: this
+    machine's own dynos, then other machines' (by address, ``is_local``). Another
+    machine's are the cluster follower's to keep or drop; the supervisor only ever
+    routes this machine's, and would leave an app with no web dyno here routed to a
+    dyno whose node is gone. Draining servers (maintenance) are left out."""
+    local: dict[str, list[Backend]] = {}
+    remote: dict[str, list[Backend]] = {}
+    for be, servers in state.items():
+        if not be.startswith("app_"):
+            continue
+        found = [Backend(dyno_of(s.name), s.ip, s.port) for s in servers if not s.maintenance]
+        local[be[4:]] = [b for b in found if is_local(b.ip)]
+        if theirs := [b for b in found if not is_local(b.ip)]:
+            remote[be[4:]] = theirs
+    return local, remote
+
+
 class HaproxyRouter:
     """:class:`dynod.router.protocol.Router` over HAProxy; also keeps domains and maintenance
     mode (from the store) in HAProxy's maps. Thread-safe."""
@@ -67,7 +91,8 @@ class HaproxyRouter:
                  ca: local_ca.LocalCA | None = None, clock: Clock = lambda: datetime.now(UTC),
                  publish_hosts: Callable[[Iterable[str]], None] | None = None,
                  systemctl: Systemctl = call_systemctl,
-                 observe_lines: Callable[[list[RouterLine]], None] | None = None) -> None:
+                 observe_lines: Callable[[list[RouterLine]], None] | None = None,
+                 is_local: Callable[[str], bool] = lambda _ip: True) -> None:
         self.store = store
         self.paths = RouterPaths(runtime_dir / "router")
         self.platform_domain = platform_domain
@@ -86,6 +111,10 @@ class HaproxyRouter:
         self.publish_hosts = publish_hosts
         self._lock = threading.RLock()
         self._backends: dict[str, list[Backend]] = {}
+        # Other machines' up web dynos, by app (a cluster: ``runtime.cluster_routes``),
+        # told apart from this machine's by address (``is_local``: in its own pool).
+        self._remote: dict[str, list[Backend]] = {}
+        self.is_local = is_local
         self._apps: set[str] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -106,10 +135,8 @@ class HaproxyRouter:
             # Adopt: the servers HAProxy routes to now are the truth until the supervisor
             # says otherwise. (Not running: the admin socket does not answer.)
             with contextlib.suppress(Unavailable):
-                for be, servers in parse_servers_state(self.admin("show servers state")).items():
-                    if be.startswith("app_"):
-                        self._backends[be[4:]] = [Backend(dyno_of(s.name), s.ip, s.port)
-                                                  for s in servers if not s.maintenance]
+                self._backends, self._remote = adopted(
+                    parse_servers_state(self.admin("show servers state")), self.is_local)
             self._write_static_files()
             # HTTPS from the first start: the default certificate is there before HAProxy.
             self._renew_default()
@@ -157,6 +184,23 @@ class HaproxyRouter:
         with self._lock:
             self._backends.pop(app, None)
             self._sync_config()
+
+    def set_remote(self, backends: dict[str, list[Backend]]) -> None:
+        """Route each app also to these web dynos of other machines (the whole set,
+        as ``cluster_routes`` reads it), through the runtime API without a reload."""
+        with self._lock:
+            old, self._remote = self._remote, {a: sorted(set(b)) for a, b in backends.items()}
+            changed = {a for a in set(old) | set(self._remote)
+                       if old.get(a) != self._remote.get(a)}
+            for app in sorted(changed & self._apps):
+                self._apply(app)
+            if changed:
+                self._keep_file()
+                self._sync_empty()
+
+    def _servers(self, app: str) -> list[Backend]:
+        """What ``app`` is routed to: this machine's up web dynos and the others'."""
+        return sorted(set(self._backends.get(app, [])) | set(self._remote.get(app, [])))
 
     def server_status(self, app: str, backend: Backend) -> tuple[str, int] | None:
         """HAProxy's view of one server: (status, requests in flight or queued), None
@@ -272,7 +316,7 @@ class HaproxyRouter:
         with self.store.read() as tx:
             hosts.update({d.hostname: d.app for d in tx.domains(None) if d.app in apps})
             maint = {a: "1" for a in apps if tx.maintenance(a)}
-        empty = {a: self._empty_code(a) for a in apps if not self._backends.get(a)}
+        empty = {a: self._empty_code(a) for a in apps if not self._servers(a)}
         return hosts, maint, empty
 
     def _empty_code(self, app: str) -> str:
@@ -323,7 +367,7 @@ class HaproxyRouter:
         self._sync_maps()
 
     def _render(self, apps: set[str]) -> str:
-        return render_config(self.paths, {a: self._backends.get(a, []) for a in apps},
+        return render_config(self.paths, {a: self._servers(a) for a in apps},
                              http_port=self.http_port, https_port=self.https_port,
                              tls=bool(self.certs.names()),
                              no_keepalive=self._no_keepalive(apps),
@@ -364,7 +408,7 @@ class HaproxyRouter:
     def _apply(self, app: str) -> None:
         """Make the app's live servers equal the desired ones, through the admin socket."""
         be = backend_name(app)
-        desired = {server_name(b): b for b in self._backends.get(app, [])}
+        desired = {server_name(b): b for b in self._servers(app)}
         live = {s.name: s for s in
                 parse_servers_state(self.admin(f"show servers state {be}")).get(be, [])}
         for name, b in desired.items():

@@ -45,6 +45,15 @@ class Draining(Protocol):
     def in_flight(self, app: str, backend: Backend) -> int: ...
 
 
+class RemoteRoutes(Protocol):
+    """Optional (a cluster): the other machines' up web dynos, which
+    ``runtime.cluster_routes`` reads from what each node publishes."""
+
+    def set_remote(self, backends: dict[str, list[Backend]]) -> None:
+        """Route each app also to these backends (the whole set; an app missing from
+        ``backends`` has none on another machine)."""
+
+
 class NullRouter:
     """Routes nothing; remembers the last backends per app (tests and the default)."""
 

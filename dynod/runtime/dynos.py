@@ -19,9 +19,9 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Protocol
 
@@ -109,12 +109,16 @@ class Host:
 
     def __init__(self, settings: Settings,
                  require_stack: Callable[[str, str], tuple[Path, ...]],
-                 mode: PidMode | None = None, watcher: NetworkWatcher | None = None,
-                 slug_peers: SlugPeers | None = None) -> None:
+                 *, mode: PidMode | None = None, watcher: NetworkWatcher | None = None,
+                 slug_peers: SlugPeers | None = None,
+                 peer_pools: Callable[[], Iterable[IPv4Network]] = tuple) -> None:
         self.settings = settings
         self.watcher = watcher
         # In a cluster, the other machines a slug this one lacks is fetched from.
         self.slug_peers = slug_peers
+        # A cluster's other dyno pools (runtime.cluster_network), out of each dyno's
+        # IPAddressAllow= as they are when it starts.
+        self.peer_pools = peer_pools
         # A dyno's root is laid over the stack its slug was built on, by name, with the
         # language layers of its build, by the slug's checksum: the lower directories,
         # top first (the build owns stacks, the store knows each slug's: injected).
@@ -184,7 +188,7 @@ class Host:
                 app=ref.app, process_type=ref.process_type, number=ref.number,
                 release=release, command=command, root=plan.root,
                 env=unit_properties.make_env(config), binds=plan.binds, netns_path=net.netns_path,
-                ip_allow=tuple(netns.ip_allow_list(net, self.bridge.pool)),
+                ip_allow=tuple(netns.ip_allow_list(net, self.bridge.pool, self.peer_pools())),
                 limits=limits_for_size(parse_size(size)),
                 user=str(uid), group=str(uid), port=PORT, generation=ref.generation,
                 stdio=stdio,

@@ -25,6 +25,7 @@ from dynod.model.cluster import NODE_TTL, Located, Node, to_json
 from dynod.store.etcd_kv import Kv, prefix_end
 
 log = logging.getLogger(__name__)
+BATCH = 100  # operations per txn, under etcd's default --max-txn-ops of 128
 
 
 def located_key(d: Located) -> str:
@@ -132,5 +133,6 @@ class NodeKeeper:
             return
         ops = [self.kv.put_op(k, v, self.lease) for k, v in puts.items()]
         ops += [self.kv.delete_op(k) for k in deletes]
-        self.kv.txn([], ops)
+        for i in range(0, len(ops), BATCH):
+            self.kv.txn([], ops[i:i + BATCH])
         self.published = wanted

@@ -31,13 +31,19 @@ Shape of the network::
   dyno as on the host.
 * Host veth names encode the dyno's address (``dv`` + 8 hex digits), so the set of used
   addresses is read back from the bridge's ports after a restart of dynod.
+* A cluster: each machine has a pool of its own (a /20 of the cluster's range) and a
+  route to every other member's pool via that member's address on the cluster network
+  (``plan_peer_routes``, ``apply_peers``; routes of protocol ``ROUTE_PROTO``). A peer's
+  router (traffic from a member's address) may open connections to this machine's
+  dynos; dynos reach no other member's dynos (set ``peer_pools``) nor any member's
+  own address (set ``peer_hosts``: its sshd, API, etcd, router), as on one machine
+  they reach nothing of the host but the router.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -48,6 +54,14 @@ from typing import TYPE_CHECKING
 
 from dynod.errors import InvalidArgument, ResourceExhausted, Unavailable
 from dynod.system import libc, processes
+from dynod.system.dyno_names import add_dyno_hosts, dyno_resolv_conf
+from dynod.system.peers import (
+    PEER_HOSTS,
+    PEER_POOLS,
+    Peer,
+    plan_peer_routes,
+    render_peer_sets,
+)
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -69,9 +83,9 @@ ADDONS_CHAIN = "addons"
 ADDONS_OUTPUT_CHAIN = "addons_output"
 # The router's ports on the host (HAProxy binds every address): reachable from dynos.
 ROUTER_PORTS = (80, 443)
-# The start of the dynos' hosts file; lines for apps are appended after it.
-HOSTS_HEAD = ("# dynod: apps resolve to the router (the bridge's gateway)\n"
-              "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+# The routing protocol number dynod's routes to peers' pools carry (``ip route`` shows
+# ``proto 213``): only those are ever changed or removed.
+ROUTE_PROTO = 213
 
 
 @dataclass(frozen=True)
@@ -170,13 +184,20 @@ def plan_dyno_network(plan: BridgePlan, dyno: str, address: IPv4Address) -> Dyno
     )
 
 
-def ip_allow_list(net: DynoNetwork, pool: IPv4Network) -> list[IPv4Network]:
+def ip_allow_list(net: DynoNetwork, pool: IPv4Network,
+                  peer_pools: Iterable[IPv4Network] = ()) -> list[IPv4Network]:
     """What the dyno's cgroup may exchange packets with (``IPAddressAllow=``, with
     ``IPAddressDeny=any``): loopback, itself, the bridge (the router's connections),
-    and the whole IPv4 Internet except the pool (other dynos) and link-local.
-    Defence in depth for the nftables rules and the isolated bridge ports."""
+    and the whole IPv4 Internet except the pool (other dynos), the other members'
+    pools of a cluster (their dynos) and link-local. Defence in depth for the nftables
+    rules and the isolated bridge ports. (The members' own addresses stay allowed:
+    their routers' connections come from there; nftables refuses the dyno's own.)"""
     outside: list[IPv4Network] = [IPv4Network("0.0.0.0/0")]
-    for hole in (pool, METADATA):
+    holes = [pool, METADATA]
+    for extra in sorted(set(peer_pools)):
+        if not any(extra.subnet_of(h) for h in holes):
+            holes = [h for h in holes if not h.subnet_of(extra)] + [extra]
+    for hole in holes:
         nxt: list[IPv4Network] = []
         for net_ in outside:
             if hole.subnet_of(net_):
@@ -196,9 +217,11 @@ def render_nftables(plan: BridgePlan) -> str:
     """The ``ip dynod`` table's structure and its base chains' rules, applied in one
     transaction by ``nft -f`` (idempotent).
 
-    The base chains are flushed and rewritten; the ``addons`` chain and the add-on
-    sets are declared but left as they are: a build or a new dyno host re-rendering
-    the table must not take away an add-on's access (``render_addon_rules`` owns them).
+    The base chains are flushed and rewritten; the ``addons`` chain, the add-on sets
+    and the peer sets are declared but left as they are: a build or a new dyno host
+    re-rendering the table must not take away an add-on's access
+    (``render_addon_rules`` owns them) nor a peer's (``render_peer_sets``).
+    A peer's router reaches dynos on unprivileged ports only ($PORT is one).
     Nothing is deleted, so established flows and the router's keep their conntrack
     entries and NAT bindings.
     """
@@ -206,8 +229,15 @@ def render_nftables(plan: BridgePlan) -> str:
     gw = plan.gateway
     t = f"ip {NFT_TABLE}"
     ports = ", ".join(str(p) for p in ROUTER_PORTS)
+    peer_ports = "tcp dport 1024-65535 ct state new accept"
     return f"""table {t} {{
 \tchain {ADDONS_CHAIN} {{
+\t}}
+\tset {PEER_HOSTS} {{
+\t\ttype ipv4_addr;
+\t}}
+\tset {PEER_POOLS} {{
+\t\ttype ipv4_addr; flags interval;
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
@@ -224,9 +254,13 @@ flush chain {t} forward
 flush chain {t} input
 add rule {t} postrouting ip saddr {plan.pool} oifname != "{br}" masquerade
 add rule {t} forward oifname "{br}" ct state established,related accept
+add rule {t} forward oifname "{br}" ip saddr @{PEER_HOSTS} ip daddr {plan.pool} {peer_ports}
 add rule {t} forward oifname "{br}" drop
 add rule {t} forward iifname "{br}" ip daddr {METADATA} drop
 add rule {t} forward iifname "{br}" ip daddr {plan.pool} drop
+add rule {t} forward iifname "{br}" ip daddr @{PEER_HOSTS} ct direction reply accept
+add rule {t} forward iifname "{br}" ip daddr @{PEER_POOLS} drop
+add rule {t} forward iifname "{br}" ip daddr @{PEER_HOSTS} drop
 add rule {t} input iifname "{br}" ip daddr {gw} jump {ADDONS_CHAIN}
 add rule {t} input iifname "{br}" tcp dport {{ {ports} }} ct direction original accept
 add rule {t} input iifname "{br}" ct state established,related accept
@@ -258,71 +292,6 @@ def render_dyno_nftables(net: DynoNetwork) -> str:
 """
 
 
-def dyno_hosts(names: Iterable[str], gateway: IPv4Address, have: str = "") -> str:
-    """What to append to the dynos' hosts file ``have`` so that each of ``names``
-    resolves to the router (``gateway``): only the missing names, so the file only
-    grows (it is bound into running dynos and rewritten in place; a name that is no
-    longer an app still reaches the router, which answers 404)."""
-    known = {f for line in have.splitlines() if not line.startswith("#")
-             for f in line.split()[1:]}
-    missing = sorted(set(names) - known)
-    return "".join(f"{gateway}\t{n}\n" for n in missing)
-
-
-def add_dyno_hosts(path: Path, names: Iterable[str], gateway: IPv4Address) -> None:
-    """Append the missing ``names`` to the hosts file at ``path`` in place (its inode is
-    bound into running dynos, so it is never replaced), made with HOSTS_HEAD first."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    with os.fdopen(fd, "r+") as f:
-        have = f.read()
-        if not have:
-            have = HOSTS_HEAD
-            f.write(have)
-        f.write(dyno_hosts(names, gateway, have))
-
-# What a dyno's resolver does when an answer does not come: ask again after 1 s, up to
-# 5 times (glibc's most; Go's resolver and musl read the same line). glibc's default,
-# 5 s twice, turns two lost UDP datagrams into EAI_AGAIN ("Temporary failure in name
-# resolution") after a 10 s stall. An upstream resolver that drops queries past a rate
-# (this project's machines do: 7 of 300 lookups run 8 at a time failed on the host
-# itself, and with these options 0 of 300) then failed a build's pip, npm or apt now
-# and then, although the host resolved a name at a time fine. Retries a second apart
-# land in the next second's budget.
-RESOLVER_OPTIONS = ("timeout:1", "attempts:5")
-
-
-def dyno_resolv_conf(candidates: Iterable[str]) -> str:
-    """resolv.conf for dynos and builds from the host's files, in order of preference.
-
-    A dyno cannot reach the host's loopback (its own netns), so loopback stubs
-    (127.0.0.53 of systemd-resolved) are skipped; the first candidate with a
-    non-loopback nameserver wins (pass /etc/resolv.conf, then
-    /run/systemd/resolve/resolv.conf), with that file's own options (``edns0``,
-    ``ndots:N``...) but dynod's ``timeout``/``attempts`` (RESOLVER_OPTIONS). No usable
-    server gives a file with no nameserver: lookups fail fast instead of hanging.
-    """
-    for text in candidates:
-        servers = []
-        options: list[str] = []
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) >= 2 and fields[0] == "nameserver":
-                try:
-                    addr = ipaddress.ip_address(fields[1].split("%")[0])
-                except ValueError:
-                    continue
-                if not addr.is_loopback and addr.version == 4:
-                    servers.append(str(addr))
-            elif fields[:1] == ["options"]:
-                options += [o for o in fields[1:] if o.partition(":")[0] not in
-                            {"timeout", "attempts"} and o not in options]
-        if servers:
-            body = "".join(f"nameserver {s}\n" for s in servers[:3])
-            return ("# dynod: the host's upstream resolvers\n"
-                    f"options {' '.join([*options, *RESOLVER_OPTIONS])}\n" + body)
-    return "# dynod: the host has no resolver a dyno can reach\n"
-
-
 # --- acting -----------------------------------------------------------------------
 
 
@@ -349,14 +318,7 @@ def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
                         raise
                 idx = _index(ipr, plan.bridge)
             assert idx is not None
-            have = {(a.get("address"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
-            if (str(plan.gateway), plan.pool.prefixlen) not in have:
-                try:
-                    ipr.addr("add", index=idx, address=str(plan.gateway),
-                             prefixlen=plan.pool.prefixlen)
-                except NetlinkError as exc:
-                    if exc.code != errno.EEXIST:
-                        raise
+            _set_gateway(ipr, idx, plan)
             # Pin the bridge's MAC: by default a bridge takes the lowest MAC of its ports,
             # so a new dyno's veth could change it, and every running dyno would send its
             # answers to the gateway's old MAC until ARP noticed (~30 s of hung requests
@@ -386,6 +348,60 @@ def ensure_bridge(plan: BridgePlan, runtime_dir: Path) -> Path:
     tmp.replace(resolv)
     add_dyno_hosts(runtime_dir / "hosts", (), plan.gateway)
     return resolv
+
+
+def _set_gateway(ipr: IPRoute, idx: int, plan: BridgePlan) -> None:
+    """The bridge's one IPv4 address: the plan's gateway with the pool's prefix. An
+    address of another pool (dynod.toml's ``address_pool`` changed, e.g. the first
+    machine of a cluster going from 10.213.0.0/16 to its /20) goes once the new one is
+    there; secondaries are promoted, so the gateway of a running dyno keeps answering."""
+    from pyroute2 import NetlinkError  # noqa: PLC0415 - see above
+    have = {(a.get("address"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
+    want = (str(plan.gateway), plan.pool.prefixlen)
+    if want not in have:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/sys/net/ipv4/conf/{plan.bridge}/promote_secondaries").write_text("1\n")
+        try:
+            ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+    for address, prefixlen in sorted(have - {want}):
+        try:
+            ipr.addr("del", index=idx, address=address, prefixlen=prefixlen)
+        except NetlinkError as exc:
+            if exc.code != errno.EADDRNOTAVAIL:  # removed meanwhile
+                raise
+
+
+def apply_peers(plan: BridgePlan, peers: Iterable[Peer]) -> None:
+    """Make this machine's routes to peers' pools (protocol ``ROUTE_PROTO``) and the
+    peer sets equal to ``peers``: missing routes added, changed ones replaced, those of
+    members gone deleted. The bridge and table must exist (``ensure_bridge``).
+    Idempotent. Raises Unavailable when the kernel or nft refuses (e.g. a peer's
+    address is not on any network of this machine)."""
+    from pyroute2 import IPRoute, NetlinkError  # noqa: PLC0415 - see above
+    peers = list(peers)
+    want = {r.dst: r for r in plan_peer_routes(peers)}
+    try:
+        with IPRoute() as ipr:
+            have: dict[IPv4Network, IPv4Address | None] = {}
+            for route in ipr.get_routes(family=2, table=254):
+                if route["proto"] != ROUTE_PROTO:
+                    continue
+                dst = IPv4Network(f"{route.get_attr('RTA_DST')}/{route['dst_len']}")
+                gw = route.get_attr("RTA_GATEWAY")
+                have[dst] = IPv4Address(gw) if gw else None
+            for dst in set(have) - set(want):
+                with contextlib.suppress(NetlinkError):  # gone meanwhile
+                    ipr.route("del", dst=str(dst), proto=ROUTE_PROTO)
+            for dst, r in want.items():
+                if have.get(dst) != r.via:
+                    ipr.route("replace", dst=str(dst), gateway=str(r.via), proto=ROUTE_PROTO)
+    except NetlinkError as exc:
+        raise Unavailable(f"routes to the cluster's dyno pools: {exc}; check that every "
+                          "member's address is on this machine's cluster network") from exc
+    nft(render_peer_sets(peers), "the cluster's members")
 
 
 def nft(script: str, what: str) -> str:

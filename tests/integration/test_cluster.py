@@ -164,14 +164,17 @@ def test_three_etcd_members_make_one_cluster_over_tls_only(
     for m in cluster_machines:
         health = first.exec([*CURL, f"https://{m.test_address}:2379/health"]).stdout
         assert json.loads(health)["health"] == "true", f"{m.name}: {health}"
-    second = cluster_machines[1]
-    # Plain text, and TLS without a certificate of the cluster's CA, are refused.
-    plain = second.exec(["curl", "-sS", "-m", "5", f"http://{first.test_address}:2379/health"],
-                        check=False)
+    assert_strangers_refused(cluster_machines[1], first.test_address)
+
+
+def assert_strangers_refused(m: Machine, address: str) -> None:
+    """From ``m``: the etcd member at ``address`` refuses plain text and TLS without a
+    certificate of the cluster's CA, on its client and its peer port."""
+    plain = m.exec(["curl", "-sS", "-m", "5", f"http://{address}:2379/health"], check=False)
     assert plain.returncode != 0 and "health" not in plain.stdout
-    anonymous = second.exec(["curl", "-sS", "-m", "5", "--cacert", f"{TLS}/ca.crt",
-                             f"https://{first.test_address}:2379/health"], check=False)
+    anonymous = m.exec(["curl", "-sS", "-m", "5", "--cacert", f"{TLS}/ca.crt",
+                        f"https://{address}:2379/health"], check=False)
     assert anonymous.returncode != 0 and "health" not in anonymous.stdout
-    plain_peer = second.exec(["curl", "-sS", "-m", "5",
-                              f"http://{first.test_address}:2380/members"], check=False)
+    plain_peer = m.exec(["curl", "-sS", "-m", "5", f"http://{address}:2380/members"],
+                        check=False)
     assert plain_peer.returncode != 0

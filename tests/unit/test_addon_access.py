@@ -277,6 +277,7 @@ def test_host_tells_the_watcher_before_the_process_and_before_freeing(
     host._addresses = threading.RLock()
     host._used = set()
     host._spare = None
+    host.peer_pools = tuple
     ref = DynoRef("shop", "release", 1, 1)
     monkeypatch.setattr(trees, "slug_tree", lambda *a, **k: tmp_path / "tree")
     monkeypatch.setattr(dynos, "ensure_user", lambda uid: None)

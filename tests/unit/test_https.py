@@ -21,7 +21,7 @@ from dynod.router.cert_store import DEFAULT, CertStore
 from dynod.router.haproxy_config import RouterPaths, render_config
 from dynod.runtime import dynos
 from dynod.settings import Settings
-from dynod.system import mounts, netns
+from dynod.system import dyno_names, mounts, netns
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -212,12 +212,12 @@ def test_dynos_reach_the_routers_ports_and_nothing_else_of_the_host() -> None:
 def test_the_dynos_hosts_file_only_grows_in_place(tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     gw = IPv4Address("10.213.0.1")
-    netns.add_dyno_hosts(hosts, ["shop.dynod.localhost"], gw)
+    dyno_names.add_dyno_hosts(hosts, ["shop.dynod.localhost"], gw)
     inode = hosts.stat().st_ino
-    netns.add_dyno_hosts(hosts, ["shop.dynod.localhost", "blog.dynod.localhost"], gw)
-    netns.add_dyno_hosts(hosts, ["blog.dynod.localhost"], gw)  # shop was destroyed: kept
+    dyno_names.add_dyno_hosts(hosts, ["shop.dynod.localhost", "blog.dynod.localhost"], gw)
+    dyno_names.add_dyno_hosts(hosts, ["blog.dynod.localhost"], gw)  # shop was destroyed: kept
     assert hosts.stat().st_ino == inode  # bound into running dynos: never replaced
-    assert hosts.read_text() == (netns.HOSTS_HEAD + "10.213.0.1\tshop.dynod.localhost\n"
+    assert hosts.read_text() == (dyno_names.HOSTS_HEAD + "10.213.0.1\tshop.dynod.localhost\n"
                                  "10.213.0.1\tblog.dynod.localhost\n")
 
 

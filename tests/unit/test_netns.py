@@ -5,7 +5,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from dynod.errors import InvalidArgument, ResourceExhausted
-from dynod.system import netns
+from dynod.system import dyno_names, netns
 
 
 def test_plan_bridge() -> None:
@@ -112,25 +112,25 @@ def test_render_nftables() -> None:
 def test_resolv_conf_skips_loopback_stubs() -> None:
     stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n"
     upstream = "# resolved\nnameserver 192.168.1.1\nnameserver fe80::1%eth0\nnameserver 9.9.9.9\n"
-    out = netns.dyno_resolv_conf([stub, upstream])
+    out = dyno_names.dyno_resolv_conf([stub, upstream])
     assert "nameserver 192.168.1.1\nnameserver 9.9.9.9\n" in out
     assert "127.0.0.53" not in out and "fe80" not in out
-    assert netns.dyno_resolv_conf(["nameserver 10.0.0.1\n", upstream]).endswith(
+    assert dyno_names.dyno_resolv_conf(["nameserver 10.0.0.1\n", upstream]).endswith(
         "nameserver 10.0.0.1\n"
     )
-    assert "nameserver" not in netns.dyno_resolv_conf([stub]).replace("# dynod", "")
-    assert "nameserver" not in netns.dyno_resolv_conf([])
+    assert "nameserver" not in dyno_names.dyno_resolv_conf([stub]).replace("# dynod", "")
+    assert "nameserver" not in dyno_names.dyno_resolv_conf([])
 
 
 def test_resolv_conf_retries_a_lost_query_soon_and_often() -> None:
     """glibc's defaults (5 s, 2 tries) made two dropped datagrams a failed build
     (issue 14 item 5): a lookup is retried after 1 s, 5 times; the chosen file's other
     options are kept, its own timeout and attempts are not."""
-    out = netns.dyno_resolv_conf(["nameserver 127.0.0.53\noptions edns0\n",
+    out = dyno_names.dyno_resolv_conf(["nameserver 127.0.0.53\noptions edns0\n",
                                   "options timeout:5 rotate\noptions attempts:2 rotate\n"
                                   "nameserver 10.255.255.53\n"])
     assert out.splitlines()[1:] == ["options rotate timeout:1 attempts:5",
                                     "nameserver 10.255.255.53"], out
-    plain = netns.dyno_resolv_conf(["nameserver 9.9.9.9\n"])
+    plain = dyno_names.dyno_resolv_conf(["nameserver 9.9.9.9\n"])
     assert "options timeout:1 attempts:5\nnameserver 9.9.9.9\n" in plain, plain
-    assert "options" not in netns.dyno_resolv_conf(["nameserver 127.0.0.1\n"])
+    assert "options" not in dyno_names.dyno_resolv_conf(["nameserver 127.0.0.1\n"])

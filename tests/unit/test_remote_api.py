@@ -244,10 +244,12 @@ def test_every_method_has_a_rule_and_unlisted_ones_are_the_admins() -> None:
     assert {m for m in methods if gate.rule_for(m) == gate.ADMIN} == {
         "/dynod.v1.Peers/FetchSlug",
         "/dynod.v1.Apps/Gc", "/dynod.v1.Auth/AddUser", "/dynod.v1.Auth/ListUsers",
+        "/dynod.v1.Cluster/Init", "/dynod.v1.Cluster/CheckJoin", "/dynod.v1.Cluster/Join",
+        "/dynod.v1.Cluster/Status", "/dynod.v1.Cluster/Remove",
         "/dynod.v1.Domains/AddCert", "/dynod.v1.Domains/ListCerts",
         "/dynod.v1.Domains/RemoveCert", "/dynod.v1.Keys/Get", "/dynod.v1.Stacks/Build"}
     assert {m for m in methods if gate.rule_for(m) == gate.PUBLIC} == {
-        "/dynod.v1.Auth/Login"}
+        "/dynod.v1.Auth/Login", "/dynod.v1.Cluster/Admit"}
 
 
 def test_a_users_key_pushes_only_to_their_apps(remote: Remote) -> None:
