@@ -129,6 +129,8 @@ class Host:
         self.bridge = netns.plan_bridge(settings.address_pool)
         self.resolv = netns.ensure_bridge(self.bridge, settings.runtime_dir)
         self.init = find_init(settings)
+        self.journal_dir = settings.runtime_dir / "journal"
+        journal.link_stdout_socket(self.journal_dir)
         self.mode = mode or unit_properties.pid_mode_for(hostinfo.systemd_version())
         self._addresses = threading.RLock()
         # Addresses in use, read from the veths once and kept up to date here (reading
@@ -143,7 +145,7 @@ class Host:
         return mounts.plan_rootfs(
             self.settings.runtime_dir, ref.key, tree, stack,
             mounts.dyno_binds(self.init, self.resolv, hosts if hosts.exists() else None,
-                              trust_bundle(self.settings, stack[-1])))
+                              trust_bundle(self.settings, stack[-1]), self.journal_dir))
 
     def start(self, ref: DynoRef, *, release: int, command: str, size: str,
               checksum: str, uid: int, config: dict[str, str], stack: str,
@@ -161,6 +163,7 @@ class Host:
                          lambda message: journal.app_event(ref.app, ref.dyno, message,
                                                            priority=4))
         ensure_user(uid)
+        journal.link_stdout_socket(self.journal_dir)  # two stat() calls when it is there
         plan = self.rootfs_plan(ref, tree, self.require_stack(stack, checksum))
         with self._addresses:
             # Leftovers of an earlier run of the same dyno go first.
