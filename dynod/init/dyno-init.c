@@ -277,40 +277,43 @@ static int dropping(void)
 
 /* Take what the command wrote: into the buffer while it has room, else (dropping())
  * read and drop it, counting lines. */
-static void read_output(void)
+/* read() from the pipe: > 0 bytes read, 0 nothing more for now (the pipe is closed
+ * once every writer is gone, or on an error). */
+static ssize_t pipe_read(char *into, size_t size)
 {
 	for (;;) {
+		ssize_t n = read(out.in, into, size);
+		if (n > 0)
+			return n;
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0 || errno != EAGAIN) {
+			close(out.in);
+			out.in = -1;
+		}
+		return 0;
+	}
+}
+
+static void read_output(void)
+{
+	char scratch[4096];
+	ssize_t n;
+	while (out.in >= 0) {
 		if (out.len < BUF_SIZE)
 			note_lost();
 		if (out.len < BUF_SIZE) {
-			ssize_t n = read(out.in, out.buf + out.len, BUF_SIZE - out.len);
-			if (n > 0) {
-				out.len += (size_t)n;
-				out.mid_line = out.buf[out.len - 1] != '\n';
-				out.line_start = !out.mid_line;
-				continue;
-			}
-			if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-				close(out.in);
-				out.in = -1;
-			}
-			if (n < 0 && errno == EINTR)
-				continue;
-			return;
+			if ((n = pipe_read(out.buf + out.len, BUF_SIZE - out.len)) == 0)
+				return;
+			out.len += (size_t)n;
+			out.mid_line = out.buf[out.len - 1] != '\n';
+			out.line_start = !out.mid_line;
+			continue;
 		}
 		if (!dropping())
 			return; /* back-pressure, as journald itself gives, for a while */
-		char scratch[4096];
-		ssize_t n = read(out.in, scratch, sizeof(scratch));
-		if (n <= 0) {
-			if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-				close(out.in);
-				out.in = -1;
-			}
-			if (n < 0 && errno == EINTR)
-				continue;
+		if ((n = pipe_read(scratch, sizeof(scratch))) == 0)
 			return;
-		}
 		if (!out.lost)
 			out.lost_since = time(NULL);
 		/* Lines begun in what is dropped (one kept in part is not lost). */
