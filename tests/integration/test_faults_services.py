@@ -121,7 +121,11 @@ def row(fault: str, result: dict[str, Any], saw: str, recover: float) -> None:
 
 
 def logged(m: Machine, needle: str, *, router: bool = False) -> bool:
-    out = m.run(["dynoctl", "logs", "-a", APP, "-n", "300"], cwd="/tmp").stdout
+    """In `logs`: the app's own lines (the load's GET / logs none), or the router's (the
+    load's fill them: the most `logs` gives, ~18 s of them at this load)."""
+    which = ["-s", "dynod", "-d", "router", "-n", "1500"] if router else ["-s", "app",
+                                                                          "-n", "300"]
+    out = m.run(["dynoctl", "logs", "-a", APP, *which], cwd="/tmp").stdout
     return any(needle in line and (not router or "dynod[router]" in line)
                for line in out.splitlines())
 
@@ -166,10 +170,15 @@ def haproxy_killed(m: Machine) -> None:
 def journald(m: Machine, how: str) -> None:
     ids = invocations(m)
     load = Load(m)
-    # A `logs --tail` client across the fault: dynod's reader must carry on.
+    # A `logs --tail` client across the fault: dynod's reader must carry on. Its backlog
+    # printed first (a fresh file: the last case's must not count), then the line: hit
+    # before the tail runs, the line could be older than a backlog of the load's lines.
+    m.exec(["rm", "-f", "/tmp/ftail.log"])
     m.exec(["systemd-run", "--unit=ftail", "--collect", "-p", "WorkingDirectory=/tmp",
             "-p", "StandardOutput=file:/tmp/ftail.log", "dynoctl", "logs", "-a", APP,
             "--tail"])
+    wait_for("the tail's backlog", lambda: m.exec(
+        ["sh", "-c", "cat /tmp/ftail.log 2>/dev/null"], check=False).stdout != "", timeout=30)
     hit(m, "/before-journald")
     wait_for("the tail to run", lambda: "/before-journald" in m.exec(
         ["cat", "/tmp/ftail.log"]).stdout, timeout=30)
@@ -207,9 +216,7 @@ def journald(m: Machine, how: str) -> None:
     saw = "nothing; lines after the restart in `logs` and in a running `logs --tail`"
     if how == "stop":
         # Written while journald was down: kept (64 KiB a dyno) and written on reconnect.
-        app_lines = m.run(["dynoctl", "logs", "-a", APP, "-s", "app", "-n", "300"],
-                          cwd="/tmp").stdout
-        kept = [n for n in range(4) if f"GET /during-journald-{n} " in app_lines]
+        kept = [n for n in range(4) if logged(m, f"GET /during-journald-{n} ")]
         assert kept == [0, 1, 2, 3], f"lines written while journald was stopped: {kept}"
         # The reconnected stream's lines carry the unit's LogExtraFields, as before.
         fields = json.loads(m.exec(["journalctl", "-o", "json", "-n", "1", "--no-pager",
