@@ -1,6 +1,8 @@
 /*
  * dyno-init: the PID 1 of a dyno. Small, static, never a resident interpreter
- * (measured: ~0.2 MiB per dyno, against ~5 MiB for a Python shim).
+ * (measured: ~0.2 MiB per dyno, against ~5 MiB for a Python shim; with --journal, VmRSS
+ * of the inner init 444 KiB against 336 KiB without, anonymous 52 KiB against 48, plus
+ * up to BUF_SIZE while it holds output that journald has not taken).
  *
  *   dyno-init [--no-pidns] [--journal IDENT] -- COMMAND [ARG...]
  *
@@ -41,8 +43,10 @@
  * syslog/kmsg/console). journald finds the unit, and its LogExtraFields=, from the
  * cgroup of the connecting process (dyno-init is in the unit's), so the lines keep
  * their fields. The command never blocks on its output for longer than STALL_MS: when
- * the buffer is full and journald is gone or takes nothing for that long, new output is
- * dropped, and once it flows again one line says how much, in Heroku's words:
+ * the buffer is full and journald is gone, or has not taken half of it in that long
+ * (journald slowed down by its own full disk took a trickle, and held a request that
+ * logged 20,000 lines for 25 s), new output is dropped until it has; then one line says
+ * how much, in Heroku's words:
  * `Error L10 (output buffer overflow): N messages dropped since <time>.`
  *
  * Exit status 127: COMMAND not found/executable; 125: dyno-init itself failed.
@@ -88,7 +92,7 @@ static struct {
 	int in;            /* the pipe's read end; -1 once every writer is gone */
 	int up;            /* fd 1 (and 2) is a live stream to journald */
 	long long last_try;            /* CLOCK_MONOTONIC, ms */
-	long long blocked_since;       /* journald has taken nothing since; 0: it takes */
+	long long full_since;          /* the buffer full since (till it is half empty) */
 	unsigned long lost;            /* lines dropped since `lost_since` */
 	int mid_line;                  /* the last byte kept was not a newline */
 	int line_start;                /* the last byte read, kept or not, was a newline */
@@ -201,7 +205,6 @@ static int reconnect(void)
 	}
 	close(fd);
 	out.up = 1;
-	out.blocked_since = 0;
 	return 1;
 }
 
@@ -215,12 +218,11 @@ static void flush_output(void)
 		if (n > 0) {
 			memmove(out.buf, out.buf + n, out.len - (size_t)n);
 			out.len -= (size_t)n;
-			out.blocked_since = 0;
+			if (out.len <= BUF_SIZE / 2)
+				out.full_since = 0;
 		} else if (n < 0 && errno == EINTR) {
 			continue;
 		} else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			if (!out.blocked_since)
-				out.blocked_since = now_ms();
 			return;
 		} else {
 			out.up = 0; /* EPIPE, ECONNRESET: journald let the stream go */
@@ -268,11 +270,15 @@ static void note_lost(void)
 	out.mid_line = 0;
 }
 
-/* The buffer is full and journald is gone, or has taken nothing for STALL_MS. */
+/* The buffer is full and journald is gone, or has not emptied half of it in STALL_MS
+ * (a journald that takes a trickle must not hold the command up for longer). */
 static int dropping(void)
 {
-	return out.len == BUF_SIZE &&
-	       (!out.up || (out.blocked_since && now_ms() - out.blocked_since >= STALL_MS));
+	if (out.len < BUF_SIZE)
+		return 0;
+	if (!out.full_since)
+		out.full_since = now_ms();
+	return !out.up || now_ms() - out.full_since >= STALL_MS;
 }
 
 /* Take what the command wrote: into the buffer while it has room, else (dropping())
