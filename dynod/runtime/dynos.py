@@ -126,6 +126,8 @@ class Host:
         self.bridge = netns.plan_bridge(settings.address_pool)
         self.resolv = netns.ensure_bridge(self.bridge, settings.runtime_dir)
         self.init = mounts.find_init(settings.dyno_init)
+        self.journal_dir = settings.runtime_dir / "journal"
+        journal.link_stdout_socket(self.journal_dir)
         self.mode = mode or unit_properties.pid_mode_for(hostinfo.systemd_version())
         self._addresses = threading.RLock()
         # Addresses in use, read from the veths once and kept up to date here (reading
@@ -143,7 +145,7 @@ class Host:
         return mounts.plan_rootfs(
             self.settings.runtime_dir, ref.key, tree, stack,
             mounts.dyno_binds(self.init, self.resolv, hosts if hosts.exists() else None,
-                              bundle, java))
+                              bundle, java, journal_dir=self.journal_dir))
 
     def start(self, ref: DynoRef, *, release: int, command: str, size: str,
               checksum: str, uid: int, config: dict[str, str], stack: str,
@@ -163,6 +165,7 @@ class Host:
                                                                  priority=4),
                                peers=self.slug_peers)
         ensure_user(uid)
+        journal.link_stdout_socket(self.journal_dir)  # two stat() calls when it is there
         plan = self.rootfs_plan(ref, tree, self.require_stack(stack, checksum))
         with self._addresses:
             # Leftovers of an earlier run of the same dyno go first.

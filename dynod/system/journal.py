@@ -11,13 +11,18 @@ Uses journald's native datagram protocol (systemd.journal-native(7)); no libsyst
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
+import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+# journald's stream socket (StandardOutput=journal, sd_journal_stream_fd(3)).
+STDOUT_SOCKET = Path("/run/systemd/journal/stdout")
 SYSLOG_IDENTIFIER = "dynod"
 
 # Field names of an app's stream (also set by dyno units through LogExtraFields=).
@@ -66,3 +71,31 @@ def api_event(app: str, message: str) -> None:
     """``app[api]: Release v5 created by user jane`` (Heroku prints API events as app)."""
     app_event(app, "api", message, source="app")
 
+
+
+def link_stdout_socket(directory: Path, socket_path: Path = STDOUT_SOCKET) -> None:
+    """Make ``directory/stdout`` a hard link of journald's stream socket, and nothing
+    else in ``directory``: dynos get that directory as their /run/systemd/journal, so
+    dyno-init can open a new stream when journald dropped its own, and no dyno reaches
+    the native socket (whose entries may carry any field, another app's DYNOD_APP too).
+    A socket re-made by ``systemd-journald.socket`` is a new inode: its drop-in
+    (systemd/systemd-journald.socket.d/dynod.conf) links it again; this covers a link
+    made before that drop-in was installed. Never raises: without the link, a dyno's
+    output still reaches journald, only not across a stop of journald."""
+    link = directory / "stdout"
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        want = socket_path.stat()
+        try:
+            have = link.stat()
+            if (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        tmp = directory / f".stdout.{os.getpid()}.{threading.get_ident()}"
+        tmp.unlink(missing_ok=True)
+        os.link(socket_path, tmp)
+        tmp.replace(link)
+    except OSError as exc:
+        log.warning("dynos cannot reconnect to journald after it stops: linking %s to "
+                    "%s: %s", socket_path, link, exc)

@@ -49,6 +49,8 @@ HOSTS_PATH = PurePosixPath("/etc/hosts")
 # Debian's CA bundle (update-ca-certificates), which OpenSSL, curl, git and Python's ssl
 # read; the stack's own plus dynod's local CA, so dynos trust the apps' default domain.
 CA_BUNDLE_PATH = PurePosixPath("/etc/ssl/certs/ca-certificates.crt")
+# journald's stream socket, alone (journal.link_stdout_socket): dyno-init reconnects there.
+JOURNAL_DIR_PATH = PurePosixPath("/run/systemd/journal")
 
 
 # The JVM's own trust store (Debian's ca-certificates-java), in the jvm layer.
@@ -69,13 +71,16 @@ def find_init(configured: Path) -> Path:
 
 def dyno_binds(init_binary: Path, resolv_conf: Path | None, hosts: Path | None = None,
                ca_bundle: Path | None = None,
-               java_cacerts: Path | None = None) -> tuple[Bind, ...]:
+               java_cacerts: Path | None = None, *,
+               journal_dir: Path | None = None) -> tuple[Bind, ...]:
     """The host files every dyno gets, read-only: dyno-init, and the resolv.conf and
-    hosts file that ``netns.ensure_bridge`` wrote, and the CA bundle and (with a JVM)
-    the Java trust store that trust the local CA."""
+    hosts file that ``netns.ensure_bridge`` wrote, the CA bundle and (with a JVM) the
+    Java trust store that trust the local CA, and the directory that holds only
+    journald's stream socket."""
     binds = [Bind(init_binary, INIT_PATH)]
     for source, target in ((resolv_conf, RESOLV_CONF_PATH), (hosts, HOSTS_PATH),
-                           (ca_bundle, CA_BUNDLE_PATH), (java_cacerts, JAVA_CACERTS_PATH)):
+                           (ca_bundle, CA_BUNDLE_PATH), (java_cacerts, JAVA_CACERTS_PATH),
+                           (journal_dir, JOURNAL_DIR_PATH)):
         if source is not None:
             binds.append(Bind(source, target))
     return tuple(binds)

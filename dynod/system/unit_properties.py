@@ -122,10 +122,14 @@ def literal(arg: str) -> str:
 
 
 def exec_argv(spec: DynoSpec, mode: PidMode) -> list[str]:
-    """dyno-init, then bash running the launcher with the command as ``$1``."""
+    """dyno-init, then bash running the launcher with the command as ``$1``. Output to
+    the journal goes through dyno-init (``--journal``, named as SyslogIdentifier=), which
+    keeps it flowing across a stop of journald; a one-off's terminal or pipes do not."""
     # systemd >= 257 makes both namespaces itself (PrivatePIDs=, ProtectControlGroups=).
     init = [str(INIT_PATH)] + (
         ["--no-pidns", "--no-cgroupns"] if mode is PidMode.PRIVATE_PIDS else [])
+    if spec.stdio is None:
+        init += ["--journal", spec.dyno]
     return [*init, "--", "/bin/bash", "-c", LAUNCHER, "dyno", spec.command]
 
 

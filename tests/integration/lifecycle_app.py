@@ -1,7 +1,8 @@
 """A web process for lifecycle tests: ``lifecycle_app.py PORT``.
 
 Answers every path but /missing (404) with ``<version> <dyno>`` (the version from
-/app/VERSION), HTTP/1.1 with keep-alive; requests other than / are logged. Exits 1 at
+/app/VERSION), HTTP/1.1 with keep-alive; requests other than / are logged, and
+/burst/N/TAG logs N lines more (``burst TAG i`` and padding, ~200 bytes). Exits 1 at
 boot when /app/CRASH exists (a release that never comes up).
 It does NOT handle SIGTERM: Python's default kills it at once, with whatever requests it
 has in flight, so only the router's draining keeps rollouts clean. Standard library only.
@@ -22,6 +23,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path != "/":
             print(f"GET {self.path} {self.headers.get('User-Agent', '')}", flush=True)
+        if self.path.startswith("/burst/"):
+            _, _, count, tag = self.path.split("/", 3)
+            pad = "x" * 180
+            for i in range(int(count)):
+                print(f"burst {tag} {i} {pad}", flush=True)
         if self.path == "/missing":
             self.send_response(404)
             self.send_header("Content-Length", "0")

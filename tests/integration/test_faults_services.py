@@ -49,6 +49,8 @@ CONNS = 4
 RETRY_AFTER = 0.1
 # Longer than dynod.service's SYSTEMD_BUS_TIMEOUT (10 s), so a call times out.
 STALL = 15.0
+JOURNALD_UNITS = ["systemd-journald.service", "systemd-journald.socket",
+                  "systemd-journald-dev-log.socket", "systemd-journald-audit.socket"]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,11 @@ def row(fault: str, result: dict[str, Any], saw: str, recover: float) -> None:
 
 
 def logged(m: Machine, needle: str, *, router: bool = False) -> bool:
-    out = m.run(["dynoctl", "logs", "-a", APP, "-n", "300"], cwd="/tmp").stdout
+    """In `logs`: the app's own lines (the load's GET / logs none), or the router's (the
+    load's fill them: the most `logs` gives, ~18 s of them at this load)."""
+    which = ["-s", "dynod", "-d", "router", "-n", "1500"] if router else ["-s", "app",
+                                                                          "-n", "300"]
+    out = m.run(["dynoctl", "logs", "-a", APP, *which], cwd="/tmp").stdout
     return any(needle in line and (not router or "dynod[router]" in line)
                for line in out.splitlines())
 
@@ -161,10 +167,15 @@ def haproxy_killed(m: Machine) -> None:
 def journald(m: Machine, how: str) -> None:
     ids = invocations(m)
     load = Load(m)
-    # A `logs --tail` client across the fault: dynod's reader must carry on.
+    # A `logs --tail` client across the fault: dynod's reader must carry on. Its backlog
+    # printed first (a fresh file: the last case's must not count), then the line: hit
+    # before the tail runs, the line could be older than a backlog of the load's lines.
+    m.exec(["rm", "-f", "/tmp/ftail.log"])
     m.exec(["systemd-run", "--unit=ftail", "--collect", "-p", "WorkingDirectory=/tmp",
             "-p", "StandardOutput=file:/tmp/ftail.log", "dynoctl", "logs", "-a", APP,
             "--tail"])
+    wait_for("the tail's backlog", lambda: m.exec(
+        ["sh", "-c", "cat /tmp/ftail.log 2>/dev/null"], check=False).stdout != "", timeout=30)
     hit(m, "/before-journald")
     wait_for("the tail to run", lambda: "/before-journald" in m.exec(
         ["cat", "/tmp/ftail.log"]).stdout, timeout=30)
@@ -172,8 +183,23 @@ def journald(m: Machine, how: str) -> None:
     t0 = now(m)
     if how == "kill":
         m.exec(["systemctl", "kill", "-s", "KILL", "systemd-journald.service"])
-    else:
+    elif how == "restart":
         m.exec(["systemctl", "restart", "systemd-journald.service"])
+    else:
+        # Stopped, not restarted: the service and every socket that could start it again
+        # (the audit socket would), so the dynos' streams are closed, not handed over
+        # through journald's fd store. A request that logs gets its answer all the same;
+        # its line is kept by dyno-init and written once journald is back.
+        units = [u for u in JOURNALD_UNITS if active(m, u)]
+        m.exec(["systemctl", "stop", *units])
+        try:
+            assert not active(m, "systemd-journald.service")
+            for n in range(3):
+                hit(m, f"/during-journald-{n}")
+            time.sleep(2)  # the load runs on with journald down
+            hit(m, "/during-journald-3")
+        finally:
+            m.exec(["systemctl", "start", *units])
     wait_for("journald back", lambda: main_pid(m, "systemd-journald.service") not in (
         "0", pid) and active(m, "systemd-journald.service"), timeout=30)
     hit(m, "/after-journald")
@@ -184,13 +210,27 @@ def journald(m: Machine, how: str) -> None:
     wait_for("the running tail to see them", lambda: "/after-journald" in m.exec(
         ["cat", "/tmp/ftail.log"]).stdout, timeout=30)
     back = now(m) - t0
+    saw = "nothing; lines after the restart in `logs` and in a running `logs --tail`"
+    if how == "stop":
+        # Written while journald was down: kept (64 KiB a dyno) and written on reconnect.
+        kept = [n for n in range(4) if logged(m, f"GET /during-journald-{n} ")]
+        assert kept == [0, 1, 2, 3], f"lines written while journald was stopped: {kept}"
+        # The reconnected stream's lines carry the unit's LogExtraFields, as before.
+        fields = json.loads(m.exec(["journalctl", "-o", "json", "-n", "1", "--no-pager",
+                                    f"DYNOD_APP={APP}", "DYNOD_SOURCE=app",
+                                    "--grep", "/after-journald"]).stdout)
+        assert fields["DYNOD_DYNO"].startswith("web.") and fields["SYSLOG_IDENTIFIER"] == \
+            fields["DYNOD_DYNO"] and fields["_SYSTEMD_UNIT"].startswith(f"dynod-{APP}-web"), \
+            fields
+        saw = ("nothing; the 4 lines logged while journald was down, and every line "
+               "after, in `logs` and in a running `logs --tail`")
     m.exec(["systemctl", "stop", "ftail"], check=False)
     result = load.finish()
     consistent(m)
     assert invocations(m) == ids, "a dyno was restarted"
     assert result["failed"] == 0, result["failures"]
-    row(f"journald {'kill -9' if how == 'kill' else 'systemctl restart'}", result,
-        "nothing; lines after the restart in `logs` and in a running `logs --tail`", back)
+    name = {"kill": "kill -9", "restart": "systemctl restart", "stop": "systemctl stop, start"}
+    row(f"journald {name[how]}", result, saw, back)
 
 
 def dbus_stalled(m: Machine) -> None:
@@ -238,6 +278,7 @@ CASES = {
     "haproxy-kill": haproxy_killed,
     "journald-kill": lambda m: journald(m, "kill"),
     "journald-restart": lambda m: journald(m, "restart"),
+    "journald-stop": lambda m: journald(m, "stop"),
     "dbus-stop": dbus_stalled,
 }
 

@@ -945,6 +945,8 @@ def _install_dynod(root: Path, project: Path) -> None:
     for unit in units.iterdir():
         if unit.suffix in (".service", ".slice", ".socket", ".target"):
             shutil.copyfile(unit, etc / unit.name)
+        elif unit.suffix == ".d":  # drop-ins for other packages' units
+            shutil.copytree(unit, etc / unit.name, dirs_exist_ok=True)
     wants = etc / "multi-user.target.wants"
     wants.mkdir(exist_ok=True)
     _symlink("/etc/systemd/system/dynod.service", wants / "dynod.service")

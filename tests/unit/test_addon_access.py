@@ -273,6 +273,7 @@ def test_host_tells_the_watcher_before_the_process_and_before_freeing(
     host.require_stack = lambda _name, _checksum: (tmp_path / "stack",)
     host.init = tmp_path / "init"
     host.resolv = tmp_path / "resolv.conf"
+    host.journal_dir = tmp_path / "journal"
     host.mode = None  # type: ignore[assignment]
     host._addresses = threading.RLock()
     host._used = set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -170,3 +171,72 @@ def test_without_a_terminal_no_new_session(init: Path) -> None:
     got = _rc([str(init), *PLAIN, "--", "python3", "-c", _CTTY])
     assert got.returncode == 0, got.stderr
     assert got.stdout.strip() == "leader=False foreground=False"
+
+
+# ---- --journal: the command's output through dyno-init (a socketpair stands for the
+# journal stream systemd gives the unit; the reconnect itself needs journald: it is
+# tested in tests/integration/test_faults_services.py, case journald-stop)
+
+
+def _journal(init: Path, script: str, pidns: bool = False) -> tuple[subprocess.Popen[bytes],
+                                                                     socket.socket]:
+    ours, theirs = socket.socketpair()
+    argv = [str(init), "--journal", "web.1", "--", "sh", "-c", script]
+    if pidns:
+        argv = [*_in_pidns(init)[:-2], *argv]
+    else:
+        argv.insert(1, "--no-pidns")
+    proc = subprocess.Popen(argv, stdout=theirs.fileno(), stderr=theirs.fileno())
+    theirs.close()
+    return proc, ours
+
+
+def _read_all(sock: socket.socket) -> list[str]:
+    """Until dyno-init and the command are gone (the stream's end)."""
+    sock.settimeout(30)
+    data = b""
+    while chunk := sock.recv(1 << 16):
+        data += chunk
+    return data.decode().splitlines()
+
+
+@pytest.mark.parametrize("pidns", [False, True])
+def test_journal_output_goes_through_a_pipe(init: Path, pidns: bool) -> None:
+    proc, ours = _journal(init, "echo out; echo err >&2; readlink /proc/self/fd/1 "
+                          "/proc/self/fd/2", pidns)
+    assert proc.wait(10) == 0
+    lines = _read_all(ours)
+    assert lines[:2] == ["out", "err"], lines
+    # stdout and stderr: one pipe, as systemd gives them one stream
+    assert lines[2].startswith("pipe:") and lines[2] == lines[3], lines
+
+
+def test_journal_gone_never_blocks_the_command(init: Path) -> None:
+    """The stream closed (journald stopped): the command writes on, as if nothing
+    happened, and exits with its own status; nothing to reconnect to here."""
+    proc, ours = _journal(init, "sleep 0.2; i=0; while [ $i -lt 20000 ]; do "
+                          "echo line $i; i=$((i+1)); done; exit 3")
+    ours.close()
+    started = time.monotonic()
+    assert proc.wait(30) == 3
+    # the loop's own time, plus at most a second to try to hand the last lines over
+    assert time.monotonic() - started < 25
+
+
+def test_journal_stalled_drops_and_says_how_many(init: Path) -> None:
+    """A stream that takes nothing: after a second of back-pressure new output is
+    dropped (the command carries on), and when the stream flows again one line says
+    how many lines were lost, Heroku's L10."""
+    proc, ours = _journal(init, "i=0; while [ $i -lt 100000 ]; do echo line $i; "
+                          "i=$((i+1)); done; sleep 6; echo after")
+    time.sleep(4)  # more than the loop needs: were the command blocked, it would be in it
+    lines = _read_all(ours)
+    assert proc.wait(10) == 0
+    notes = [x for x in lines if x.startswith("Error L10 (output buffer overflow): ")]
+    assert len(notes) == 1, lines[-5:]
+    dropped = int(notes[0].split(": ")[1].split()[0])
+    kept = [x for x in lines if x.startswith("line ")]
+    assert kept[0] == "line 0" and lines[-1] == "after"
+    # each line is kept (whole or in part) or counted as dropped
+    assert dropped > 0 and len(kept) + dropped == 100000, (len(kept), dropped)
+    assert " messages dropped since 20" in notes[0] and notes[0].endswith("+00:00.")

@@ -71,6 +71,12 @@ def test_stdio_descriptors_become_unit_properties() -> None:
     got = {k: v for k, v in props if k.startswith("Standard")}
     assert got == {"StandardInputFileDescriptor": 7, "StandardOutputFileDescriptor": 8,
                    "StandardErrorFileDescriptor": 9}
+    # A terminal or pipes stay the command's own: dyno-init forwards only the journal.
+    [[(_, argv, _)]] = [v for k, v in props if k == "ExecStart"]
+    assert "--journal" not in argv
+    [[(_, argv, _)]] = [v for k, v in unit_properties(base, PidMode.PRIVATE_PIDS)
+                        if k == "ExecStart"]
+    assert argv[1:4] == ["--no-pidns", "--journal", "run.1234"]
 
 
 def test_oneoff_limit_setting(tmp_path: Path) -> None:

@@ -33,6 +33,9 @@ def test_plan_layout_and_overlay_options() -> None:
         Bind(Path("/run/dynod/resolv.conf"), PurePosixPath("/etc/resolv.conf")),
     )
     assert mounts.dyno_binds(Path("/i"), None) == (Bind(Path("/i"), mounts.INIT_PATH),)
+    # The directory holding journald's stream socket alone is the dyno's /run/systemd/journal.
+    assert mounts.dyno_binds(Path("/i"), None, journal_dir=Path("/run/dynod/journal"))[-1] == (
+        Bind(Path("/run/dynod/journal"), PurePosixPath("/run/systemd/journal"), read_only=True))
 
 
 @pytest.mark.parametrize(

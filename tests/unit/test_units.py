@@ -140,10 +140,12 @@ def test_properties_wrapper_mode() -> None:
     assert props["Type"] == ["exec"]
     [[(path, argv, ignore)]] = props["ExecStart"]
     assert (path, ignore) == ("/dyno-init", False)
-    assert argv[:4] == ["/dyno-init", "--", "/bin/bash", "-c"]
+    # Output to the journal goes through dyno-init, named as SyslogIdentifier=.
+    assert argv[:6] == ["/dyno-init", "--journal", "web.2", "--", "/bin/bash", "-c"]
+    assert props["SyslogIdentifier"] == ["web.2"]
     # systemd must not expand the command's variables: bash in the dyno does.
     assert argv[-1] == "python3 -m http.server $$PORT"
-    assert '"$$f"' in argv[4]
+    assert '"$$f"' in argv[6]
     assert props["LogExtraFields"] == [["DYNOD_APP=shop", "DYNOD_DYNO=web.2", "DYNOD_RELEASE=7",
                                         "DYNOD_SOURCE=app"]]
     assert props["RootDirectory"] == [str(spec.root)]
@@ -188,7 +190,7 @@ def test_no_empty_list_property(mode: PidMode) -> None:
 def test_properties_private_pids_mode() -> None:
     props = _props(_spec(user="shop"), PidMode.PRIVATE_PIDS)
     [[(_, argv, _)]] = props["ExecStart"]
-    assert argv[:4] == ["/dyno-init", "--no-pidns", "--no-cgroupns", "--"]
+    assert argv[:6] == ["/dyno-init", "--no-pidns", "--no-cgroupns", "--journal", "web.2", "--"]
     # systemd makes the cgroup namespace (read-only /sys/fs/cgroup); dyno-init has no
     # capability to.
     assert props["ProtectControlGroupsEx"] == ["strict"] and "ProtectControlGroups" not in props
