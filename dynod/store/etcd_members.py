@@ -90,12 +90,24 @@ class EtcdMembership:
     def etcd_members(self) -> list[EtcdMember]:
         return _members(self.kv.post("/cluster/member/list", {}))
 
-    def add_learner(self, peer_url: str) -> tuple[EtcdMember, list[EtcdMember]]:
+    def add_learner(self, peer_url: str, timeout: float = 30.0
+                    ) -> tuple[EtcdMember, list[EtcdMember]]:
         """Add a member as a learner: it gets the data but does not vote, so the
         cluster's quorum is unchanged until it is promoted (a joiner that never starts
-        costs nothing but its slot). Returns it and every member."""
-        result = self.kv.post("/cluster/member/add", {"peerURLs": [peer_url],
-                                                      "isLearner": True})
+        costs nothing but its slot). Returns it and every member.
+
+        etcd refuses a reconfiguration (503) while a member joined moments ago has not
+        been connected for long enough (its health interval, 5 s): retried meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                result = self.kv.post("/cluster/member/add", {"peerURLs": [peer_url],
+                                                              "isLearner": True})
+                break
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(1.0)
         if "member" not in result:
             raise FailedPrecondition(f"etcd refused to add {peer_url}: {result}")
         added = _members({"members": [result["member"]]})[0]

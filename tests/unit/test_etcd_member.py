@@ -24,6 +24,7 @@ def test_a_member_lists_every_peer_and_demands_certificates_on_both_ports() -> N
     assert env["ETCD_DATA_DIR"] == "/var/lib/dynod/etcd"
     assert env["ETCD_CLIENT_CERT_AUTH"] == env["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
     assert env["ETCD_PEER_TRUSTED_CA_FILE"] == "/var/lib/dynod/cluster/tls/ca.crt"
+    assert env["ETCD_LOG_PACKAGE_LEVELS"] == "auth=ERROR"
     assert all(not v.startswith("http://") for v in env.values())
     assert etcd.render_env(env).splitlines()[0] == "ETCD_NAME=node-b"
 
