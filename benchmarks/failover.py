@@ -10,7 +10,10 @@ dynos and times, from the kill, until node-a's ``ps`` shows 6 web dynos up, none
 dead machine, and node-a's router has reached all six. Then the dead machine is removed
 (``cluster:remove --force``) and a new machine joins, so each round kills one of three
 alive machines; a machine that joins gets dynos only when another dies (placement moves
-nothing that runs), which is why the victim is the one with the most.
+nothing that runs), which is why the victim is the one with the most. The last round
+kills placement's leader instead (with its dynos): another machine's dynod takes over
+the leadership before it places them (node-a's router and ps stand in for the others'
+while node-a lives; when node-a is the leader, another machine's do).
 
     .venv/bin/python -m benchmarks.failover [-n 5] [--json FILE]
 """
@@ -18,6 +21,7 @@ nothing that runs), which is why the victim is the one with the most.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
@@ -46,12 +50,20 @@ def web_dynos(a: Machine) -> dict[str, str]:
     return {d["name"]: d["node"] for d in ps(a) if d["type"] == "web" and d["state"] == "up"}
 
 
-def failover(a: Machine, alive: dict[str, Machine], web: int) -> float:
-    """Kill the busiest machine of ``alive`` but node-a (``a``); seconds until all
-    ``web`` dynos answer on the others through node-a's router."""
+def busiest(a: Machine, alive: dict[str, Machine]) -> str:
+    """The machine of ``alive`` but node-a (``a``) that runs the most web dynos."""
     where = Counter(web_dynos(a).values())
-    dead = max((name for name in alive if name != "node-a"),
+    return max((name for name in alive if name != "node-a"),
                key=lambda name: where.get(name, 0))
+
+
+def leader(a: Machine) -> str:
+    return str(json.loads(dynoctl(a, "cluster", "--json"))["leader"])
+
+
+def failover(a: Machine, alive: dict[str, Machine], dead: str, web: int) -> float:
+    """Kill machine ``dead`` of ``alive``; seconds until all ``web`` dynos answer on the
+    others through ``a``'s router (``a`` another machine)."""
     victim = alive.pop(dead)
     assert victim._proc is not None
     killed = time.monotonic()
@@ -67,7 +79,6 @@ def failover(a: Machine, alive: dict[str, Machine], web: int) -> float:
     took = time.monotonic() - killed
     print(f"round: {dead} killed, {web} web dynos answering on the others in {took:.1f} s",
           flush=True)
-    dynoctl(a, "cluster:remove", "--force", dead)
     return took
 
 
@@ -76,6 +87,8 @@ def alive_in(a: Machine, name: str) -> None:
 
 
 def rounds(n: int, web: int) -> list[float]:
+    """``n`` rounds; the last (when there are several) kills the leader: placement's
+    leader dies with the machine and another takes over first."""
     with on_network(3, [stack_bind(built_stack())]) as net:
         how = form(net.machines)
         alive = dict(zip(("node-a", "node-b", "node-c"), net.machines, strict=True))
@@ -85,13 +98,18 @@ def rounds(n: int, web: int) -> list[float]:
         wait_for(f"{web} web dynos up", lambda: sum(spread(ps(a), "web").values()) == web,
                  180)
         took = []
-        for i in range(n):
-            took.append(failover(a, alive, web))
-            if i < n - 1:
-                name = f"node-{chr(ord('d') + i)}"
-                alive[name] = net.add()
-                join(alive[name], name, how)
-                alive_in(a, name)
+        for i in range(n - 1):
+            dead = busiest(a, alive)
+            took.append(failover(a, alive, dead, web))
+            dynoctl(a, "cluster:remove", "--force", dead)
+            name = f"node-{chr(ord('d') + i)}"
+            alive[name] = net.add()
+            join(alive[name], name, how)
+            alive_in(a, name)
+        dead = leader(a) if n > 1 else busiest(a, alive)
+        print(f"last round: {dead} killed{' (the leader)' if n > 1 else ''}", flush=True)
+        observer = a if dead != "node-a" else alive[busiest(a, alive)]
+        took.append(failover(observer, alive, dead, web))
         return took
 
 
