@@ -209,7 +209,8 @@ def test_a_dead_machines_dynos_come_back_on_the_others(nodes: list[Machine]) -> 
     for name, got in zip(NAMES[:2], results, strict=True):
         print(f"{name}'s router: {got['requests']} answered, {got['failed']} failed "
               f"({got['status_5xx']} 5xx, {got['failed_connections']} connections), "
-              f"slowest {got['slowest']} s; failures: {got['failures'][:CONNS]}")
+              f"{got['over_1s']} over 1 s, the slowest {got['slowest']} s; failures: "
+              f"{got['failures'][:CONNS]}")
     # Only the requests in flight to node-c's dynos when it died may fail (each load has
     # CONNS connections; a new request to a dead dyno is retried on another: redispatch).
     failed = sum(int(got["failed"]) for got in results)
