@@ -25,7 +25,7 @@ from benchmarks.common import Figure, table, to_json
 from dynod.system import hostinfo
 
 MODULES = ["sandbox_boot", "api", "dynos", "builds", "languages", "router", "lifecycle",
-           "addons", "drains", "store"]
+           "addons", "drains", "store", "failover"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -37,24 +37,38 @@ def machine() -> Iterator[Machine]:
         _teardown(m)
 
 
+class NetMachines:
+    """Machines on one test network: those ``cluster`` booted, and more with ``add``."""
+
+    def __init__(self, net: Network, binds: Sequence[tuple[str, str]]) -> None:
+        self.net = net
+        self.binds = list(binds)
+        self.machines: list[Machine] = []
+
+    def add(self) -> Machine:
+        """One more booted machine on the network (powered off with the others)."""
+        m = Machine(binds=self.binds)
+        self.machines.append(m)
+        m.boot()
+        self.net.attach(m)
+        return m
+
+
 @contextlib.contextmanager
-def cluster(count: int, binds: Sequence[tuple[str, str]] = ()) -> Iterator[list[Machine]]:
+def on_network(count: int, binds: Sequence[tuple[str, str]] = ()) -> Iterator[NetMachines]:
     """``count`` booted machines, each attached to one test network of their own; all
-    powered off and the network removed afterwards, with a residue check of each, also
-    when booting one of them fails."""
+    (and those added later) powered off and the network removed afterwards, with a
+    residue check of each, also when booting one of them fails."""
     net = Network()
-    machines: list[Machine] = []
+    found = NetMachines(net, binds)
     net.create()
     try:
         for _ in range(count):
-            m = Machine(binds=list(binds))
-            machines.append(m)
-            m.boot()
-            net.attach(m)
-        yield machines
+            found.add()
+        yield found
     finally:
         errors = []
-        for m in machines:
+        for m in found.machines:
             try:
                 _teardown(m)
             except AssertionError as exc:
@@ -64,6 +78,13 @@ def cluster(count: int, binds: Sequence[tuple[str, str]] = ()) -> Iterator[list[
         if left:
             errors.append(f"network {net.name} left residue on the host: {left}")
         assert not errors, "\n".join(errors)
+
+
+@contextlib.contextmanager
+def cluster(count: int, binds: Sequence[tuple[str, str]] = ()) -> Iterator[list[Machine]]:
+    """``count`` booted machines on a test network of their own (see on_network)."""
+    with on_network(count, binds) as found:
+        yield found.machines
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@ cluster:join): replicas spread, a dead machine's dynos come back on the others, 
 machine cut off from etcd stops its dynos after its lease, and the cluster's memory
 bounds ps:scale. One cluster for the module; the tests run in order on it.
 
-The slug is copied to the machines that did not build it by the test itself (the slugs
-branch brings fetching on demand; until it is merged here, this stands in for it)."""
+The app arrives as a user's would: a ``git push`` to node-a, which builds it; node-b and
+node-c fetch its slug from node-a when they start their dynos. Its web process answers
+with its dyno's name and address, so a request through any machine's router shows
+which dyno, on which machine, answered."""
 
 from __future__ import annotations
 
@@ -18,17 +20,18 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import cluster, stack_bind
+from tests.integration.test_builds import push, setup_push
+from tests.integration.test_lifecycle import Load
 from tests.sandbox.machine import Machine
 
 pytestmark = pytest.mark.integration
 
 APP = "shop"
+HOST = f"{APP}.dynod.localhost"
 NAMES = ("node-a", "node-b", "node-c")
-# A worker that says every 0.2 s that it runs, with a wall-clock time; the journal it
-# lands in is its node's: what shows whether worker.1 ever ran twice at once.
-WORKER = 'while true; do echo "tick $DYNO $(date +%s.%N)"; sleep 0.2; done'
-WEB = "python3 /app/server.py"
-APP_SOURCE = Path(__file__).with_name("dyno_app.py")
+# Its Procfile's worker says every 0.2 s that it runs, with a wall-clock time; the
+# journal it lands in is its node's: what shows whether worker.1 ever ran twice at once.
+SOURCE = Path(__file__).with_name("cluster_app")
 
 
 def dynoctl(m: Machine, *args: str, ok: bool = True) -> str:
@@ -62,32 +65,40 @@ def spread(dynos: list[dict[str, str]], ptype: str) -> dict[str, int]:
                         if d["type"] == ptype and d["state"] == "up"))
 
 
-def form(machines: list[Machine]) -> None:
+def form(machines: list[Machine]) -> tuple[str, str, str]:
+    """cluster:init on the first machine, cluster:join on the others: node-a, node-b,
+    ... The join command's address, token and CA hash (the token lasts: more may join)."""
     a = machines[0]
     out = dynoctl(a, "cluster:init", "--name", "node-a", "--address", a.test_address)
-    join = re.search(r"dynoctl cluster:join (\S+) --token (\S+) --ca-hash (\S+)", out)
-    assert join, out
-    for m, name in zip(machines[1:], NAMES[1:], strict=True):
-        dynoctl(m, "cluster:join", join[1], "--token", join[2], "--ca-hash", join[3],
-                "--name", name, "--address", m.test_address)
-    wait_for("three nodes", lambda: all(n in dynoctl(a, "cluster") for n in NAMES), 120)
+    found = re.search(r"dynoctl cluster:join (\S+) --token (\S+) --ca-hash (\S+)", out)
+    assert found, out
+    how = (found[1], found[2], found[3])
+    for m, name in zip(machines[1:], NAMES[1:], strict=False):
+        join(m, name, how)
+    wait_for("every node", lambda: all(n in dynoctl(a, "cluster") for n in
+                                       NAMES[:len(machines)]), 120)
+    return how
+
+
+def join(m: Machine, name: str, how: tuple[str, str, str]) -> None:
+    target, token, ca_hash = how
+    dynoctl(m, "cluster:join", target, "--token", token, "--ca-hash", ca_hash,
+            "--name", name, "--address", m.test_address)
 
 
 def deploy(machines: list[Machine]) -> None:
+    """A git push to node-a: it builds; the others fetch the slug from it."""
     a = machines[0]
-    a.exec(["mkdir", "-p", f"/tmp/{APP}/app"])
-    a.exec(["cp", str(APP_SOURCE), f"/tmp/{APP}/app/server.py"])
-    a.exec(["tar", "-C", f"/tmp/{APP}", "-czf", f"/tmp/{APP}.tgz", "./app"])
-    dynoctl(a, "apps:create", APP, "--no-remote")
-    dynoctl(a, "slugs:deploy", "-a", APP, f"/tmp/{APP}.tgz", "--process-type", f"web={WEB}",
-            "--process-type", f"worker={WORKER}")
-    # Fetching slugs on demand is the slugs branch's: copy the slug blob meanwhile.
-    blobs = a.exec(["sh", "-c", "ls /var/lib/dynod/slugs/*.tgz"]).stdout.split()
-    for blob in blobs:
-        data = a.exec(["base64", "-w0", blob]).stdout
-        for m in machines[1:]:
-            m.exec(["sh", "-c", f"mkdir -p {Path(blob).parent} && base64 -d > {blob} && "
-                                f"chmod 0644 {blob}"], input=data)
+    setup_push(a, APP, str(SOURCE))
+    out = push(a, APP)
+    assert "remote:        Released v2" in out, out
+
+
+def answers(m: Machine, count: int) -> Counter[str]:
+    """The dynos that answered ``count`` requests through ``m``'s router."""
+    out = m.exec(["sh", "-c", f"for i in $(seq {count}); do curl -sS -m 10 -H 'Host: "
+                  f"{HOST}' http://127.0.0.1/; done"], check=False).stdout
+    return Counter(line.split()[0] for line in out.splitlines() if line)
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +152,18 @@ def test_scale_spreads_replicas_across_the_nodes(nodes: list[Machine]) -> None:
     text = dynoctl(nodes[1], "ps", "-a", APP)
     assert re.search(r"^web\.1: up \d{4}/\d\d/\d\d \d\d:\d\d:\d\d [+-]\d{4} \(~ .*\) on "
                      r"node-[abc]$", text, re.M), text
-    # Each web dyno answers where it runs.
+    # Every machine's router reaches the web dynos of all three machines.
+    where = {d["name"]: d["node"] for d in dynos if d["type"] == "web"}
     for m in nodes:
-        for d in ps(m):
-            if d["type"] == "web" and d["node"] == NAMES[nodes.index(m)]:
-                got = m.exec(["curl", "-sS", "-m", "5", f"http://{d['address']}:5000/"])
-                assert got.returncode == 0
+        def all_six(m: Machine = m) -> Counter[str] | None:
+            got = answers(m, 24)
+            return got if set(got) == set(where) else None
+        got = wait_for(f"{m.name}'s router reaching all 6 web dynos", all_six, 60)
+        assert isinstance(got, Counter)
+        by_node = Counter(where[name] for name in got.elements())
+        print(f"\n{NAMES[nodes.index(m)]}'s router: 24 requests answered by "
+              f"{dict(sorted(got.items()))}, on {dict(sorted(by_node.items()))}")
+        assert set(by_node) == set(NAMES)
 
 
 def test_scale_beyond_the_clusters_memory_is_refused(nodes: list[Machine]) -> None:
@@ -159,26 +176,54 @@ def test_scale_beyond_the_clusters_memory_is_refused(nodes: list[Machine]) -> No
     assert dynoctl(a, "ps:scale", "-a", APP) == before
 
 
+CONNS = 4  # each load's client connections: at most one request in flight on each
+
+
 def test_a_dead_machines_dynos_come_back_on_the_others(nodes: list[Machine]) -> None:
     a, b, c = nodes
     assert c._proc is not None
-    killed = time.monotonic()
-    c._proc.kill()  # kill -9 of its runner: the machine is gone at once
-    c._proc.wait(30)
+    # A steady load through the two routers that survive.
+    loads = [Load(m, HOST, conns=CONNS, name="cluster-load") for m in (a, b)]
+    try:
+        time.sleep(2)
+        killed = time.monotonic()
+        c._proc.kill()  # kill -9 of its runner: the machine is gone at once
+        c._proc.wait(30)
 
-    def back() -> list[dict[str, str]] | None:
-        dynos = ps(a)
-        web = spread(dynos, "web")
-        ok = sum(web.values()) == 6 and "node-c" not in web and \
-            sum(spread(dynos, "worker").values()) == 3 and \
-            "node-c" not in spread(dynos, "worker")
-        return dynos if ok else None
+        def back() -> list[dict[str, str]] | None:
+            dynos = ps(a)
+            web = spread(dynos, "web")
+            ok = sum(web.values()) == 6 and "node-c" not in web and \
+                sum(spread(dynos, "worker").values()) == 3 and \
+                "node-c" not in spread(dynos, "worker")
+            return dynos if ok else None
 
-    dynos = wait_for("node-c's dynos up on node-a and node-b", back, 60)
-    took = time.monotonic() - killed
-    print(f"\nfailover: all 6 web dynos up again {took:.1f} s after node-c died")
+        dynos = wait_for("node-c's dynos up on node-a and node-b", back, 60)
+        took = time.monotonic() - killed
+        print(f"\nfailover: all 6 web dynos up again {took:.1f} s after node-c died")
+        time.sleep(3)  # the load goes on a little on the new dynos
+    finally:
+        results = [load.finish() for load in loads]
     assert isinstance(dynos, list)
     assert took < 30, f"failover took {took:.1f} s"
+    for name, got in zip(NAMES[:2], results, strict=True):
+        print(f"{name}'s router: {got['requests']} answered, {got['failed']} failed "
+              f"({got['status_5xx']} 5xx, {got['failed_connections']} connections), "
+              f"{got['over_1s']} over 1 s, the slowest {got['slowest']} s; failures: "
+              f"{got['failures'][:CONNS]}")
+    # Only the requests in flight to node-c's dynos when it died may fail (each load has
+    # CONNS connections; a new request to a dead dyno is retried on another: redispatch).
+    failed = sum(int(got["failed"]) for got in results)
+    print(f"{failed} requests failed of {sum(int(got['sent']) for got in results)}: only "
+          f"those in flight to node-c's dynos when it died may fail (at most {2 * CONNS}, "
+          "one per client connection of the two loads); a new connection to a dead dyno "
+          "times out (5 s) and is retried on another (redispatch): slow, not failed")
+    assert failed <= 2 * CONNS, results
+    assert all(int(got["requests"]) > 0 for got in results)
+    # The web dynos that now run answered through both routers.
+    web = {d["name"] for d in dynos if d["type"] == "web" and d["state"] == "up"}
+    for got in results:
+        assert web <= set(got["versions"]), (web, got["versions"])
     # worker never ran twice for longer than the lease (node-c's last lines are in its
     # journal, gone with it: what the others logged must not overlap among themselves).
     lines = ticks(a, "node-a") + ticks(b, "node-b")
