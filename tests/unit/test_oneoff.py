@@ -76,7 +76,7 @@ def test_stdio_descriptors_become_unit_properties() -> None:
     assert "--journal" not in argv
     [[(_, argv, _)]] = [v for k, v in unit_properties(base, PidMode.PRIVATE_PIDS)
                         if k == "ExecStart"]
-    assert argv[1:4] == ["--no-pidns", "--journal", "run.1234"]
+    assert argv[1:5] == ["--no-pidns", "--no-cgroupns", "--journal", "run.1234"]
 
 
 def test_oneoff_limit_setting(tmp_path: Path) -> None:
