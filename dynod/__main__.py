@@ -279,9 +279,11 @@ def serve(config: Path) -> int:
             return PeerTls.read(tls_dir, etcd.CA_CERT, etcd.MEMBER_CERT, etcd.MEMBER_KEY)
         me = settings.node_name or socket.gethostname()
         slug_peers = PeerSlugs(EtcdClusterView(cluster_kv(store), me), peer_tls)
-        # A member made by cluster:init or join serves it at its address, PEER_PORT.
-        listen = settings.peer_listen or (f"{settings.node_address}:{PEER_PORT}"
-                                          if settings.node_address else "")
+        # A member made by cluster:init or join (which gave it its certificates) serves
+        # it at its address, PEER_PORT.
+        listen = settings.peer_listen or (
+            f"{settings.node_address}:{PEER_PORT}"
+            if settings.node_address and (tls_dir / etcd.MEMBER_CERT).exists() else "")
         if listen:
             try:
                 peer_api = start_peer_api(listen, peer_tls(),

@@ -138,6 +138,7 @@ class Share:
         self.view = view
         self.lease = lease
         self._last: dict[str, frozenset[str]] = {}
+        self._placed_apps: frozenset[str] = frozenset()
 
     def fenced(self) -> bool:
         return not self.lease.surely_alive()
@@ -147,10 +148,20 @@ class Share:
             return {}
         try:
             found: dict[str, set[str]] = {}
+            apps = set()
             for p in self.view.placements():
+                apps.add(p.app)
                 if p.node == self.view.me:
                     found.setdefault(p.app, set()).add(p.dyno)
             self._last = {app: frozenset(d) for app, d in found.items()}
+            self._placed_apps = frozenset(apps)
         except DynodError as exc:
             log.warning("placements unread (%s); running the last ones read", exc.message)
         return self._last
+
+    def placed_anywhere(self, app: str) -> bool:
+        """The leader placed some dyno of ``app`` (as of the last :meth:`mine`). An app
+        with dynos wanted but none placed yet (a machine's apps just moved into a new
+        cluster, a first deploy) is not the leader's decision yet: a node keeps what it
+        runs of it and starts nothing."""
+        return app in self._placed_apps

@@ -247,8 +247,12 @@ class Supervisor:
         if self.share is None:
             return out
         mine = self.share.mine()
-        return {app: replace(want, placed=mine.get(app, frozenset()))
+        return {app: replace(want, placed=mine.get(app, frozenset())
+                             if self.share.placed_anywhere(app) else self._running(app))
                 for app, want in out.items()}
+
+    def _running(self, app: str) -> frozenset[str]:
+        return frozenset(d.ref.dyno for d in self.executor.records(app) if d.live)
 
     def formations(self) -> dict[str, list[Process]]:
         """Every app's formation at its current release (what placement places)."""

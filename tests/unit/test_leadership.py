@@ -141,3 +141,15 @@ def test_a_starting_node_is_not_fenced_before_its_first_keep_alive() -> None:
     assert not lease.surely_alive(now=100.0 + NODE_TTL - FENCE_MARGIN)
     kept = NodeLease(lambda: 7, lambda: 200.0 + NODE_TTL, started=100.0)
     assert kept.surely_alive(now=200.0) and not kept.surely_alive(now=200.0 + 7.5)
+
+
+def test_an_app_nobody_placed_yet_is_not_taken_from_the_node_running_it(
+        kv: Kv, machines: list[Machine]) -> None:
+    # A machine's apps just moved into a new cluster: until the leader's first pass the
+    # node keeps what it runs of them (the supervisor's share is its running dynos).
+    a, b, _ = machines
+    share = Share(EtcdClusterView(kv, "node-b"), b.node_lease)
+    assert share.mine() == {} and not share.placed_anywhere("shop")
+    a.leader.tick()
+    share.mine()
+    assert share.placed_anywhere("shop") and not share.placed_anywhere("blog")
