@@ -113,7 +113,9 @@ class PeerSlugs:
 
     def _addresses(self) -> dict[str, str]:
         found: dict[str, str] = {}
-        pairs = [*sorted((n.name, peer_address(n)) for n in self.view.nodes()),
+        # (A node record without an address says nothing: its member record does.)
+        pairs = [*sorted((n.name, peer_address(n)) for n in self.view.nodes()
+                         if n.address or n.peer),
                  *sorted((m.name, peer_address(m)) for m in self.view.members())]
         for name, address in pairs:
             if name != self.view.me:

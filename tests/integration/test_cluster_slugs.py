@@ -22,7 +22,7 @@ from dynod.router import local_ca
 from tests.integration.conftest import cluster, stack_bind
 from tests.integration.test_builds import EXAMPLES, SSH, commit, push, setup_push, sh
 from tests.integration.test_cluster import CURL, TLS, start_members
-from tests.integration.test_dynos import all_up, ps, wait_for
+from tests.integration.test_dynos import ps, wait_for
 from tests.sandbox.machine import PROJECT, Machine
 
 pytestmark = pytest.mark.integration
@@ -53,6 +53,7 @@ def form_cluster(machines: list[Machine]) -> None:
             'store = "etcd"', f'etcd_endpoints = "{m.test_address}:2379"',
             f'etcd_ca_file = "{TLS}/ca.crt"', f'etcd_cert_file = "{TLS}/member.crt"',
             f'etcd_key_file = "{TLS}/member.key"', f'node_name = "{m.name}"',
+            f'node_address = "{m.test_address}"',
             f'peer_listen = "{m.test_address}:{PEER_PORT}"']
         m.exec(["sh", "-c", "mkdir -p /etc/dynod && cat > /etc/dynod/dynod.toml && "
                 "systemctl stop dynod && rm -f /var/lib/dynod/state.db*"],
@@ -74,6 +75,19 @@ def start_dynod(m: Machine) -> None:
              timeout=120)
 
 
+def up_on(m: Machine, node: Machine, release: int | None = None) -> dict[str, object]:
+    """The web dyno placed on ``node``, up (on ``release`` if given), seen from ``m``."""
+    def check() -> dict[str, object] | None:
+        found = [d for d in ps(m, "shop") if d["type"] == "web" and d["state"] == "up"
+                 and d.get("node") == node.name
+                 and (release is None or d["release"] == release)]
+        return found[0] if found else None
+
+    got = wait_for(f"a web dyno up on {node.name}", check, timeout=180)
+    assert isinstance(got, dict)
+    return got
+
+
 def stored_slugs(m: Machine) -> list[str]:
     """The checksums of the slugs ``m`` stores."""
     out = sh(m, "ls /var/lib/dynod/slugs/ | grep '[.]tgz$'", ok=False)[1]
@@ -85,12 +99,13 @@ def test_slugs_travel_keys_follow_and_a_push_to_any_machine_builds_there(
     a, b, c = machines
     start_dynod(a)
     start_dynod(c)
-    # A builds; C runs the release too, fetching its slug from A.
+    # A builds; placement puts the second web dyno on C, which fetches the slug from A.
     setup_push(a, "shop", str(EXAMPLES / "shell"))
     out = push(a, "shop")
     assert "remote:        Released v2" in out, out
-    all_up(a, "shop", 1)
-    all_up(c, "shop", 1)
+    sh(a, "dynoctl ps:scale -a shop web=2")
+    up_on(a, a)
+    up_on(a, c)
     # C never built: the one slug it stores is the one it fetched.
     assert len(stored_slugs(c)) == 1, stored_slugs(c)
     checksum = stored_slugs(c)[0]
@@ -103,7 +118,8 @@ def test_slugs_travel_keys_follow_and_a_push_to_any_machine_builds_there(
     sh(a, f"printf 'X' | dd of=/var/lib/dynod/slugs/{checksum[7:]}.tgz bs=1 seek=100 "
           "conv=notrunc status=none")
     start_dynod(b)
-    all_up(b, "shop", 1)
+    sh(a, "dynoctl ps:scale -a shop web=3")
+    up_on(a, b)
     lines = journal(b)
     assert f"Slug {checksum} from {a.name} refused: slug tarball's checksum is" in lines, \
         lines[-3000:]
@@ -128,8 +144,7 @@ def test_slugs_travel_keys_follow_and_a_push_to_any_machine_builds_there(
     assert last.strip() == "change"
     assert sh(b, "test -d /var/lib/dynod/cache/shop", ok=False)[0] == 0
     # A runs v3 too, on the slug B built, fetched from B.
-    wait_for("v3 up on A", lambda: any(
-        d["release"] == 3 and d["state"] == "up" for d in ps(a, "shop")), timeout=120)
+    up_on(a, a, release=3)
     assert f"fetched from {b.name}" in journal(a), journal(a)[-3000:]
 
 
@@ -185,9 +200,10 @@ def test_a_slug_no_machine_has_fails_the_dyno_saying_what_to_do(
     # C's unpacked tree gone too (set aside, as a damaged one is): a start must fetch.
     sh(c, f"cd /var/lib/dynod/slugs/trees && for t in {checksum[7:]}-*; do "
           f"mv $t .$t.damaged-1; rm -f .$t.manifest; done")
-    sh(c, "dynoctl ps:restart -a shop web.1")
-    wait_for("web.1 crashed on C", lambda: any(
-        d["name"] == "web.1" and d["state"] == "crashed" for d in ps(c, "shop")), timeout=90)
+    name = up_on(c, c)["name"]
+    sh(c, f"dynoctl ps:restart -a shop {name}")
+    wait_for(f"{name} crashed on C", lambda: any(
+        d["name"] == name and d["state"] == "crashed" for d in ps(c, "shop")), timeout=90)
     lines = journal(c)
     assert (f"Error starting process: slug {checksum} is stored on no machine of the "
             f"cluster that answered ({a.name}: slug {checksum} is not stored on {a.name}; "
@@ -195,4 +211,5 @@ def test_a_slug_no_machine_has_fails_the_dyno_saying_what_to_do(
             "(git push, or dynoctl releases:rollback to a release whose slug a machine "
             "has)") in lines, lines[-3000:]
     # The machines that have its tree keep serving.
-    all_up(a, "shop", 1)
+    up_on(a, a)
+    up_on(a, b)
