@@ -35,7 +35,9 @@ from tests.integration.test_builds import sh
 from tests.integration.test_dynos import all_up, deploy, dynoctl, http, ps, wait_for
 from tests.sandbox.machine import Machine
 
-pytestmark = [pytest.mark.integration, pytest.mark.network]
+# One worker runs the cluster modules one after another (make test: --dist loadgroup).
+pytestmark = [pytest.mark.integration, pytest.mark.network,
+              pytest.mark.xdist_group("cluster")]
 
 NODES = ("node-a", "node-b")
 POOLS = ("10.213.0.0/20", "10.213.16.0/20")
