@@ -21,14 +21,14 @@ up: prereqs
 test: prereqs
 	@tests/sandbox/run --purge >/dev/null
 	@tests/sandbox/hostcheck save .state/hostcheck.json
-	@export DYNOD_SUITE=$$$$; rc=0; .venv/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -rfE --durations=25 tests || rc=$$?; \
+	@export DYNOD_SUITE=$$$$; rc=0; .venv/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -rfE --durations=25 tests || rc=$$?; \
 	  tests/sandbox/hostcheck compare .state/hostcheck.json || rc=$${rc/#0/1}; exit $$rc
 
 unit: prereqs
 	@.venv/bin/python -m pytest -q tests/unit
 
 integration: prereqs
-	@.venv/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m integration tests
+	@.venv/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m integration tests
 
 lint: prereqs
 	@.venv/bin/python -m pytest -q tests/unit/test_lint.py

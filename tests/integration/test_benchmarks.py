@@ -29,7 +29,6 @@ def test_benchmarks_run_and_report_baselines(tmp_path: Path) -> None:
     assert "sandbox boot to running" in (tmp_path / "results.txt").read_text()
 
 
-@pytest.mark.xdist_group("cluster")  # beside the cluster modules, one at a time
 def test_the_failover_benchmark_runs_and_reports_the_lease(tmp_path: Path) -> None:
     """Its own test (a cluster of three machines, one round): it runs beside the others
     under pytest -n 4."""

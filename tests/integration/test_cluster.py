@@ -18,9 +18,8 @@ from dynod.router import local_ca
 from tests.sandbox import machine as sandbox
 from tests.sandbox.machine import PROJECT, Machine, Network
 
-# One worker runs the cluster modules one after another (make test: --dist loadgroup):
-# each boots two or three machines, and a module's tests share its cluster.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cluster")]
+# make test runs each module on one worker (--dist loadfile): its tests share its cluster.
+pytestmark = pytest.mark.integration
 
 PORT = 7400
 # Answers each connection with the machine's hostname: who is at the other end.

@@ -23,9 +23,8 @@ from tests.integration.test_dynos import all_up, deploy, dynoctl, wait_for
 from tests.integration.test_lifecycle import Load
 from tests.sandbox.machine import Machine
 
-# One worker runs the cluster modules one after another (make test: --dist loadgroup):
-# each boots two or three machines, and a module's tests share its cluster.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cluster")]
+# make test runs each module on one worker (--dist loadfile): its tests share its cluster.
+pytestmark = pytest.mark.integration
 
 TLS = "/var/lib/dynod/cluster/tls"
 CURL = ["curl", "-sS", "-m", "10", "--cacert", f"{TLS}/ca.crt", "--cert",

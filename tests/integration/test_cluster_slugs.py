@@ -25,9 +25,8 @@ from tests.integration.test_cluster import CURL, TLS, start_members
 from tests.integration.test_dynos import ps, wait_for
 from tests.sandbox.machine import PROJECT, Machine
 
-# One worker runs the cluster modules one after another (make test: --dist loadgroup):
-# each boots two or three machines, and a module's tests share its cluster.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cluster")]
+# make test runs each module on one worker (--dist loadfile): its tests share its cluster.
+pytestmark = pytest.mark.integration
 
 
 def journal(m: Machine, unit: str = "") -> str:

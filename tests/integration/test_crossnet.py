@@ -35,9 +35,8 @@ from tests.integration.test_builds import sh
 from tests.integration.test_dynos import all_up, deploy, dynoctl, http, ps, wait_for
 from tests.sandbox.machine import Machine
 
-# One worker runs the cluster modules one after another (make test: --dist loadgroup).
-pytestmark = [pytest.mark.integration, pytest.mark.network,
-              pytest.mark.xdist_group("cluster")]
+# make test runs each module on one worker (--dist loadfile): its tests share its cluster.
+pytestmark = [pytest.mark.integration, pytest.mark.network]
 
 NODES = ("node-a", "node-b")
 POOLS = ("10.213.0.0/20", "10.213.16.0/20")

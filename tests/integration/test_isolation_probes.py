@@ -85,7 +85,9 @@ def deny_probes(m: Machine, victim: str) -> dict[str, list[str]]:
         "D-Bus system bus": ["unix", "/run/dbus/system_bus_socket"],
         "systemd's private socket": ["unix", "/run/systemd/private"],
         "journald's socket": ["unix", "/run/systemd/journal/socket"],
-        "journald's stdout socket": ["unix", "/run/systemd/journal/stdout"],
+        # journald's stream socket is a dyno's on purpose: dyno-init reconnects its output
+        # to it, and journald tags a stream by the writer's cgroup, so a dyno can only
+        # write lines as itself (the native socket above would take forged fields).
         f"{victim} cgroup (dynod-{victim}.slice)": [
             "glob", f"/sys/fs/cgroup/dynod.slice/dynod-{victim}.slice,"
                     f"/sys/fs/cgroup/*/dynod.slice/dynod-{victim}.slice"],

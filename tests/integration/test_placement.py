@@ -24,9 +24,8 @@ from tests.integration.test_builds import push, setup_push
 from tests.integration.test_lifecycle import Load
 from tests.sandbox.machine import Machine
 
-# One worker runs the cluster modules one after another (make test: --dist loadgroup):
-# each boots two or three machines, and a module's tests share its cluster.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cluster")]
+# make test runs each module on one worker (--dist loadfile): its tests share its cluster.
+pytestmark = pytest.mark.integration
 
 APP = "shop"
 HOST = f"{APP}.dynod.localhost"
