@@ -102,6 +102,8 @@ static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUS
 #define BUF_SIZE 65536
 #define RETRY_MS 250
 #define STALL_MS 1000
+/* The L10 line's size at most (note_lost). */
+#define NOTE_MAX 160
 /* systemd's defaults for a unit's stream: LOG_DAEMON|LOG_INFO, SyslogLevelPrefix=yes. */
 #define STREAM_PRIORITY 30
 
@@ -269,7 +271,7 @@ static void utc_date(time_t t, int *y, unsigned *mo, unsigned *d, long *secs)
 /* Lines dropped, said once there is room again, after the lines kept before them. */
 static void note_lost(void)
 {
-	char line[160];
+	char line[NOTE_MAX];
 	int y;
 	unsigned mo, d;
 	long secs;
@@ -289,11 +291,18 @@ static void note_lost(void)
 	out.mid_line = 0;
 }
 
+/* The buffer has room for what comes next: the command's output, and first the L10
+ * line of what was dropped (kept output never joins output kept after a drop). */
+static int room(void)
+{
+	return BUF_SIZE - out.len >= (out.lost ? NOTE_MAX : 1);
+}
+
 /* The buffer is full and journald is gone, or has not emptied half of it in STALL_MS
  * (a journald that takes a trickle must not hold the command up for longer). */
 static int dropping(void)
 {
-	if (out.len < BUF_SIZE)
+	if (room())
 		return 0;
 	if (!out.full_since)
 		out.full_since = now_ms();
@@ -325,9 +334,11 @@ static void read_output(void)
 	char scratch[4096];
 	ssize_t n;
 	while (out.in >= 0) {
-		if (out.len < BUF_SIZE)
-			note_lost();
-		if (out.len < BUF_SIZE) {
+		if (room()) {
+			if (out.lost) {
+				note_lost(); /* it fits: room() */
+				continue;
+			}
 			if ((n = pipe_read(out.buf + out.len, BUF_SIZE - out.len)) == 0)
 				return;
 			out.len += (size_t)n;
@@ -367,7 +378,7 @@ static void drain_output(void)
 			return;
 		struct pollfd p[2] = {{.fd = out.in, .events = POLLIN},
 				      {.fd = out.up ? STDOUT_FILENO : -1, .events = POLLOUT}};
-		if (out.len == BUF_SIZE || out.in < 0)
+		if (!room() || out.in < 0)
 			p[0].fd = -1;
 		if (poll(p, 2, RETRY_MS) == 0 && out.len == 0)
 			return; /* nothing more comes (background writers hold the pipe open) */
@@ -384,12 +395,12 @@ static int supervise(pid_t child, const sigset_t *set, int whole_namespace)
 		die("signalfd");
 	for (;;) {
 		struct pollfd p[3] = {{.fd = sfd, .events = POLLIN},
-				      {.fd = out.len < BUF_SIZE || dropping() ? out.in : -1,
+				      {.fd = room() || dropping() ? out.in : -1,
 				       .events = POLLIN},
 				      {.fd = out.up && out.len ? STDOUT_FILENO : -1,
 				       .events = POLLOUT}};
 		/* Wake up to reconnect, or to start dropping after STALL_MS. */
-		int timeout = out.len > 0 && (!out.up || out.len == BUF_SIZE) ? RETRY_MS : -1;
+		int timeout = out.len > 0 && (!out.up || !room()) ? RETRY_MS : -1;
 		if (poll(p, 3, timeout) < 0) {
 			if (errno == EINTR)
 				continue;
