@@ -60,11 +60,12 @@
  * (sd_journal_stream_fd(3): identifier, unit id, priority, level prefix, forward to
  * syslog/kmsg/console). journald finds the unit, and its LogExtraFields=, from the
  * cgroup of the connecting process (dyno-init is in the unit's), so the lines keep
- * their fields. The command never blocks on its output for longer than STALL_MS: when
- * the buffer is full and journald is gone, or has not taken half of it in that long
- * (journald slowed down by its own full disk took a trickle, and held a request that
- * logged 20,000 lines for 25 s), new output is dropped until it has; then one line says
- * how much, in Heroku's words:
+ * their fields. The command is held up by its output for STALL_MS at most: when the
+ * buffer is full and journald is gone, or has taken fewer than MIN_LINES lines (and
+ * MIN_BYTES bytes) a second since the buffer filled (journald slowed down by its own
+ * full disk took a trickle, ~600 lines a second, and held a request that logged 20,000
+ * lines past the router's 30 s), new output is dropped until journald has emptied the
+ * buffer; then one line says how much, in Heroku's words:
  * `Error L10 (output buffer overflow): N messages dropped since <time>.`
  *
  * Exit status 127: COMMAND not found/executable; 125: dyno-init itself failed.
@@ -102,6 +103,10 @@ static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUS
 #define BUF_SIZE 65536
 #define RETRY_MS 250
 #define STALL_MS 1000
+/* A journald slower than both, with the buffer full, is a stalled one (a healthy one
+ * takes tens of thousands of lines a second, a loaded one thousands). */
+#define MIN_LINES 2000
+#define MIN_BYTES (1024 * 1024)
 /* The L10 line's size at most (note_lost). */
 #define NOTE_MAX 160
 /* systemd's defaults for a unit's stream: LOG_DAEMON|LOG_INFO, SyslogLevelPrefix=yes. */
@@ -113,7 +118,9 @@ static struct {
 	int in;            /* the pipe's read end; -1 once every writer is gone */
 	int up;            /* fd 1 (and 2) is a live stream to journald */
 	long long last_try;            /* CLOCK_MONOTONIC, ms */
-	long long full_since;          /* the buffer full since (till it is half empty) */
+	long long full_since;          /* the buffer full since (till journald emptied it) */
+	unsigned long long taken;      /* bytes journald took since then */
+	unsigned long taken_lines;     /* and lines */
 	unsigned long lost;            /* lines dropped since `lost_since` */
 	int mid_line;                  /* the last byte kept was not a newline */
 	int line_start;                /* the last byte read, kept or not, was a newline */
@@ -237,9 +244,15 @@ static void flush_output(void)
 			return;
 		ssize_t n = send(STDOUT_FILENO, out.buf, out.len, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (n > 0) {
+			if (out.full_since) {
+				out.taken += (size_t)n;
+				for (const char *c = out.buf; (c = memchr(c, '\n', out.buf + n - c));
+				     c++)
+					out.taken_lines++;
+			}
 			memmove(out.buf, out.buf + n, out.len - (size_t)n);
 			out.len -= (size_t)n;
-			if (out.len <= BUF_SIZE / 2)
+			if (out.len == 0)
 				out.full_since = 0;
 		} else if (n < 0 && errno == EINTR) {
 			continue;
@@ -298,15 +311,32 @@ static int room(void)
 	return BUF_SIZE - out.len >= (out.lost ? NOTE_MAX : 1);
 }
 
-/* The buffer is full and journald is gone, or has not emptied half of it in STALL_MS
- * (a journald that takes a trickle must not hold the command up for longer). */
+/* The buffer is full and journald is gone, or has taken less than MIN_LINES/MIN_BYTES a
+ * second since the buffer filled, measured over STALL_MS at least (a journald that takes
+ * a trickle must not hold the command up for longer). A journald that keeps up starts
+ * a new measure. */
 static int dropping(void)
 {
 	if (room())
 		return 0;
-	if (!out.full_since)
-		out.full_since = now_ms();
-	return !out.up || now_ms() - out.full_since >= STALL_MS;
+	if (!out.up)
+		return 1;
+	long long now = now_ms();
+	if (!out.full_since) {
+		out.full_since = now;
+		out.taken = out.taken_lines = 0;
+		return 0;
+	}
+	long long took = now - out.full_since;
+	if (took < STALL_MS)
+		return 0;
+	if (out.taken_lines * 1000ULL >= (unsigned long long)MIN_LINES * (unsigned long long)took ||
+	    out.taken * 1000ULL >= (unsigned long long)MIN_BYTES * (unsigned long long)took) {
+		out.full_since = now;
+		out.taken = out.taken_lines = 0;
+		return 0;
+	}
+	return 1;
 }
 
 /* Take what the command wrote: into the buffer while it has room, else (dropping())

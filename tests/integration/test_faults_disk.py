@@ -318,8 +318,10 @@ def journal_disk_full(m: Machine) -> tuple[str, float]:
     `logs`. What journald does: its rate limit (RateLimitBurst= 10,000 a unit in 30 s,
     scaled down when little disk is free) suppresses most of the burst ("Suppressed
     29086 messages from dynod-shop-web.2-1.service" in one run), and what passes it does
-    not fit on the disk; so a few hundred of the 80,000 lines reach the journal, and
-    dyno-init drops none (journald reads on: no L10). Lines logged after the space is
+    not fit on the disk; so a few hundred of the 80,000 lines reach the journal. When
+    journald, slowed by its disk, takes a trickle (hundreds of lines a second), dyno-init
+    drops what it cannot take and says so (L10) instead of holding the request past the
+    router's 30 s. Lines logged after the space is
     freed are in `logs` once the rate limit's interval ends (23-41 s in our runs); those
     before are lost for good. The row gives the figures of the run."""
     m.exec(["sh", "-c", ONTO_JOURNAL_TMPFS])

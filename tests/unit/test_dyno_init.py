@@ -192,13 +192,17 @@ def _journal(init: Path, script: str, pidns: bool = False) -> tuple[subprocess.P
     return proc, ours
 
 
-def _read_all(sock: socket.socket) -> list[str]:
+def _read_all_bytes(sock: socket.socket) -> bytes:
     """Until dyno-init and the command are gone (the stream's end)."""
     sock.settimeout(30)
     data = b""
     while chunk := sock.recv(1 << 16):
         data += chunk
-    return data.decode().splitlines()
+    return data
+
+
+def _read_all(sock: socket.socket) -> list[str]:
+    return _read_all_bytes(sock).decode().splitlines()
 
 
 @pytest.mark.parametrize("pidns", [False, True])
@@ -243,3 +247,32 @@ def test_journal_stalled_drops_and_says_how_many(init: Path) -> None:
     # each line is kept (whole or in part) or counted as dropped
     assert dropped > 0 and len(kept) + dropped == 100000, (len(kept), dropped)
     assert " messages dropped since 20" in notes[0] and notes[0].endswith("+00:00.")
+
+
+def test_journal_taking_a_trickle_does_not_hold_the_command(init: Path,
+                                                            tmp_path: Path) -> None:
+    """A stream that takes 4 KB each 0.1 s (~200 lines of 200 bytes a second: journald
+    slowed down by its own full disk): after a second the command's output is dropped
+    rather than held, so 20,000 lines (4 MB, 100 s at that pace) are written, and the
+    command has finished, long before the reader has taken a tenth of them; the L10 line
+    counts what was dropped."""
+    done = tmp_path / "done"
+    proc, ours = _journal(init, f"p=$(printf %0190d 0); i=0; while [ $i -lt 20000 ]; do "
+                          f"echo \"line $i $p\"; i=$((i+1)); done; touch {done}; echo after")
+    ours.settimeout(30)
+    data = b""
+    while not done.exists():
+        chunk = ours.recv(4096)
+        assert chunk, "the stream ended before the command did"
+        data += chunk
+        assert len(data) < 400_000, "the command was held by the slow stream"
+        time.sleep(0.1)
+    lines = (data + _read_all_bytes(ours)).decode().splitlines()  # journald caught up
+    assert proc.wait(10) == 0
+    notes = [x for x in lines if x.startswith("Error L10 (output buffer overflow): ")]
+    assert notes, lines[-3:]
+    dropped = sum(int(n.split(": ")[1].split()[0]) for n in notes)
+    kept = [x for x in lines if re.fullmatch(r"l(i(n(e( \d*( 0*)?)?)?)?)?|after", x)]
+    # 20,000 lines and "after" (dropped too when the dropping went on till the end)
+    assert kept[0].startswith("line 0 ") and len(kept) + dropped == 20001, (len(kept),
+                                                                           dropped)
