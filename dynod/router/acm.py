@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from dynod.model.acm import AcmDomain
 from dynod.router.acme import AcmeFailure, Issued
 from dynod.router.cert_store import ACM_PREFIX
 from dynod.store.protocol import Store
+from dynod.system.loop import Loop
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 MAX_SLEEP = timedelta(hours=1)
 # A node that is not the leader looks again this often: it may become the leader.
 FOLLOWER_WAKE = timedelta(seconds=30)
+# After a failed pass (the store unreachable).
+RETRY = timedelta(minutes=1)
 
 
 class Certs(Protocol):
@@ -77,49 +79,29 @@ def plan(managed: list[tuple[str, str]], records: dict[str, AcmDomain],
     return Plan(tuple(orders), tuple(sorted(cert_hosts - hosts)), wake)
 
 
-class AcmManager:
+class AcmManager(Loop):
     """The ACM thread. ``start``, ``kick`` after a change, ``stop``."""
+
+    name = "acm"
 
     def __init__(self, store: Store, certs: Certs, issuer: Issuer,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  leading: Callable[[], bool] | None = None) -> None:
+        super().__init__(MAX_SLEEP.total_seconds(), retry=RETRY.total_seconds())
         self.store = store
         # In a cluster only the leader orders (one order per domain, not one per node).
         self.leading = leading
         self.certs = certs
         self.issuer = issuer
         self.clock = clock
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="acm", daemon=True)
-        self._thread.start()
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
     @staticmethod
     def cert_name(hostname: str) -> str:
         """The router's name for ACM's certificate of ``hostname`` (``CertStore``)."""
         return ACM_PREFIX + hostname
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                wake = self.reconcile()
-            except Exception:
-                log.exception("acm: reconcile failed")
-                wake = self.clock() + timedelta(minutes=1)
-            self._wake.wait(max((wake - self.clock()).total_seconds(), 0.05))
+    def step(self) -> float:
+        return max((self.reconcile() - self.clock()).total_seconds(), 0.05)
 
     def reconcile(self) -> datetime:
         """Place the orders due, remove certificates no longer managed; returns when to
@@ -137,7 +119,7 @@ class AcmManager:
             log.info("acm: %s is no longer managed; its certificate is removed", host)
             self.certs.remove_cert(self.cert_name(host))
         for record in todo.orders:
-            if self._stop.is_set():
+            if self.stopping():
                 break
             self._order(record)
         if todo.orders:

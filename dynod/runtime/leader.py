@@ -20,13 +20,13 @@ on every machine.)
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 
 from dynod.errors import DynodError
 from dynod.model.cluster import NODE_TTL, ClusterView
 from dynod.model.placement import Formations, LeaderSeat, place
+from dynod.system.loop import Loop
 
 log = logging.getLogger(__name__)
 
@@ -60,49 +60,29 @@ class NodeLease:
         return now < gone - FENCE_MARGIN
 
 
-class Leader:
+class Leader(Loop):
     """The election and the placement loop of this node (``start``, ``kick``, ``stop``)."""
+
+    name = "leader"
 
     def __init__(self, view: ClusterView, seat: LeaderSeat, lease: NodeLease,
                  formations: Callable[[], Formations]) -> None:
+        super().__init__(POLL)
         self.view = view
         self.seat = seat
         self.lease = lease
         self.formations = formations
         self._leading = False
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def leading(self) -> bool:
         """This node holds ``leader`` and its lease is surely alive."""
         return self._leading and self.lease.surely_alive()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="leader", daemon=True)
-        self._thread.start()
+    def step(self) -> None:
+        self.tick()
 
-    def kick(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.tick()
-            except DynodError as exc:
-                self._leading = False
-                log.warning("placement: %s", exc.message)
-            except Exception:
-                self._leading = False
-                log.exception("placement failed; retrying")
-            self._wake.wait(POLL)
+    def failed(self) -> None:
+        self._leading = False  # unsure: another node may take over meanwhile
 
     def tick(self) -> bool:
         """One campaign and, as the leader, one placement pass. True if leading."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from dynod.runtime.dynos import cgroup_of, unit_of
 from dynod.runtime.plan import Dyno, quota_of
 from dynod.store.protocol import Store
 from dynod.system import cgroups, journal, units
+from dynod.system.loop import Loop
 
 log = logging.getLogger(__name__)
 
@@ -93,41 +93,29 @@ def _main_started(unit: str) -> int | None:
     return status.main_started_usec if status else None
 
 
-class RuntimeMetrics:
+class RuntimeMetrics(Loop):
     """Samples the dynos of apps with ``log-runtime-metrics`` every 5 s and writes their
     lines every 20 s, in its own thread. Reads the cgroups only: nothing a dyno or a
     request waits for."""
 
+    name = "runtime-metrics"
+
     def __init__(self, store: Store, records: Callable[[], Sequence[Dyno]], *,
                  emit: Callable[[str, str, str], None] = journal.app_event,
                  started: Callable[[str], int | None] | None = None) -> None:
+        super().__init__(SAMPLE_SECONDS)
         self.store = store
         self.records = records
         self.emit = emit
         self.started = started or _main_started
         self._loads: dict[str, LoadAverage] = {}
         self._ids: dict[tuple[str, float], str] = {}  # (unit, launched): a run
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticks = 0
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="runtime-metrics",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        ticks = 0
-        while not self._stop.wait(SAMPLE_SECONDS):
-            ticks += 1
-            try:
-                self.tick(emit=ticks % round(EMIT_SECONDS / SAMPLE_SECONDS) == 0)
-            except Exception:  # never lose the thread to one bad read
-                log.exception("runtime metrics")
+    def step(self) -> None:
+        if self._ticks:  # the first sample a period after the start
+            self.tick(emit=self._ticks % round(EMIT_SECONDS / SAMPLE_SECONDS) == 0)
+        self._ticks += 1
 
     def _enabled_apps(self, apps: set[str]) -> set[str]:
         with self.store.read() as tx:

@@ -345,7 +345,7 @@ def test_gc_keeps_the_last_releases_and_apps_info_shows_disk_use(
         deploy(m, app, f"g{i}")  # v2..v5, each rolled out (its tree unpacked)
         # slugs:deploy waits for the old web dynos to be replaced: a first release has
         # none, so wait for its dyno (else v3 may come before v2 ever ran: 3 trees)
-        wait_for(f"v{i + 2} up", lambda i=i: settled(m, app, {"web": 1}, release=i + 2),
+        wait_for(f"v{i + 2} up", partial(settled, m, app, {"web": 1}, release=i + 2),
                  timeout=90)
 
     def disk() -> str:
