@@ -6,6 +6,7 @@ a baseline measured in the same run on the same machine, with the ratio.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -74,3 +75,16 @@ def write(figures: list[Figure], path: Path | None) -> None:
     print(table(figures))
     if path is not None:
         path.write_text(json.dumps(to_json(figures), indent=1))
+
+
+def main(collect: Callable[..., list[Figure]], *, rounds: bool = False) -> int:
+    """The command line of a benchmark that takes ``--scale`` (and ``-n``, the rounds,
+    with ``rounds``) and ``--json FILE``: runs ``collect(scale[, n])``, prints the table."""
+    parser = argparse.ArgumentParser()
+    if rounds:
+        parser.add_argument("-n", type=int)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    write(collect(args.scale, args.n) if rounds else collect(args.scale), args.json)
+    return 0

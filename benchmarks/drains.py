@@ -13,12 +13,11 @@ picks them up), one set for rsyslog's imjournal; the clock runs until the receiv
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import Figure, Summary, write
+from benchmarks.common import Figure, Summary, main
 from tests.integration.conftest import built_stack, stack_bind
 from tests.integration.test_drains import PYTHON, RECEIVER, SYSLOG_URL, _p50, _start_receivers
 from tests.integration.test_dynos import all_up, dynoctl
@@ -107,14 +106,7 @@ def collect(scale: float = 1.0) -> list[Figure]:
                    "app p50 without a drain", Summary.of(plain, "ms"))]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks.drains")
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    write(collect(args.scale), args.json)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(collect))

@@ -20,15 +20,13 @@ while node-a lives; when node-a is the leader, another machine's do).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from benchmarks import store
-from benchmarks.common import Figure, Summary, write
+from benchmarks.common import Figure, Summary, main
 from dynod.model.cluster import NODE_TTL
 from tests.integration.conftest import built_stack, on_network, stack_bind
 from tests.integration.test_placement import (
@@ -124,15 +122,7 @@ def collect(scale: float = 1.0, n: int | None = None) -> list[Figure]:
             *store.collect(scale)]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-n", type=int)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    write(collect(args.scale, args.n), args.json)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(collect, rounds=True))

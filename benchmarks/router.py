@@ -19,7 +19,6 @@ read it beside the CPU figures.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import resource
@@ -27,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import Figure, Summary, write
+from benchmarks.common import Figure, Summary, main
 from tests.integration.conftest import built_stack, stack_bind
 from tests.integration.test_dynos import all_up
 from tests.integration.test_router import deploy_echo
@@ -236,14 +235,7 @@ def collect(scale: float = 1.0) -> list[Figure]:
             + figures_of(capped[0], capped[1], "the same, app at half a core"))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    write(collect(args.scale), args.json)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(collect))

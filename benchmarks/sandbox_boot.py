@@ -8,11 +8,9 @@ difference is what dynod adds to a boot.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from benchmarks.common import Figure, Summary, write
+from benchmarks.common import Figure, Summary, main
 from tests.sandbox.machine import Machine
 
 
@@ -36,15 +34,7 @@ def collect(scale: float = 1.0, n: int | None = None) -> list[Figure]:
                    "same machine, dynod masked", baseline)]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-n", type=int)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    write(collect(args.scale, args.n), args.json)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(collect, rounds=True))
