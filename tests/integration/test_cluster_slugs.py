@@ -46,10 +46,10 @@ def form_cluster(machines: list[Machine]) -> None:
     """Three etcd members over TLS, each machine's dynod on them with its peer API, and
     the members' records (what cluster:join will write)."""
     start_members(machines, local_ca.make_ca(datetime.now(UTC), "test-cluster"))
-    for m in machines:
+    for i, m in enumerate(machines):
         # The peer API at the member's address, PEER_PORT: the record need not say so.
         put(m, f"/dynod-cluster/members/{m.name}", to_json(Member(
-            m.name, m.test_address, f"{m.test_address}:5443", "10.217.0.0/24")))
+            m.name, m.test_address, f"{m.test_address}:5443", f"10.217.{i}.0/24")))
         settings = [
             'store = "etcd"', f'etcd_endpoints = "{m.test_address}:2379"',
             f'etcd_ca_file = "{TLS}/ca.crt"', f'etcd_cert_file = "{TLS}/member.crt"',

@@ -234,7 +234,7 @@ def test_a_dyno_reaches_nothing_of_the_other_machine(
     for i, (m, d) in enumerate(zip(two, dynos, strict=True)):
         other, other_dyno = two[1 - i], dynos[1 - i]
         targets = {
-            f"{NODES[1 - i]}'s web.1": f"{other_dyno['address']}:5000",
+            f"{NODES[1 - i]}'s {other_dyno['name']}": f"{other_dyno['address']}:5000",
             f"{NODES[1 - i]}'s sshd": f"{other.test_address}:22",
             f"{NODES[1 - i]}'s API": f"{other.test_address}:{API_PORT}",
             f"{NODES[1 - i]}'s router": f"{other.test_address}:80",
@@ -250,11 +250,11 @@ def test_a_dyno_reaches_nothing_of_the_other_machine(
             from_host = "reached" if rc == 0 else f"refused ({out.strip()[-80:]})"
             from_dyno = connect(m, str(d["address"]), target)
             rows.append(f"{NODES[i]} host -> {what} {target}: {from_host}; "
-                        f"{NODES[i]} web.1 -> it: {from_dyno}")
+                        f"{NODES[i]} {d['name']} -> it: {from_dyno}")
             if not from_host.startswith("reached"):
                 breaches.append(f"control: {NODES[i]}'s host cannot reach {what}: {from_host}")
             if not from_dyno.startswith("refused"):
-                breaches.append(f"{NODES[i]}'s web.1 reached {what} ({target})")
+                breaches.append(f"{NODES[i]}'s {d['name']} reached {what} ({target})")
         # Defence in depth, the dyno's own cgroup filter: the other machine's pool is
         # out of its IPAddressAllow=, that machine's address (its router) is in.
         allow = [IPv4Network(n) for n in sh(
