@@ -40,9 +40,11 @@ from tests.integration.test_faults_services import (
     consistent,
     hit,
     invocations,
+    main_pid,
     row,
+    start_shop,
 )
-from tests.integration.test_lifecycle import deploy, settled, trouble, versions
+from tests.integration.test_lifecycle import settled, trouble, versions
 from tests.sandbox.machine import PROJECT, Machine
 
 pytestmark = pytest.mark.integration
@@ -96,13 +98,10 @@ def cm(stack: Path) -> Iterator[Machine]:
         m.exec(["systemctl", "restart", *SHIFTED])
         wait_for("dynod answering", lambda: m.run(["dynoctl", "apps"]).returncode == 0, 60)
         for unit in SHIFTED:
-            pid = m.exec(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
+            pid = main_pid(m, unit)
             maps = m.exec(["cat", f"/proc/{pid}/maps"]).stdout
             assert str(shim) in maps, f"{unit} (pid {pid}) has not preloaded {shim}"
-        dynoctl(m, "apps:create", APP)
-        deploy(m, APP, "c0")
-        dynoctl(m, "ps:scale", "-a", APP, "web=2", "worker=1")
-        wait_for("the formation", lambda: settled(m, APP, WANT), timeout=90)
+        start_shop(m, "c0")
         yield m
     finally:
         _teardown(m)

@@ -54,13 +54,18 @@ def fm(stack: Path) -> Iterator[Machine]:
     m = Machine(binds=[stack_bind(stack)])
     m.boot()
     try:
-        dynoctl(m, "apps:create", APP)
-        deploy(m, APP, "f0")
-        dynoctl(m, "ps:scale", "-a", APP, "web=2", "worker=1")
-        wait_for("the formation", lambda: settled(m, APP, WANT), timeout=90)
+        start_shop(m, "f0")
         yield m
     finally:
         _teardown(m)
+
+
+def start_shop(m: Machine, version: str) -> None:
+    """The fault matrix's app, running: ``shop`` at slug ``version``, web=2 worker=1."""
+    dynoctl(m, "apps:create", APP)
+    deploy(m, APP, version)
+    dynoctl(m, "ps:scale", "-a", APP, "web=2", "worker=1")
+    wait_for("the formation", lambda: settled(m, APP, WANT), timeout=90)
 
 
 class Load(SteadyLoad):
