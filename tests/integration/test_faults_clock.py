@@ -179,6 +179,31 @@ def steady(m: Machine) -> tuple[dict[str, Any], str, float]:
     return result, saw, took
 
 
+def restart_after_step(m: Machine) -> tuple[dict[str, Any], str, float]:
+    """dynod restarted with its clock a day and more ahead: it adopts the dynos, whose
+    daily cycle it counts from systemd's monotonic start of each (the wall-clock start
+    systemd gives is a day and more before dynod's now); none restarts, before or after
+    the step back."""
+    ids = invocations(m)
+    load = Load(m)
+    t0 = time.monotonic()
+    step_to(m, DAY_AND_MORE)
+    m.exec(["systemctl", "restart", "dynod"])
+    wait_for("dynod answering", lambda: m.run(["dynoctl", "apps"]).returncode == 0, 60)
+    wait_for("the dynos adopted", lambda: settled(m, APP, WANT), timeout=60)
+    time.sleep(HOLD)
+    hit(m, "/clock-restarted")
+    assert near(router_time(m, "/clock-restarted"), DAY_AND_MORE)
+    step_to(m, 0)
+    time.sleep(HOLD)
+    took = time.monotonic() - t0
+    result = load.finish()
+    assert invocations(m) == ids, f"a dyno was restarted (cycled?)\n{trouble(m, APP)}"
+    assert not platform_events(m), platform_events(m)
+    assert result["failed"] == 0, result["failures"]
+    return result, "dynod adopted every dyno; none restarted or cycled", took
+
+
 def releases_across_steps(m: Machine) -> tuple[dict[str, Any], str, float]:
     """A release on each side of each step, the step landing while its web dynos boot
     (an R10 or back-off on the wall clock would fire): release times keep increasing,
@@ -215,7 +240,8 @@ def releases_across_steps(m: Machine) -> tuple[dict[str, Any], str, float]:
     return result, f"4 releases, times increasing; dynod said: {said[0]}", took
 
 
-CASES = {"steady": steady, "releases": releases_across_steps}
+CASES = {"steady": steady, "dynod-restart": restart_after_step,
+         "releases": releases_across_steps}
 
 
 @pytest.mark.parametrize("case", list(CASES))
