@@ -6,8 +6,9 @@ makes the next one; a rollback is a new release copying an older one's slug and 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
@@ -17,6 +18,21 @@ from dynod.model.events import EventBus, ReleaseCreated, RolledBack
 from dynod.model.releases import RELEASE_TYPE, Release, ReleaseStatus
 from dynod.store import reads
 from dynod.store.protocol import Store, Tx
+
+log = logging.getLogger(__name__)
+
+# A release is dated at least this long after the one before it: a millisecond, so that
+# the order survives a client that keeps only milliseconds (JavaScript's Date).
+AFTER_PREVIOUS = timedelta(milliseconds=1)
+
+
+def release_time(now: datetime, previous: datetime | None) -> datetime:
+    """When a new release is dated: ``now``, or just after the ``previous`` release's
+    time when the wall clock is not past it (stepped back by NTP or an operator's
+    `date -s`), so that release times increase with their versions."""
+    if previous is None or now >= previous + AFTER_PREVIOUS:
+        return now
+    return previous + AFTER_PREVIOUS
 
 
 def set_status(store: Store, app: str, version: int, status: ReleaseStatus) -> None:
@@ -53,14 +69,19 @@ def append_release(
     pending = slug is not None and RELEASE_TYPE in slug.process_types
     if not release_phase and (newest is None or newest.status is not ReleaseStatus.PENDING):
         pending = False
+    now = datetime.now(UTC)
+    created_at = release_time(now, newest.created_at if newest else None)
+    if newest is not None and now < newest.created_at:
+        log.warning('app "%s": the wall clock (%s) is behind release v%d\'s time (%s); '
+                    "v%d is dated %s, just after it, so that release times stay in order",
+                    app, now.isoformat(), newest.version, newest.created_at.isoformat(),
+                    newest.version + 1, created_at.isoformat())
     release = Release(
         app=app,
         version=1 if newest is None else newest.version + 1,
         description=description,
         user=user,
-        # Never before the previous release, even when the wall clock was stepped back
-        # (NTP, an operator's `date -s`): `releases` lists them in order.
-        created_at=max(datetime.now(UTC), newest.created_at) if newest else datetime.now(UTC),
+        created_at=created_at,
         slug_id=slug_id,
         config=MappingProxyType(dict(config)),
         status=ReleaseStatus.PENDING if pending else ReleaseStatus.SUCCEEDED,

@@ -49,9 +49,13 @@ def adopt(settings: Settings, host: Callable[[], Host], listening: Callable[[str
             continue
         status = units.dyno_status(unit.name)
         since = status.main_started_usec / 1e6 if status and status.main_started_usec else now
+        # The daily cycle counts the dyno's uptime from its start, on the monotonic clock
+        # (CLOCK_MONOTONIC is the machine's: dynod's restart does not reset it).
+        started = (status.main_started_monotonic_usec / 1e6
+                   if status and status.main_started_monotonic_usec else monotonic)
         up = listening(meta.address, meta.port) if ref.web else True
         found[ref] = Dyno(ref, meta, DynoState.UP if up else DynoState.STARTING, since,
-                          launched=monotonic, cycle_at=plan.cycle_due(since))
+                          launched=monotonic, cycle_at=plan.cycle_due(started))
         log.info("adopted %s (%s)", unit.name, "up" if up else "starting")
     orphans = set(mounts.list_dyno_dirs(settings.runtime_dir))
     orphans |= set(netns.list_dyno_netns())

@@ -270,7 +270,7 @@ class Executor:
             d.launched = self.clock()
             key = (ref.app, ref.dyno)
             self.starts[key] = self.starts.get(key, 0) + 1
-            d.cycle_at = plan.cycle_due(self.wall())
+            d.cycle_at = plan.cycle_due(d.launched)
             if d.state is not DynoState.STARTING:
                 d.state, d.since = DynoState.STARTING, self.wall()
 

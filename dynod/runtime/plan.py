@@ -60,7 +60,10 @@ def backoff(crashes: int) -> float:
 
 
 def cycle_due(started: float) -> float:
-    """When a dyno started at ``started`` (wall clock) is due for its daily restart."""
+    """When a dyno started at ``started`` is due for its daily restart. Both on the
+    monotonic clock: a day of the dyno's uptime, which a step of the wall clock (NTP
+    setting a clock that booted a day behind, `date -s`) neither shortens nor stretches;
+    on the wall clock such a step made every dyno of every app due at once."""
     return started + CYCLE + random.uniform(0.0, CYCLE_JITTER)  # noqa: S311 - jitter
 
 
@@ -97,7 +100,7 @@ class Dyno:
     # "crashed at boot (exit status 3)", "could not start: No space left on device ...".
     failure: str = ""
     health: str = ""  # the health-check path of its release ("" = listening is enough)
-    cycle_at: float = 0.0  # wall clock: the daily restart is due (0: never)
+    cycle_at: float = 0.0  # monotonic: the daily restart is due (0: never)
     # What it runs, kept while it is crashed (``meta`` None) for ``ps`` and rollouts.
     release: int = 0
     command: str = ""
@@ -160,8 +163,8 @@ class Exit:
 class Observed:
     """What the supervisor saw this pass, as values."""
 
-    monotonic: float
-    wall: float
+    monotonic: float  # every timer: R10, back-off, R14's repeat, the daily cycle
+    wall: float  # only what `ps` shows (a state's "since")
     exits: Mapping[DynoRef, Exit] = field(default_factory=dict)  # exited or gone units
     answering: frozenset[DynoRef] = frozenset()  # starting web dynos answering on $PORT
     memory: Mapping[DynoRef, int] = field(default_factory=dict)
@@ -434,7 +437,7 @@ def plan_cycle(want: Desired, current: Sequence[Dyno], seen: Observed) -> list[A
     """Heroku's daily restart: once a dyno of the current generation is past its
     ``cycle_at``, the app's dynos are replaced by a rollout (as ``ps:restart``)."""
     due = [d for d in current if d.live and d.cycle_at
-           and d.ref.generation == want.generation and seen.wall >= d.cycle_at]
+           and d.ref.generation == want.generation and seen.monotonic >= d.cycle_at]
     if not due:
         return []
     return [*(Cycle(d.ref) for d in due),

@@ -283,6 +283,9 @@ class DynoStatus:
     memory_bytes: int | None
     cpu_nsec: int | None
     main_started_usec: int  # CLOCK_REALTIME, µs
+    # CLOCK_MONOTONIC, µs (0: not started): what a timer since the start is measured on,
+    # since the wall clock can be stepped (NTP, `date -s`) while the unit runs.
+    main_started_monotonic_usec: int = 0
 
 
 _NO_VALUE = 2**64 - 1  # systemd's "not set" for uint64 counters
@@ -311,6 +314,7 @@ def dyno_status(name: str) -> DynoStatus | None:
         memory_bytes=None if memory == _NO_VALUE else memory,
         cpu_nsec=None if cpu == _NO_VALUE else cpu,
         main_started_usec=int(props["ExecMainStartTimestamp"]),
+        main_started_monotonic_usec=int(props["ExecMainStartTimestampMonotonic"]),
     )
 
 

@@ -9,12 +9,8 @@ dirs, netns, veths, overlay roots).
 Each prints its row of the note's table: fault, requests sent, failed, what the user
 saw, leaks, time to recover.
 
-The wall clock is not a case here: the machine shares CLOCK_REALTIME with the host
-(Linux time namespaces cover only MONOTONIC and BOOTTIME), so ``date -s`` inside it
-would step the host's clock, and libfaketime preloaded into dynod breaks Python's
-sleeps (clock_nanosleep with TIMER_ABSTIME on CLOCK_MONOTONIC: EINVAL with
-FAKETIME_DONT_FAKE_MONOTONIC, a hang after a step without it). The step is tested at
-the process boundary instead: tests/unit/test_clock_steps.py.
+The wall clock's steps are test_faults_clock.py (the machine shares CLOCK_REALTIME
+with the host, so they are made by a preloaded test tool, not by ``date -s``).
 """
 
 from __future__ import annotations
@@ -58,13 +54,18 @@ def fm(stack: Path) -> Iterator[Machine]:
     m = Machine(binds=[stack_bind(stack)])
     m.boot()
     try:
-        dynoctl(m, "apps:create", APP)
-        deploy(m, APP, "f0")
-        dynoctl(m, "ps:scale", "-a", APP, "web=2", "worker=1")
-        wait_for("the formation", lambda: settled(m, APP, WANT), timeout=90)
+        start_shop(m, "f0")
         yield m
     finally:
         _teardown(m)
+
+
+def start_shop(m: Machine, version: str) -> None:
+    """The fault matrix's app, running: ``shop`` at slug ``version``, web=2 worker=1."""
+    dynoctl(m, "apps:create", APP)
+    deploy(m, APP, version)
+    dynoctl(m, "ps:scale", "-a", APP, "web=2", "worker=1")
+    wait_for("the formation", lambda: settled(m, APP, WANT), timeout=90)
 
 
 class Load(SteadyLoad):

@@ -30,11 +30,11 @@ def _bumped(actions: list[plan.Action]) -> list[str]:
 def test_a_dyno_past_its_cycle_rolls_the_app_out() -> None:
     want = Desired("shop", 1, 2, "sha", 70000, {})
     young, old = _dyno(1, 2, State.UP), _dyno(2, 2, State.UP)
-    young.cycle_at, old.cycle_at = time.time() + 60, time.time() + 60
+    young.cycle_at, old.cycle_at = time.monotonic() + 60, time.monotonic() + 60
     seen = Observed(time.monotonic(), time.time())
     assert not plan.plan_cycle(want, [young, old], seen)
     assert not _bumped(plan.plan_cycle(want, [young, old], seen))
-    old.cycle_at = time.time() - 1
+    old.cycle_at = time.monotonic() - 1
     seen = Observed(time.monotonic(), time.time())
     actions = plan.plan_cycle(want, [young, old], seen)
     assert actions and _bumped(actions) == ["shop"]

@@ -228,7 +228,11 @@ def test_adopt_tracks_running_units_and_skips_one_offs(
               units.DynoUnit("u2", unit_names.DynoName("shop", "run", 1, 1), "active", "running")]
     stopped: list[str] = []
     monkeypatch.setattr(units, "list_dynos", lambda: listed)
-    monkeypatch.setattr(units, "dyno_status", lambda name: None)
+    # Started 100 s before dynod's start on the monotonic clock (and, per the wall clock
+    # stepped since, a day before): its daily cycle counts from the monotonic start.
+    monkeypatch.setattr(units, "dyno_status", lambda name: units.DynoStatus(
+        "active", "running", "success", None, "", None, None,
+        int((NOW - 86400) * 1e6), int((500.0 - 100) * 1e6)))
     monkeypatch.setattr(units, "stop_dyno", stopped.append)
     monkeypatch.setattr(netns, "list_dyno_netns", lambda: [web.key])
 
@@ -237,9 +241,10 @@ def test_adopt_tracks_running_units_and_skips_one_offs(
             raise AssertionError(f"tore down {ref}")
 
     found = adoption.adopt(settings, NoHost, lambda a, p: True,  # type: ignore[arg-type]
-                           NOW, NOW)
+                           NOW, 500.0)
     assert list(found) == [web] and found[web].meta == meta
     assert found[web].state is DynoState.UP and not stopped
+    assert 400.0 + plan.CYCLE <= found[web].cycle_at <= 400.0 + plan.CYCLE + plan.CYCLE_JITTER
 
 
 # --- a failed release ----------------------------------------------------------------
