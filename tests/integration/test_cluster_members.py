@@ -50,9 +50,12 @@ def fails(m: Machine, *args: str) -> str:
 
 
 def state_of(m: Machine, apps: list[str]) -> dict[str, Any]:
-    """What a user sees of each app: releases, config vars, formation."""
-    return {app: {"releases": [(r["version"], r["description"], r["status"]) for r in
-                               json.loads(dynoctl(m, "releases", "-a", app, "--json"))],
+    """What a user sees of each app: every release in full (``releases:info``: its slug,
+    user, time, status and config snapshot), the config vars, the formation."""
+    return {app: {"releases": [json.loads(dynoctl(m, "releases:info", "-a", app,
+                                                  f"v{r['version']}", "--json"))
+                               for r in json.loads(dynoctl(m, "releases", "-a", app,
+                                                           "--json"))],
                   "config": json.loads(dynoctl(m, "config", "-a", app, "--json")),
                   "formation": dynoctl(m, "ps:scale", "-a", app)}
             for app in apps}
@@ -131,9 +134,12 @@ def test_init_moves_three_apps_into_etcd_unchanged_while_each_serves(
     a = machines[0]
     make_apps(a)
     before = state_of(a, list(APPS))
-    described = {v: d for v, d, _ in before["jobs"]["releases"]}
-    assert len(described) == 7 and {described[5], described[6], described[7]} == {
-        "Remove MODE config vars", "Rollback to v3", "Remove LEVEL config vars"}, described
+    jobs = {r["version"]: r for r in before["jobs"]["releases"]}
+    assert sorted(jobs) == [1, 2, 3, 4, 5, 6, 7], jobs
+    assert [jobs[v]["description"] for v in (5, 6, 7)] == [
+        "Remove MODE config vars", "Rollback to v3", "Remove LEVEL config vars"], jobs
+    assert jobs[6]["slug_id"] == jobs[3]["slug_id"] != jobs[4]["slug_id"], jobs
+    assert jobs[6]["config"] == {"MODE": "fast", "LEVEL": "3"}, jobs
     assert before["jobs"]["config"] == {"MODE": "fast"}, before["jobs"]
     toml_before = a.exec(["cat", TOML], check=False).stdout
     # A steady load on each app through node-a's router, all through the migration.
