@@ -10,6 +10,10 @@ failure (monotonic seconds, comparable with a ``time.monotonic()`` read inside t
 machine), seconds, requests/s, the answers' first words (the app's version), the worst
 requests/s over any whole second, the slowest request and how many took over 1 s.
 
+Each request carries an X-Request-Id of its own, which the router keeps and logs: each
+failed one is listed (``failed_requests``: id, the wall-clock time it was sent, what
+happened), so its router line (``request_id=...``) says which dyno it went to.
+
 With ``--retry-after``, a thread that fails (or gets a 5xx) waits that long before it
 tries again, as a browser's retry would: a fault that makes the router refuse
 connections for a while would otherwise count thousands of "failures" from a client
@@ -23,6 +27,7 @@ import http.client
 import json
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -40,28 +45,30 @@ def main() -> None:
     versions: Counter[str] = Counter()
     per_second: Counter[int] = Counter()
     failures: list[tuple[float, str]] = []  # (monotonic, wall clock and what)
+    failed_requests: list[tuple[str, float, str]] = []  # (request id, sent at, what)
     slowest = [0.0]
 
-    def failed(kind: str, why: str) -> None:
+    def failed(kind: str, why: str, rid: str, sent: float) -> None:
         with lock:
             totals[kind] += 1
             failures.append((time.monotonic(), f"{time.time():.3f} {why}"))
+            failed_requests.append((rid, round(sent, 3), why))
 
     def worker() -> None:
         conn: http.client.HTTPConnection | None = None
         while not stop.exists():
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=30)
-            began = time.monotonic()
+            began, sent, rid = time.monotonic(), time.time(), str(uuid.uuid4())
             try:
-                conn.request("GET", "/", headers={"Host": host})
+                conn.request("GET", "/", headers={"Host": host, "X-Request-Id": rid})
                 resp = conn.getresponse()
                 body = resp.read().decode(errors="replace")
                 took = time.monotonic() - began
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 conn = None
-                failed("failed_connections", repr(exc))
+                failed("failed_connections", repr(exc), rid, sent)
                 time.sleep(retry_after)
                 continue
             with lock:
@@ -75,7 +82,7 @@ def main() -> None:
                 conn.close()
                 conn = None
             if resp.status >= 500:
-                failed("status_5xx", f"status {resp.status} {body[:80]!r}")
+                failed("status_5xx", f"status {resp.status} {body[:80]!r}", rid, sent)
                 time.sleep(retry_after)
 
     started = time.monotonic()
@@ -96,6 +103,7 @@ def main() -> None:
         "seconds": round(seconds, 1), "rate": round(totals["requests"] / seconds, 1),
         "min_rate": min((per_second[s] for s in whole), default=0),
         "versions": versions, "failures": [why for _, why in failures[:50]],
+        "failed_requests": failed_requests[:500],
         "slowest": round(slowest[0], 3), "over_1s": totals["over_1s"],
     }))
 

@@ -1,6 +1,7 @@
 """Cluster membership on three sandbox machines of one test network: ``cluster:init`` on
-a machine with two apps (one serving under a steady load) moves its state into etcd
-with nothing lost and no failed request, two machines ``cluster:join`` it, ``dynoctl
+a machine with three apps of different kinds (each serving under a steady load) moves
+its state into etcd with every release, config var and formation the same and no
+failed request, two machines ``cluster:join`` it, ``dynoctl
 cluster`` shows all three alive on a healthy etcd of three TLS members, each node's
 dynos are published on its lease, and ``cluster:remove`` removes one; bad input is
 refused with a clear message and changes nothing."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import cluster, stack_bind
-from tests.integration.test_builds import EXAMPLES, push, setup_push
+from tests.integration.test_builds import EXAMPLES, commit, push, setup_push
 from tests.integration.test_cluster import assert_strangers_refused
 from tests.integration.test_dynos import all_up, deploy, dynoctl, wait_for
 from tests.integration.test_lifecycle import Load
@@ -30,6 +32,8 @@ TLS = "/var/lib/dynod/cluster/tls"
 CURL = ["curl", "-sS", "-m", "10", "--cacert", f"{TLS}/ca.crt", "--cert",
         f"{TLS}/member.crt", "--key", f"{TLS}/member.key"]
 TOML = "/etc/dynod/dynod.toml"
+APPS = ("shop", "blog", "jobs")
+CLUSTER_APP = Path(__file__).with_name("cluster_app")  # a web that names its dyno, a worker
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +50,12 @@ def fails(m: Machine, *args: str) -> str:
 
 
 def state_of(m: Machine, apps: list[str]) -> dict[str, Any]:
-    """What a user sees of each app: releases, config vars, formation."""
-    return {app: {"releases": [(r["version"], r["description"], r["status"]) for r in
-                               json.loads(dynoctl(m, "releases", "-a", app, "--json"))],
+    """What a user sees of each app: every release in full (``releases:info``: its slug,
+    user, time, status and config snapshot), the config vars, the formation."""
+    return {app: {"releases": [json.loads(dynoctl(m, "releases:info", "-a", app,
+                                                  f"v{r['version']}", "--json"))
+                               for r in json.loads(dynoctl(m, "releases", "-a", app,
+                                                           "--json"))],
                   "config": json.loads(dynoctl(m, "config", "-a", app, "--json")),
                   "formation": dynoctl(m, "ps:scale", "-a", app)}
             for app in apps}
@@ -92,23 +99,52 @@ def three_alive(m: Machine) -> dict[str, Any]:
 
 
 JOIN: dict[str, str] = {}
+# What node-a runs after the migration, and keeps when the others join.
+NODE_A_DYNOS = {"shop/web.1", "shop/web.2", "blog/web.1", "jobs/web.1", "jobs/worker.1"}
 
 
-def test_init_moves_two_apps_into_etcd_while_one_serves(machines: list[Machine]) -> None:
-    a = machines[0]
+def make_apps(a: Machine) -> None:
+    """Three apps of different kinds on node-a: ``shop``, the shell example (git push,
+    web=2, a config var); ``blog``, a python server from a slug (a config var); ``jobs``,
+    a web and a worker (git push) with seven releases: two builds, config sets and
+    unsets, and a rollback."""
     setup_push(a, "shop", str(EXAMPLES / "shell"))
     assert "remote:        Released v2" in push(a, "shop")
     dynoctl(a, "ps:scale", "-a", "shop", "web=2")
     dynoctl(a, "config:set", "-a", "shop", "GREETING=hi")
     deploy(a, "blog", web="exec python3 -u server.py")
     dynoctl(a, "config:set", "-a", "blog", "COLOUR=blue")
+    setup_push(a, "jobs", str(CLUSTER_APP))
+    assert "remote:        Released v2" in push(a, "jobs")
+    dynoctl(a, "config:set", "-a", "jobs", "MODE=fast", "LEVEL=3")
+    commit(a, "jobs", "NOTES", "a second build")
+    assert "remote:        Released v4" in push(a, "jobs")
+    dynoctl(a, "config:unset", "-a", "jobs", "MODE")
+    dynoctl(a, "rollback", "-a", "jobs", "v3")
+    dynoctl(a, "config:unset", "-a", "jobs", "LEVEL")
+    dynoctl(a, "ps:scale", "-a", "jobs", "web=1", "worker=1")
     all_up(a, "shop", 2)
     all_up(a, "blog", 1)
-    before = state_of(a, ["shop", "blog"])
+    all_up(a, "jobs", 1)
+    all_up(a, "jobs", 1, "worker")
+
+
+def test_init_moves_three_apps_into_etcd_unchanged_while_each_serves(
+        machines: list[Machine]) -> None:
+    a = machines[0]
+    make_apps(a)
+    before = state_of(a, list(APPS))
+    jobs = {r["version"]: r for r in before["jobs"]["releases"]}
+    assert sorted(jobs) == [1, 2, 3, 4, 5, 6, 7], jobs
+    assert [jobs[v]["description"] for v in (5, 6, 7)] == [
+        "Remove MODE config vars", "Rollback to v3", "Remove LEVEL config vars"], jobs
+    assert jobs[6]["slug_id"] == jobs[3]["slug_id"] != jobs[4]["slug_id"], jobs
+    assert jobs[6]["config"] == {"MODE": "fast", "LEVEL": "3"}, jobs
+    assert before["jobs"]["config"] == {"MODE": "fast"}, before["jobs"]
     toml_before = a.exec(["cat", TOML], check=False).stdout
-    load = Load(a, "shop.dynod.localhost", conns=2, name="members-load")
-    wait_for("the load", lambda: a.exec(["systemctl", "is-active", "members-load"],
-                                        check=False).stdout.strip() == "active")
+    # A steady load on each app through node-a's router, all through the migration.
+    loads = {app: Load(a, f"{app}.dynod.localhost", conns=2, name=f"members-load-{app}")
+             for app in APPS}
 
     out = dynoctl(a, "cluster:init", "--name", "node-a", "--address", a.test_address)
     print(out)
@@ -118,16 +154,24 @@ def test_init_moves_two_apps_into_etcd_while_one_serves(machines: list[Machine])
     assert found.group(2) == a.test_address
     JOIN.update(command=found.group(1), token=found.group(3), ca_hash=found.group(4))
     releases = sum(len(v["releases"]) for v in before.values())
-    assert f"2 apps and {releases} releases are in etcd now" in out, out
+    assert f"3 apps and {releases} releases are in etcd now" in out, out
     assert "/var/lib/dynod/state.db.pre-cluster" in out, out
     a.exec(["test", "-s", "/var/lib/dynod/state.db.pre-cluster"])
 
     all_up(a, "shop", 2)
-    assert state_of(a, ["shop", "blog"]) == before
+    time.sleep(3)  # the loads go on a little after the migration
+    totals = {app: load.finish() for app, load in loads.items()}
+    for app, got in totals.items():
+        print(f"{app}: {got['requests']} requests answered during cluster:init, "
+              f"{got['failed']} failed ({got['status_5xx']} 5xx, "
+              f"{got['failed_connections']} connections), the slowest {got['slowest']} s; "
+              f"failures: {got['failures'][:5]}")
+    assert {app: got["failed"] for app, got in totals.items()} == dict.fromkeys(APPS, 0), \
+        totals
+    assert all(got["requests"] > 0 for got in totals.values()), totals
+    after = state_of(a, list(APPS))
+    assert after == before
     JOIN["state"] = json.dumps(before)
-    totals = load.finish()
-    assert totals["requests"] > 0 and totals["failed_connections"] == 0 \
-        and totals["status_5xx"] == 0, totals
     toml = a.exec(["cat", TOML]).stdout
     assert 'store = "etcd"' in toml and 'node_name = "node-a"' in toml, toml
     assert toml.startswith(toml_before.rstrip("\n")), toml
@@ -198,7 +242,7 @@ def test_two_machines_join_and_every_one_sees_three_alive(machines: list[Machine
 
     # The state is the cluster's: the same seen from every member, and unchanged.
     for m in machines:
-        assert json.dumps(state_of(m, ["shop", "blog"])) == JOIN["state"], m.name
+        assert json.dumps(state_of(m, list(APPS))) == JOIN["state"], m.name
 
     # node-a's dynos, on its lease, seen from the others; a change is published.
     prefix = "/dynod-cluster/dynos/node-a/"
@@ -208,7 +252,7 @@ def test_two_machines_join_and_every_one_sees_three_alive(machines: list[Machine
                 for k, v in records(m, prefix).items() if v["state"] == "up"}
 
     for m in (b, c):
-        assert up(m) == {"shop/web.1", "shop/web.2", "blog/web.1"}
+        assert up(m) == NODE_A_DYNOS
         web = [v for k, v in records(m, prefix).items() if "/shop/web.1@" in k]
         assert web[0]["address"].startswith("10.213.0.") and web[0]["port"] == 5000, web
     # web.3 goes where placement puts it (a machine with fewer dynos, which fetches the
@@ -221,8 +265,7 @@ def test_two_machines_join_and_every_one_sees_three_alive(machines: list[Machine
     wait_for("shop web.3 up, seen from node-c", lambda: "shop/web.3" in up_anywhere(c),
              timeout=120)
     dynoctl(a, "ps:scale", "-a", "shop", "web=2")
-    wait_for("shop web.3 gone, seen from node-b", lambda: up_anywhere(b) == {
-        "shop/web.1", "shop/web.2", "blog/web.1"})
+    wait_for("shop web.3 gone, seen from node-b", lambda: up_anywhere(b) == NODE_A_DYNOS)
 
 
 def test_remove_a_member_and_not_the_last(machines: list[Machine]) -> None:
@@ -232,7 +275,8 @@ def test_remove_a_member_and_not_the_last(machines: list[Machine]) -> None:
     err = fails(a, "cluster:remove", "node-x")
     assert "node node-x is not a member" in err, err
     err = fails(b, "cluster:remove", "node-a")
-    assert "node node-a still runs 3 dynos (blog web.1, shop web.1, shop web.2)" in err, err
+    assert "node node-a still runs 5 dynos (blog web.1, jobs web.1, jobs worker.1, ...)" \
+        in err, err
     # (--force: a joiner may still be stopping web.3 when this runs.)
     dynoctl(a, "cluster:remove", "node-c", "--force")
     names = [n["member"]["name"] for n in status(a)["nodes"]]
