@@ -312,9 +312,14 @@ class AcmManager:
             return
         waiting = set(self.peers())
         deadline = time.monotonic() + self.peer_wait.total_seconds()
+        asked = len(waiting)
         while waiting:
             waiting = {a for a in waiting if not self.probe(a, challenge)}
-            if not waiting or self._stop.is_set():
+            if not waiting:
+                log.info("acm: %s: the challenge is answered by the %d other routers",
+                         challenge.hostname, asked)
+                return
+            if self._stop.is_set():
                 return
             if time.monotonic() >= deadline:
                 log.warning("acm: %s: the routers at %s do not answer the challenge after "

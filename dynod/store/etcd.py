@@ -259,6 +259,7 @@ class EtcdTx(EtcdUsersTx):
         return replace(decode(AcmDomain, text), app=domain.app)
 
     def acm_domains(self, app: str | None) -> list[AcmDomain]:
+        self.kv.scan("acm/")  # one range for all (ACM reads them every second)
         found = (self.acm_domain(d.hostname) for d in self.domains(app))
         return [a for a in found if a is not None]
 

@@ -108,6 +108,9 @@ def test_one_order_served_by_every_router_validated_through_a_follower() -> None
         first = wait_for("the certificate on every router", lambda: (
             s := serials(machines))[0] and len(set(s)) == 1 and s[0], timeout=30)
         assert orders(a) == 1
+        # The leader had pebble validate once both other routers answered.
+        said = sh(by_name[leader], "journalctl -u dynod -o cat --no-pager")[1]
+        assert f"acm: {HOST}: the challenge is answered by the 2 other routers" in said
         print(f"serial {first} served by every router; one order")
 
         # Renewal (a third of the lifetime left), validated through the other follower:
