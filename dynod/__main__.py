@@ -195,6 +195,12 @@ def placement(keeper: NodeKeeper, supervisor: Supervisor) -> ClusterPlacement:
     return ClusterPlacement(view, leader, Share(view, lease))
 
 
+def router_peers(view: EtcdClusterView, http_port: int) -> list[str]:
+    """The other live nodes' routers, "host:port" of their HTTP."""
+    return [f"[{n.address}]:{http_port}" if ":" in n.address else f"{n.address}:{http_port}"
+            for n in view.nodes() if n.name != view.me and n.address]
+
+
 def follow_keys(keys: AuthorizedKeys, stop: threading.Event) -> None:
     """Keep the git user's authorized_keys in step with the store's keys until ``stop``."""
     while not stop.wait(KEYS_FOLLOW_INTERVAL):
@@ -351,6 +357,9 @@ def serve(config: Path) -> int:
         placed = placement(keeper, supervisor)
         supervisor.share = placed.share
         acm.leading = placed.leader.leading
+        # Every machine's router answers ACM's challenges: the leader waits for the
+        # others' before the CA validates (a user's DNS may point at any machine).
+        acm.peers = partial(router_peers, placed.view, router.http_port)
         events.subscribe(DYNOS_CHANGED, lambda _e: placed.leader.kick())
     daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
                     release_phase=phase, addons=addon_services,

@@ -49,6 +49,17 @@ class AcmDomain:
     next_attempt: datetime | None = None
 
 
+@dataclass(frozen=True)
+class AcmChallenge:
+    """An http-01 challenge of an order in flight: what every machine's router answers
+    for ``GET http://<hostname>/.well-known/acme-challenge/<token>`` until the order
+    ends (a user's DNS may point the domain at any machine of a cluster)."""
+
+    hostname: str
+    token: str
+    key_authorization: str
+
+
 def renew_at(not_before: datetime, not_after: datetime) -> datetime:
     """When a certificate valid from ``not_before`` to ``not_after`` is renewed: 30 days
     before it expires, or when a third of its lifetime is left if that is sooner."""

@@ -40,6 +40,12 @@ ACM_PREFIX = "acm--"
 Admin = Callable[[str], str]
 
 
+def normalize_bundle(pem: str) -> str:
+    """``pem`` as the store keeps it: without the empty lines (HAProxy's runtime API
+    payload ends at the first one; PEM has none), one newline after each line."""
+    return "".join(line + "\n" for line in pem.splitlines() if line.strip())
+
+
 class CertStore:
     """Certificate files and the running HAProxy's copy of them. Thread-safe. ``admin``
     is HAProxy's admin socket (``AdminSocket``); None: files only."""
@@ -83,8 +89,7 @@ class CertStore:
         HAProxy takes it first: one it refuses changes nothing (InvalidArgument), so a
         file HAProxy cannot load is never stored for its next start."""
         path = self.path(name)
-        # HAProxy's payload ends at the first empty line: PEM has none, drop stray ones.
-        bundle = "".join(line + "\n" for line in pem.splitlines() if line.strip())
+        bundle = normalize_bundle(pem)
         with self._lock:
             try:
                 self._runtime_install(path, bundle)

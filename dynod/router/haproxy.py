@@ -281,6 +281,10 @@ class HaproxyRouter:
     def cert_names(self) -> list[str]:
         return self.certs.names()
 
+    def cert_bundle(self, name: str) -> str | None:
+        """The PEM bundle certificate ``name`` is stored with (``CertStore.read``)."""
+        return self.certs.read(name)
+
     def _no_keepalive(self, apps: Iterable[str]) -> frozenset[str]:
         """Apps with features:enable http-disable-keepalive-to-dyno."""
         with self.store.read() as tx:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from etcd3gw.client import Etcd3Client
 
-from dynod.model.acm import AcmDomain
+from dynod.model.acm import AcmChallenge, AcmDomain
 from dynod.model.addons import Addon, Attachment, Backup, BackupScheduleRecord
 from dynod.model.apps import App
 from dynod.model.builds import Build, BuildSettings
@@ -237,6 +237,10 @@ class EtcdTx(EtcdUsersTx):
 
     def remove_domain(self, hostname: str) -> None:
         self.kv.delete(f"acm/{hostname}")
+        self.remove_acm_cert(hostname)
+        for c in self.acm_challenges():
+            if c.hostname == hostname:
+                self.remove_acm_challenge(hostname, c.token)
         self.kv.delete(f"domains/{hostname}")
 
     # automated certificate management
@@ -255,6 +259,7 @@ class EtcdTx(EtcdUsersTx):
         return replace(decode(AcmDomain, text), app=domain.app)
 
     def acm_domains(self, app: str | None) -> list[AcmDomain]:
+        self.kv.scan("acm/")  # one range for all (ACM reads them every second)
         found = (self.acm_domain(d.hostname) for d in self.domains(app))
         return [a for a in found if a is not None]
 
@@ -266,6 +271,29 @@ class EtcdTx(EtcdUsersTx):
     def remove_acm_domains(self, app: str) -> None:
         for d in self.domains(app):
             self.kv.delete(f"acm/{d.hostname}")
+
+    # ACM's certificates and the challenges in flight: keys of their own, so reading
+    # the records (certs:auto) never fetches the bundles
+    def acm_certs(self) -> dict[str, str]:
+        return {k.removeprefix("acm-cert/"): v for k, v in self.kv.scan("acm-cert/")}
+
+    def put_acm_cert(self, hostname: str, bundle: str) -> None:
+        if self.domain(hostname) is not None:
+            self.kv.put(f"acm-cert/{hostname}", bundle)
+
+    def remove_acm_cert(self, hostname: str) -> None:
+        self.kv.delete(f"acm-cert/{hostname}")
+
+    def acm_challenges(self) -> list[AcmChallenge]:
+        return [decode(AcmChallenge, v) for _, v in self.kv.scan("acm-challenge/")]
+
+    def put_acm_challenge(self, challenge: AcmChallenge) -> None:
+        if self.domain(challenge.hostname) is not None:
+            self.kv.put(f"acm-challenge/{challenge.hostname}/{challenge.token}",
+                        encode(challenge))
+
+    def remove_acm_challenge(self, hostname: str, token: str) -> None:
+        self.kv.delete(f"acm-challenge/{hostname}/{token}")
 
     # builds, in the order they were made (a sequence number beside the record)
     def _build_docs(self, app: str) -> list[tuple[int, Build]]:

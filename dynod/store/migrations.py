@@ -302,9 +302,25 @@ def _v14(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE releases ADD COLUMN failure TEXT NOT NULL DEFAULT ''")
 
 
+def _v15(db: sqlite3.Connection) -> None:
+    # ACM in a cluster (issue 19): the certificate ACM issued for a domain, which every
+    # machine's router serves, and the http-01 challenges of the orders in flight, which
+    # every machine's router answers. Both go with their domain.
+    db.execute("""CREATE TABLE acm_certs (
+        hostname TEXT PRIMARY KEY REFERENCES domains(hostname) ON DELETE CASCADE,
+        bundle   TEXT NOT NULL
+    ) WITHOUT ROWID""")
+    db.execute("""CREATE TABLE acm_challenges (
+        hostname          TEXT NOT NULL REFERENCES domains(hostname) ON DELETE CASCADE,
+        token             TEXT NOT NULL,
+        key_authorization TEXT NOT NULL,
+        PRIMARY KEY (hostname, token)
+    ) WITHOUT ROWID""")
+
+
 # Append only: never edit a migration that has shipped; add the next one.
 MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10,
-                               _v11, _v12, _v13, _v14]
+                               _v11, _v12, _v13, _v14, _v15]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

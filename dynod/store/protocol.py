@@ -17,7 +17,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from dynod.model.acm import AcmDomain
+from dynod.model.acm import AcmChallenge, AcmDomain
 from dynod.model.addons import Addon, Attachment, Backup, BackupScheduleRecord
 from dynod.model.apps import App
 from dynod.model.builds import Build, BuildSettings
@@ -130,6 +130,24 @@ class AcmTx(Protocol):
 
     def put_acm_domain(self, domain: AcmDomain) -> None: ...
     def remove_acm_domains(self, app: str) -> None: ...
+    # The certificate ACM issued per host name (chain then key, PEM: what every
+    # machine's router serves), beside the record; it goes with its domain.
+    def acm_certs(self) -> dict[str, str]: ...
+    def put_acm_cert(self, hostname: str, bundle: str) -> None:
+        """Only for a domain that exists."""
+        ...
+
+    def remove_acm_cert(self, hostname: str) -> None: ...
+    # The http-01 challenges of the orders in flight; they go with their domain.
+    def acm_challenges(self) -> list[AcmChallenge]:
+        """By host name, then token."""
+        ...
+
+    def put_acm_challenge(self, challenge: AcmChallenge) -> None:
+        """Only for a domain that exists."""
+        ...
+
+    def remove_acm_challenge(self, hostname: str, token: str) -> None: ...
 
 
 class BuildsTx(Protocol):

@@ -19,7 +19,6 @@ from pathlib import Path
 from types import MappingProxyType
 
 from dynod.errors import Unavailable
-from dynod.model.acm import AcmDomain, AcmStatus
 from dynod.model.addons import (
     Addon,
     AddonState,
@@ -39,6 +38,7 @@ from dynod.model.releases import Release, ReleaseStatus
 from dynod.model.slugs import Slug
 from dynod.store.migrations import migrate
 from dynod.store.protocol import Tx
+from dynod.store.sqlite_acm import SqliteAcmTx
 from dynod.store.sqlite_users import SqliteUsersTx
 
 
@@ -50,7 +50,7 @@ def _layers(text: str) -> tuple[str, ...]:
     return tuple(filter(None, text.split(",")))
 
 
-class SqliteTx(SqliteUsersTx):
+class SqliteTx(SqliteUsersTx, SqliteAcmTx):
     """:class:`~dynod.store.protocol.Tx` over one SQLite connection inside an open
     transaction; its methods are grouped by the protocol's aggregates."""
 
@@ -226,7 +226,8 @@ class SqliteTx(SqliteUsersTx):
         )
 
     def remove_domain(self, hostname: str) -> None:
-        self.db.execute("DELETE FROM acm_domains WHERE hostname = ?", (hostname,))
+        for table in ("acm_domains", "acm_certs", "acm_challenges"):
+            self.db.execute(f"DELETE FROM {table} WHERE hostname = ?", (hostname,))  # noqa: S608
         self.db.execute("DELETE FROM domains WHERE hostname = ?", (hostname,))
 
     def maintenance(self, name: str) -> bool | None:
@@ -235,54 +236,6 @@ class SqliteTx(SqliteUsersTx):
 
     def set_maintenance(self, name: str, on: bool) -> None:
         self.db.execute("UPDATE apps SET maintenance = ? WHERE name = ?", (int(on), name))
-
-    # automated certificate management
-    def acm(self, app: str) -> bool | None:
-        row = self.db.execute("SELECT acm FROM apps WHERE name = ?", (app,)).fetchone()
-        return None if row is None else bool(row[0])
-
-    def set_acm(self, app: str, on: bool) -> None:
-        self.db.execute("UPDATE apps SET acm = ? WHERE name = ?", (int(on), app))
-
-    _ACM = ("SELECT c.hostname, a.name, c.status, c.updated_at, c.reason, c.not_before,"
-            " c.not_after, c.failures, c.next_attempt FROM acm_domains c"
-            " JOIN domains d ON d.hostname = c.hostname JOIN apps a ON a.id = d.app_id")
-
-    @staticmethod
-    def _acm_domain(r: sqlite3.Row | tuple[object, ...]) -> AcmDomain:
-        def opt(v: object) -> datetime | None:
-            return None if v is None else _time(str(v))
-
-        return AcmDomain(str(r[0]), str(r[1]), AcmStatus(str(r[2])), _time(str(r[3])), str(r[4]),
-                         opt(r[5]), opt(r[6]), int(str(r[7])), opt(r[8]))
-
-    def acm_domain(self, hostname: str) -> AcmDomain | None:
-        row = self.db.execute(self._ACM + " WHERE c.hostname = ?", (hostname,)).fetchone()
-        return None if row is None else self._acm_domain(row)
-
-    def acm_domains(self, app: str | None) -> list[AcmDomain]:
-        if app is None:
-            rows = self.db.execute(self._ACM + " ORDER BY c.hostname")
-        else:
-            rows = self.db.execute(self._ACM + " WHERE a.name = ? ORDER BY c.hostname", (app,))
-        return [self._acm_domain(r) for r in rows]
-
-    def put_acm_domain(self, domain: AcmDomain) -> None:
-        def opt(v: datetime | None) -> str | None:
-            return None if v is None else v.isoformat()
-
-        # Only for a domain that still exists (a removal may have raced the order).
-        self.db.execute(
-            "INSERT OR REPLACE INTO acm_domains (hostname, status, reason, updated_at,"
-            " not_before, not_after, failures, next_attempt)"
-            " SELECT hostname, ?, ?, ?, ?, ?, ?, ? FROM domains WHERE hostname = ?",
-            (str(domain.status), domain.reason, domain.updated_at.isoformat(),
-             opt(domain.not_before), opt(domain.not_after), domain.failures,
-             opt(domain.next_attempt), domain.hostname))
-
-    def remove_acm_domains(self, app: str) -> None:
-        self.db.execute("DELETE FROM acm_domains WHERE hostname IN (SELECT hostname FROM"
-                        " domains WHERE app_id = ?)", (self._app_id(app),))
 
     def features(self, name: str) -> set[str]:
         rows = self.db.execute("SELECT f.name FROM app_features f JOIN apps a "

@@ -40,7 +40,8 @@ def snapshot(tx: Tx) -> dict[str, Any]:
         }
     users = [(u, tx.tokens(u.email), tx.collaborated_apps(u.email)) for u in tx.users()]
     return {"apps": apps, "users": users, "keys": tx.ssh_keys(), "domains": tx.domains(None),
-            "acm_domains": tx.acm_domains(None), "drains": tx.drains(None),
+            "acm_domains": tx.acm_domains(None), "acm_certs": tx.acm_certs(),
+            "drains": tx.drains(None),
             "addons": tx.list_addons(None), "attachments": tx.list_attachments(),
             "backup_schedules": tx.list_backup_schedules(None)}
 
@@ -99,6 +100,8 @@ def _copy(src: SqliteTx, dst: EtcdTx) -> None:
         dst.add_domain(domain)
     for acm in src.acm_domains(None):
         dst.put_acm_domain(acm)
+    for hostname, bundle in src.acm_certs().items():
+        dst.put_acm_cert(hostname, bundle)
     for drain in src.drains(None):
         dst.add_drain(drain)
     for addon in src.list_addons(None):

@@ -29,11 +29,17 @@ PEBBLE_CONFIG = {"pebble": {
     "externalAccountBindingRequired": False, "certificateValidityPeriod": 60}}
 
 
-def start_pebble(m: Machine) -> None:
+def run_pebble(m: Machine, address: str = "127.0.0.1", lifetime: int = 60) -> None:
+    """pebble and its DNS (no records yet) on ``m``, its directory on ``address``
+    (https://ADDRESS:14000/dir, its certificate in PEBBLE_TLS); certificates it issues
+    live ``lifetime`` seconds."""
     m.exec(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-subj", "/CN=localhost",
+            "-addext", f"subjectAltName=DNS:localhost,IP:127.0.0.1,IP:{address}",
             "-keyout", "/tmp/pebble-tls.key", "-out", PEBBLE_TLS])
-    m.exec(["sh", "-c", f"cat > /tmp/pebble.json <<'EOF'\n{json.dumps(PEBBLE_CONFIG)}\nEOF"])
+    config = {"pebble": {**PEBBLE_CONFIG["pebble"], "listenAddress": f"{address}:14000",
+                         "certificateValidityPeriod": lifetime}}
+    m.exec(["sh", "-c", f"cat > /tmp/pebble.json <<'EOF'\n{json.dumps(config)}\nEOF"])
     # Only names given an A record resolve: a domain whose record is gone fails.
     m.exec(["systemd-run", "--unit=challtestsrv", "pebble-challtestsrv",
             "-dns01", "127.0.0.1:8053", "-http01", "", "-https01", "", "-tlsalpn01", "",
@@ -43,8 +49,12 @@ def start_pebble(m: Machine) -> None:
             "-E", "PEBBLE_WFE_NONCEREJECT=0",
             "pebble", "-config", "/tmp/pebble.json", "-dnsserver", "127.0.0.1:8053"])
     wait_for("pebble's directory", lambda: m.exec(
-        ["curl", "-sf", "--cacert", PEBBLE_TLS, "https://127.0.0.1:14000/dir"],
+        ["curl", "-sf", "--cacert", PEBBLE_TLS, f"https://{address}:14000/dir"],
         check=False).returncode == 0)
+
+
+def start_pebble(m: Machine) -> None:
+    run_pebble(m)
     m.exec(["sh", "-c", "mkdir -p /etc/dynod && printf '%s\\n' "
             "'acme_directory = \"https://127.0.0.1:14000/dir\"' "
             f"'acme_ca_file = \"{PEBBLE_TLS}\"' > /etc/dynod/dynod.toml"])

@@ -159,6 +159,36 @@ def connect(m: Machine, dyno_address: str, target: str) -> str:
     return sh(m, f"curl -sS -m 20 'http://{dyno_address}:5000/connect?to={target}'")[1]
 
 
+def start_etcd(m: Machine, members: list[tuple[Machine, str, str]]) -> None:
+    """An etcd on ``m`` (plain HTTP on the closed test network) with the ``members/``
+    keys of the (machine, node name, pool) given."""
+    sh(m, f"systemd-run -q --unit etcd-test -p StateDirectory=etcd-test /usr/bin/etcd "
+          f"--name e --data-dir /var/lib/etcd-test/data "
+          f"--listen-client-urls http://127.0.0.1:{ETCD},http://{m.test_address}:{ETCD} "
+          f"--advertise-client-urls http://{m.test_address}:{ETCD} "
+          f"--listen-peer-urls http://{m.test_address}:2380 "
+          f"--initial-advertise-peer-urls http://{m.test_address}:2380 "
+          f"--initial-cluster e=http://{m.test_address}:2380")
+    wait_for("etcd healthy", lambda: '"true"' in sh(
+        m, f"curl -s http://127.0.0.1:{ETCD}/health", ok=False)[1])
+    for member, name, pool in members:
+        put(m, f"members/{name}", {"name": name, "address": member.test_address,
+                                   "api": f"{member.test_address}:{API_PORT}", "pool": pool})
+
+
+def on_etcd(m: Machine, etcd_machine: Machine, name: str, pool: str,
+            extra: tuple[str, ...] = ()) -> None:
+    """``m``'s dynod as node ``name`` of the etcd on ``etcd_machine``, with its SQLite
+    state gone and ``extra`` dynod.toml lines; returns once its API answers."""
+    settings = ['store = "etcd"', f'etcd_endpoints = "{etcd_machine.test_address}:{ETCD}"',
+                f'node_name = "{name}"', f'node_address = "{m.test_address}"',
+                f'address_pool = "{pool}"', f'api_listen = "0.0.0.0:{API_PORT}"', *extra]
+    sh(m, "mkdir -p /etc/dynod && printf '%s\\n' " + " ".join(f"'{s}'" for s in settings)
+       + " > /etc/dynod/dynod.toml && rm -f /var/lib/dynod/state.db* && "
+         "systemctl restart dynod")
+    wait_for(f"the API on {name}", partial(api_ready, m))
+
+
 @pytest.fixture(scope="module")
 def two(stack: Path) -> Iterator[list[Machine]]:
     with cluster(2, binds=[stack_bind(stack)]) as machines:
@@ -170,27 +200,9 @@ def formed(two: list[Machine]) -> dict[str, object]:
     """The two machines as one cluster running one of app shop's two web dynos each,
     each node's dynos published by its keeper. Returns each machine's (``ps --json``)."""
     a, b = two
-    sh(b, f"systemd-run -q --unit etcd-test -p StateDirectory=etcd-test /usr/bin/etcd "
-          f"--name b --data-dir /var/lib/etcd-test/data "
-          f"--listen-client-urls http://127.0.0.1:{ETCD},http://{b.test_address}:{ETCD} "
-          f"--advertise-client-urls http://{b.test_address}:{ETCD} "
-          f"--listen-peer-urls http://{b.test_address}:2380 "
-          f"--initial-advertise-peer-urls http://{b.test_address}:2380 "
-          f"--initial-cluster b=http://{b.test_address}:2380")
-    wait_for("etcd healthy", lambda: '"true"' in sh(
-        b, f"curl -s http://127.0.0.1:{ETCD}/health", ok=False)[1])
+    start_etcd(b, list(zip(two, NODES, POOLS, strict=True)))
     for m, name, pool in zip(two, NODES, POOLS, strict=True):
-        put(b, f"members/{name}", {"name": name, "address": m.test_address,
-                                   "api": f"{m.test_address}:{API_PORT}", "pool": pool})
-    for m, name, pool in zip(two, NODES, POOLS, strict=True):
-        settings = ['store = "etcd"', f'etcd_endpoints = "{b.test_address}:{ETCD}"',
-                    f'node_name = "{name}"', f'node_address = "{m.test_address}"',
-                    f'address_pool = "{pool}"',
-                    f'api_listen = "0.0.0.0:{API_PORT}"']
-        sh(m, "mkdir -p /etc/dynod && printf '%s\\n' " + " ".join(f"'{s}'" for s in settings)
-           + " > /etc/dynod/dynod.toml && rm -f /var/lib/dynod/state.db* && "
-             "systemctl restart dynod")
-        wait_for(f"the API on {name}", partial(api_ready, m))
+        on_etcd(m, b, name, pool)
     # The same slug on both machines (see the module's docstring).
     a.exec(["mkdir", "-p", "/tmp/shop/app"])
     a.exec(["sh", "-c", "cat > /tmp/shop/app/server.py"], input=SERVER)

@@ -17,9 +17,9 @@ from dynod.control.apps import create_app
 from dynod.control.domains import add_domain, remove_domain
 from dynod.errors import FailedPrecondition, InvalidArgument, NotFound
 from dynod.model import acm
-from dynod.model.acm import AcmDomain, AcmStatus
+from dynod.model.acm import AcmChallenge, AcmDomain, AcmStatus
 from dynod.model.events import EventBus
-from dynod.router.acm import AcmManager, plan
+from dynod.router.acm import AcmManager, plan, plan_certs
 from dynod.router.acme import AcmeFailure, Issued
 from dynod.router.cert_store import CertStore
 from dynod.router.haproxy_config import RouterPaths, render_config
@@ -65,15 +65,38 @@ def test_failures_back_off_then_fail_and_keep_the_certificate() -> None:
     assert acm.refreshed(issued, T0) == issued
 
 
-def test_plan_orders_what_is_due_removes_what_is_unmanaged_and_wakes_for_the_next() -> None:
+def test_plan_orders_what_is_due_and_wakes_for_the_next() -> None:
     renewing = acm.after_issue(acm.pending("b.example.com", "shop", T0), T0,
                                T0 + timedelta(seconds=60), T0)
     now = T0 + timedelta(seconds=10)
     p = plan([("b.example.com", "shop"), ("a.example.com", "shop")],
-             {"b.example.com": renewing}, {"b.example.com", "gone.example.com"}, now)
+             {"b.example.com": renewing}, now)
     assert [o.hostname for o in p.orders] == ["a.example.com"]
-    assert p.remove == ("gone.example.com",)
     assert p.wake == T0 + timedelta(seconds=40)
+
+
+def test_the_router_follows_the_stores_certificates() -> None:
+    managed = {"a.example.com", "b.example.com", "c.example.com"}
+    stored = {"a.example.com": "A2", "b.example.com": "B", "off.example.com": "O"}
+    served = {"a.example.com": "A1", "b.example.com": "B", "c.example.com": "C",
+              "gone.example.com": "G"}
+    # A follower: a renewed one replaced, what the store lacks removed.
+    s = plan_certs(managed, stored, served, leading=False)
+    assert s.install == (("a.example.com", "A2"),)
+    assert s.remove == ("c.example.com", "gone.example.com")
+    assert (s.adopt, s.forget) == ((), ())
+    # The leader keeps c's (issued before the store held certificates) by adopting it,
+    # and drops from the store what ACM no longer manages.
+    s = plan_certs(managed, stored, served, leading=True)
+    assert s.install == (("a.example.com", "A2"),)
+    assert s.remove == ("gone.example.com",)
+    assert s.adopt == (("c.example.com", "C"),)
+    assert s.forget == ("off.example.com",)
+    # A fresh machine gets every managed one; one in step changes nothing.
+    assert plan_certs(managed, stored, {}, False).install == (
+        ("a.example.com", "A2"), ("b.example.com", "B"))
+    assert plan_certs(managed, {"b.example.com": "B"}, {"b.example.com": "B"}, False) == (
+        plan_certs(set(), {}, {}, False))
 
 
 # -- the ACM thread's work, with a fake CA and router
@@ -99,6 +122,9 @@ class FakeCerts:
 
     def cert_names(self) -> list[str]:
         return ["dynod-default", "www-example-org", *self.installed]
+
+    def cert_bundle(self, name: str) -> str | None:
+        return self.installed.get(name, "a user's" if name == "www-example-org" else None)
 
 
 Answer = Callable[[str, str, str], contextlib.AbstractContextManager[None]]
@@ -171,6 +197,90 @@ def test_orders_install_renew_and_a_failure_keeps_the_certificate(
     remove_domain(store, events, "shop", "www.example.com")
     manager.reconcile()
     assert certs.installed == {}
+
+
+def test_every_machine_serves_the_certificate_and_answers_the_challenge(
+        store: Store) -> None:
+    """A leader and a follower on one store: the follower's router answers the challenge
+    before the CA validates (the leader asks it), and serves what the leader issued,
+    renewed, and nothing once ACM is off."""
+    leader_certs, follower_certs = FakeCerts(), FakeCerts()
+    ca = FakeCA(leader_certs)
+    t0 = ca.now = datetime.now(UTC) + timedelta(seconds=1)
+    clock = [t0]
+    follower = AcmManager(store, follower_certs, ca, clock=lambda: clock[0],
+                          leading=lambda: False, peers=list)
+    asked: list[tuple[str, AcmChallenge]] = []
+
+    def probe(address: str, challenge: AcmChallenge) -> bool:
+        asked.append((address, challenge))
+        follower.reconcile()  # the follower's own thread, meanwhile
+        key = f"{challenge.hostname}/{challenge.token}"
+        return follower_certs.challenges.get(key) == challenge.key_authorization
+
+    leader = AcmManager(store, leader_certs, ca, clock=lambda: clock[0],
+                        leading=lambda: True, peers=lambda: ["10.0.0.2:80"], probe=probe)
+    cert = "acm--www.example.com"
+    control_acm.set_acm(store, EventBus(), "shop", True)
+    # The follower orders nothing (the CA would be asked twice).
+    assert follower.reconcile() == t0 + timedelta(seconds=1)
+    assert follower_certs.installed == {} and ca.certs.seen == []
+
+    leader.reconcile()
+    assert [a for a, _ in asked] == ["10.0.0.2:80"]
+    assert ca.certs.seen == [{"www.example.com/tok": "tok.thumb"}]
+    with store.read() as tx:
+        assert tx.acm_challenges() == []
+    follower.reconcile()
+    assert follower_certs.challenges == {}
+    assert follower_certs.installed == {cert: f"CERT www.example.com {t0}\n"}
+    assert leader_certs.installed == follower_certs.installed
+
+    clock[0] = ca.now = t0 + timedelta(seconds=40)
+    leader.reconcile()
+    follower.reconcile()
+    assert follower_certs.installed == {cert: f"CERT www.example.com {ca.now}\n"}
+
+    control_acm.set_acm(store, EventBus(), "shop", False)
+    leader.reconcile()
+    follower.reconcile()
+    assert leader_certs.installed == follower_certs.installed == {}
+    with store.read() as tx:
+        assert tx.acm_certs() == {}
+
+
+def test_a_router_that_never_answers_does_not_hold_up_the_order(store: Store) -> None:
+    certs = FakeCerts()
+    ca = FakeCA(certs)
+    ca.now = datetime.now(UTC) + timedelta(seconds=1)
+    asked: list[str] = []
+
+    def probe(address: str, _challenge: AcmChallenge) -> bool:
+        asked.append(address)
+        return False
+
+    manager = AcmManager(store, certs, ca, clock=lambda: ca.now, leading=lambda: True,
+                         peers=lambda: ["10.0.0.3:80"], probe=probe)
+    manager.peer_wait = timedelta(0)
+    control_acm.set_acm(store, EventBus(), "shop", True)
+    manager.reconcile()
+    assert asked == ["10.0.0.3:80"]
+    assert list(certs.installed) == ["acm--www.example.com"]
+
+
+def test_a_certificate_from_before_the_store_kept_them_is_adopted(store: Store) -> None:
+    certs = FakeCerts()
+    certs.installed["acm--www.example.com"] = "OLD\n"
+    ca = FakeCA(certs)
+    ca.now = datetime.now(UTC) + timedelta(seconds=1)
+    with store.write() as tx:
+        tx.set_acm("shop", True)
+        tx.put_acm_domain(acm.after_issue(acm.pending("www.example.com", "shop", ca.now),
+                                          ca.now, ca.now + timedelta(days=90), ca.now))
+    AcmManager(store, certs, ca, clock=lambda: ca.now).reconcile()
+    assert certs.installed == {"acm--www.example.com": "OLD\n"} and certs.seen == []
+    with store.read() as tx:
+        assert tx.acm_certs() == {"www.example.com": "OLD\n"}
 
 
 # -- control use cases and bad input

@@ -17,7 +17,7 @@ import pytest
 
 from dynod.__main__ import etcd_settings
 from dynod.errors import FailedPrecondition, InvalidArgument, Unavailable
-from dynod.model.acm import AcmDomain, AcmStatus
+from dynod.model.acm import AcmChallenge, AcmDomain, AcmStatus
 from dynod.model.addons import (
     Addon,
     AddonState,
@@ -85,6 +85,12 @@ def fill(tx: Tx, app: str, n: int) -> None:
     tx.put_acm_domain(AcmDomain(f"www.{app}.example", app, AcmStatus.CERT_ISSUED, at(3),
                                 "", at(3), at(90), 0, None))
     tx.put_acm_domain(AcmDomain(f"gone.{app}.example", app, AcmStatus.PENDING, at(3)))
+    tx.put_acm_cert(f"www.{app}.example", f"CHAIN {app}\nKEY\n")
+    tx.put_acm_cert(f"api.{app}.example", "API\n")
+    tx.put_acm_cert(f"gone.{app}.example", "NO DOMAIN\n")
+    tx.put_acm_challenge(AcmChallenge(f"api.{app}.example", "t1", "t1.thumb"))
+    tx.put_acm_challenge(AcmChallenge(f"www.{app}.example", "t2", "t2.thumb"))
+    tx.put_acm_challenge(AcmChallenge(f"gone.{app}.example", "t3", "t3.thumb"))
     creds = Credentials("10.0.0.1", 5432, f"u_{app}", "secret", f"d_{app}")
     tx.insert_addon(Addon(f"postgresql-{app}", "heroku-postgresql", "essential-0", app,
                           AddonState.PROVISIONING, at(1), creds))
@@ -120,6 +126,8 @@ def scenario(store: Store) -> list[Any]:
         tx.set_release_status("shop", 3, ReleaseStatus.FAILED, failure="timed out (R10)")
         tx.set_feature("shop", "preboot", False)
         tx.remove_domain("api.shop.example")
+        tx.remove_acm_challenge("www.api.example", "t2")
+        tx.remove_acm_cert("www.api.example")
         tx.set_app_owner("api", "friend@example.com")
         seen += [tx.remove_key("k1"), tx.remove_key("k1"), tx.remove_token("t2"),
                  tx.remove_drain("shop", "d.nope"), tx.remove_collaborator("api", "x"),
@@ -144,7 +152,8 @@ def scenario(store: Store) -> list[Any]:
                  tx.token_by_hash("h1"), tx.user("nobody"), tx.app("nobody"),
                  tx.generation("nobody"), tx.list_attachments(addon="postgresql-shop"),
                  tx.list_attachments(app="shop"), tx.drains("shop"),
-                 tx.list_backup_schedules("api"), tx.features("nobody")]
+                 tx.list_backup_schedules("api"), tx.features("nobody"),
+                 tx.acm_challenges()]
         seen.append(snapshot(tx))
     return seen
 
