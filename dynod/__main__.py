@@ -379,6 +379,11 @@ def serve(config: Path) -> int:
     except DynodError as exc:
         log.error("add-on servers: %s", exc.message)
     access.rebuild()
+    if addon_peers is not None:
+        try:  # the other machines' dynos back in this one's add-on sets at once
+            addon_peers.let_in_others()
+        except DynodError as exc:
+            log.warning("add-ons across the cluster: %s; retrying", exc.message)
     # Backups a stop interrupted are recorded Failed; the scratch databases they left go.
     try:
         databases.recover()

@@ -113,13 +113,18 @@ class AddonPeers(Follower):
                 for key, d in sorted(self.access.local_dynos().items())])
 
     def sync(self) -> bool:
-        """One pass: publish this machine's dynos, apply the others', say what is
-        open. Raises DynodError."""
-        me = self.view.me
+        """One pass: apply the other machines' dynos, publish this machine's, say
+        what is open. Raises DynodError (the first part needs no lease: at dynod's
+        start the others' dynos are let in again before this node has one)."""
+        applied = self.let_in_others()
         self._publish_mine()
-        applied = self.access.set_remote(remote_dynos(self.board.clients(), me))
-        self.board.publish_admitted(admitted_record(me, applied))
+        self.board.publish_admitted(admitted_record(self.view.me, applied))
         return True
+
+    def let_in_others(self) -> dict[str, frozenset[IPv4Address]]:
+        """The other machines' dynos into this machine's add-on sets and admissions;
+        what is open now (``AddonAccess.set_remote``). Raises DynodError."""
+        return self.access.set_remote(remote_dynos(self.board.clients(), self.view.me))
 
     # --- a dyno's start and end (AddonAccess.peers) ----------------------------------
 

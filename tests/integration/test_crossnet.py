@@ -165,11 +165,10 @@ def two(stack: Path) -> Iterator[list[Machine]]:
         yield machines
 
 
-@pytest.fixture(scope="module")
-def formed(two: list[Machine]) -> dict[str, object]:
-    """The two machines as one cluster running one of app shop's two web dynos each,
-    each node's dynos published by its keeper. Returns each machine's (``ps --json``)."""
-    a, b = two
+def form(two: list[Machine]) -> None:
+    """The two machines as one cluster (see the module's docstring): etcd on node-b,
+    the members' records, each dynod on etcd as its node with its pool."""
+    _a, b = two
     sh(b, f"systemd-run -q --unit etcd-test -p StateDirectory=etcd-test /usr/bin/etcd "
           f"--name b --data-dir /var/lib/etcd-test/data "
           f"--listen-client-urls http://127.0.0.1:{ETCD},http://{b.test_address}:{ETCD} "
@@ -191,6 +190,14 @@ def formed(two: list[Machine]) -> dict[str, object]:
            + " > /etc/dynod/dynod.toml && rm -f /var/lib/dynod/state.db* && "
              "systemctl restart dynod")
         wait_for(f"the API on {name}", partial(api_ready, m))
+
+
+@pytest.fixture(scope="module")
+def formed(two: list[Machine]) -> dict[str, object]:
+    """The two machines as one cluster running one of app shop's two web dynos each,
+    each node's dynos published by its keeper. Returns each machine's (``ps --json``)."""
+    a, b = two
+    form(two)
     # The same slug on both machines (see the module's docstring).
     a.exec(["mkdir", "-p", "/tmp/shop/app"])
     a.exec(["sh", "-c", "cat > /tmp/shop/app/server.py"], input=SERVER)
