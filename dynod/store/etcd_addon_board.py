@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dynod.errors import Unavailable
 from dynod.model.cluster import AddonAdmitted, AddonClient, from_json, to_json
 from dynod.store.etcd_kv import Kv, prefix_end
-from dynod.store.etcd_node import BATCH, diff
+from dynod.store.etcd_node import write_diff
 
 CLIENTS = "addon-clients/"
 ADMITTED = "addon-admitted/"
@@ -52,11 +52,7 @@ class EtcdAddonBoard:
                 published = {k: "" for k, _ in pairs}
             else:
                 published = self._clients[1]
-            puts, deletes = diff(published, wanted)
-            ops = [self.kv.put_op(k, v, lease) for k, v in puts.items()]
-            ops += [self.kv.delete_op(k) for k in deletes]
-            for i in range(0, len(ops), BATCH):
-                self.kv.txn([], ops[i:i + BATCH])
+            write_diff(self.kv, lease, published, wanted)
             self._clients = (lease, wanted)
 
     def clients(self) -> list[AddonClient]:

@@ -103,7 +103,7 @@ def test_an_apps_dynos_on_another_machine_use_its_addons(
     assert run(a, "shop", 'psql "$DATABASE_URL" -Atc "select node from visits"') == "node-b"
     assert run(a, "shop", 'redis-cli -u "$REDIS_URL" --no-auth-warning get greeting') == (
         "from-node-b")
-    print(f"node-b's one-off: {got_b!r}; node-b's web.{web_b['name']} at "
+    print(f"node-b's one-off: {got_b!r}; node-b's {web_b['name']} at "
           f"{web_b['address']} -> {got}")
 
 
