@@ -58,6 +58,7 @@ from dynod.router.acm import AcmManager
 from dynod.router.acme import AcmeIssuer
 from dynod.router.haproxy import HaproxyRouter
 from dynod.runtime.addon_access import make_addon_access
+from dynod.runtime.addon_peers import AddonPeers
 from dynod.runtime.cluster_network import ClusterNetwork
 from dynod.runtime.cluster_routes import ClusterRoutes
 from dynod.runtime.dynos import Host
@@ -70,6 +71,7 @@ from dynod.runtime.supervisor import Supervisor
 from dynod.settings import DEFAULT_CONFIG, Settings, listen_address, load_settings
 from dynod.slug.fetch import SlugPeers
 from dynod.store.etcd import EtcdSettings, EtcdStore
+from dynod.store.etcd_addon_board import EtcdAddonBoard
 from dynod.store.etcd_cluster import EtcdClusterView, cluster_kv
 from dynod.store.etcd_leader import EtcdLeaderSeat
 from dynod.store.etcd_node import NodeKeeper
@@ -361,6 +363,15 @@ def serve(config: Path) -> int:
         # others' before the CA validates (a user's DNS may point at any machine).
         acm.peers = partial(router_peers, placed.view, router.http_port)
         events.subscribe(DYNOS_CHANGED, lambda _e: placed.leader.kick())
+    # Add-ons across the cluster: this machine's dynos published for the others' add-on
+    # servers, the others' let into its own; a dyno whose add-on is elsewhere waits for
+    # its home machine to admit it.
+    addon_peers = None
+    if keeper is not None and view is not None:
+        addon_peers = AddonPeers(view, EtcdAddonBoard(keeper.kv, keeper.node.name,
+                                                      lambda: keeper.lease),
+                                 access, store)
+        access.peers = addon_peers
     daemon = Daemon(store, settings, events=events, supervisor=supervisor, oneoffs=oneoffs,
                     release_phase=phase, addons=addon_services,
                     databases=databases, certs=router.certs,
@@ -377,6 +388,11 @@ def serve(config: Path) -> int:
     except DynodError as exc:
         log.error("add-on servers: %s", exc.message)
     access.rebuild()
+    if addon_peers is not None:
+        try:  # the other machines' dynos back in this one's add-on sets at once
+            addon_peers.let_in_others()
+        except DynodError as exc:
+            log.warning("add-ons across the cluster: %s; retrying", exc.message)
     # Backups a stop interrupted are recorded Failed; the scratch databases they left go.
     try:
         databases.recover()
@@ -391,6 +407,8 @@ def serve(config: Path) -> int:
     supervisor.start()
     if keeper is not None:
         keeper.start()
+    if addon_peers is not None:
+        addon_peers.start()
     if placed is not None:
         placed.leader.start()
     # labs:enable log-runtime-metrics: dyno memory and load lines, read from the cgroups.
@@ -439,7 +457,7 @@ def serve(config: Path) -> int:
     metrics.stop()
     if placed is not None:
         placed.leader.stop()
-    for follower in (cluster_routes, cluster_net, keeper):
+    for follower in (cluster_routes, cluster_net, addon_peers, keeper):
         if follower is not None:
             follower.stop()
     supervisor.stop()

@@ -14,6 +14,8 @@ key                                           value                       lifeti
 ``leader``                                    the leader's node name      its lease
 ``placement/<app>/<type>.<n>``                :class:`Placement`          until moved
 ``dynos/<node>/<app>/<type>.<n>@<gen>``       :class:`Located`            the node's lease
+``addon-clients/<node>/<dyno key>``           :class:`AddonClient`        the node's lease
+``addon-admitted/<node>``                     :class:`AddonAdmitted`      the node's lease
 ============================================  ==========================  ==============
 
 A member is a machine that joined (``cluster:join``) and was not removed; a node is a
@@ -21,12 +23,20 @@ member that is alive now: its dynod holds a lease (``NODE_TTL``) and keeps it al
 its ``nodes/`` key and everything it published under ``dynos/`` vanish when it dies or
 loses etcd. The leader (etcd election on the ``leader`` key) alone writes placements.
 One machine without a cluster has none of this: its dynod runs every dyno itself.
+
+An add-on's server runs on the machine where it was created (its home: the member
+whose pool holds the add-on's host). ``addon-clients/`` is every dyno each node has a
+network for (web, workers, one-offs, release phases: ``dynos/`` has only the
+supervisor's), so a home machine can open its add-ons to the attached apps' dynos on
+other machines; ``addon-admitted/`` is what each home machine has opened, so a dyno
+elsewhere starts its command only once its add-ons are open to it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, TypeVar
 
@@ -117,6 +127,26 @@ class Located:
     since: str = ""  # ISO 8601, when it entered ``state``
 
 
+@dataclass(frozen=True)
+class AddonClient:
+    """A dyno with a network on ``node`` (``key``: its dyno key, unique on the node),
+    which the home machines of its app's add-ons admit at ``address``."""
+
+    node: str
+    app: str
+    key: str
+    address: str
+
+
+@dataclass(frozen=True)
+class AddonAdmitted:
+    """What home machine ``node`` has opened its add-ons to, firewall and server both:
+    add-on name -> dyno addresses (its own dynos' and other nodes')."""
+
+    node: str
+    addons: Mapping[str, Sequence[str]]
+
+
 def peer_address(machine: Member | Node) -> str:
     """Where ``machine``'s peer API listens: its record's ``peer``, else its address at
     ``PEER_PORT``."""
@@ -155,3 +185,19 @@ class ClusterView(Protocol):
     def placements(self, app: str | None = None) -> list[Placement]: ...
 
     def located(self, app: str | None = None) -> list[Located]: ...
+
+
+class AddonBoard(Protocol):
+    """The ``addon-clients/`` and ``addon-admitted/`` keys, as one node reads and writes
+    them (its own on its lease). Every method raises DynodError (Unavailable) when etcd
+    cannot be reached or the node has no lease yet."""
+
+    def publish_clients(self, clients: Sequence[AddonClient]) -> None:
+        """This node's clients become exactly ``clients``."""
+        ...
+
+    def clients(self) -> list[AddonClient]: ...
+
+    def publish_admitted(self, admitted: AddonAdmitted) -> None: ...
+
+    def admitted(self) -> list[AddonAdmitted]: ...

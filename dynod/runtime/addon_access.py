@@ -16,6 +16,15 @@ The host tells us each dyno's network as it is made, before the dyno's process s
 are not dynos and are never told: they reach no add-on. Attachments come from the store;
 ``refresh`` follows AddonsChanged. ``rebuild`` reads the running dynos back from their
 ``dyno.json`` after dynod restarts (the dynos keep running).
+
+A cluster (issue 19): an add-on's server runs on its home machine, the one whose
+gateway its URL names, and only there are its sets and admissions kept. The attached
+apps' dynos on the other machines are admitted too: each machine publishes its dynos
+(``addon-clients/``), each home machine follows them into its sets (``set_remote``,
+``runtime/addon_peers.py``), and a dyno whose app has an add-on elsewhere waits, before
+its command runs, until that home machine says it is admitted (``peers.announce``);
+when it goes, its address leaves the home machine's sets before it is reused
+(``peers.withdraw``), as on one machine.
 """
 
 from __future__ import annotations
@@ -45,6 +54,19 @@ META = "dyno.json"  # as runtime/dynos.py writes it
 SERVER_USERS = ("postgres", "redis")
 
 
+class Peers(Protocol):
+    """The other machines of a cluster, as add-on access needs them
+    (``runtime.addon_peers.AddonPeers``)."""
+
+    def announce(self, app: str, key: str, address: IPv4Address) -> None:
+        """Return once the home machines of ``app``'s add-ons admit ``address``."""
+        ...
+
+    def withdraw(self, key: str, address: IPv4Address) -> None:
+        """Return once no home machine admits ``address`` any more. Never raises."""
+        ...
+
+
 class Firewall(Protocol):
     """The kernel side (``system.addon_firewall.AddonFirewall``)."""
 
@@ -71,10 +93,12 @@ class Access:
 
 
 def compute_access(addons: Iterable[Addon], attachments: Iterable[Attachment],
-                   dynos: Iterable[LiveDyno]) -> Access:
+                   dynos: Iterable[LiveDyno], home: str | None = None) -> Access:
     """Pure: each add-on's set is the addresses of the live dynos of the apps it is
     attached to. An add-on being deprovisioned admits nobody; one without a port yet
-    (still provisioning) has no firewall set."""
+    (still provisioning) has no firewall set. ``home``: this machine's gateway; an
+    add-on whose host is another (a cluster member's server) is not this machine's to
+    open, and is left out (one with no host yet is still being provisioned)."""
     apps_of: dict[str, set[str]] = {}
     for att in attachments:
         apps_of.setdefault(att.addon, set()).add(att.app)
@@ -84,6 +108,8 @@ def compute_access(addons: Iterable[Addon], attachments: Iterable[Attachment],
     per_addon: dict[str, frozenset[IPv4Address]] = {}
     per_port: dict[int, set[IPv4Address]] = {}
     for addon in addons:
+        if home is not None and addon.credentials.host not in (home, ""):
+            continue
         members: set[IPv4Address] = set()
         if addon.state != AddonState.DEPROVISIONED:
             for app in apps_of.get(addon.name, ()):
@@ -120,13 +146,17 @@ class AddonAccess:
     thread; every change is applied before the call returns."""
 
     def __init__(self, store: Store, runtime_dir: Path, firewall: Firewall,
-                 services: AddonServices | None = None) -> None:
+                 services: AddonServices | None = None, home: str | None = None) -> None:
         self.store = store
         self.runtime_dir = runtime_dir
         self.firewall = firewall
         self.services = services
+        self.home = home
+        # A cluster member's other machines (the composition root sets it).
+        self.peers: Peers | None = None
         self._lock = threading.RLock()
         self._dynos: dict[str, LiveDyno] = {}
+        self._remote: dict[str, LiveDyno] = {}  # other machines' dynos, by node/key
         self._ports: dict[int, frozenset[IPv4Address]] | None = None  # None: unknown
         self._admitted: dict[str, frozenset[IPv4Address]] | None = None
 
@@ -134,9 +164,10 @@ class AddonAccess:
 
     def network_up(self, app: str, key: str, address: IPv4Address) -> None:
         """Dyno ``key`` of ``app`` has its network at ``address`` and its process has
-        not started: admit it to its app's add-ons now. Raises Unavailable when the
-        app has add-ons and the firewall refuses to open them to it (the dyno must not
-        start without the database its release command needs)."""
+        not started: admit it to its app's add-ons now, those of other machines of a
+        cluster too. Raises Unavailable when the app has add-ons and the firewall
+        refuses to open them to it (the dyno must not start without the database its
+        release command needs)."""
         with self._lock:
             self._dynos[key] = LiveDyno(app, address)
             try:
@@ -148,14 +179,19 @@ class AddonAccess:
                 raise Unavailable(
                     f"dyno {key}: add-ons cannot be opened to it: {exc.message}; "
                     "check `journalctl -u dynod` and the add-on servers' units") from exc
+        if self.peers is not None:  # outside the lock: the follower applies meanwhile
+            self.peers.announce(app, key, address)
 
     def network_down(self, key: str) -> None:
         """Dyno ``key``'s process is gone and its network goes: its address leaves
         every set before it can be reused. Never raises (teardown goes on)."""
         with self._lock:
-            if self._dynos.pop(key, None) is None:
+            gone = self._dynos.pop(key, None)
+            if gone is None:
                 return
             self._apply_logged()
+        if self.peers is not None:
+            self.peers.withdraw(key, gone.address)
 
     # --- followers -----------------------------------------------------------------
 
@@ -174,6 +210,21 @@ class AddonAccess:
             self._ports = None
             self._admitted = None
             self._apply_logged()
+
+    def local_dynos(self) -> dict[str, LiveDyno]:
+        """This machine's dynos with a network, by key (for the other machines)."""
+        with self._lock:
+            return dict(self._dynos)
+
+    def set_remote(self, dynos: Mapping[str, LiveDyno]) -> dict[str, frozenset[IPv4Address]]:
+        """The other machines' dynos are ``dynos`` (by ``node/key``); the attachments
+        are read again too (another machine's API changes them without an event here).
+        Returns the add-ons' addresses as applied (``addresses``). Raises DynodError
+        when the firewall refuses (what was applied stays)."""
+        with self._lock:
+            self._remote = dict(dynos)
+            self._apply()
+            return dict(self._admitted or {})
 
     def addresses(self) -> dict[str, frozenset[IPv4Address]]:
         """Add-on -> addresses as last applied (``dynoctl`` diagnostics, tests)."""
@@ -196,7 +247,8 @@ class AddonAccess:
         with self.store.read() as tx:
             addons = tx.list_addons()
             attachments = tx.list_attachments()
-        access = compute_access(addons, attachments, self._dynos.values())
+        access = compute_access(addons, attachments,
+                                [*self._dynos.values(), *self._remote.values()], self.home)
         self._apply_firewall(dict(access.ports))
         admitted = dict(access.addons)
         if self.services is None or admitted == self._admitted:
@@ -250,4 +302,5 @@ def make_addon_access(store: Store, settings: Settings,
     servers' users kept off add-on ports over loopback."""
     firewall = AddonFirewall(netns.plan_bridge(settings.address_pool),
                              server_uids(SERVER_USERS))
-    return AddonAccess(store, settings.runtime_dir, firewall, services)
+    return AddonAccess(store, settings.runtime_dir, firewall, services,
+                       home=str(firewall.plan.gateway))

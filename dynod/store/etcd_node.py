@@ -39,6 +39,17 @@ def diff(published: Mapping[str, str], wanted: Mapping[str, str]
     return puts, sorted(set(published) - set(wanted))
 
 
+def write_diff(kv: Kv, lease: int, published: Mapping[str, str],
+               wanted: Mapping[str, str]) -> None:
+    """Put on ``lease`` what ``wanted`` changed since ``published`` and delete what it
+    dropped, in txns of ``BATCH`` operations."""
+    puts, deletes = diff(published, wanted)
+    ops = [kv.put_op(k, v, lease) for k, v in puts.items()]
+    ops += [kv.delete_op(k) for k in deletes]
+    for i in range(0, len(ops), BATCH):
+        kv.txn([], ops[i:i + BATCH])
+
+
 class NodeKeeper:
     """Keeps node ``node``'s lease and records in etcd (``kv``: the cluster's keys).
     ``located()`` is this node's dynos now. ``clock`` is monotonic."""
@@ -128,11 +139,5 @@ class NodeKeeper:
             # A new lease: whatever an earlier dynod left under dynos/<me>/ goes.
             _, pairs = self.kv.range(mine, prefix_end(mine), None)
             self.published = {k: "" for k, _ in pairs}
-        puts, deletes = diff(self.published, wanted)
-        if not puts and not deletes:
-            return
-        ops = [self.kv.put_op(k, v, self.lease) for k, v in puts.items()]
-        ops += [self.kv.delete_op(k) for k in deletes]
-        for i in range(0, len(ops), BATCH):
-            self.kv.txn([], ops[i:i + BATCH])
+        write_diff(self.kv, self.lease, self.published, wanted)
         self.published = wanted

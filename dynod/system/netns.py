@@ -37,7 +37,11 @@ Shape of the network::
   router (traffic from a member's address) may open connections to this machine's
   dynos; dynos reach no other member's dynos (set ``peer_pools``) nor any member's
   own address (set ``peer_hosts``: its sshd, API, etcd, router), as on one machine
-  they reach nothing of the host but the router.
+  they reach nothing of the host but the router. The one exception is a member's
+  gateway (set ``peer_gateways``), where its add-on servers listen: a dyno's connection
+  there leaves this machine un-masqueraded (the member admits dyno addresses, not
+  machines), and on that member it meets the same ``addons`` chain as the member's own
+  dynos; every other port of the gateway is dropped there.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from dynod.errors import InvalidArgument, ResourceExhausted, Unavailable
 from dynod.system import libc, processes
 from dynod.system.dyno_names import add_dyno_hosts, dyno_resolv_conf
 from dynod.system.peers import (
+    PEER_GATEWAYS,
     PEER_HOSTS,
     PEER_POOLS,
     Peer,
@@ -191,7 +196,8 @@ def ip_allow_list(net: DynoNetwork, pool: IPv4Network,
     and the whole IPv4 Internet except the pool (other dynos), the other members'
     pools of a cluster (their dynos) and link-local. Defence in depth for the nftables
     rules and the isolated bridge ports. (The members' own addresses stay allowed:
-    their routers' connections come from there; nftables refuses the dyno's own.)"""
+    their routers' connections come from there; nftables refuses the dyno's own. So do
+    their pools' gateways: their add-on servers, which admit only attached apps.)"""
     outside: list[IPv4Network] = [IPv4Network("0.0.0.0/0")]
     holes = [pool, METADATA]
     for extra in sorted(set(peer_pools)):
@@ -210,7 +216,9 @@ def ip_allow_list(net: DynoNetwork, pool: IPv4Network,
         IPv4Network(f"{net.address}/32"),
         IPv4Network(f"{net.gateway}/32"),
     ]
-    return own + sorted(outside)
+    gateways = sorted({IPv4Network(f"{p.network_address + 1}/32") for p in peer_pools}
+                      - set(own))
+    return own + gateways + sorted(outside)
 
 
 def render_nftables(plan: BridgePlan) -> str:
@@ -239,6 +247,9 @@ def render_nftables(plan: BridgePlan) -> str:
 \tset {PEER_POOLS} {{
 \t\ttype ipv4_addr; flags interval;
 \t}}
+\tset {PEER_GATEWAYS} {{
+\t\ttype ipv4_addr;
+\t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 \t}}
@@ -252,6 +263,7 @@ def render_nftables(plan: BridgePlan) -> str:
 flush chain {t} postrouting
 flush chain {t} forward
 flush chain {t} input
+add rule {t} postrouting ip saddr {plan.pool} ip daddr @{PEER_GATEWAYS} return
 add rule {t} postrouting ip saddr {plan.pool} oifname != "{br}" masquerade
 add rule {t} forward oifname "{br}" ct state established,related accept
 add rule {t} forward oifname "{br}" ip saddr @{PEER_HOSTS} ip daddr {plan.pool} {peer_ports}
@@ -259,12 +271,15 @@ add rule {t} forward oifname "{br}" drop
 add rule {t} forward iifname "{br}" ip daddr {METADATA} drop
 add rule {t} forward iifname "{br}" ip daddr {plan.pool} drop
 add rule {t} forward iifname "{br}" ip daddr @{PEER_HOSTS} ct direction reply accept
+add rule {t} forward iifname "{br}" ip daddr @{PEER_GATEWAYS} tcp dport 1024-65535 \
+ct direction original accept
 add rule {t} forward iifname "{br}" ip daddr @{PEER_POOLS} drop
 add rule {t} forward iifname "{br}" ip daddr @{PEER_HOSTS} drop
 add rule {t} input iifname "{br}" ip daddr {gw} jump {ADDONS_CHAIN}
 add rule {t} input iifname "{br}" tcp dport {{ {ports} }} ct direction original accept
 add rule {t} input iifname "{br}" ct state established,related accept
 add rule {t} input iifname "{br}" drop
+add rule {t} input ip saddr @{PEER_POOLS} ip daddr {gw} jump {ADDONS_CHAIN}
 add rule {t} input iifname != {{ "{br}", "lo" }} ip daddr {gw} drop
 """
 

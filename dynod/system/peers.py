@@ -1,6 +1,12 @@
 """The other members of a cluster as this machine's dyno network sees them: routes to
 their dyno pools and the nftables sets that let their routers in and keep dynos out
 (pure; ``netns.apply_peers`` applies them).
+
+An add-on server listens on its machine's bridge gateway (the first address of that
+machine's pool), which is also what its URL names: the other members' dynos reach it
+over the route to that pool. The ``peer_gateways`` set lets a dyno's connections to
+another member's gateway (unprivileged ports only) leave this machine; that member's
+own add-on sets then decide (``system/addon_firewall.py``), as they do for its dynos.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ NFT_TABLE = "dynod"  # netns's table (family ip)
 # routers open connections to this machine's dynos from there) and their dyno pools.
 PEER_HOSTS = "peer_hosts"
 PEER_POOLS = "peer_pools"
+# The other members' bridge gateways, where their add-on servers listen.
+PEER_GATEWAYS = "peer_gateways"
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,12 @@ class Peer:
 
     address: IPv4Address
     pool: IPv4Network
+
+    @property
+    def gateway(self) -> IPv4Address:
+        """Its bridge's address (``netns.BridgePlan.gateway``: the pool's first host),
+        where its add-on servers listen."""
+        return self.pool.network_address + 1
 
 
 def plan_peers(me: str, own: IPv4Network,
@@ -49,17 +63,18 @@ def plan_peers(me: str, own: IPv4Network,
 
 
 def render_peer_sets(peers: Iterable[Peer]) -> str:
-    """The ``peer_hosts`` and ``peer_pools`` sets made equal to ``peers``, in one
-    transaction (``nft -f``, after ``render_nftables``)."""
+    """The ``peer_hosts``, ``peer_pools`` and ``peer_gateways`` sets made equal to
+    ``peers``, in one transaction (``nft -f``, after ``render_nftables``)."""
     peers = list(peers)
     t = f"ip {NFT_TABLE}"
-    lines = [f"flush set {t} {PEER_HOSTS}", f"flush set {t} {PEER_POOLS}"]
+    lines = [f"flush set {t} {name}" for name in (PEER_HOSTS, PEER_POOLS, PEER_GATEWAYS)]
     hosts = sorted({p.address for p in peers}, key=int)
     pools = sorted({p.pool for p in peers})
-    if hosts:
-        lines.append(f"add element {t} {PEER_HOSTS} {{ {', '.join(map(str, hosts))} }}")
-    if pools:
-        lines.append(f"add element {t} {PEER_POOLS} {{ {', '.join(map(str, pools))} }}")
+    gateways = sorted({p.gateway for p in peers}, key=int)
+    for name, items in ((PEER_HOSTS, hosts), (PEER_POOLS, pools),
+                        (PEER_GATEWAYS, gateways)):
+        if items:
+            lines.append(f"add element {t} {name} {{ {', '.join(map(str, items))} }}")
     return "\n".join(lines) + "\n"
 
 

@@ -63,12 +63,15 @@ def test_peer_sets_are_replaced_whole() -> None:
     assert peers.render_peer_sets(two).splitlines() == [
         "flush set ip dynod peer_hosts",
         "flush set ip dynod peer_pools",
+        "flush set ip dynod peer_gateways",
         "add element ip dynod peer_hosts { 10.216.0.2, 10.216.0.3 }",
         "add element ip dynod peer_pools { 10.213.16.0/20, 10.213.32.0/20 }",
+        "add element ip dynod peer_gateways { 10.213.16.1, 10.213.32.1 }",
     ]
-    # The last member removed: both sets emptied.
+    # The last member removed: every set emptied.
     assert peers.render_peer_sets([]).splitlines() == [
-        "flush set ip dynod peer_hosts", "flush set ip dynod peer_pools"]
+        "flush set ip dynod peer_hosts", "flush set ip dynod peer_pools",
+        "flush set ip dynod peer_gateways"]
 
 
 def test_nftables_lets_peers_routers_in_and_keeps_dynos_off_peers() -> None:
@@ -93,7 +96,9 @@ def test_allow_list_leaves_out_other_members_pools_not_their_routers() -> None:
     net = netns.plan_dyno_network(plan, "x", IPv4Address("10.213.0.5"))
     other = [IPv4Network("10.213.16.0/20"), IPv4Network("10.213.32.0/20")]
     allow = netns.ip_allow_list(net, plan.pool, other)
-    world = allow[3:]
+    # The peers' gateways (their add-on servers) and nothing else of their pools.
+    assert allow[3:5] == [IPv4Network("10.213.16.1/32"), IPv4Network("10.213.32.1/32")]
+    world = allow[5:]
     for n in world:
         assert not n.overlaps(plan.pool)
         assert not any(n.overlaps(o) for o in other)
