@@ -1,6 +1,6 @@
 """Hostile Gemfile.lock files through the Ruby buildpack (Hypothesis): its one reader of
 the lockfile (``buildpacks/ruby/lib/gemfile_lock.rb``, which bin/compile and bin/release
-use) and bin/compile itself, with this host's Ruby and Bundler (Debian 12's, as on the
+use; bin/compile hands ruby_version.rb the locked Ruby), bin/release and bin/compile, with this host's Ruby and Bundler (Debian 12's, as on the
 debian-12 stack; tests/integration/test_ruby.py pushes to debian-13's).
 
 The property: the facts the buildpack needs, or one ``Gemfile.lock ...`` line naming the
@@ -23,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dynod.build.buildpacks import parse_release
 from tests.unit.test_hostile_inputs import BUILDPACKS, EXAMPLES, FUZZ, NASTY_TEXT
 
 READER = BUILDPACKS / "ruby/lib/gemfile_lock.rb"
@@ -32,7 +33,8 @@ FACT = re.compile(r"gem [A-Za-z0-9][A-Za-z0-9._-]* [0-9][0-9A-Za-z.]*|ruby \d+\.
 BACKTRACE = re.compile(r"^\s*from \S+\.rb:\d+|\.rb:\d+:in [`']|ERROR REPORT TEMPLATE",
                        re.MULTILINE)
 
-NAME = st.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True)
+NAME = st.one_of(st.sampled_from(["pg", "rack", "railties", "rake"]),  # what bin/ looks for
+                 st.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True))
 VERSION = st.from_regex(r"[0-9]{1,2}(\.[0-9]{1,2}){0,3}", fullmatch=True)
 # Ruby's String#strip: ASCII whitespace and NUL.
 RUBY_SPACE = " \t\n\v\f\r\0"
@@ -129,6 +131,14 @@ def test_a_lockfile_gives_its_facts_or_one_clear_error(
         assert "Gemfile.lock contains merge conflicts (line " in proc.stderr, proc.stderr
     elif not expect["bundled_ok"] and damage != "truncated":
         assert "Gemfile.lock has BUNDLED WITH followed by " in proc.stderr, proc.stderr
+    # bin/release: Heroku's process types whatever the lockfile; Postgres when pg is locked.
+    release = subprocess.run([str(BUILDPACKS / "ruby/bin/release"), str(tmp_path)],
+                             capture_output=True, text=True, timeout=TIMEOUT, check=False,
+                             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    assert release.returncode == 0 and release.stderr == "", release.stderr
+    info = parse_release(release.stdout)
+    assert dict(info.default_process_types)["rake"] == "bundle exec rake"
+    assert info.addons == (("heroku-postgresql",) if "\ngem pg " in "\n" + proc.stdout else ())
     if "gems" in expect and expect["bundled_ok"]:
         lines = proc.stdout.splitlines()
         gems = expect["gems"]
