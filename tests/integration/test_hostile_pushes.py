@@ -7,7 +7,7 @@ as they were.
 | a 2 GB file (sparse) | refused before archiving: source over the 1G limit (Heroku's) |
 | 100,000 files | built (minutes: a slow test of its own) |
 | package.json `null`, a bad .python-version, a Procfile linked out | a one-line build error |
-| an app.json linked to /dev/zero | built: nothing reads app.json on a push (Heroku reads it only when an app is created) |
+| an app.json linked to /dev/zero | built: nothing reads app.json on a push (as on Heroku) |
 | a symlink out of the tree | built: the link stays a link (it resolves in the dyno) |
 | a submodule elsewhere | built: an empty directory (git archive leaves it out) |
 | non-UTF-8 and 255-byte file names | built, the names kept |

@@ -1,15 +1,17 @@
 """Hostile Gemfile.lock files through the Ruby buildpack (Hypothesis): its one reader of
 the lockfile (``buildpacks/ruby/lib/gemfile_lock.rb``, which bin/compile and bin/release
-use; bin/compile hands ruby_version.rb the locked Ruby), bin/release and bin/compile, with this host's Ruby and Bundler (Debian 12's, as on the
-debian-12 stack; tests/integration/test_ruby.py pushes to debian-13's).
+use; bin/compile hands ruby_version.rb the locked Ruby), bin/release and bin/compile,
+with this host's Ruby and Bundler (Debian 12's, as on the debian-12 stack;
+tests/integration/test_ruby.py pushes to debian-13's).
 
 The property: the facts the buildpack needs, or one ``Gemfile.lock ...`` line naming the
 problem and the fix; never a Ruby backtrace, never a hang (every run has a timeout).
 
 Examples: CI runs 25 per test (tests/unit/test_hostile_inputs.py's FUZZ; the compile
 test a fifth of that, each runs ``bundle install``). DYNOD_FUZZ_EXAMPLES raises them;
-the run that landed this used DYNOD_FUZZ_EXAMPLES=2000 (2,000 lockfiles through the
-reader, 400 through bin/compile).
+the run that landed this used DYNOD_FUZZ_EXAMPLES=1000 (1,000 structured lockfiles and
+1,000 arbitrary byte strings through the reader, 200 lockfiles through bin/compile: all
+passed, 13.6 min).
 """
 
 from __future__ import annotations
