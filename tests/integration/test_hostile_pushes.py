@@ -7,6 +7,7 @@ as they were.
 | a 2 GB file (sparse) | refused before archiving: source over the 1G limit (Heroku's) |
 | 100,000 files | built (minutes: a slow test of its own) |
 | package.json `null`, a bad .python-version, a Procfile linked out | a one-line build error |
+| an app.json linked to /dev/zero | built: nothing reads app.json on a push (as on Heroku) |
 | a symlink out of the tree | built: the link stays a link (it resolves in the dyno) |
 | a submodule elsewhere | built: an empty directory (git archive leaves it out) |
 | non-UTF-8 and 255-byte file names | built, the names kept |
@@ -91,6 +92,10 @@ def test_hostile_pushes(stack_machine: Machine) -> None:
     assert "./app/shadow -> /etc/shadow" in listing and "./app/up -> ../../.." in listing
     assert "L" * 255 in listing and "./app/bad-\\377\\376" in listing
     assert "./app/vendor/sub/" in listing
+
+    # An app.json no reader would finish: nothing reads it on a push.
+    commit_all(m, "ln -s /dev/zero app.json")
+    built(m)
 
     # Nasty buildpack inputs: each a one-line build error, the release kept.
     commit_all(m, "echo null > package.json")

@@ -2,7 +2,8 @@
 installed from the app's vendor/cache (this machine cannot reach rubygems.org; the gems
 were built from Debian's packages, tests/integration/debian_gems.rb), the page through
 the router, the gem cache reused by the next push, and the refused builds (no
-Gemfile.lock, a Ruby the stack lacks) with the previous release still serving."""
+Gemfile.lock, one that is not UTF-8, one Bundler refuses, a Ruby the stack lacks) with the
+previous release still serving."""
 
 from __future__ import annotations
 
@@ -79,8 +80,27 @@ def test_sinatra_on_puma(stack_machine: Machine) -> None:
     out = push(m, "sinatra", ok=False)
     assert ".ruby-version asks for ruby 3.1.4, but the debian-13 stack has Ruby 3.3." in out, out
 
+    # A Gemfile.lock that is not UTF-8: the stack's `bundle` would print RubyGems'
+    # backtrace (bundler_version_finder.rb: invalid byte sequence in UTF-8).
+    lines = len((EXAMPLES / "ruby/Gemfile.lock").read_text().splitlines())
+    sh(m, "cd /tmp/sinatra && git rm -q .ruby-version && printf 'caf\\351\\n' >> Gemfile.lock && "
+          "git -c user.email=t@e -c user.name=t commit -qam 'latin-1'")
+    out = push(m, "sinatra", ok=False)
+    assert (f"remote:  !     Gemfile.lock is not UTF-8 text (line {lines + 1}); regenerate "
+            "it with bundle lock, commit it and push again") in out, out
+    assert ".rb:" not in out, out
+    # One Bundler reads but refuses: no PLATFORMS (in deployment mode, as on Heroku).
+    sh(m, "cd /tmp/sinatra && git checkout -q HEAD~1 -- Gemfile.lock && "
+          "sed -i '/^PLATFORMS/,/^$/d' Gemfile.lock && "
+          "git -c user.email=t@e -c user.name=t commit -qam 'no platforms'")
+    out = push(m, "sinatra", ok=False)
+    assert "remote:        Your bundle only supports platforms [] " in out, out
+    assert ("remote:  !     Gemfile.lock does not fit the Gemfile, or Bundler cannot read it "
+            "(bundle install exit 16); see its output above.") in out, out
+    assert "remote:  !     Run bundle install (or bundle lock) where the Gemfile is" in out, out
+
     # No Gemfile.lock: Heroku's error, naming bundle lock.
-    sh(m, "cd /tmp/sinatra && git rm -q .ruby-version Gemfile.lock && "
+    sh(m, "cd /tmp/sinatra && git rm -q Gemfile.lock && "
           "git -c user.email=t@e -c user.name=t commit -qm 'no lock'")
     out = push(m, "sinatra", ok=False)
     assert "Gemfile.lock required. Please check it in." in out, out

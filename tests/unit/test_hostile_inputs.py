@@ -1,6 +1,8 @@
 """Hostile app inputs through the real parsers and buildpack scripts (Hypothesis): a
 Procfile, ``.python-version``/``runtime.txt``, ``package.json``, any tree through every
-buildpack's ``bin/detect``; and the push hook's source size on a real git repository.
+buildpack's ``bin/detect`` (and the same tree with a hostile ``app.json``: the same
+answers); and the push hook's source size on a real git repository. Gemfile.lock:
+tests/unit/test_hostile_gemfile_lock.py.
 
 The property: an answer or a clear error (``Unable to parse package.json: ...``, a
 `` !     `` line), never a stack trace, never a hang (every script runs under a timeout).
@@ -15,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dynod.build import buildpacks
@@ -132,6 +134,7 @@ PACKAGE_JSON = st.one_of(
 
 @FUZZ
 @given(PACKAGE_JSON)
+@example('{"a":\r x}')  # found: Node's message quotes the text, a CR in it went out
 def test_package_json_gives_engines_or_unable_to_parse(tmp_path: Path, text: str) -> None:
     pkg = tmp_path / "package.json"
     pkg.write_text(text, errors="surrogateescape")
@@ -151,30 +154,37 @@ FILE_NAMES = st.sampled_from(["Procfile", "package.json", "Gemfile", "Gemfile.lo
                               "requirements.txt", ".python-version", "composer.json",
                               "go.mod", "pom.xml", "build.gradle", "project.clj", "build.sbt",
                               "Aptfile", "index.php", "app.json", "main.go", "x"])
-KINDS = st.sampled_from(["file", "dir", "dangling", "zero", "loop", "fifo"])
+KINDS = st.sampled_from(["file", "dir", "dangling", "zero", "loop", "fifo", "huge"])
 
 
-@FUZZ
-@given(st.dictionaries(FILE_NAMES, st.tuples(KINDS, st.binary(max_size=64)), max_size=6))
-def test_every_detect_answers_on_any_tree(tmp_path: Path,
-                                          tree: dict[str, tuple[str, bytes]]) -> None:
-    app = tmp_path / "app"
+def _make_tree(app: Path, tree: dict[str, tuple[str, bytes]]) -> None:
     subprocess.run(["rm", "-rf", str(app)], check=True)
     app.mkdir()
     for name, (kind, data) in tree.items():
-        path = app / name
-        if kind == "file":
-            path.write_bytes(data)
-        elif kind == "dir":
-            path.mkdir()
-        elif kind == "dangling":
-            path.symlink_to("/nonexistent/target")
-        elif kind == "zero":
-            path.symlink_to("/dev/zero")  # endless input
-        elif kind == "loop":
-            path.symlink_to(name)
-        else:
-            os.mkfifo(path)  # a reader would block forever
+        _make(app / name, kind, data)
+
+
+def _make(path: Path, kind: str, data: bytes) -> None:
+    if kind == "file":
+        path.write_bytes(data)
+    elif kind == "dir":
+        path.mkdir()
+    elif kind == "dangling":
+        path.symlink_to("/nonexistent/target")
+    elif kind == "zero":
+        path.symlink_to("/dev/zero")  # endless input
+    elif kind == "loop":
+        path.symlink_to(path.name)
+    elif kind == "huge":
+        with path.open("wb") as f:
+            f.truncate(2 << 30)  # sparse: 2 GB that a reader would read for minutes
+    else:
+        os.mkfifo(path)  # a reader would block forever
+
+
+def _detect_all(app: Path) -> dict[str, tuple[int, str]]:
+    """Every buildpack's bin/detect on ``app``: its status and what it printed."""
+    outcomes = {}
     for detect in sorted(BUILDPACKS.glob("*/bin/detect")):
         proc = subprocess.run([str(detect), str(app)], capture_output=True, text=True,
                               errors="replace", timeout=STEP_TIMEOUT, check=False,
@@ -183,6 +193,41 @@ def test_every_detect_answers_on_any_tree(tmp_path: Path,
         if proc.returncode == 0:
             assert re.fullmatch(r"[\w.+ ()/-]+\n", proc.stdout), f"{detect}: {proc.stdout!r}"
         assert "line " not in proc.stderr, f"{detect}: {proc.stderr}"  # no bash error
+        outcomes[detect.parent.parent.name] = (proc.returncode, proc.stdout)
+    return outcomes
+
+
+@FUZZ
+@given(st.dictionaries(FILE_NAMES, st.tuples(KINDS, st.binary(max_size=64)), max_size=6))
+def test_every_detect_answers_on_any_tree(tmp_path: Path,
+                                          tree: dict[str, tuple[str, bytes]]) -> None:
+    _make_tree(tmp_path / "app", tree)
+    _detect_all(tmp_path / "app")
+
+
+# A real manifest: on Heroku these would pick buildpacks, a formation and a postdeploy
+# script when an app is created from it (app setups), never on a push.
+MANIFEST = json.dumps({"buildpacks": [{"url": "heroku/ruby"}], "formation": {
+    "web": {"quantity": 3}}, "scripts": {"postdeploy": "touch /tmp/pwned"}}).encode()
+
+
+@FUZZ
+@given(st.dictionaries(FILE_NAMES.filter(lambda n: n != "app.json"),
+                       st.tuples(KINDS, st.binary(max_size=64)), max_size=5),
+       st.sampled_from(["file", "manifest", "huge", "dir", "dangling", "zero", "loop", "fifo"]),
+       st.binary(max_size=200))
+def test_an_app_json_changes_no_detect(tmp_path: Path, tree: dict[str, tuple[str, bytes]],
+                                       kind: str, data: bytes) -> None:
+    # Heroku reads app.json only when an app is created from it (Review Apps, Heroku CI,
+    # the Button: "not when re-deploying one", devcenter app-json-schema); nothing in
+    # dynod or its buildpacks reads it, so no hostile app.json changes what a push does.
+    app = tmp_path / "app"
+    _make_tree(app, tree)
+    before = _detect_all(app)
+    _make(app / "app.json", "file" if kind == "manifest" else kind,
+          MANIFEST if kind == "manifest" else data)
+    assert _detect_all(app) == before
+    assert not Path("/tmp/pwned").exists()
 
 
 @pytest.mark.parametrize("kind", ["fifo", "zero"])

@@ -10,7 +10,7 @@ let pkg;
 try {
   pkg = JSON.parse(fs.readFileSync(pkgFile, "utf8"));
 } catch (e) {
-  console.error(`Unable to parse package.json: ${String(e.message).split("\n")[0]}`);
+  console.error(`Unable to parse package.json: ${String(e.message).split(/[\r\n]/)[0]}`);
   process.exit(1);
 }
 if (pkg === null || typeof pkg !== "object" || Array.isArray(pkg)) {

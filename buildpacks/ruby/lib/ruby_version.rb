@@ -1,11 +1,12 @@
 # frozen_string_literal: true
 
-# ruby ruby_version.rb APP_DIR: the Ruby version the app asks for, against the running
-# (the stack's) Ruby. Prints one line: "none", "ok SOURCE REQUEST" or
+# ruby ruby_version.rb APP_DIR [LOCKED]: the Ruby version the app asks for, against the
+# running (the stack's) Ruby. Prints one line: "none", "ok SOURCE REQUEST" or
 # "mismatch SOURCE REQUEST". Sources, in the order Heroku's buildpack trusts them: the
 # Gemfile's `ruby` directive (Bundler's own reading, which Bundler also enforces), then
-# .ruby-version, then the lockfile's RUBY VERSION. The last two record a version a
-# developer used: they must agree on major.minor (what Debian's ruby package is).
+# .ruby-version, then the lockfile's RUBY VERSION (LOCKED, as lib/gemfile_lock.rb read it:
+# bin/compile reads Gemfile.lock once). The last two record a version a developer used:
+# they must agree on major.minor (what Debian's ruby package is).
 require "bundler"
 
 dir = ARGV.fetch(0)
@@ -31,7 +32,7 @@ end
 
 file = File.join(dir, ".ruby-version")
 if File.file?(file)
-  request = File.read(file).strip.sub(/\Aruby-/, "")
+  request = File.read(file).scrub("?").strip.sub(/\Aruby-/, "")
   if request.match?(/\A\d+(\.\d+)*\z/)
     puts "#{minor.(request) == minor.(have)[0, minor.(request).length] ? "ok" : "mismatch"} .ruby-version #{request}"
   else
@@ -40,8 +41,8 @@ if File.file?(file)
   exit
 end
 
-lock = File.join(dir, "Gemfile.lock")
-if File.file?(lock) && (locked = File.read(lock)[/^RUBY VERSION\n\s+ruby (\d+\.\d+\.\d+)/, 1])
+locked = ARGV.fetch(1, "")
+if locked.match?(/\A\d+\.\d+\.\d+\z/)
   puts "#{minor.(locked) == minor.(have) ? "ok" : "mismatch"} Gemfile.lock #{locked}"
   exit
 end
